@@ -1,0 +1,261 @@
+//! The connection table: routes each socket event to its connection's HTTP state and turns
+//! what comes out into metric updates.
+
+use std::collections::HashMap;
+
+use observer_common::Direction;
+
+use crate::{
+    events::SyscallEvent,
+    http::{Finished, HttpConn, RequestHead, Sink},
+    metrics::{EndpointLabels, Metrics, ReasonLabels, RequestLabels},
+    route::Router,
+};
+
+/// What a request is labelled by, fixed when its head is read.
+#[derive(Debug, Clone, Copy)]
+pub struct Tag {
+    endpoint: &'static str,
+    method: &'static str,
+}
+
+/// Methods kept as their own label value; any other token becomes `OTHER`, so a client
+/// cannot grow the label set.
+const METHODS: [&str; 9] = [
+    "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH",
+];
+
+fn method_label(method: &str) -> &'static str {
+    METHODS
+        .iter()
+        .find(|m| **m == method)
+        .copied()
+        .unwrap_or("OTHER")
+}
+
+pub struct Connections<'m> {
+    table: HashMap<(u32, i32), HttpConn<Tag>>,
+    router: Router,
+    sink: Sink<Tag>,
+    metrics: &'m Metrics,
+}
+
+impl<'m> Connections<'m> {
+    pub fn new(metrics: &'m Metrics, max_endpoints: usize) -> Self {
+        Connections {
+            table: HashMap::new(),
+            router: Router::new(max_endpoints),
+            sink: Sink::default(),
+            metrics,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.table.len()
+    }
+
+    pub fn handle(&mut self, event: &SyscallEvent<'_>) {
+        let key = (event.tgid, event.fd);
+        match event.syscall.direction() {
+            Direction::Open => {
+                if let Some(old) = self.table.insert(key, HttpConn::new()) {
+                    old.on_close(&mut self.sink); // fd reused without a close we saw
+                }
+            }
+            Direction::Closed => {
+                if let Some(old) = self.table.remove(&key) {
+                    old.on_close(&mut self.sink);
+                }
+            }
+            Direction::In | Direction::Out => {
+                let Connections {
+                    table,
+                    router,
+                    sink,
+                    metrics,
+                } = self;
+                let conn = table.entry(key).or_insert_with(HttpConn::mid_stream);
+                if event.lost_before {
+                    conn.on_lost_events(sink);
+                }
+                let len = event.ret.max(0) as u64;
+                if event.syscall.direction() == Direction::In {
+                    let mut start = |head: RequestHead<'_>| start_request(router, metrics, head);
+                    conn.on_read(event.ts_ns, event.head, len, sink, &mut start);
+                } else {
+                    conn.on_write(event.ts_ns, event.head, len, sink);
+                }
+            }
+        }
+        self.flush();
+    }
+
+    /// Ends every connection of `tgid` (the process exited: its sockets closed without close()).
+    pub fn forget_process(&mut self, tgid: u32) {
+        let keys: Vec<_> = self
+            .table
+            .keys()
+            .filter(|(t, _)| *t == tgid)
+            .copied()
+            .collect();
+        for key in keys {
+            if let Some(conn) = self.table.remove(&key) {
+                conn.on_close(&mut self.sink);
+            }
+        }
+        self.flush();
+    }
+
+    fn flush(&mut self) {
+        for anomaly in self.sink.anomalies.drain(..) {
+            self.metrics
+                .parse_errors
+                .get_or_create(&ReasonLabels {
+                    reason: anomaly.reason(),
+                })
+                .inc();
+        }
+        for finished in self.sink.finished.drain(..) {
+            record(self.metrics, finished);
+        }
+    }
+}
+
+fn start_request(router: &mut Router, metrics: &Metrics, head: RequestHead<'_>) -> Tag {
+    let (endpoint, overflowed) = router.classify(head.target);
+    if overflowed {
+        metrics.endpoints_overflowed.inc();
+    }
+    metrics
+        .in_flight
+        .get_or_create(&EndpointLabels { endpoint })
+        .inc();
+    Tag {
+        endpoint,
+        method: method_label(head.method),
+    }
+}
+
+fn record(metrics: &Metrics, finished: Finished<Tag>) {
+    let Tag { endpoint, method } = finished.tag;
+    metrics
+        .in_flight
+        .get_or_create(&EndpointLabels { endpoint })
+        .dec();
+    let Some(status) = finished.status else {
+        metrics
+            .incomplete
+            .get_or_create(&EndpointLabels { endpoint })
+            .inc();
+        return;
+    };
+    metrics
+        .requests
+        .get_or_create(&RequestLabels {
+            endpoint,
+            method,
+            status,
+        })
+        .inc();
+    let seconds = finished.end_ns.saturating_sub(finished.start_ns) as f64 / 1e9;
+    metrics
+        .duration
+        .get_or_create(&EndpointLabels { endpoint })
+        .observe(seconds);
+}
+
+#[cfg(test)]
+mod tests {
+    use observer_common::Syscall;
+
+    use super::*;
+
+    fn event(syscall: Syscall, ts_ns: u64, head: &[u8]) -> SyscallEvent<'_> {
+        SyscallEvent {
+            ts_ns,
+            ret: head.len() as i64,
+            tgid: 1,
+            fd: 5,
+            syscall,
+            lost_before: false,
+            head,
+        }
+    }
+
+    #[test]
+    fn requests_reach_the_metrics_and_in_flight_returns_to_zero() {
+        let metrics = Metrics::new();
+        let mut conns = Connections::new(&metrics, 10);
+        conns.handle(&SyscallEvent {
+            ret: 5,
+            ..event(Syscall::Accept, 0, b"")
+        });
+        conns.handle(&event(
+            Syscall::Recvfrom,
+            1_000,
+            b"GET /boot/aa?x=1 HTTP/1.1\r\n\r\n",
+        ));
+        assert_eq!(
+            metrics
+                .in_flight
+                .get_or_create(&EndpointLabels { endpoint: "boot" })
+                .get(),
+            1
+        );
+        conns.handle(&event(
+            Syscall::Sendto,
+            2_000,
+            b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
+        ));
+        conns.handle(&event(
+            Syscall::Recvfrom,
+            3_000,
+            b"BREW /boot HTTP/1.1\r\n\r\n",
+        ));
+        conns.handle(&event(Syscall::Close, 4_000, b""));
+        assert_eq!(
+            metrics
+                .in_flight
+                .get_or_create(&EndpointLabels { endpoint: "boot" })
+                .get(),
+            0
+        );
+        let ok = RequestLabels {
+            endpoint: "boot",
+            method: "GET",
+            status: 200,
+        };
+        assert_eq!(metrics.requests.get_or_create(&ok).get(), 1);
+        assert_eq!(
+            metrics
+                .incomplete
+                .get_or_create(&EndpointLabels { endpoint: "boot" })
+                .get(),
+            1
+        );
+        assert_eq!(conns.len(), 0);
+        let text = metrics.encode();
+        assert!(
+            text.contains(r#"http_request_duration_seconds_count{endpoint="boot"} 1"#),
+            "{text}"
+        );
+        assert!(!text.contains("x=1"));
+    }
+
+    #[test]
+    fn process_exit_ends_its_connections() {
+        let metrics = Metrics::new();
+        let mut conns = Connections::new(&metrics, 10);
+        conns.handle(&event(Syscall::Read, 1, b"GET /a HTTP/1.1\r\n\r\n"));
+        assert_eq!(conns.len(), 1);
+        conns.forget_process(1);
+        assert_eq!(conns.len(), 0);
+        assert_eq!(
+            metrics
+                .in_flight
+                .get_or_create(&EndpointLabels { endpoint: "a" })
+                .get(),
+            0
+        );
+    }
+}

@@ -1,0 +1,646 @@
+//! HTTP/1.x framing of one connection: bytes the server read and wrote in, requests out.
+//!
+//! Pure and synchronous: no kernel, no clock. Each call carries the bytes the probe captured
+//! (`data`, a prefix of what moved) and how many bytes the syscall really moved (`len`).
+//! Lengths always come from `len`, so bodies larger than the capture are followed exactly;
+//! only heads and chunk-size lines need to be seen.
+
+use std::collections::VecDeque;
+
+/// Largest request or response head we buffer before declaring the connection out of sync.
+const MAX_HEAD: usize = 64 * 1024;
+const MAX_HEADERS: usize = 64;
+
+/// The parts of a request head that callers may label it by.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestHead<'a> {
+    pub method: &'a str,
+    pub target: &'a str,
+}
+
+/// A request that left the connection: answered, or abandoned.
+#[derive(Debug, PartialEq)]
+pub struct Finished<T> {
+    pub tag: T,
+    /// Final status code; `None` when the request was abandoned without a complete response.
+    pub status: Option<u16>,
+    /// Timestamp of the read that delivered the request's first byte.
+    pub start_ns: u64,
+    /// Timestamp of the write that carried the response's last byte (or the last one seen).
+    pub end_ns: u64,
+}
+
+/// Why bytes could not be followed; the `reason` label of `observer_parse_errors_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Anomaly {
+    /// Bytes that are not an HTTP/1.x request where one must start.
+    NotHttpRequest,
+    /// Bytes that are not an HTTP/1.x response where one must start.
+    NotHttpResponse,
+    /// A head larger than `MAX_HEAD`.
+    HeadTooLarge,
+    /// A head or chunk-size line went past the captured bytes; framing was guessed.
+    TruncatedCapture,
+    /// The server wrote a response with no request waiting for it.
+    UnexpectedResponse,
+    /// Events of this connection were lost in the kernel (ring buffer full).
+    LostEvents,
+    /// The connection switched protocols (101, CONNECT); it is no longer followed.
+    Upgraded,
+}
+
+impl Anomaly {
+    pub const fn reason(self) -> &'static str {
+        match self {
+            Anomaly::NotHttpRequest => "not_http_request",
+            Anomaly::NotHttpResponse => "not_http_response",
+            Anomaly::HeadTooLarge => "head_too_large",
+            Anomaly::TruncatedCapture => "truncated_capture",
+            Anomaly::UnexpectedResponse => "unexpected_response",
+            Anomaly::LostEvents => "lost_events",
+            Anomaly::Upgraded => "upgraded",
+        }
+    }
+}
+
+/// Where a call's results go; reused across calls so the hot path does not allocate.
+#[derive(Debug)]
+pub struct Sink<T> {
+    pub finished: Vec<Finished<T>>,
+    pub anomalies: Vec<Anomaly>,
+}
+
+impl<T> Default for Sink<T> {
+    fn default() -> Self {
+        Sink {
+            finished: Vec::new(),
+            anomalies: Vec::new(),
+        }
+    }
+}
+
+/// How a message body ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum BodyKind {
+    Length(u64),
+    Chunked,
+    /// Until the connection closes (responses only).
+    Eof,
+}
+
+/// Bytes of a message the connection is in the middle of.
+#[derive(Debug)]
+enum Framing {
+    /// At a message boundary or inside a head: buffered head bytes so far.
+    Head(Vec<u8>),
+    Length(u64),
+    Chunked(Chunked),
+    Eof,
+    /// Lost track; waiting for something that starts a message.
+    OutOfSync,
+    /// Protocol switched: nothing more is HTTP.
+    Upgraded,
+}
+
+/// A request waiting for (the rest of) its response.
+#[derive(Debug)]
+struct Outstanding<T> {
+    tag: T,
+    start_ns: u64,
+    /// HEAD and CONNECT responses have no body whatever their headers say.
+    no_body: bool,
+    status: Option<u16>,
+}
+
+/// One connection's request/response state.
+#[derive(Debug)]
+pub struct HttpConn<T> {
+    inbound: Framing,
+    /// Timestamp of the first byte of the request head being buffered.
+    inbound_start_ns: u64,
+    outbound: Framing,
+    /// Requests in arrival order; responses answer them in the same order (RFC 9112 §9.3.2).
+    waiting: VecDeque<Outstanding<T>>,
+    last_write_ns: u64,
+}
+
+impl<T> Default for HttpConn<T> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<T> HttpConn<T> {
+    /// A connection seen from its start (accept): the first bytes read begin a request.
+    pub fn new() -> Self {
+        HttpConn {
+            inbound: Framing::Head(Vec::new()),
+            inbound_start_ns: 0,
+            outbound: Framing::Head(Vec::new()),
+            waiting: VecDeque::new(),
+            last_write_ns: 0,
+        }
+    }
+
+    /// A connection first seen mid-stream (opened before we attached, or after lost events):
+    /// nothing is trusted until a read starts a request.
+    pub fn mid_stream() -> Self {
+        HttpConn {
+            inbound: Framing::OutOfSync,
+            outbound: Framing::OutOfSync,
+            ..Self::new()
+        }
+    }
+
+    pub fn in_flight(&self) -> usize {
+        self.waiting.len()
+    }
+
+    /// The server read `len` bytes, of which `data` were captured.
+    pub fn on_read<F>(
+        &mut self,
+        ts_ns: u64,
+        data: &[u8],
+        len: u64,
+        sink: &mut Sink<T>,
+        start: &mut F,
+    ) where
+        F: FnMut(RequestHead<'_>) -> T,
+    {
+        let mut rest = Bytes::new(data, len);
+        if matches!(self.inbound, Framing::OutOfSync) && looks_like_request(rest.seen) {
+            self.inbound = Framing::Head(Vec::new());
+        }
+        while !rest.is_empty() {
+            match &mut self.inbound {
+                Framing::Head(buf) => {
+                    if buf.is_empty() {
+                        self.inbound_start_ns = ts_ns;
+                    }
+                    match self.read_request_head(&mut rest, sink, start) {
+                        Step::Continue => {}
+                        Step::Stop => return,
+                    }
+                }
+                Framing::Length(remaining) => {
+                    *remaining -= rest.skip(*remaining);
+                    if *remaining == 0 {
+                        self.inbound = Framing::Head(Vec::new());
+                    }
+                }
+                Framing::Chunked(chunked) => match chunked.advance(&mut rest) {
+                    Ok(true) => self.inbound = Framing::Head(Vec::new()),
+                    Ok(false) => {}
+                    Err(anomaly) => {
+                        sink.anomalies.push(anomaly);
+                        self.inbound = Framing::OutOfSync;
+                        return;
+                    }
+                },
+                Framing::Eof | Framing::OutOfSync | Framing::Upgraded => return,
+            }
+        }
+    }
+
+    fn read_request_head<F>(
+        &mut self,
+        rest: &mut Bytes<'_>,
+        sink: &mut Sink<T>,
+        start: &mut F,
+    ) -> Step
+    where
+        F: FnMut(RequestHead<'_>) -> T,
+    {
+        let Framing::Head(buf) = &mut self.inbound else {
+            return Step::Stop;
+        };
+        let before = buf.len();
+        buf.extend_from_slice(rest.seen);
+        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut req = httparse::Request::new(&mut headers);
+        let parsed = req.parse(buf);
+        let (head_len, truncated) = match parsed {
+            Ok(httparse::Status::Complete(n)) => (n, false),
+            Ok(httparse::Status::Partial)
+                if rest.unseen > 0 && req.method.is_some() && req.path.is_some() =>
+            {
+                // The head goes on past the capture: the uncaptured bytes are taken as the
+                // rest of this head, with no body.
+                (buf.len(), true)
+            }
+            Ok(httparse::Status::Partial) if buf.len() <= MAX_HEAD => {
+                rest.skip(rest.len());
+                return Step::Stop; // wait for more bytes
+            }
+            Ok(httparse::Status::Partial) => return self.inbound_lost(sink, Anomaly::HeadTooLarge),
+            Err(_) => return self.inbound_lost(sink, Anomaly::NotHttpRequest),
+        };
+        let (Some(method), Some(target)) = (req.method, req.path) else {
+            return self.inbound_lost(sink, Anomaly::NotHttpRequest);
+        };
+        let body = if truncated {
+            sink.anomalies.push(Anomaly::TruncatedCapture);
+            BodyKind::Length(0)
+        } else {
+            match request_body(req.headers) {
+                Some(body) => body,
+                None => return self.inbound_lost(sink, Anomaly::NotHttpRequest),
+            }
+        };
+        let no_body = method == "HEAD" || method == "CONNECT";
+        let upgrade = method == "CONNECT";
+        let tag = start(RequestHead { method, target });
+        // A close-delimited response still being written ends where the next request begins.
+        if matches!(self.outbound, Framing::Eof) {
+            self.finish_front(self.last_write_ns, sink);
+            self.outbound = Framing::Head(Vec::new());
+        }
+        self.waiting.push_back(Outstanding {
+            tag,
+            start_ns: self.inbound_start_ns,
+            no_body,
+            status: None,
+        });
+        rest.skip(if truncated {
+            rest.len()
+        } else {
+            (head_len - before) as u64
+        });
+        self.inbound = if upgrade {
+            Framing::Upgraded
+        } else {
+            match body {
+                BodyKind::Length(0) => Framing::Head(Vec::new()),
+                BodyKind::Length(n) => Framing::Length(n),
+                BodyKind::Chunked => Framing::Chunked(Chunked::default()),
+                BodyKind::Eof => Framing::Head(Vec::new()),
+            }
+        };
+        Step::Continue
+    }
+
+    fn inbound_lost(&mut self, sink: &mut Sink<T>, anomaly: Anomaly) -> Step {
+        sink.anomalies.push(anomaly);
+        self.inbound = Framing::OutOfSync;
+        Step::Stop
+    }
+
+    /// The server wrote `len` bytes (write family or sendfile), of which `data` were captured.
+    pub fn on_write(&mut self, ts_ns: u64, data: &[u8], len: u64, sink: &mut Sink<T>) {
+        self.last_write_ns = ts_ns;
+        let mut rest = Bytes::new(data, len);
+        if matches!(self.outbound, Framing::OutOfSync)
+            && !self.waiting.is_empty()
+            && rest.seen.starts_with(b"HTTP/1.")
+        {
+            self.outbound = Framing::Head(Vec::new());
+        }
+        while !rest.is_empty() {
+            match &mut self.outbound {
+                Framing::Head(_) => match self.write_response_head(ts_ns, &mut rest, sink) {
+                    Step::Continue => {}
+                    Step::Stop => return,
+                },
+                Framing::Length(remaining) => {
+                    *remaining -= rest.skip(*remaining);
+                    if *remaining == 0 {
+                        self.finish_front(ts_ns, sink);
+                        self.outbound = Framing::Head(Vec::new());
+                    }
+                }
+                Framing::Chunked(chunked) => match chunked.advance(&mut rest) {
+                    Ok(true) => {
+                        self.finish_front(ts_ns, sink);
+                        self.outbound = Framing::Head(Vec::new());
+                    }
+                    Ok(false) => {}
+                    Err(anomaly) => {
+                        sink.anomalies.push(anomaly);
+                        // The response ends at close or at the next request, whichever first.
+                        self.outbound = Framing::Eof;
+                        return;
+                    }
+                },
+                Framing::Eof | Framing::OutOfSync | Framing::Upgraded => return,
+            }
+        }
+    }
+
+    fn write_response_head(
+        &mut self,
+        ts_ns: u64,
+        rest: &mut Bytes<'_>,
+        sink: &mut Sink<T>,
+    ) -> Step {
+        let Framing::Head(buf) = &mut self.outbound else {
+            return Step::Stop;
+        };
+        if self.waiting.is_empty() {
+            sink.anomalies.push(Anomaly::UnexpectedResponse);
+            self.outbound = Framing::OutOfSync;
+            return Step::Stop;
+        }
+        let before = buf.len();
+        buf.extend_from_slice(rest.seen);
+        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut resp = httparse::Response::new(&mut headers);
+        let (head_len, truncated) = match resp.parse(buf) {
+            Ok(httparse::Status::Complete(n)) => (n, false),
+            Ok(httparse::Status::Partial) if rest.unseen > 0 && resp.code.is_some() => {
+                (buf.len(), true)
+            }
+            Ok(httparse::Status::Partial) if buf.len() <= MAX_HEAD => {
+                rest.skip(rest.len());
+                return Step::Stop;
+            }
+            Ok(httparse::Status::Partial) => {
+                return self.outbound_lost(sink, Anomaly::HeadTooLarge);
+            }
+            Err(_) => return self.outbound_lost(sink, Anomaly::NotHttpResponse),
+        };
+        let Some(code) = resp.code else {
+            return self.outbound_lost(sink, Anomaly::NotHttpResponse);
+        };
+        let framing = if truncated {
+            Some(BodyKind::Eof)
+        } else {
+            response_body(resp.headers)
+        };
+        rest.skip(if truncated {
+            rest.len()
+        } else {
+            (head_len - before) as u64
+        });
+        if truncated {
+            sink.anomalies.push(Anomaly::TruncatedCapture);
+        }
+        if code == 101 {
+            self.set_front_status(code);
+            self.finish_front(ts_ns, sink);
+            sink.anomalies.push(Anomaly::Upgraded);
+            self.inbound = Framing::Upgraded;
+            self.outbound = Framing::Upgraded;
+            return Step::Stop;
+        }
+        if (100..200).contains(&code) {
+            // Interim response: the final one follows.
+            self.outbound = Framing::Head(Vec::new());
+            return Step::Continue;
+        }
+        self.set_front_status(code);
+        let no_body = self.waiting.front().is_some_and(|w| w.no_body) || code == 204 || code == 304;
+        let body = if no_body {
+            BodyKind::Length(0)
+        } else {
+            match framing {
+                Some(body) => body,
+                None => return self.outbound_lost(sink, Anomaly::NotHttpResponse),
+            }
+        };
+        self.outbound = match body {
+            BodyKind::Length(0) => {
+                self.finish_front(ts_ns, sink);
+                Framing::Head(Vec::new())
+            }
+            BodyKind::Length(n) => Framing::Length(n),
+            BodyKind::Chunked => Framing::Chunked(Chunked::default()),
+            BodyKind::Eof => Framing::Eof,
+        };
+        Step::Continue
+    }
+
+    fn outbound_lost(&mut self, sink: &mut Sink<T>, anomaly: Anomaly) -> Step {
+        sink.anomalies.push(anomaly);
+        self.outbound = Framing::OutOfSync;
+        Step::Stop
+    }
+
+    fn set_front_status(&mut self, code: u16) {
+        if let Some(front) = self.waiting.front_mut() {
+            front.status = Some(code);
+        }
+    }
+
+    fn finish_front(&mut self, end_ns: u64, sink: &mut Sink<T>) {
+        if let Some(w) = self.waiting.pop_front() {
+            sink.finished.push(Finished {
+                tag: w.tag,
+                status: w.status,
+                start_ns: w.start_ns,
+                end_ns,
+            });
+        }
+    }
+
+    /// The connection is gone (closed, fd reused, or dropped from the table): a close-delimited
+    /// response ends with its last write; every other waiting request is abandoned.
+    pub fn on_close(mut self, sink: &mut Sink<T>) {
+        if matches!(self.outbound, Framing::Eof) {
+            self.finish_front(self.last_write_ns, sink);
+        }
+        self.abandon_all(sink);
+    }
+
+    /// Events of this connection were lost: abandon what is waiting and resync at the next
+    /// request.
+    pub fn on_lost_events(&mut self, sink: &mut Sink<T>) {
+        sink.anomalies.push(Anomaly::LostEvents);
+        self.abandon_all(sink);
+        self.inbound = Framing::OutOfSync;
+        self.outbound = Framing::OutOfSync;
+    }
+
+    fn abandon_all(&mut self, sink: &mut Sink<T>) {
+        let end_ns = self.last_write_ns;
+        sink.finished
+            .extend(self.waiting.drain(..).map(|w| Finished {
+                tag: w.tag,
+                status: None,
+                start_ns: w.start_ns,
+                end_ns: end_ns.max(w.start_ns),
+            }));
+    }
+}
+
+enum Step {
+    Continue,
+    Stop,
+}
+
+/// The rest of one syscall's bytes: a captured prefix, then bytes known only by count.
+struct Bytes<'a> {
+    seen: &'a [u8],
+    unseen: u64,
+}
+
+impl<'a> Bytes<'a> {
+    fn new(data: &'a [u8], len: u64) -> Self {
+        let seen = &data[..data.len().min(usize::try_from(len).unwrap_or(usize::MAX))];
+        Bytes {
+            seen,
+            unseen: len - seen.len() as u64,
+        }
+    }
+
+    fn len(&self) -> u64 {
+        self.seen.len() as u64 + self.unseen
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Drops up to `n` bytes from the front; returns how many were dropped.
+    fn skip(&mut self, n: u64) -> u64 {
+        let from_seen = n.min(self.seen.len() as u64);
+        self.seen = &self.seen[from_seen as usize..];
+        let from_unseen = (n - from_seen).min(self.unseen);
+        self.unseen -= from_unseen;
+        from_seen + from_unseen
+    }
+}
+
+/// Whether `data` begins like a request line (`TOKEN SP`), to resync a lost connection.
+fn looks_like_request(data: &[u8]) -> bool {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut headers);
+    match req.parse(data) {
+        Ok(httparse::Status::Complete(_)) => true,
+        Ok(httparse::Status::Partial) => req.path.is_some(),
+        Err(_) => false,
+    }
+}
+
+/// RFC 9112 §6.3 for requests: chunked if it is the final coding, else Content-Length, else
+/// no body. `None` for a malformed or conflicting framing.
+fn request_body(headers: &[httparse::Header<'_>]) -> Option<BodyKind> {
+    match message_body(headers)? {
+        BodyKind::Eof => Some(BodyKind::Length(0)),
+        body => Some(body),
+    }
+}
+
+/// RFC 9112 §6.3 for responses: as for requests, but with neither header the body runs to
+/// the connection's close.
+fn response_body(headers: &[httparse::Header<'_>]) -> Option<BodyKind> {
+    message_body(headers)
+}
+
+fn message_body(headers: &[httparse::Header<'_>]) -> Option<BodyKind> {
+    let mut length: Option<u64> = None;
+    let mut chunked = false;
+    for h in headers {
+        if h.name.eq_ignore_ascii_case("transfer-encoding") {
+            let value = std::str::from_utf8(h.value).ok()?;
+            chunked = value
+                .rsplit(',')
+                .next()
+                .is_some_and(|c| c.trim().eq_ignore_ascii_case("chunked"));
+        } else if h.name.eq_ignore_ascii_case("content-length") {
+            let n = std::str::from_utf8(h.value)
+                .ok()?
+                .trim()
+                .parse::<u64>()
+                .ok()?;
+            if length.is_some_and(|old| old != n) {
+                return None;
+            }
+            length = Some(n);
+        }
+    }
+    Some(match (chunked, length) {
+        (true, _) => BodyKind::Chunked,
+        (false, Some(n)) => BodyKind::Length(n),
+        (false, None) => BodyKind::Eof,
+    })
+}
+
+/// Chunked transfer coding (RFC 9112 §7.1), followed by count where bytes were not captured.
+#[derive(Debug, Default)]
+struct Chunked {
+    state: ChunkState,
+    /// Partial size or trailer line carried over from the previous syscall.
+    line: Vec<u8>,
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+enum ChunkState {
+    #[default]
+    Size,
+    /// Chunk data still to come, then its CRLF.
+    Data(u64),
+    /// Trailer section after the last chunk, line by line; ends at an empty line.
+    Trailer,
+}
+
+impl Chunked {
+    /// Consumes bytes; `Ok(true)` once the message's last byte was consumed.
+    fn advance(&mut self, rest: &mut Bytes<'_>) -> Result<bool, Anomaly> {
+        while !rest.is_empty() {
+            match self.state {
+                ChunkState::Data(remaining) => {
+                    let left = remaining - rest.skip(remaining);
+                    self.state = if left == 0 {
+                        ChunkState::Size
+                    } else {
+                        ChunkState::Data(left)
+                    };
+                }
+                ChunkState::Size | ChunkState::Trailer => {
+                    let Some(line) = self.take_line(rest)? else {
+                        return Ok(false);
+                    };
+                    match self.state {
+                        ChunkState::Size => {
+                            let size = parse_chunk_size(&line).ok_or(Anomaly::NotHttpResponse)?;
+                            // The data's CRLF is skipped by count, like the data.
+                            self.state = if size == 0 {
+                                ChunkState::Trailer
+                            } else {
+                                ChunkState::Data(size + 2)
+                            };
+                        }
+                        _ if line.is_empty() => return Ok(true),
+                        _ => {} // a trailer field
+                    }
+                }
+            }
+        }
+        Ok(false)
+    }
+
+    /// The next CRLF-terminated line without its CRLF, or `None` if it is not complete yet.
+    fn take_line(&mut self, rest: &mut Bytes<'_>) -> Result<Option<Vec<u8>>, Anomaly> {
+        match rest.seen.iter().position(|&b| b == b'\n') {
+            Some(i) => {
+                self.line.extend_from_slice(&rest.seen[..i]);
+                rest.skip(i as u64 + 1);
+                let mut line = std::mem::take(&mut self.line);
+                if line.last() == Some(&b'\r') {
+                    line.pop();
+                }
+                Ok(Some(line))
+            }
+            None if rest.unseen > 0 => Err(Anomaly::TruncatedCapture),
+            None if self.line.len() + rest.seen.len() > 4096 => Err(Anomaly::HeadTooLarge),
+            None => {
+                self.line.extend_from_slice(rest.seen);
+                rest.skip(rest.seen.len() as u64);
+                Ok(None)
+            }
+        }
+    }
+}
+
+/// `1*HEXDIG [ chunk-ext ]`.
+fn parse_chunk_size(line: &[u8]) -> Option<u64> {
+    let hex = line.split(|&b| b == b';').next()?;
+    let hex = std::str::from_utf8(hex).ok()?.trim();
+    if hex.is_empty() || hex.len() > 15 {
+        return None;
+    }
+    u64::from_str_radix(hex, 16).ok()
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,107 @@
+//! observer: Prometheus metrics for any HTTP/1.x server, from its socket syscalls, via eBPF.
+//!
+//! Data flow: probes (kernel programs) → events (decode) → conn (per-connection table)
+//! → http (request/response framing) → route (endpoint label) → metrics → serve.
+
+use std::{net::SocketAddr, process::ExitCode};
+
+use clap::{Parser, Subcommand};
+
+mod conn;
+mod demo;
+mod events;
+mod http;
+mod metrics;
+mod probes;
+mod route;
+mod run;
+mod serve;
+
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Observe running HTTP servers and serve their request metrics.
+    Run {
+        /// Process to observe (repeatable).
+        #[arg(long = "pid", required = true, value_name = "PID")]
+        pids: Vec<u32>,
+        #[command(flatten)]
+        common: Common,
+        /// Exit once every target has exited (default: keep serving what was counted).
+        #[arg(long)]
+        exit_with_targets: bool,
+    },
+    /// Start a demo HTTP server with some traffic, and observe it.
+    Demo {
+        #[command(flatten)]
+        common: Common,
+    },
+    /// The demo's HTTP server (started by `demo`).
+    #[command(hide = true)]
+    DemoServer {
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: SocketAddr,
+    },
+}
+
+#[derive(clap::Args)]
+struct Common {
+    /// Address to serve /metrics on.
+    #[arg(long, default_value = "0.0.0.0:9464")]
+    listen: SocketAddr,
+    /// Most distinct endpoint labels; later ones are counted as endpoint="other".
+    #[arg(long, default_value_t = 100)]
+    max_endpoints: usize,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => return fail(anyhow::Error::new(e).context("starting the async runtime")),
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Run {
+                pids,
+                common,
+                exit_with_targets,
+            } => {
+                run::run(run::RunConfig {
+                    pids,
+                    listen: common.listen,
+                    max_endpoints: common.max_endpoints,
+                    exit_with_targets,
+                })
+                .await
+            }
+            Command::Demo { common } => demo::demo(common.listen, common.max_endpoints).await,
+            Command::DemoServer { listen } => demo::demo_server(listen).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(e),
+    }
+}
+
+/// One line on stderr, non-zero exit.
+fn fail(e: anyhow::Error) -> ExitCode {
+    eprintln!("observer: error: {e:#}");
+    ExitCode::FAILURE
+}

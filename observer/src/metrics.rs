@@ -1,0 +1,125 @@
+//! Metric families: the seed's request metrics plus the observer's own health counters.
+
+use prometheus_client::{
+    encoding::EncodeLabelSet,
+    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
+    registry::Registry,
+};
+
+/// Request duration buckets, in seconds: from a 100 µs boot script to a 10-minute image
+/// download, roughly ×2.5 per step so both ends keep useful resolution.
+pub const DURATION_BUCKETS: [f64; 20] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0, 30.0, 60.0, 180.0, 600.0,
+];
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EndpointLabels {
+    pub endpoint: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub endpoint: &'static str,
+    pub method: &'static str,
+    pub status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub reason: &'static str,
+}
+
+type HistogramFamily = Family<EndpointLabels, Histogram, fn() -> Histogram>;
+
+fn duration_histogram() -> Histogram {
+    Histogram::new(DURATION_BUCKETS)
+}
+
+/// Every family the daemon exports, registered once in `registry`.
+pub struct Metrics {
+    pub registry: Registry,
+    pub in_flight: Family<EndpointLabels, Gauge>,
+    pub requests: Family<RequestLabels, Counter>,
+    pub duration: HistogramFamily,
+    pub incomplete: Family<EndpointLabels, Counter>,
+    pub parse_errors: Family<ReasonLabels, Counter>,
+    pub events: Counter,
+    pub events_lost: Counter,
+    pub endpoints_overflowed: Counter,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::default();
+        let in_flight = Family::default();
+        registry.register(
+            "http_requests_in_flight",
+            "HTTP requests read but not yet fully answered",
+            in_flight.clone(),
+        );
+        let requests = Family::default();
+        registry.register(
+            "http_requests",
+            "HTTP requests answered, by endpoint, method and status",
+            requests.clone(),
+        );
+        let duration: HistogramFamily = Family::new_with_constructor(duration_histogram);
+        registry.register(
+            "http_request_duration_seconds",
+            "From the first byte of the request read to the last byte of its response written",
+            duration.clone(),
+        );
+        let incomplete = Family::default();
+        registry.register(
+            "observer_requests_incomplete",
+            "Requests whose response was never completed (connection closed, events lost)",
+            incomplete.clone(),
+        );
+        let parse_errors = Family::default();
+        registry.register(
+            "observer_parse_errors",
+            "Bytes that could not be followed as HTTP/1.x, by reason",
+            parse_errors.clone(),
+        );
+        let events = Counter::default();
+        registry.register("observer_events", "Kernel events received", events.clone());
+        let events_lost = Counter::default();
+        registry.register(
+            "observer_events_lost",
+            "Kernel events dropped because the ring buffer was full",
+            events_lost.clone(),
+        );
+        let endpoints_overflowed = Counter::default();
+        registry.register(
+            "observer_endpoints_overflowed",
+            "Requests labelled endpoint=\"other\" because the endpoint label cap was reached",
+            endpoints_overflowed.clone(),
+        );
+        Metrics {
+            registry,
+            in_flight,
+            requests,
+            duration,
+            incomplete,
+            parse_errors,
+            events,
+            events_lost,
+            endpoints_overflowed,
+        }
+    }
+
+    /// The registry in the text exposition format.
+    pub fn encode(&self) -> String {
+        let mut out = String::with_capacity(8 * 1024);
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("writing to a String cannot fail");
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

@@ -1,0 +1,264 @@
+//! Loading and attaching the kernel programs, and the maps userspace talks to them through.
+
+use std::{fs, io, path::Path};
+
+use aya::{
+    Ebpf,
+    maps::{HashMap, MapData, PerCpuArray, RingBuf},
+    programs::TracePoint,
+};
+use observer_common::{socket_key, stat};
+use tokio::io::unix::AsyncFd;
+use tracing::{debug, info, warn};
+
+/// The object built by build.rs from observer-ebpf.
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/observer"));
+
+/// Program name → the `syscalls` tracepoints it is attached to.
+const ATTACHMENTS: &[(&str, &[&str])] = &[
+    ("enter_read", &["sys_enter_read"]),
+    ("enter_readv", &["sys_enter_readv"]),
+    ("enter_recvfrom", &["sys_enter_recvfrom"]),
+    ("enter_recvmsg", &["sys_enter_recvmsg"]),
+    ("enter_write", &["sys_enter_write"]),
+    ("enter_writev", &["sys_enter_writev"]),
+    ("enter_sendto", &["sys_enter_sendto"]),
+    ("enter_sendmsg", &["sys_enter_sendmsg"]),
+    ("enter_sendfile", &["sys_enter_sendfile64"]),
+    (
+        "exit_data",
+        &[
+            "sys_exit_read",
+            "sys_exit_readv",
+            "sys_exit_recvfrom",
+            "sys_exit_recvmsg",
+            "sys_exit_write",
+            "sys_exit_writev",
+            "sys_exit_sendto",
+            "sys_exit_sendmsg",
+            "sys_exit_sendfile64",
+        ],
+    ),
+    ("exit_accept", &["sys_exit_accept", "sys_exit_accept4"]),
+    ("enter_close", &["sys_enter_close"]),
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    #[error(
+        "not permitted to load eBPF programs ({0}): run as root, or with CAP_BPF, CAP_PERFMON and CAP_SYS_ADMIN (for tracefs)"
+    )]
+    NotPermitted(String),
+    #[error("tracefs is not mounted and mounting it on /sys/kernel/tracing failed: {0}")]
+    Tracefs(io::Error),
+    #[error("loading the eBPF object: {0}")]
+    Load(#[from] aya::EbpfError),
+    #[error("program {program} on syscalls:{tracepoint}: {source}")]
+    Program {
+        program: &'static str,
+        tracepoint: &'static str,
+        source: aya::programs::ProgramError,
+    },
+    #[error("map {0}: {1}")]
+    Map(&'static str, aya::maps::MapError),
+    #[error("map {0} missing from the object")]
+    MissingMap(&'static str),
+    #[error("registering the ring buffer with tokio: {0}")]
+    Register(io::Error),
+}
+
+/// Loaded, attached programs; dropping this detaches them.
+pub struct Probes {
+    ebpf: Ebpf,
+    targets: HashMap<MapData, u32, u32>,
+    sockets: HashMap<MapData, u64, u32>,
+}
+
+impl Probes {
+    pub fn load_and_attach() -> Result<Self, ProbeError> {
+        ensure_tracefs()?;
+        let mut ebpf = Ebpf::load(OBJECT).map_err(|e| permission_or(e, ProbeError::Load))?;
+        start_kernel_logger(&mut ebpf);
+        for &(program, tracepoints) in ATTACHMENTS {
+            let prog: &mut TracePoint = ebpf
+                .program_mut(program)
+                .expect("every ATTACHMENTS program is in the object")
+                .try_into()
+                .expect("every program is a tracepoint");
+            let fail = |tracepoint: &'static str| {
+                move |source| ProbeError::Program {
+                    program,
+                    tracepoint,
+                    source,
+                }
+            };
+            prog.load()
+                .map_err(fail(tracepoints[0]))
+                .map_err(permission)?;
+            for &tracepoint in tracepoints {
+                prog.attach("syscalls", tracepoint)
+                    .map_err(fail(tracepoint))
+                    .map_err(permission)?;
+            }
+        }
+        let targets = take_map(&mut ebpf, "TARGETS")?;
+        let sockets = take_map(&mut ebpf, "SOCKETS")?;
+        Ok(Probes {
+            ebpf,
+            targets,
+            sockets,
+        })
+    }
+
+    /// Starts following `tgid`, including the sockets it already has open.
+    pub fn add_target(&mut self, tgid: u32) -> Result<(), ProbeError> {
+        self.targets
+            .insert(tgid, 0, 0)
+            .map_err(|e| ProbeError::Map("TARGETS", e))?;
+        let mut learned = 0;
+        for fd in socket_fds(tgid) {
+            // Sockets accepted meanwhile were learned by the accept hook; inserting again is harmless.
+            if self.sockets.insert(socket_key(tgid, fd), 0, 0).is_ok() {
+                learned += 1;
+            }
+        }
+        info!(pid = tgid, sockets = learned, "following process");
+        Ok(())
+    }
+
+    /// Stops following `tgid` (it exited) and forgets its sockets.
+    pub fn remove_target(&mut self, tgid: u32) {
+        let _ = self.targets.remove(&tgid);
+        let stale: Vec<u64> = self
+            .sockets
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| (k >> 32) as u32 == tgid)
+            .collect();
+        for key in stale {
+            let _ = self.sockets.remove(&key);
+        }
+    }
+
+    /// The ring buffer, registered with tokio for readiness.
+    pub fn take_events(&mut self) -> Result<AsyncFd<RingBuf<MapData>>, ProbeError> {
+        let ring: RingBuf<MapData> = take_map(&mut self.ebpf, "EVENTS")?;
+        // SAFETY: the ring buffer owns its fd and moves into the AsyncFd, which deregisters it
+        // before dropping it, so the registered fd stays open while registered.
+        unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
+            .map_err(|e| ProbeError::Register(io::Error::other(e.to_string())))
+    }
+
+    /// Sum over CPUs of one `STATS` counter.
+    pub fn stat(&self, index: u32) -> u64 {
+        let Some(map) = self.ebpf.map("STATS") else {
+            return 0;
+        };
+        let Ok(stats) = PerCpuArray::<_, u64>::try_from(map) else {
+            return 0;
+        };
+        stats
+            .get(&index, 0)
+            .map(|per_cpu| per_cpu.iter().sum())
+            .unwrap_or(0)
+    }
+
+    pub fn events_lost(&self) -> u64 {
+        self.stat(stat::RING_FULL)
+    }
+}
+
+fn take_map<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, ProbeError>
+where
+    T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
+{
+    let map = ebpf.take_map(name).ok_or(ProbeError::MissingMap(name))?;
+    T::try_from(map).map_err(|e| ProbeError::Map(name, e))
+}
+
+/// Socket fds of `tgid` now, from /proc/PID/fd (`socket:[inode]` links).
+fn socket_fds(tgid: u32) -> Vec<i32> {
+    let Ok(dir) = fs::read_dir(format!("/proc/{tgid}/fd")) else {
+        return Vec::new();
+    };
+    dir.filter_map(Result::ok)
+        .filter(|entry| {
+            fs::read_link(entry.path()).is_ok_and(|l| l.to_string_lossy().starts_with("socket:"))
+        })
+        .filter_map(|entry| entry.file_name().to_str()?.parse().ok())
+        .collect()
+}
+
+/// Classic tracepoints need tracefs; it is not mounted at boot everywhere.
+fn ensure_tracefs() -> Result<(), ProbeError> {
+    let mounted = |dir: &str| Path::new(dir).join("events/syscalls").is_dir();
+    if mounted("/sys/kernel/tracing") || mounted("/sys/kernel/debug/tracing") {
+        return Ok(());
+    }
+    let target = c"/sys/kernel/tracing";
+    // SAFETY: mount(2) with valid NUL-terminated strings and no data.
+    let rc = unsafe {
+        libc::mount(
+            c"nodev".as_ptr(),
+            target.as_ptr(),
+            c"tracefs".as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
+    if rc != 0 {
+        return Err(ProbeError::Tracefs(io::Error::last_os_error()));
+    }
+    info!("mounted tracefs on /sys/kernel/tracing");
+    Ok(())
+}
+
+/// aya-log records from the kernel programs go to this process's log.
+fn start_kernel_logger(ebpf: &mut Ebpf) {
+    let logger = match aya_log::EbpfLogger::init(ebpf) {
+        Ok(logger) => logger,
+        Err(e) => {
+            warn!("kernel-side logging unavailable: {e}");
+            return;
+        }
+    };
+    // SAFETY: the logger owns its fd and moves into the AsyncFd, which outlives the registration.
+    let logger =
+        match unsafe { AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE) } {
+            Ok(logger) => logger,
+            Err(e) => {
+                warn!("kernel-side logging unavailable: {e}");
+                return;
+            }
+        };
+    tokio::spawn(async move {
+        let mut logger = logger;
+        loop {
+            let Ok(mut guard) = logger.readable_mut().await else {
+                return;
+            };
+            guard.get_inner_mut().flush();
+            guard.clear_ready();
+        }
+    });
+    debug!("kernel-side logging started");
+}
+
+fn is_permission(text: &str) -> bool {
+    text.contains("Operation not permitted")
+        || text.contains("Permission denied")
+        || text.contains("EPERM")
+}
+
+fn permission(e: ProbeError) -> ProbeError {
+    let text = format!("{e}: {:?}", e);
+    if is_permission(&text) {
+        ProbeError::NotPermitted(e.to_string())
+    } else {
+        e
+    }
+}
+
+fn permission_or(e: aya::EbpfError, wrap: fn(aya::EbpfError) -> ProbeError) -> ProbeError {
+    permission(wrap(e))
+}

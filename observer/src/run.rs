@@ -1,0 +1,115 @@
+//! The daemon: checks, loads the probes, follows the targets, and feeds events to the
+//! connection table until asked to stop.
+
+use std::{net::SocketAddr, path::Path, sync::Arc, time::Duration};
+
+use anyhow::{Context, bail};
+use tokio::signal::unix::{SignalKind, signal};
+use tracing::{info, warn};
+
+use crate::{conn::Connections, events, metrics::Metrics, probes::Probes, serve};
+
+pub struct RunConfig {
+    pub pids: Vec<u32>,
+    pub listen: SocketAddr,
+    pub max_endpoints: usize,
+    /// Exit once every target has exited, instead of serving what was counted.
+    pub exit_with_targets: bool,
+}
+
+pub async fn run(config: RunConfig) -> anyhow::Result<()> {
+    for &pid in &config.pids {
+        if !process_exists(pid) {
+            bail!("no such process: {pid}");
+        }
+    }
+    check_privileges()?;
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::AddrInUse => {
+                anyhow::anyhow!("listen address {} is already in use", config.listen)
+            }
+            _ => anyhow::Error::new(e).context(format!("binding {}", config.listen)),
+        })?;
+    let metrics = Arc::new(Metrics::new());
+    let mut probes = Probes::load_and_attach()?;
+    let mut ring = probes.take_events()?;
+    for &pid in &config.pids {
+        probes.add_target(pid)?;
+    }
+    let addr = listener.local_addr()?;
+    let server = tokio::spawn(serve::serve(listener, metrics.clone()));
+    info!("serving metrics on http://{addr}/metrics");
+
+    let mut conns = Connections::new(&metrics, config.max_endpoints);
+    let mut live: Vec<u32> = config.pids.clone();
+    let mut lost_seen = 0;
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    loop {
+        tokio::select! {
+            guard = ring.readable_mut() => {
+                let mut guard = guard.context("waiting on the ring buffer")?;
+                let ring = guard.get_inner_mut();
+                while let Some(record) = ring.next() {
+                    metrics.events.inc();
+                    match events::decode(&record) {
+                        Ok(event) => conns.handle(&event),
+                        Err(e) => warn!("dropping a malformed kernel record: {e}"),
+                    }
+                }
+                guard.clear_ready();
+            }
+            _ = tick.tick() => {
+                let lost = probes.events_lost();
+                metrics.events_lost.inc_by(lost.saturating_sub(lost_seen));
+                lost_seen = lost;
+                live.retain(|&pid| {
+                    if process_exists(pid) {
+                        return true;
+                    }
+                    warn!(pid, "target process exited; its metrics stay served");
+                    probes.remove_target(pid);
+                    conns.forget_process(pid);
+                    false
+                });
+                if live.is_empty() && config.exit_with_targets {
+                    info!("every target exited; stopping");
+                    break;
+                }
+            }
+            _ = sigterm.recv() => break,
+            _ = sigint.recv() => break,
+        }
+    }
+    server.abort();
+    drop(probes); // detaches every program
+    info!("detached; bye");
+    Ok(())
+}
+
+fn process_exists(pid: u32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// Loading tracepoint programs needs root or CAP_BPF + CAP_PERFMON; say so before trying.
+fn check_privileges() -> anyhow::Result<()> {
+    const CAP_PERFMON: u32 = 38;
+    const CAP_BPF: u32 = 39;
+    let status =
+        std::fs::read_to_string("/proc/self/status").context("reading /proc/self/status")?;
+    let effective = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+        .unwrap_or(0);
+    let has = |cap: u32| effective & (1 << cap) != 0;
+    if !(has(CAP_BPF) && has(CAP_PERFMON)) {
+        bail!(
+            "not permitted: observer needs root, or CAP_BPF and CAP_PERFMON, to load its eBPF programs"
+        );
+    }
+    Ok(())
+}
