@@ -50,6 +50,7 @@ impl<'m> Connections<'m> {
         }
     }
 
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.table.len()
     }

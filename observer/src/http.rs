@@ -152,6 +152,7 @@ impl<T> HttpConn<T> {
         }
     }
 
+    #[cfg(test)]
     pub fn in_flight(&self) -> usize {
         self.waiting.len()
     }
@@ -500,13 +501,15 @@ impl<'a> Bytes<'a> {
     }
 }
 
-/// Whether `data` begins like a request line (`TOKEN SP`), to resync a lost connection.
+/// Whether `data` begins like a request line (at least `TOKEN SP`, with nothing invalid
+/// after it), to resync a connection we lost track of. Clients may send the method alone
+/// in a first segment, so the whole request line is not required.
 fn looks_like_request(data: &[u8]) -> bool {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut headers);
     match req.parse(data) {
         Ok(httparse::Status::Complete(_)) => true,
-        Ok(httparse::Status::Partial) => req.path.is_some(),
+        Ok(httparse::Status::Partial) => req.method.is_some(),
         Err(_) => false,
     }
 }

@@ -1,1 +1,248 @@
-fn main() {}
+//! Project chores that a build script should not do: `setup` (toolchain, bpf-linker, Debian
+//! packages) and `test` (the whole suite, privileged integration tests included).
+
+use std::{
+    env,
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context, bail, ensure};
+use clap::{Parser, Subcommand};
+
+/// The pinned toolchain; keep in step with rust-toolchain.toml.
+const TOOLCHAIN: &str = "1.95.0";
+/// bpf-linker release built against the toolchain's own libLLVM.
+const BPF_LINKER_VERSION: &str = "0.13.0";
+/// Debian packages the integration tests drive: (command that proves it is there, package).
+const DEBIAN_PACKAGES: &[(&str, &str)] = &[("curl", "curl"), ("setpriv", "util-linux")];
+
+#[derive(Parser)]
+struct Cli {
+    #[command(subcommand)]
+    command: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what a fresh machine lacks: rust-src, bpf-linker, Debian packages. Idempotent.
+    Setup,
+    /// Set up, build, and run the observer: `observer demo` when no `--pid` is given,
+    /// else `observer run` with the given arguments.
+    Run {
+        /// Arguments for the observer, e.g. `--pid 1234 --listen 127.0.0.1:9464`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Set up, then run every test: unit tests and the privileged integration tests.
+    Test {
+        /// Extra arguments for `cargo test` (after `--`), e.g. a test name filter.
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Task::Setup => setup(),
+        Task::Run { args } => {
+            setup()?;
+            run_observer(&args)
+        }
+        Task::Test { args } => {
+            setup()?;
+            test(&args)
+        }
+    }
+}
+
+fn setup() -> anyhow::Result<()> {
+    let started = std::time::Instant::now();
+    run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", TOOLCHAIN]))
+        .context("installing rust-src for the pinned toolchain")?;
+    ensure_bpf_linker()?;
+    ensure_debian_packages()?;
+    eprintln!(
+        "xtask: setup done in {:.1}s",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// bpf-linker must link against the same LLVM as the rustc that compiles the eBPF crate:
+/// build it against that toolchain's own libLLVM, with an rpath so it runs without rustup's
+/// LD_LIBRARY_PATH.
+fn ensure_bpf_linker() -> anyhow::Result<()> {
+    let sysroot =
+        output(Command::new("rustup").args(["run", TOOLCHAIN, "rustc", "--print", "sysroot"]))?;
+    let lib = PathBuf::from(sysroot.trim()).join("lib");
+    let libllvm = std::fs::read_dir(&lib)?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("libLLVM.so."))
+        })
+        .with_context(|| format!("no libLLVM.so.* in {}", lib.display()))?;
+    let version = output(Command::new("rustup").args(["run", TOOLCHAIN, "rustc", "-vV"]))?;
+    let llvm_major = version
+        .lines()
+        .find_map(|l| l.strip_prefix("LLVM version: "))
+        .and_then(|v| v.split('.').next())
+        .context("rustc -vV names no LLVM version")?
+        .to_owned();
+    let stamp = format!(
+        "bpf-linker {BPF_LINKER_VERSION} llvm-{llvm_major} {}",
+        libllvm.display()
+    );
+    let stamp_file = cargo_home().join("bin/.bpf-linker-observer");
+    let installed = Command::new("bpf-linker")
+        .arg("--version")
+        .env_remove("LD_LIBRARY_PATH")
+        .output();
+    if installed.is_ok_and(|o| o.status.success())
+        && std::fs::read_to_string(&stamp_file).is_ok_and(|s| s == stamp)
+    {
+        return Ok(());
+    }
+    eprintln!(
+        "xtask: building bpf-linker {BPF_LINKER_VERSION} against {} (llvm-{llvm_major})",
+        libllvm.display()
+    );
+    let prefix = workspace_root().join("target/xtask/llvm-prefix");
+    std::fs::create_dir_all(prefix.join("lib"))?;
+    let link = prefix.join("lib/libLLVM.so");
+    let _ = std::fs::remove_file(&link);
+    std::os::unix::fs::symlink(&libllvm, &link)?;
+    run(Command::new("cargo")
+        .args([
+            "install",
+            "--locked",
+            "--force",
+            "bpf-linker",
+            "--version",
+            BPF_LINKER_VERSION,
+        ])
+        .args([
+            "--no-default-features",
+            "--features",
+            &format!("llvm-{llvm_major}"),
+        ])
+        .env("LLVM_PREFIX", &prefix)
+        .env(
+            "RUSTFLAGS",
+            format!("-C link-arg=-Wl,-rpath,{}", lib.display()),
+        ))
+    .context("building bpf-linker")?;
+    std::fs::write(&stamp_file, stamp)?;
+    Ok(())
+}
+
+fn ensure_debian_packages() -> anyhow::Result<()> {
+    let missing: Vec<&str> = DEBIAN_PACKAGES
+        .iter()
+        .filter(|(cmd, _)| !on_path(cmd))
+        .map(|(_, pkg)| *pkg)
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    ensure!(
+        is_root(),
+        "Debian packages {missing:?} are missing and installing them needs root"
+    );
+    run(Command::new("apt-get").arg("update").arg("-qq"))?;
+    run(Command::new("apt-get")
+        .args(["install", "-y", "-qq", "--no-install-recommends"])
+        .args(&missing)
+        .env("DEBIAN_FRONTEND", "noninteractive"))
+}
+
+fn run_observer(args: &[String]) -> anyhow::Result<()> {
+    let subcommand = if args.iter().any(|a| a == "--pid" || a.starts_with("--pid=")) {
+        "run"
+    } else {
+        "demo"
+    };
+    run(Command::new("cargo")
+        .env("PATH", path_with_cargo_bin()?)
+        .args([
+            "run",
+            "--release",
+            "--quiet",
+            "--package",
+            "observer",
+            "--",
+            subcommand,
+        ])
+        .args(args))
+}
+
+fn test(args: &[String]) -> anyhow::Result<()> {
+    if !is_root() {
+        bail!("the integration tests load eBPF programs: run `cargo xtask test` as root");
+    }
+    // The default members: everything but the eBPF crate, which only builds for BPF.
+    // One test at a time: each starts real servers and an observer on a 2-core machine.
+    run(Command::new("cargo")
+        .env("PATH", path_with_cargo_bin()?)
+        .args(["test", "--"])
+        .args(args)
+        .arg("--test-threads=1"))
+}
+
+/// PATH with cargo's bin directory first: bpf-linker is installed there, and a CI shell may
+/// not have it on PATH.
+fn path_with_cargo_bin() -> anyhow::Result<std::ffi::OsString> {
+    let mut paths = vec![cargo_home().join("bin")];
+    paths.extend(
+        env::var_os("PATH")
+            .map(|p| env::split_paths(&p).collect::<Vec<_>>())
+            .unwrap_or_default(),
+    );
+    Ok(env::join_paths(paths)?)
+}
+
+fn run(cmd: &mut Command) -> anyhow::Result<()> {
+    let status = cmd.status().with_context(|| format!("running {cmd:?}"))?;
+    ensure!(status.success(), "{cmd:?} failed: {status}");
+    Ok(())
+}
+
+fn output(cmd: &mut Command) -> anyhow::Result<String> {
+    let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
+    ensure!(
+        out.status.success(),
+        "{cmd:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8(out.stdout)?)
+}
+
+fn on_path(cmd: &str) -> bool {
+    env::var_os("PATH")
+        .is_some_and(|paths| env::split_paths(&paths).any(|dir| dir.join(cmd).is_file()))
+}
+
+fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status").is_ok_and(|s| {
+        s.lines()
+            .find_map(|l| l.strip_prefix("Uid:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            == Some("0")
+    })
+}
+
+fn cargo_home() -> PathBuf {
+    env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env::var_os("HOME").unwrap_or_default()).join(".cargo"))
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_owned()
+}

@@ -290,3 +290,23 @@ fn response_without_request_is_counted() {
     h.write(1, OK_5);
     assert_eq!(h.sink.anomalies, [Anomaly::UnexpectedResponse]);
 }
+
+#[test]
+fn mid_stream_resyncs_on_a_request_line_split_from_its_headers() {
+    // hyper first reads 24 bytes (the length of the HTTP/2 preface), then the rest.
+    let mut h = Harness::mid_stream();
+    h.read(1, b"GET /api/status HTTP/1.1")
+        .read(2, b"\r\nHost: test\r\n\r\n");
+    h.write_partial(3, b"HTTP/1.1 200 OK\r\ncontent-length: 15\r\n\r\n", 40 + 15);
+    assert_eq!(h.done(), [("GET /api/status", Some(200), 1, 3)]);
+}
+
+#[test]
+fn mid_stream_resyncs_on_a_method_sent_alone() {
+    // Some clients send "GET " in one segment and the rest of the request in the next.
+    let mut h = Harness::mid_stream();
+    h.read(1, b"GET ")
+        .read(2, b"/x HTTP/1.1\r\nHost: test\r\n\r\n")
+        .write(3, OK_5);
+    assert_eq!(h.done(), [("GET /x", Some(200), 1, 3)]);
+}

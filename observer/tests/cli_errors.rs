@@ -1,0 +1,77 @@
+//! Startup failures: one clear line on stderr and a non-zero exit.
+
+mod common;
+
+use std::{
+    net::TcpListener,
+    process::{Command, Output},
+};
+
+use common::*;
+
+fn observer(args: &[&str]) -> Output {
+    Command::new(observer_bin())
+        .args(args)
+        .env("RUST_LOG", "off")
+        .output()
+        .expect("running observer")
+}
+
+fn assert_one_line_error(out: &Output, expected: &str) {
+    assert!(
+        !out.status.success(),
+        "expected failure, got {}",
+        out.status
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "one line expected, got:\n{stderr}");
+    assert!(lines[0].starts_with("observer: error: "), "{stderr}");
+    assert!(
+        lines[0].contains(expected),
+        "expected {expected:?} in {stderr}"
+    );
+}
+
+#[test]
+fn unknown_pid_is_a_clear_error() {
+    let unused = 4_000_000; // above the kernel's pid_max limit (2^22)
+    assert_one_line_error(
+        &observer(&[
+            "run",
+            "--pid",
+            &unused.to_string(),
+            "--listen",
+            "127.0.0.1:0",
+        ]),
+        "no such process: 4000000",
+    );
+}
+
+#[test]
+fn listen_address_in_use_is_a_clear_error() {
+    require_root();
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let me = std::process::id().to_string();
+    assert_one_line_error(
+        &observer(&["run", "--pid", &me, "--listen", &addr]),
+        &format!("listen address {addr} is already in use"),
+    );
+}
+
+#[test]
+fn missing_privileges_are_a_clear_error() {
+    require_root();
+    require_command("setpriv");
+    // Still uid 0, but with no capabilities at all: what a container without CAP_BPF gets.
+    let me = std::process::id().to_string();
+    let out = Command::new("setpriv")
+        .args(["--inh-caps=-all", "--bounding-set=-all", "--"])
+        .arg(observer_bin())
+        .args(["run", "--pid", &me, "--listen", "127.0.0.1:0"])
+        .env("RUST_LOG", "off")
+        .output()
+        .expect("running setpriv");
+    assert_one_line_error(&out, "not permitted");
+}

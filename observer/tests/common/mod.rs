@@ -1,0 +1,351 @@
+//! Shared pieces of the privileged integration tests: process guards, the observer under
+//! test, scraping and reading `/metrics`, and the real clients (curl) the tests drive.
+#![allow(dead_code)] // each test file uses its own subset
+
+use std::{
+    io::{BufRead, BufReader, Read, Write},
+    net::{SocketAddr, TcpListener, TcpStream},
+    path::Path,
+    process::{Child, Command, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+/// Kills (SIGKILL) and reaps the child when dropped, whatever happened in the test.
+pub struct ChildGuard {
+    pub child: Child,
+    name: String,
+}
+
+impl ChildGuard {
+    pub fn spawn(name: &str, cmd: &mut Command) -> Self {
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {name} ({cmd:?}): {e}"));
+        ChildGuard {
+            child,
+            name: name.to_owned(),
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Panics with the child's stderr if it already exited.
+    pub fn assert_running(&mut self) {
+        if let Ok(Some(status)) = self.child.try_wait() {
+            let mut err = String::new();
+            if let Some(mut stderr) = self.child.stderr.take() {
+                let _ = stderr.read_to_string(&mut err);
+            }
+            panic!("{} exited early ({status}): {err}", self.name);
+        }
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Fails loudly when the tests cannot do what they are for.
+pub fn require_root() {
+    let status = std::fs::read_to_string("/proc/self/status").expect("reading /proc/self/status");
+    let uid = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|l| l.split_whitespace().nth(1));
+    assert_eq!(
+        uid,
+        Some("0"),
+        "privileged integration test: must run as root (use `cargo xtask test`)"
+    );
+}
+
+pub fn require_command(cmd: &str) {
+    let found = Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {cmd}"))
+        .output()
+        .is_ok_and(|o| o.status.success());
+    assert!(found, "{cmd} is not installed: run `cargo xtask setup`");
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+pub fn wait_until(what: &str, timeout: Duration, mut ok: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !ok() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+pub fn wait_for_port(port: u16) {
+    wait_until(
+        &format!("127.0.0.1:{port} to accept"),
+        Duration::from_secs(10),
+        || TcpStream::connect(("127.0.0.1", port)).is_ok(),
+    );
+}
+
+pub fn observer_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_observer")
+}
+
+/// A running `observer run` attached to some PIDs, serving on a free loopback port.
+pub struct Observer {
+    pub guard: ChildGuard,
+    pub addr: SocketAddr,
+}
+
+impl Observer {
+    pub fn attach(pids: &[u32]) -> Self {
+        let addr: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+        let mut cmd = Command::new(observer_bin());
+        cmd.arg("run").arg("--listen").arg(addr.to_string());
+        for pid in pids {
+            cmd.arg("--pid").arg(pid.to_string());
+        }
+        cmd.env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let mut guard = ChildGuard::spawn("observer", &mut cmd);
+        // The port is bound before the probes load, but /metrics answers only once the
+        // probes are attached and the targets followed.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while try_http_get(addr, "/metrics").is_none() {
+            guard.assert_running();
+            assert!(
+                Instant::now() < deadline,
+                "observer did not serve /metrics within 30s"
+            );
+            thread::sleep(Duration::from_millis(50));
+        }
+        // Keep draining the log so the observer never blocks on a full pipe.
+        let stderr = guard.child.stderr.take().expect("piped stderr");
+        thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                eprintln!("[observer] {line}");
+            }
+        });
+        Observer { guard, addr }
+    }
+
+    pub fn scrape(&self) -> Scrape {
+        Scrape(http_get_text(self.addr, "/metrics"))
+    }
+
+    /// Scrapes until `ok` holds (events arrive asynchronously), then returns that scrape.
+    pub fn scrape_until(&self, what: &str, ok: impl Fn(&Scrape) -> bool) -> Scrape {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let scrape = self.scrape();
+            if ok(&scrape) {
+                return scrape;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}; last scrape:\n{}",
+                scrape.0
+            );
+            thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+/// GET over a fresh connection; returns the body. Panics unless the status is 200.
+pub fn http_get_text(addr: SocketAddr, path: &str) -> String {
+    try_http_get(addr, path).unwrap_or_else(|| panic!("GET http://{addr}{path} did not answer 200"))
+}
+
+/// GET over a fresh connection: the body of a 200 response, `None` for anything else.
+pub fn try_http_get(addr: SocketAddr, path: &str) -> Option<String> {
+    let mut stream = TcpStream::connect(addr).ok()?;
+    stream
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .ok()?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let (head, body) = response.split_once("\r\n\r\n")?;
+    head.starts_with("HTTP/1.1 200").then(|| body.to_owned())
+}
+
+/// One `/metrics` text, with lookups by metric name and labels.
+pub struct Scrape(pub String);
+
+impl Scrape {
+    /// Sum of every sample named `name` whose labels include all of `labels`.
+    pub fn sum(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        self.samples(name)
+            .filter(|(l, _)| {
+                labels
+                    .iter()
+                    .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
+            })
+            .map(|(_, v)| v)
+            .sum()
+    }
+
+    /// `(labels, value)` of every sample named exactly `name`.
+    pub fn samples<'a>(&'a self, name: &'a str) -> impl Iterator<Item = (&'a str, f64)> + 'a {
+        self.0
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter_map(move |line| {
+                let (series, value) = line.rsplit_once(' ')?;
+                let (metric, labels) = match series.split_once('{') {
+                    Some((m, rest)) => (m, rest.trim_end_matches('}')),
+                    None => (series, ""),
+                };
+                if metric != name {
+                    return None;
+                }
+                Some((labels, value.parse().ok()?))
+            })
+    }
+
+    /// Distinct values of `label` across samples of `name`.
+    pub fn label_values(&self, name: &str, label: &str) -> Vec<String> {
+        let mut values: Vec<String> = self
+            .samples(name)
+            .filter_map(|(labels, _)| {
+                let start = labels.find(&format!("{label}=\""))? + label.len() + 2;
+                Some(labels[start..].split('"').next()?.to_owned())
+            })
+            .collect();
+        values.sort();
+        values.dedup();
+        values
+    }
+}
+
+/// Runs curl on the given URLs (one connection, reused where the server allows) and
+/// returns the status code of each response, in order.
+pub fn curl(extra: &[&str], urls: &[String]) -> Vec<u16> {
+    let mut cmd = Command::new("curl");
+    cmd.args([
+        "--silent",
+        "--show-error",
+        "--max-time",
+        "30",
+        "--write-out",
+        "%{http_code}\\n",
+    ])
+    .args(extra);
+    for url in urls {
+        cmd.args(["--output", "/dev/null", url]);
+    }
+    let out = cmd.output().expect("running curl");
+    assert!(
+        out.status.success(),
+        "curl failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| l.trim().parse().expect("a status code"))
+        .collect()
+}
+
+/// A minimal keep-alive HTTP/1.1 client over one TCP connection, for tests that need to
+/// control exactly which connection carries which request.
+pub struct RawClient {
+    stream: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl RawClient {
+    pub fn connect(addr: SocketAddr) -> Self {
+        let stream = TcpStream::connect(addr).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        RawClient {
+            stream,
+            buf: Vec::new(),
+        }
+    }
+
+    /// Sends a GET and reads its response (Content-Length framed); returns the status.
+    pub fn get(&mut self, path: &str) -> u16 {
+        // `write!` sends the format pieces as separate writes ("GET ", then the rest), as
+        // some real clients do: the observer must not depend on one segment per request.
+        write!(self.stream, "GET {path} HTTP/1.1\r\nHost: test\r\n\r\n").unwrap();
+        self.read_response()
+    }
+
+    fn read_response(&mut self) -> u16 {
+        loop {
+            if let Some(end) = find(&self.buf, b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&self.buf[..end]).to_string();
+                let status: u16 = head.split(' ').nth(1).unwrap().parse().unwrap();
+                let length: usize = head
+                    .lines()
+                    .find_map(|l| {
+                        l.to_ascii_lowercase()
+                            .strip_prefix("content-length:")
+                            .map(|v| v.trim().parse().unwrap())
+                    })
+                    .unwrap_or(0);
+                while self.buf.len() < end + 4 + length {
+                    self.fill();
+                }
+                self.buf.drain(..end + 4 + length);
+                return status;
+            }
+            self.fill();
+        }
+    }
+
+    fn fill(&mut self) {
+        let mut chunk = [0u8; 16 * 1024];
+        let n = self.stream.read(&mut chunk).unwrap();
+        assert!(n > 0, "server closed the connection");
+        self.buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+/// A temporary directory removed on drop.
+pub struct TempDir(pub std::path::PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("observer-test-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
