@@ -4,9 +4,18 @@
 //! the layout byte for byte. Enums travel as `u32` and are decoded with `TryFrom`.
 #![no_std]
 
-/// Bytes of a read/write buffer copied into each data event. A request line plus the usual
-/// headers fits; longer heads are handled (and counted) as truncated captures in userspace.
+/// Most bytes from the start of a read/write copied into a data event. A request line plus
+/// the usual headers fits; longer heads are handled (and counted) as truncated captures.
 pub const HEAD_LEN: usize = 512;
+
+/// Most bytes from the end of a read/write copied into a data event (not overlapping the
+/// head). Enough to see the last chunk-size line and the `0\r\n\r\n` terminator of a
+/// chunked body written in one syscall with a large chunk before them.
+pub const TAIL_LEN: usize = 32;
+
+/// Iovecs followed per vector syscall (readv/writev/recvmsg/sendmsg). Node writes a chunked
+/// response as one writev of ~13 iovecs.
+pub const MAX_IOV: usize = 16;
 
 /// Ring buffer size in bytes (power of two, multiple of the page size).
 pub const RING_BYTES: u32 = 8 << 20;
@@ -48,11 +57,9 @@ impl Syscall {
     pub const fn direction(self) -> Direction {
         match self {
             Syscall::Read | Syscall::Readv | Syscall::Recvfrom | Syscall::Recvmsg => Direction::In,
-            Syscall::Write
-            | Syscall::Writev
-            | Syscall::Sendto
-            | Syscall::Sendmsg
-            | Syscall::Sendfile => Direction::Out,
+            Syscall::Write | Syscall::Writev | Syscall::Sendto | Syscall::Sendmsg | Syscall::Sendfile => {
+                Direction::Out
+            }
             Syscall::Accept => Direction::Open,
             Syscall::Close => Direction::Closed,
         }
@@ -79,11 +86,7 @@ impl TryFrom<u32> for Syscall {
     type Error = u32;
 
     fn try_from(value: u32) -> Result<Self, u32> {
-        Syscall::ALL
-            .iter()
-            .copied()
-            .find(|s| *s as u32 == value)
-            .ok_or(value)
+        Syscall::ALL.iter().copied().find(|s| *s as u32 == value).ok_or(value)
     }
 }
 
@@ -104,10 +107,12 @@ pub enum Direction {
 /// userspace must resynchronise that connection.
 pub const FLAG_LOST_BEFORE: u32 = 1;
 
-/// One syscall on a socket of a target process, as written to the ring buffer.
+/// One syscall on a socket of a target process. A ring-buffer record is this header, then
+/// `head_len` bytes from the start of what the syscall moved, then `tail_len` bytes from its
+/// end: records are only as long as what they carry.
 #[repr(C)]
-#[derive(Clone, Copy)]
-pub struct Event {
+#[derive(Clone, Copy, Debug, Default)]
+pub struct EventHeader {
     /// `bpf_ktime_get_ns` (CLOCK_MONOTONIC) at syscall exit, or entry for `close`.
     pub ts_ns: u64,
     /// Syscall return value: bytes moved, or the new fd for accept.
@@ -119,10 +124,16 @@ pub struct Event {
     pub syscall: u32,
     /// `FLAG_*` bits.
     pub flags: u32,
-    /// How many bytes of `head` are valid (≤ `HEAD_LEN`, ≤ `ret`).
-    pub captured: u32,
-    pub head: [u8; HEAD_LEN],
+    /// Bytes of the head that follow the header (≤ `HEAD_LEN`).
+    pub head_len: u32,
+    /// Bytes of the tail that follow the head (≤ `TAIL_LEN`). The bytes between head and tail
+    /// (`ret - head_len - tail_len`) were not captured.
+    pub tail_len: u32,
+    pub reserved: u32,
 }
+
+/// Size of [`EventHeader`] on the wire.
+pub const HEADER_LEN: usize = core::mem::size_of::<EventHeader>();
 
 /// Indices of the per-CPU counters in the `STATS` map.
 pub mod stat {
@@ -141,6 +152,8 @@ pub mod stat {
 pub struct PendingCall {
     /// User pointer: the buffer, the iovec array, or the msghdr, by `syscall`.
     pub buf: u64,
+    /// Iovec count for readv/writev (msghdr calls read theirs at exit).
+    pub count: u64,
     pub fd: i32,
     pub syscall: u32,
 }
@@ -157,8 +170,9 @@ mod tests {
 
     #[test]
     fn event_has_no_padding() {
-        assert_eq!(core::mem::size_of::<Event>(), 8 + 8 + 4 * 6 + HEAD_LEN);
-        assert_eq!(core::mem::size_of::<PendingCall>(), 16);
+        assert_eq!(HEADER_LEN, 8 + 8 + 4 * 8);
+        assert_eq!(HEADER_LEN % 8, 0, "records stay 8-byte aligned");
+        assert_eq!(core::mem::size_of::<PendingCall>(), 24);
     }
 
     #[test]

@@ -1,15 +1,18 @@
 //! Syscall tracepoints on the socket read/write family of the target processes.
 //!
 //! Entry programs remember the arguments of a syscall on a known socket of a target; the
-//! shared exit program copies the first bytes of the buffer into a ring-buffer event once the
-//! return value says how many bytes moved. Every program filters on the target tgid first,
-//! before any other work.
+//! shared exit program copies the first and last bytes it moved into a ring-buffer record
+//! once the return value says how many bytes moved. Every program filters on the target
+//! tgid first, before any other work.
 #![no_std]
 #![no_main]
 
+use core::ffi::c_void;
+
 use aya_ebpf::{
     helpers::{
-        bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user, bpf_probe_read_user_buf,
+        bpf_get_current_pid_tgid, bpf_ktime_get_ns,
+        generated::{bpf_loop, bpf_probe_read_user},
     },
     macros::{map, tracepoint},
     maps::{HashMap, PerCpuArray, RingBuf},
@@ -17,7 +20,8 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::warn;
 use observer_common::{
-    Event, FLAG_LOST_BEFORE, HEAD_LEN, PendingCall, RING_BYTES, Syscall, socket_key, stat,
+    EventHeader, FLAG_LOST_BEFORE, HEAD_LEN, HEADER_LEN, MAX_IOV, PendingCall, RING_BYTES, Syscall, TAIL_LEN,
+    socket_key, stat,
 };
 
 /// Target tgids (value unused). Filled by userspace.
@@ -40,13 +44,31 @@ static EVENTS: RingBuf = RingBuf::with_byte_size(RING_BYTES, 0);
 #[map]
 static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(stat::COUNT, 0);
 
+/// Room the verifier can see: head copies start below `HEAD_LEN` and are at most `HEAD_LEN`
+/// long, tail copies start below `HEAD_LEN + TAIL_LEN`; twice the head bounds both.
+const DATA_CAP: usize = 2 * HEAD_LEN;
+
+/// Per-CPU work area where a record is assembled (far larger than the 512-byte BPF stack).
+#[repr(C)]
+struct Scratch {
+    header: EventHeader,
+    data: [u8; DATA_CAP],
+    iov: [Iovec; MAX_IOV],
+    walk: Walk,
+}
+
+#[map]
+static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
+
 /// Offsets in the `syscalls:sys_enter_*` / `sys_exit_*` records (see their `format` files):
 /// arguments are 8 bytes each from offset 16; the exit record holds the return value at 16.
 const ARG0: usize = 16;
 const ARG1: usize = 24;
+const ARG2: usize = 32;
 const RET: usize = 16;
-/// `struct user_msghdr.msg_iov`.
+/// `struct user_msghdr`: `msg_iov` and `msg_iovlen`.
 const MSGHDR_IOV: u64 = 16;
+const MSGHDR_IOVLEN: u64 = 24;
 
 #[repr(C)]
 #[derive(Clone, Copy)]
@@ -59,6 +81,12 @@ struct Iovec {
 fn current() -> (u64, u32) {
     let id = bpf_get_current_pid_tgid();
     (id, (id >> 32) as u32)
+}
+
+#[inline(always)]
+fn now() -> u64 {
+    // SAFETY: the helper takes no arguments and touches no memory.
+    unsafe { bpf_ktime_get_ns() }
 }
 
 #[inline(always)]
@@ -77,6 +105,15 @@ fn bump(index: u32) -> u64 {
         },
         None => 0,
     }
+}
+
+/// Copies `len` user bytes to `dst`; false on a fault.
+///
+/// # Safety
+/// `dst..dst + len` must lie inside the scratch area (the verifier checks it too).
+#[inline(always)]
+unsafe fn read_user(dst: *mut u8, len: u64, src: u64) -> bool {
+    unsafe { bpf_probe_read_user(dst as *mut c_void, len as u32, src as *const c_void) == 0 }
 }
 
 macro_rules! enter_program {
@@ -111,16 +148,13 @@ fn remember_call(ctx: &TracePointContext, syscall: Syscall) -> Result<(), i64> {
     if unsafe { SOCKETS.get(&socket_key(tgid, fd)) }.is_none() {
         return Ok(());
     }
-    let buf = match syscall {
-        Syscall::Sendfile => 0,
-        // SAFETY: as above; arg 1 is the buffer / iovec / msghdr pointer.
-        _ => unsafe { ctx.read_at::<u64>(ARG1) }?,
+    // SAFETY: as above; arg 1 is the buffer / iovec / msghdr pointer, arg 2 the iovec count.
+    let (buf, count) = match syscall {
+        Syscall::Sendfile => (0, 0),
+        Syscall::Readv | Syscall::Writev => unsafe { (ctx.read_at::<u64>(ARG1)?, ctx.read_at::<u64>(ARG2)?) },
+        _ => (unsafe { ctx.read_at::<u64>(ARG1) }?, 0),
     };
-    let call = PendingCall {
-        buf,
-        fd,
-        syscall: syscall as u32,
-    };
+    let call = PendingCall { buf, count, fd, syscall: syscall as u32 };
     if PENDING.insert(&id, &call, 0).is_err() {
         bump(stat::PENDING_FULL);
     }
@@ -155,100 +189,226 @@ fn emit_data(ctx: &TracePointContext) -> Result<(), i64> {
         return Ok(());
     };
     let key = socket_key(tgid, call.fd);
-    let Some(mut entry) = EVENTS.reserve::<Event>(0) else {
-        ring_full(ctx, key);
+    let ret = ret as u64;
+    // The scratch slot is borrowed afresh around the bpf_loop calls, whose callbacks write it.
+    let Some(count) = scratch().map(|s| load_iovecs(s, syscall, &call, ret)) else {
         return Ok(());
     };
-    let event = entry.as_mut_ptr();
-    // SAFETY: `event` points at a reserved, exclusively owned ring-buffer slot. Fields are
-    // written in place: an `Event` is larger than the 512-byte BPF stack.
-    unsafe {
-        fill_header(
-            event,
-            tgid,
-            id as u32,
-            call.fd,
-            syscall,
-            ret,
-            take_lost_flag(key),
-        );
-        (*event).captured = copy_head(syscall, call.buf, ret as u64, &mut (*event).head);
+    let head_len = copy_head(count, ret);
+    let tail_len = copy_tail(count, ret, head_len);
+    let Some(scratch) = scratch() else {
+        return Ok(());
+    };
+    scratch.header = EventHeader {
+        ts_ns: now(),
+        ret: ret as i64,
+        tgid,
+        tid: id as u32,
+        fd: call.fd,
+        syscall: syscall as u32,
+        flags: take_lost_flag(key),
+        head_len: head_len as u32,
+        tail_len: tail_len as u32,
+        reserved: 0,
+    };
+    let mut size = HEADER_LEN as u64 + head_len + tail_len;
+    if size > (HEADER_LEN + DATA_CAP) as u64 {
+        size = (HEADER_LEN + DATA_CAP) as u64;
     }
-    entry.submit(0);
+    // SAFETY: `size` bytes from the start of the scratch slot, which is larger.
+    let record =
+        unsafe { core::slice::from_raw_parts(scratch as *const Scratch as *const u8, size as usize) };
+    if EVENTS.output::<[u8]>(record, 0).is_err() {
+        ring_full(ctx, key);
+    }
     Ok(())
 }
 
-/// Copies the first bytes the syscall moved: from the buffer, or from the first iovec.
+/// Puts the syscall's buffers in `scratch.iov` as iovecs; returns how many.
 #[inline(always)]
-fn copy_head(syscall: Syscall, buf: u64, ret: u64, head: &mut [u8; HEAD_LEN]) -> u32 {
-    let (ptr, avail) = match syscall {
-        Syscall::Read | Syscall::Recvfrom | Syscall::Write | Syscall::Sendto => (buf, ret),
-        Syscall::Readv | Syscall::Writev => match first_iovec(buf) {
-            Some(iov) => (iov.base, iov.len),
-            None => return 0,
-        },
+fn load_iovecs(scratch: &mut Scratch, syscall: Syscall, call: &PendingCall, ret: u64) -> u64 {
+    let (iov, count) = match syscall {
+        Syscall::Read | Syscall::Recvfrom | Syscall::Write | Syscall::Sendto => {
+            scratch.iov[0] = Iovec { base: call.buf, len: ret };
+            return 1;
+        }
+        Syscall::Readv | Syscall::Writev => (call.buf, call.count),
         Syscall::Recvmsg | Syscall::Sendmsg => {
-            // SAFETY: reading a user pointer field; failure is handled.
-            let iov = unsafe { bpf_probe_read_user((buf + MSGHDR_IOV) as *const u64) };
-            match iov.ok().and_then(first_iovec) {
-                Some(iov) => (iov.base, iov.len),
-                None => return 0,
+            let mut iov = 0u64;
+            let mut count = 0u64;
+            // SAFETY: 8-byte reads of msghdr fields into locals; faults leave them 0.
+            unsafe {
+                read_user(&mut iov as *mut u64 as *mut u8, 8, call.buf + MSGHDR_IOV);
+                read_user(&mut count as *mut u64 as *mut u8, 8, call.buf + MSGHDR_IOVLEN);
             }
+            (iov, count)
         }
         Syscall::Sendfile | Syscall::Accept | Syscall::Close => return 0,
     };
-    let mut len = if avail < ret { avail } else { ret } as usize;
-    if len > HEAD_LEN {
-        len = HEAD_LEN;
+    let mut count = count;
+    if count > MAX_IOV as u64 {
+        count = MAX_IOV as u64;
     }
-    if len == 0 {
+    if count == 0 {
         return 0;
     }
-    // SAFETY: bounded copy from user memory into the reserved slot; failure reports 0 bytes.
-    match unsafe { bpf_probe_read_user_buf(ptr as *const u8, &mut head[..len]) } {
-        Ok(()) => len as u32,
-        Err(_) => 0,
-    }
+    // SAFETY: at most MAX_IOV iovecs into an array of MAX_IOV.
+    let ok = unsafe { read_user(scratch.iov.as_mut_ptr() as *mut u8, count * 16, iov) };
+    if ok { count } else { 0 }
 }
 
-#[inline(always)]
-fn first_iovec(iov: u64) -> Option<Iovec> {
-    // SAFETY: user pointer read through the helper; failure is handled.
-    unsafe { bpf_probe_read_user(iov as *const Iovec) }.ok()
+/// State of the iovec walks, which the `bpf_loop` callbacks update. An unrolled walk over 16
+/// iovecs, or a `bpf_loop` over state on the stack (whose values the verifier tracks per
+/// iteration), made the verifier explore over a million states ("BPF program is too large").
+/// Kept in the scratch map value, the state is opaque to the verifier and each body is
+/// checked once; every offset is re-bounded with explicit clamps instead.
+#[repr(C)]
+#[derive(Default, Clone, Copy)]
+struct Walk {
+    count: u64,
+    /// Bytes not yet walked (head walk), or not yet located (end walk).
+    left: u64,
+    /// Head bytes gathered so far.
+    off: u64,
+    /// The last iovec the syscall reached, and how many of its bytes it used.
+    last: u64,
+    last_used: u64,
+    /// Tail bytes still to gather, filled backwards from `head_len + remaining`.
+    remaining: u64,
+    head_len: u64,
+    failed: u64,
 }
 
-/// # Safety
-/// `event` must point at a reserved ring-buffer slot.
+const CONTINUE: i64 = 0;
+const STOP: i64 = 1;
+
 #[inline(always)]
-unsafe fn fill_header(
-    event: *mut Event,
-    tgid: u32,
-    tid: u32,
-    fd: i32,
-    syscall: Syscall,
-    ret: i64,
-    flags: u32,
-) {
-    unsafe {
-        (*event).ts_ns = bpf_ktime_get_ns();
-        (*event).ret = ret;
-        (*event).tgid = tgid;
-        (*event).tid = tid;
-        (*event).fd = fd;
-        (*event).syscall = syscall as u32;
-        (*event).flags = flags;
-        (*event).captured = 0;
+fn scratch() -> Option<&'static mut Scratch> {
+    // SAFETY: the per-CPU scratch slot is only used by the program running on this CPU.
+    SCRATCH.get_ptr_mut(0).map(|p| unsafe { &mut *p })
+}
+
+/// Gathers the first bytes the syscall moved, across iovecs, into `scratch.data`.
+#[inline(always)]
+fn copy_head(count: u64, ret: u64) -> u64 {
+    let Some(s) = scratch() else { return 0 };
+    s.walk = Walk { count, left: ret, ..Walk::default() };
+    // SAFETY: the callback only touches the scratch slot.
+    unsafe { bpf_loop(MAX_IOV as u32, head_step as *mut c_void, core::ptr::null_mut(), 0) };
+    let Some(s) = scratch() else { return 0 };
+    let off = s.walk.off;
+    if off > HEAD_LEN as u64 { HEAD_LEN as u64 } else { off }
+}
+
+#[inline(never)]
+extern "C" fn head_step(index: u64, _ctx: *mut c_void) -> i64 {
+    let Some(scratch) = scratch() else { return STOP };
+    let mut walk = scratch.walk;
+    if index >= walk.count || walk.left == 0 || walk.off >= HEAD_LEN as u64 {
+        return STOP;
     }
+    let iov = scratch.iov[(index as usize) & (MAX_IOV - 1)];
+    let used = if iov.len < walk.left { iov.len } else { walk.left };
+    let mut n = HEAD_LEN as u64 - walk.off;
+    if used < n {
+        n = used;
+    }
+    if n > HEAD_LEN as u64 {
+        n = HEAD_LEN as u64; // redundant, but visible to the verifier
+    }
+    let at = walk.off & (HEAD_LEN as u64 - 1);
+    // SAFETY: at < HEAD_LEN and n <= HEAD_LEN, inside DATA_CAP = 2 * HEAD_LEN.
+    if n > 0 && !unsafe { read_user(scratch.data.as_mut_ptr().add(at as usize), n, iov.base) } {
+        return STOP;
+    }
+    walk.off += n;
+    walk.left -= used;
+    scratch.walk = walk;
+    CONTINUE
+}
+
+/// Gathers the last bytes the syscall moved (those after the head, at most `TAIL_LEN`),
+/// walking the used iovecs backwards, into `scratch.data` right after the head.
+#[inline(always)]
+fn copy_tail(count: u64, ret: u64, head_len: u64) -> u64 {
+    let mut want = ret - head_len;
+    if want > TAIL_LEN as u64 {
+        want = TAIL_LEN as u64;
+    }
+    if want == 0 || head_len > HEAD_LEN as u64 {
+        return 0;
+    }
+    let Some(s) = scratch() else { return 0 };
+    s.walk = Walk { count, left: ret, head_len, remaining: want, ..Walk::default() };
+    // SAFETY: the callbacks only touch the scratch slot.
+    unsafe { bpf_loop(MAX_IOV as u32, end_step as *mut c_void, core::ptr::null_mut(), 0) };
+    let Some(s) = scratch() else { return 0 };
+    if s.walk.left > 0 {
+        return 0; // more iovecs than we follow: the end is unknown
+    }
+    // SAFETY: as above.
+    unsafe { bpf_loop(MAX_IOV as u32, tail_step as *mut c_void, core::ptr::null_mut(), 0) };
+    let Some(s) = scratch() else { return 0 };
+    if s.walk.remaining == 0 && s.walk.failed == 0 { want } else { 0 }
+}
+
+/// Locates the last iovec the syscall reached.
+#[inline(never)]
+extern "C" fn end_step(index: u64, _ctx: *mut c_void) -> i64 {
+    let Some(scratch) = scratch() else { return STOP };
+    if index >= scratch.walk.count || scratch.walk.left == 0 {
+        return STOP;
+    }
+    let len = scratch.iov[(index as usize) & (MAX_IOV - 1)].len;
+    let walk = &mut scratch.walk;
+    let used = if len < walk.left { len } else { walk.left };
+    walk.left -= used;
+    if used > 0 {
+        walk.last = index;
+        walk.last_used = used;
+    }
+    CONTINUE
+}
+
+/// Copies from the end of iovec `last - step`, backwards.
+#[inline(never)]
+extern "C" fn tail_step(step: u64, _ctx: *mut c_void) -> i64 {
+    let Some(scratch) = scratch() else { return STOP };
+    let mut walk = scratch.walk;
+    if walk.remaining == 0 || step > walk.last {
+        return STOP;
+    }
+    let index = ((walk.last - step) as usize) & (MAX_IOV - 1);
+    let iov = scratch.iov[index];
+    let used = if step == 0 { walk.last_used } else { iov.len };
+    let mut take = if used < walk.remaining { used } else { walk.remaining };
+    if take > TAIL_LEN as u64 {
+        take = TAIL_LEN as u64;
+    }
+    // head_len <= HEAD_LEN and remaining <= TAIL_LEN, but the verifier cannot see values kept
+    // in the map: the mask and the check below bound the copy for it.
+    let at = (walk.head_len + walk.remaining - take) & (DATA_CAP as u64 - 1);
+    if at + take > DATA_CAP as u64 {
+        scratch.walk.failed = 1;
+        return STOP;
+    }
+    // SAFETY: at + take <= DATA_CAP, checked above.
+    if take > 0
+        && !unsafe { read_user(scratch.data.as_mut_ptr().add(at as usize), take, iov.base + used - take) }
+    {
+        scratch.walk.failed = 1;
+        return STOP;
+    }
+    walk.remaining -= take;
+    scratch.walk = walk;
+    CONTINUE
 }
 
 /// Counts a dropped event and marks its socket so userspace resyncs that connection.
 #[inline(always)]
 fn ring_full(ctx: &TracePointContext, key: u64) {
     if bump(stat::RING_FULL) == 1 {
-        warn!(
-            ctx,
-            "ring buffer full: dropping events (see observer_events_lost_total)"
-        );
+        warn!(ctx, "ring buffer full: dropping events (see observer_events_lost_total)");
     }
     if let Some(flags) = SOCKETS.get_ptr_mut(&key) {
         // SAFETY: a u32 in a map slot; a racing writer can only set the same bit.
@@ -320,15 +480,21 @@ fn forget_socket(ctx: &TracePointContext) -> Result<(), i64> {
     Ok(())
 }
 
+/// A header-only record (accept, close).
 #[inline(always)]
 fn emit_control(ctx: &TracePointContext, id: u64, tgid: u32, fd: i32, syscall: Syscall, ret: i64) {
-    let Some(mut entry) = EVENTS.reserve::<Event>(0) else {
-        ring_full(ctx, socket_key(tgid, fd));
-        return;
+    let header = EventHeader {
+        ts_ns: now(),
+        ret,
+        tgid,
+        tid: id as u32,
+        fd,
+        syscall: syscall as u32,
+        ..EventHeader::default()
     };
-    // SAFETY: reserved slot, see `emit_data`.
-    unsafe { fill_header(entry.as_mut_ptr(), tgid, id as u32, fd, syscall, ret, 0) };
-    entry.submit(0);
+    if EVENTS.output::<EventHeader>(&header, 0).is_err() {
+        ring_full(ctx, socket_key(tgid, fd));
+    }
 }
 
 #[cfg(not(test))]

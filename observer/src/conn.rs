@@ -7,7 +7,7 @@ use observer_common::Direction;
 
 use crate::{
     events::SyscallEvent,
-    http::{Finished, HttpConn, RequestHead, Sink},
+    http::{Finished, HttpConn, Moved, RequestHead, Sink},
     metrics::{EndpointLabels, Metrics, ReasonLabels, RequestLabels},
     route::Router,
 };
@@ -21,32 +21,39 @@ pub struct Tag {
 
 /// Methods kept as their own label value; any other token becomes `OTHER`, so a client
 /// cannot grow the label set.
-const METHODS: [&str; 9] = [
-    "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH",
-];
+const METHODS: [&str; 9] = ["GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"];
 
 fn method_label(method: &str) -> &'static str {
-    METHODS
-        .iter()
-        .find(|m| **m == method)
-        .copied()
-        .unwrap_or("OTHER")
+    METHODS.iter().find(|m| **m == method).copied().unwrap_or("OTHER")
+}
+
+/// One followed connection.
+struct Entry {
+    http: HttpConn<Tag>,
+    /// `Connections::clock` when the connection last had an event.
+    last_active: u64,
 }
 
 pub struct Connections<'m> {
-    table: HashMap<(u32, i32), HttpConn<Tag>>,
+    table: HashMap<(u32, i32), Entry>,
     router: Router,
     sink: Sink<Tag>,
     metrics: &'m Metrics,
+    /// Seconds-ish: advanced by `sweep`, which the daemon calls once a second.
+    clock: u64,
+    idle_after: u64,
 }
 
 impl<'m> Connections<'m> {
-    pub fn new(metrics: &'m Metrics, max_endpoints: usize) -> Self {
+    /// `idle_after`: sweeps (seconds) without events after which a connection is idle.
+    pub fn new(metrics: &'m Metrics, max_endpoints: usize, idle_after: u64) -> Self {
         Connections {
             table: HashMap::new(),
             router: Router::new(max_endpoints),
             sink: Sink::default(),
             metrics,
+            clock: 0,
+            idle_after,
         }
     }
 
@@ -57,51 +64,61 @@ impl<'m> Connections<'m> {
 
     pub fn handle(&mut self, event: &SyscallEvent<'_>) {
         let key = (event.tgid, event.fd);
+        let fresh = |http| Entry { http, last_active: self.clock };
         match event.syscall.direction() {
             Direction::Open => {
-                if let Some(old) = self.table.insert(key, HttpConn::new()) {
-                    old.on_close(&mut self.sink); // fd reused without a close we saw
+                if let Some(old) = self.table.insert(key, fresh(HttpConn::new())) {
+                    old.http.on_close(&mut self.sink); // fd reused without a close we saw
                 }
             }
             Direction::Closed => {
                 if let Some(old) = self.table.remove(&key) {
-                    old.on_close(&mut self.sink);
+                    old.http.on_close(&mut self.sink);
                 }
             }
             Direction::In | Direction::Out => {
-                let Connections {
-                    table,
-                    router,
-                    sink,
-                    metrics,
-                } = self;
-                let conn = table.entry(key).or_insert_with(HttpConn::mid_stream);
+                let entry = self.table.entry(key).or_insert_with(|| fresh(HttpConn::mid_stream()));
+                entry.last_active = self.clock;
+                let conn = &mut entry.http;
+                let (sink, router, metrics) = (&mut self.sink, &mut self.router, self.metrics);
                 if event.lost_before {
                     conn.on_lost_events(sink);
                 }
-                let len = event.ret.max(0) as u64;
+                let moved = Moved { head: event.head, tail: event.tail, len: event.ret.max(0) as u64 };
                 if event.syscall.direction() == Direction::In {
                     let mut start = |head: RequestHead<'_>| start_request(router, metrics, head);
-                    conn.on_read(event.ts_ns, event.head, len, sink, &mut start);
+                    conn.on_read(event.ts_ns, moved, sink, &mut start);
                 } else {
-                    conn.on_write(event.ts_ns, event.head, len, sink);
+                    conn.on_write(event.ts_ns, moved, sink);
                 }
             }
         }
         self.flush();
     }
 
+    /// Called once a second. Connections quiet for `idle_after`: a response whose end could
+    /// not be seen ends at its last write; a connection with nothing in flight is dropped from
+    /// the table (if it is used again it is picked up at its next request).
+    pub fn sweep(&mut self) {
+        self.clock += 1;
+        let (clock, idle_after) = (self.clock, self.idle_after);
+        let sink = &mut self.sink;
+        self.table.retain(|_, entry| {
+            if clock - entry.last_active < idle_after {
+                return true;
+            }
+            entry.http.on_idle(sink);
+            entry.http.has_waiting()
+        });
+        self.flush();
+    }
+
     /// Ends every connection of `tgid` (the process exited: its sockets closed without close()).
     pub fn forget_process(&mut self, tgid: u32) {
-        let keys: Vec<_> = self
-            .table
-            .keys()
-            .filter(|(t, _)| *t == tgid)
-            .copied()
-            .collect();
+        let keys: Vec<_> = self.table.keys().filter(|(t, _)| *t == tgid).copied().collect();
         for key in keys {
-            if let Some(conn) = self.table.remove(&key) {
-                conn.on_close(&mut self.sink);
+            if let Some(entry) = self.table.remove(&key) {
+                entry.http.on_close(&mut self.sink);
             }
         }
         self.flush();
@@ -109,12 +126,7 @@ impl<'m> Connections<'m> {
 
     fn flush(&mut self) {
         for anomaly in self.sink.anomalies.drain(..) {
-            self.metrics
-                .parse_errors
-                .get_or_create(&ReasonLabels {
-                    reason: anomaly.reason(),
-                })
-                .inc();
+            self.metrics.parse_errors.get_or_create(&ReasonLabels { reason: anomaly.reason() }).inc();
         }
         for finished in self.sink.finished.drain(..) {
             record(self.metrics, finished);
@@ -127,42 +139,25 @@ fn start_request(router: &mut Router, metrics: &Metrics, head: RequestHead<'_>) 
     if overflowed {
         metrics.endpoints_overflowed.inc();
     }
-    metrics
-        .in_flight
-        .get_or_create(&EndpointLabels { endpoint })
-        .inc();
-    Tag {
-        endpoint,
-        method: method_label(head.method),
-    }
+    metrics.in_flight.get_or_create(&EndpointLabels { endpoint }).inc();
+    Tag { endpoint, method: method_label(head.method) }
 }
 
 fn record(metrics: &Metrics, finished: Finished<Tag>) {
     let Tag { endpoint, method } = finished.tag;
-    metrics
-        .in_flight
-        .get_or_create(&EndpointLabels { endpoint })
-        .dec();
+    let endpoint_labels = EndpointLabels { endpoint };
+    metrics.in_flight.get_or_create(&endpoint_labels).dec();
     let Some(status) = finished.status else {
-        metrics
-            .incomplete
-            .get_or_create(&EndpointLabels { endpoint })
-            .inc();
+        metrics.incomplete.get_or_create(&endpoint_labels).inc();
         return;
     };
-    metrics
-        .requests
-        .get_or_create(&RequestLabels {
-            endpoint,
-            method,
-            status,
-        })
-        .inc();
-    let seconds = finished.end_ns.saturating_sub(finished.start_ns) as f64 / 1e9;
-    metrics
-        .duration
-        .get_or_create(&EndpointLabels { endpoint })
-        .observe(seconds);
+    let seconds = |from: u64, to: u64| to.saturating_sub(from) as f64 / 1e9;
+    metrics.requests.get_or_create(&RequestLabels { endpoint, method, status }).inc();
+    metrics.duration.get_or_create(&endpoint_labels).observe(seconds(finished.start_ns, finished.end_ns));
+    if let Some(first) = finished.first_byte_ns {
+        metrics.first_byte.get_or_create(&endpoint_labels).observe(seconds(finished.start_ns, first));
+    }
+    metrics.response_size.get_or_create(&endpoint_labels).observe(finished.response_bytes as f64);
 }
 
 #[cfg(test)]
@@ -180,83 +175,70 @@ mod tests {
             syscall,
             lost_before: false,
             head,
+            tail: b"",
         }
     }
 
     #[test]
     fn requests_reach_the_metrics_and_in_flight_returns_to_zero() {
         let metrics = Metrics::new();
-        let mut conns = Connections::new(&metrics, 10);
-        conns.handle(&SyscallEvent {
-            ret: 5,
-            ..event(Syscall::Accept, 0, b"")
-        });
-        conns.handle(&event(
-            Syscall::Recvfrom,
-            1_000,
-            b"GET /boot/aa?x=1 HTTP/1.1\r\n\r\n",
-        ));
-        assert_eq!(
-            metrics
-                .in_flight
-                .get_or_create(&EndpointLabels { endpoint: "boot" })
-                .get(),
-            1
-        );
-        conns.handle(&event(
-            Syscall::Sendto,
-            2_000,
-            b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
-        ));
-        conns.handle(&event(
-            Syscall::Recvfrom,
-            3_000,
-            b"BREW /boot HTTP/1.1\r\n\r\n",
-        ));
+        let mut conns = Connections::new(&metrics, 10, 30);
+        conns.handle(&SyscallEvent { ret: 5, ..event(Syscall::Accept, 0, b"") });
+        conns.handle(&event(Syscall::Recvfrom, 1_000, b"GET /boot/aa?x=1 HTTP/1.1\r\n\r\n"));
+        assert_eq!(metrics.in_flight.get_or_create(&EndpointLabels { endpoint: "boot" }).get(), 1);
+        conns.handle(&event(Syscall::Sendto, 2_000, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"));
+        conns.handle(&event(Syscall::Recvfrom, 3_000, b"BREW /boot HTTP/1.1\r\n\r\n"));
         conns.handle(&event(Syscall::Close, 4_000, b""));
-        assert_eq!(
-            metrics
-                .in_flight
-                .get_or_create(&EndpointLabels { endpoint: "boot" })
-                .get(),
-            0
-        );
-        let ok = RequestLabels {
-            endpoint: "boot",
-            method: "GET",
-            status: 200,
-        };
+        assert_eq!(metrics.in_flight.get_or_create(&EndpointLabels { endpoint: "boot" }).get(), 0);
+        let ok = RequestLabels { endpoint: "boot", method: "GET", status: 200 };
         assert_eq!(metrics.requests.get_or_create(&ok).get(), 1);
-        assert_eq!(
-            metrics
-                .incomplete
-                .get_or_create(&EndpointLabels { endpoint: "boot" })
-                .get(),
-            1
-        );
+        assert_eq!(metrics.incomplete.get_or_create(&EndpointLabels { endpoint: "boot" }).get(), 1);
         assert_eq!(conns.len(), 0);
         let text = metrics.encode();
-        assert!(
-            text.contains(r#"http_request_duration_seconds_count{endpoint="boot"} 1"#),
-            "{text}"
-        );
+        assert!(text.contains(r#"http_request_duration_seconds_count{endpoint="boot"} 1"#), "{text}");
         assert!(!text.contains("x=1"));
     }
 
     #[test]
     fn process_exit_ends_its_connections() {
         let metrics = Metrics::new();
-        let mut conns = Connections::new(&metrics, 10);
+        let mut conns = Connections::new(&metrics, 10, 30);
         conns.handle(&event(Syscall::Read, 1, b"GET /a HTTP/1.1\r\n\r\n"));
         assert_eq!(conns.len(), 1);
         conns.forget_process(1);
         assert_eq!(conns.len(), 0);
-        assert_eq!(
-            metrics
-                .in_flight
-                .get_or_create(&EndpointLabels { endpoint: "a" })
-                .get(),
-            0
-        );
+        assert_eq!(metrics.in_flight.get_or_create(&EndpointLabels { endpoint: "a" }).get(), 0);
+    }
+}
+
+#[cfg(test)]
+mod sweep_tests {
+    use observer_common::Syscall;
+
+    use super::*;
+
+    #[test]
+    fn idle_connections_leave_the_table_and_close_delimited_responses_end() {
+        let metrics = Metrics::new();
+        let mut conns = Connections::new(&metrics, 10, 2);
+        let ev = |syscall, ts_ns, head: &'static [u8]| SyscallEvent {
+            ts_ns,
+            ret: head.len() as i64,
+            tgid: 1,
+            fd: 5,
+            syscall,
+            lost_before: false,
+            head,
+            tail: b"",
+        };
+        conns.handle(&ev(Syscall::Read, 1, b"GET /s HTTP/1.1\r\n\r\n"));
+        conns.handle(&ev(Syscall::Write, 2, b"HTTP/1.1 200 OK\r\n\r\nstream"));
+        conns.sweep();
+        assert_eq!(conns.len(), 1, "not idle yet");
+        conns.sweep();
+        assert_eq!(conns.len(), 0);
+        let ok = RequestLabels { endpoint: "s", method: "GET", status: 200 };
+        assert_eq!(metrics.requests.get_or_create(&ok).get(), 1);
+        assert_eq!(metrics.in_flight.get_or_create(&EndpointLabels { endpoint: "s" }).get(), 0);
     }
 }

@@ -16,7 +16,8 @@ use tracing::{info, warn};
 
 use crate::run::{RunConfig, run};
 
-pub async fn demo(listen: SocketAddr, max_endpoints: usize) -> anyhow::Result<()> {
+/// Runs the observer as `config` says, on a demo server it starts (`config.pids` is ignored).
+pub async fn demo(config: RunConfig) -> anyhow::Result<()> {
     let port = StdListener::bind("127.0.0.1:0")?.local_addr()?.port();
     let server_addr: SocketAddr = ([127, 0, 0, 1], port).into();
     let exe = std::env::current_exe().context("locating the observer binary")?;
@@ -31,13 +32,7 @@ pub async fn demo(listen: SocketAddr, max_endpoints: usize) -> anyhow::Result<()
         "demo server (pid {pid}) on http://{server_addr}; try: curl http://{server_addr}/boot/52:54:00:12:34:56"
     );
     tokio::spawn(drive_traffic(server_addr));
-    let result = run(RunConfig {
-        pids: vec![pid],
-        listen,
-        max_endpoints,
-        exit_with_targets: true,
-    })
-    .await;
+    let result = run(RunConfig { pids: vec![pid], ..config }).await;
     drop(child); // kill_on_drop
     result
 }
@@ -45,27 +40,17 @@ pub async fn demo(listen: SocketAddr, max_endpoints: usize) -> anyhow::Result<()
 /// The demo target: a small axum server shaped like a provisioning server.
 pub async fn demo_server(listen: SocketAddr) -> anyhow::Result<()> {
     let app = Router::new()
-        .route(
-            "/boot/{mac}",
-            get(|Path(mac): Path<String>| async move { boot_script(&mac) }),
-        )
+        .route("/boot/{mac}", get(|Path(mac): Path<String>| async move { boot_script(&mac) }))
         .route("/images/{name}", get(|| async { vec![0u8; 64 * 1024] }))
         .route("/api/status", get(|| async { r#"{"status":"ok"}"# }));
-    let listener = TcpListener::bind(listen)
-        .await
-        .with_context(|| format!("binding {listen}"))?;
+    let listener = TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
     axum::serve(listener, app).await?;
     Ok(())
 }
 
 fn boot_script(mac: &str) -> String {
-    let mac = mac
-        .chars()
-        .filter(|c| c.is_ascii_hexdigit() || *c == ':')
-        .collect::<String>();
-    format!(
-        "#!ipxe\nkernel /images/vmlinuz console=ttyS0 BOOTIF={mac}\ninitrd /images/initrd.img\nboot\n"
-    )
+    let mac = mac.chars().filter(|c| c.is_ascii_hexdigit() || *c == ':').collect::<String>();
+    format!("#!ipxe\nkernel /images/vmlinuz console=ttyS0 BOOTIF={mac}\ninitrd /images/initrd.img\nboot\n")
 }
 
 async fn wait_until_accepting(addr: SocketAddr) -> anyhow::Result<()> {
@@ -80,13 +65,8 @@ async fn wait_until_accepting(addr: SocketAddr) -> anyhow::Result<()> {
 
 /// A few keep-alive requests every half second, across the demo's endpoints.
 async fn drive_traffic(addr: SocketAddr) {
-    const PATHS: [&str; 5] = [
-        "/boot/52:54:00:12:34:56",
-        "/boot/52:54:00:ab:cd:ef",
-        "/images/vmlinuz",
-        "/api/status",
-        "/missing",
-    ];
+    const PATHS: [&str; 5] =
+        ["/boot/52:54:00:12:34:56", "/boot/52:54:00:ab:cd:ef", "/images/vmlinuz", "/api/status", "/missing"];
     loop {
         if let Err(e) = one_round(addr, &PATHS).await {
             warn!("demo traffic: {e:#}");
@@ -105,9 +85,7 @@ async fn one_round(addr: SocketAddr, paths: &[&str]) -> anyhow::Result<()> {
 
 /// One HTTP/1.1 GET on a keep-alive connection; returns the status code.
 async fn http_get(stream: &mut TcpStream, path: &str) -> anyhow::Result<u16> {
-    stream
-        .write_all(format!("GET {path} HTTP/1.1\r\nHost: demo\r\n\r\n").as_bytes())
-        .await?;
+    stream.write_all(format!("GET {path} HTTP/1.1\r\nHost: demo\r\n\r\n").as_bytes()).await?;
     let mut buf = Vec::with_capacity(4096);
     loop {
         let mut headers = [httparse::EMPTY_HEADER; 32];

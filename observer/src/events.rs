@@ -1,9 +1,9 @@
 //! Decoding of ring-buffer records into plain Rust values: the one place that knows the
-//! byte layout of `observer_common::Event`.
+//! byte layout of `observer_common::EventHeader` and what follows it.
 
-use std::mem::{offset_of, size_of};
+use std::mem::offset_of;
 
-use observer_common::{Event, FLAG_LOST_BEFORE, HEAD_LEN, Syscall};
+use observer_common::{EventHeader, FLAG_LOST_BEFORE, HEAD_LEN, HEADER_LEN, Syscall, TAIL_LEN};
 
 /// One syscall of a target on one of its sockets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -16,41 +16,46 @@ pub struct SyscallEvent<'a> {
     pub syscall: Syscall,
     /// Events of this socket were dropped before this one.
     pub lost_before: bool,
-    /// The captured prefix of the bytes moved.
+    /// The first bytes moved.
     pub head: &'a [u8],
+    /// The last bytes moved, after the head; what lies between was not captured.
+    pub tail: &'a [u8],
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum DecodeError {
-    #[error("record of {0} bytes, expected {expected}", expected = size_of::<Event>())]
-    Size(usize),
+    #[error("record of {0} bytes is shorter than its header")]
+    Short(usize),
     #[error("unknown syscall kind {0}")]
     Syscall(u32),
-    #[error("captured length {0} exceeds the head")]
-    Captured(u32),
+    #[error("captured lengths {head}+{tail} exceed the record or the limits")]
+    Captured { head: u32, tail: u32 },
 }
 
 pub fn decode(record: &[u8]) -> Result<SyscallEvent<'_>, DecodeError> {
-    if record.len() < size_of::<Event>() {
-        return Err(DecodeError::Size(record.len()));
+    if record.len() < HEADER_LEN {
+        return Err(DecodeError::Short(record.len()));
     }
     let u32_at = |off: usize| u32::from_ne_bytes(record[off..off + 4].try_into().expect("4 bytes"));
     let u64_at = |off: usize| u64::from_ne_bytes(record[off..off + 8].try_into().expect("8 bytes"));
-    let syscall = u32_at(offset_of!(Event, syscall));
+    let syscall = u32_at(offset_of!(EventHeader, syscall));
     let syscall = Syscall::try_from(syscall).map_err(DecodeError::Syscall)?;
-    let captured = u32_at(offset_of!(Event, captured));
-    if captured as usize > HEAD_LEN {
-        return Err(DecodeError::Captured(captured));
+    let head = u32_at(offset_of!(EventHeader, head_len));
+    let tail = u32_at(offset_of!(EventHeader, tail_len));
+    let (head_len, tail_len) = (head as usize, tail as usize);
+    if head_len > HEAD_LEN || tail_len > TAIL_LEN || HEADER_LEN + head_len + tail_len > record.len() {
+        return Err(DecodeError::Captured { head, tail });
     }
-    let head_at = offset_of!(Event, head);
+    let data = &record[HEADER_LEN..];
     Ok(SyscallEvent {
-        ts_ns: u64_at(offset_of!(Event, ts_ns)),
-        ret: u64_at(offset_of!(Event, ret)) as i64,
-        tgid: u32_at(offset_of!(Event, tgid)),
-        fd: u32_at(offset_of!(Event, fd)) as i32,
+        ts_ns: u64_at(offset_of!(EventHeader, ts_ns)),
+        ret: u64_at(offset_of!(EventHeader, ret)) as i64,
+        tgid: u32_at(offset_of!(EventHeader, tgid)),
+        fd: u32_at(offset_of!(EventHeader, fd)) as i32,
         syscall,
-        lost_before: u32_at(offset_of!(Event, flags)) & FLAG_LOST_BEFORE != 0,
-        head: &record[head_at..head_at + captured as usize],
+        lost_before: u32_at(offset_of!(EventHeader, flags)) & FLAG_LOST_BEFORE != 0,
+        head: &data[..head_len],
+        tail: &data[head_len..head_len + tail_len],
     })
 }
 
@@ -58,22 +63,30 @@ pub fn decode(record: &[u8]) -> Result<SyscallEvent<'_>, DecodeError> {
 mod tests {
     use super::*;
 
-    fn record(syscall: u32, captured: u32, flags: u32) -> Vec<u8> {
-        let mut r = vec![0u8; size_of::<Event>()];
-        r[offset_of!(Event, ts_ns)..][..8].copy_from_slice(&42u64.to_ne_bytes());
-        r[offset_of!(Event, ret)..][..8].copy_from_slice(&(-5i64).to_ne_bytes());
-        r[offset_of!(Event, tgid)..][..4].copy_from_slice(&7u32.to_ne_bytes());
-        r[offset_of!(Event, fd)..][..4].copy_from_slice(&3i32.to_ne_bytes());
-        r[offset_of!(Event, syscall)..][..4].copy_from_slice(&syscall.to_ne_bytes());
-        r[offset_of!(Event, flags)..][..4].copy_from_slice(&flags.to_ne_bytes());
-        r[offset_of!(Event, captured)..][..4].copy_from_slice(&captured.to_ne_bytes());
-        r[offset_of!(Event, head)..][..3].copy_from_slice(b"GET");
+    fn record(syscall: u32, head: &[u8], tail: &[u8], flags: u32) -> Vec<u8> {
+        let header = [
+            42u64.to_ne_bytes().to_vec(),
+            (-5i64).to_ne_bytes().to_vec(),
+            7u32.to_ne_bytes().to_vec(),
+            8u32.to_ne_bytes().to_vec(),
+            3i32.to_ne_bytes().to_vec(),
+            syscall.to_ne_bytes().to_vec(),
+            flags.to_ne_bytes().to_vec(),
+            (head.len() as u32).to_ne_bytes().to_vec(),
+            (tail.len() as u32).to_ne_bytes().to_vec(),
+            0u32.to_ne_bytes().to_vec(),
+        ];
+        let mut r: Vec<u8> = header.concat();
+        assert_eq!(r.len(), HEADER_LEN);
+        r.extend_from_slice(head);
+        r.extend_from_slice(tail);
+        r.resize(r.len().next_multiple_of(8), 0); // the kernel pads records to 8 bytes
         r
     }
 
     #[test]
     fn decodes_every_field() {
-        let r = record(Syscall::Recvfrom as u32, 3, FLAG_LOST_BEFORE);
+        let r = record(Syscall::Recvfrom as u32, b"GET", b"\r\n", FLAG_LOST_BEFORE);
         let e = decode(&r).unwrap();
         assert_eq!(
             e,
@@ -84,18 +97,27 @@ mod tests {
                 fd: 3,
                 syscall: Syscall::Recvfrom,
                 lost_before: true,
-                head: b"GET"
+                head: b"GET",
+                tail: b"\r\n"
             }
         );
     }
 
     #[test]
+    fn header_only_records_decode() {
+        let r = record(Syscall::Close as u32, b"", b"", 0);
+        let e = decode(&r).unwrap();
+        assert_eq!((e.syscall, e.head, e.tail, e.lost_before), (Syscall::Close, &b""[..], &b""[..], false));
+    }
+
+    #[test]
     fn rejects_bad_records() {
-        assert_eq!(decode(&[0; 10]), Err(DecodeError::Size(10)));
-        assert_eq!(decode(&record(77, 0, 0)), Err(DecodeError::Syscall(77)));
-        assert_eq!(
-            decode(&record(1, HEAD_LEN as u32 + 1, 0)),
-            Err(DecodeError::Captured(HEAD_LEN as u32 + 1))
-        );
+        assert_eq!(decode(&[0; 10]), Err(DecodeError::Short(10)));
+        assert_eq!(decode(&record(77, b"", b"", 0)), Err(DecodeError::Syscall(77)));
+        let mut r = record(1, b"abc", b"", 0);
+        r[offset_of!(EventHeader, head_len)..][..4].copy_from_slice(&600u32.to_ne_bytes());
+        assert_eq!(decode(&r), Err(DecodeError::Captured { head: 600, tail: 0 }));
+        r[offset_of!(EventHeader, head_len)..][..4].copy_from_slice(&20u32.to_ne_bytes());
+        assert_eq!(decode(&r), Err(DecodeError::Captured { head: 20, tail: 0 }), "past the record's end");
     }
 }

@@ -1,9 +1,9 @@
 //! HTTP/1.x framing of one connection: bytes the server read and wrote in, requests out.
 //!
-//! Pure and synchronous: no kernel, no clock. Each call carries the bytes the probe captured
-//! (`data`, a prefix of what moved) and how many bytes the syscall really moved (`len`).
-//! Lengths always come from `len`, so bodies larger than the capture are followed exactly;
-//! only heads and chunk-size lines need to be seen.
+//! Pure and synchronous: no kernel, no clock. Each call carries what one syscall moved
+//! ([`Moved`]): how many bytes, and the captured first and last of them. Lengths always come
+//! from the byte count, so bodies larger than the capture are followed exactly; only heads and
+//! chunk-size lines need to be seen, and those sit at the start or the end of a syscall.
 
 use std::collections::VecDeque;
 
@@ -18,6 +18,15 @@ pub struct RequestHead<'a> {
     pub target: &'a str,
 }
 
+/// What one read or write moved: `len` bytes, of which the first (`head`) and the last
+/// (`tail`, after the head) were captured.
+#[derive(Debug, Clone, Copy)]
+pub struct Moved<'a> {
+    pub head: &'a [u8],
+    pub tail: &'a [u8],
+    pub len: u64,
+}
+
 /// A request that left the connection: answered, or abandoned.
 #[derive(Debug, PartialEq)]
 pub struct Finished<T> {
@@ -26,8 +35,12 @@ pub struct Finished<T> {
     pub status: Option<u16>,
     /// Timestamp of the read that delivered the request's first byte.
     pub start_ns: u64,
+    /// Timestamp of the write that carried the response's first byte, if any was written.
+    pub first_byte_ns: Option<u64>,
     /// Timestamp of the write that carried the response's last byte (or the last one seen).
     pub end_ns: u64,
+    /// Response bytes written, head and body.
+    pub response_bytes: u64,
 }
 
 /// Why bytes could not be followed; the `reason` label of `observer_parse_errors_total`.
@@ -72,10 +85,7 @@ pub struct Sink<T> {
 
 impl<T> Default for Sink<T> {
     fn default() -> Self {
-        Sink {
-            finished: Vec::new(),
-            anomalies: Vec::new(),
-        }
+        Sink { finished: Vec::new(), anomalies: Vec::new() }
     }
 }
 
@@ -122,6 +132,10 @@ pub struct HttpConn<T> {
     /// Requests in arrival order; responses answer them in the same order (RFC 9112 §9.3.2).
     waiting: VecDeque<Outstanding<T>>,
     last_write_ns: u64,
+    /// The response being written (to the front of `waiting`): when its first byte went out,
+    /// and how many bytes so far.
+    response_first_ns: Option<u64>,
+    response_bytes: u64,
 }
 
 impl<T> Default for HttpConn<T> {
@@ -139,17 +153,19 @@ impl<T> HttpConn<T> {
             outbound: Framing::Head(Vec::new()),
             waiting: VecDeque::new(),
             last_write_ns: 0,
+            response_first_ns: None,
+            response_bytes: 0,
         }
     }
 
     /// A connection first seen mid-stream (opened before we attached, or after lost events):
     /// nothing is trusted until a read starts a request.
     pub fn mid_stream() -> Self {
-        HttpConn {
-            inbound: Framing::OutOfSync,
-            outbound: Framing::OutOfSync,
-            ..Self::new()
-        }
+        HttpConn { inbound: Framing::OutOfSync, outbound: Framing::OutOfSync, ..Self::new() }
+    }
+
+    pub fn has_waiting(&self) -> bool {
+        !self.waiting.is_empty()
     }
 
     #[cfg(test)]
@@ -157,18 +173,12 @@ impl<T> HttpConn<T> {
         self.waiting.len()
     }
 
-    /// The server read `len` bytes, of which `data` were captured.
-    pub fn on_read<F>(
-        &mut self,
-        ts_ns: u64,
-        data: &[u8],
-        len: u64,
-        sink: &mut Sink<T>,
-        start: &mut F,
-    ) where
+    /// The server read bytes.
+    pub fn on_read<F>(&mut self, ts_ns: u64, moved: Moved<'_>, sink: &mut Sink<T>, start: &mut F)
+    where
         F: FnMut(RequestHead<'_>) -> T,
     {
-        let mut rest = Bytes::new(data, len);
+        let mut rest = Bytes::new(moved);
         if matches!(self.inbound, Framing::OutOfSync) && looks_like_request(rest.seen) {
             self.inbound = Framing::Head(Vec::new());
         }
@@ -203,12 +213,7 @@ impl<T> HttpConn<T> {
         }
     }
 
-    fn read_request_head<F>(
-        &mut self,
-        rest: &mut Bytes<'_>,
-        sink: &mut Sink<T>,
-        start: &mut F,
-    ) -> Step
+    fn read_request_head<F>(&mut self, rest: &mut Bytes<'_>, sink: &mut Sink<T>, start: &mut F) -> Step
     where
         F: FnMut(RequestHead<'_>) -> T,
     {
@@ -230,8 +235,9 @@ impl<T> HttpConn<T> {
                 (buf.len(), true)
             }
             Ok(httparse::Status::Partial) if buf.len() <= MAX_HEAD => {
-                rest.skip(rest.len());
-                return Step::Stop; // wait for more bytes
+                // Wait for more bytes: the captured tail, or the next read.
+                rest.skip(rest.seen.len() as u64);
+                return if rest.is_empty() { Step::Stop } else { Step::Continue };
             }
             Ok(httparse::Status::Partial) => return self.inbound_lost(sink, Anomaly::HeadTooLarge),
             Err(_) => return self.inbound_lost(sink, Anomaly::NotHttpRequest),
@@ -256,17 +262,8 @@ impl<T> HttpConn<T> {
             self.finish_front(self.last_write_ns, sink);
             self.outbound = Framing::Head(Vec::new());
         }
-        self.waiting.push_back(Outstanding {
-            tag,
-            start_ns: self.inbound_start_ns,
-            no_body,
-            status: None,
-        });
-        rest.skip(if truncated {
-            rest.len()
-        } else {
-            (head_len - before) as u64
-        });
+        self.waiting.push_back(Outstanding { tag, start_ns: self.inbound_start_ns, no_body, status: None });
+        rest.skip(if truncated { rest.len() } else { (head_len - before) as u64 });
         self.inbound = if upgrade {
             Framing::Upgraded
         } else {
@@ -286,10 +283,10 @@ impl<T> HttpConn<T> {
         Step::Stop
     }
 
-    /// The server wrote `len` bytes (write family or sendfile), of which `data` were captured.
-    pub fn on_write(&mut self, ts_ns: u64, data: &[u8], len: u64, sink: &mut Sink<T>) {
+    /// The server wrote bytes (write family or sendfile).
+    pub fn on_write(&mut self, ts_ns: u64, moved: Moved<'_>, sink: &mut Sink<T>) {
         self.last_write_ns = ts_ns;
-        let mut rest = Bytes::new(data, len);
+        let mut rest = Bytes::new(moved);
         if matches!(self.outbound, Framing::OutOfSync)
             && !self.waiting.is_empty()
             && rest.seen.starts_with(b"HTTP/1.")
@@ -303,36 +300,39 @@ impl<T> HttpConn<T> {
                     Step::Stop => return,
                 },
                 Framing::Length(remaining) => {
-                    *remaining -= rest.skip(*remaining);
+                    let n = rest.skip(*remaining);
+                    *remaining -= n;
+                    self.response_bytes += n;
                     if *remaining == 0 {
                         self.finish_front(ts_ns, sink);
                         self.outbound = Framing::Head(Vec::new());
                     }
                 }
-                Framing::Chunked(chunked) => match chunked.advance(&mut rest) {
-                    Ok(true) => {
-                        self.finish_front(ts_ns, sink);
-                        self.outbound = Framing::Head(Vec::new());
+                Framing::Chunked(chunked) => {
+                    match counted(&mut self.response_bytes, &mut rest, |r| chunked.advance(r)) {
+                        Ok(true) => {
+                            self.finish_front(ts_ns, sink);
+                            self.outbound = Framing::Head(Vec::new());
+                        }
+                        Ok(false) => {}
+                        Err(anomaly) => {
+                            sink.anomalies.push(anomaly);
+                            // The response ends at close or at the next request, whichever first.
+                            self.outbound = Framing::Eof;
+                            return;
+                        }
                     }
-                    Ok(false) => {}
-                    Err(anomaly) => {
-                        sink.anomalies.push(anomaly);
-                        // The response ends at close or at the next request, whichever first.
-                        self.outbound = Framing::Eof;
-                        return;
-                    }
-                },
-                Framing::Eof | Framing::OutOfSync | Framing::Upgraded => return,
+                }
+                Framing::Eof => {
+                    self.response_bytes += rest.len();
+                    return;
+                }
+                Framing::OutOfSync | Framing::Upgraded => return,
             }
         }
     }
 
-    fn write_response_head(
-        &mut self,
-        ts_ns: u64,
-        rest: &mut Bytes<'_>,
-        sink: &mut Sink<T>,
-    ) -> Step {
+    fn write_response_head(&mut self, ts_ns: u64, rest: &mut Bytes<'_>, sink: &mut Sink<T>) -> Step {
         let Framing::Head(buf) = &mut self.outbound else {
             return Step::Stop;
         };
@@ -347,12 +347,11 @@ impl<T> HttpConn<T> {
         let mut resp = httparse::Response::new(&mut headers);
         let (head_len, truncated) = match resp.parse(buf) {
             Ok(httparse::Status::Complete(n)) => (n, false),
-            Ok(httparse::Status::Partial) if rest.unseen > 0 && resp.code.is_some() => {
-                (buf.len(), true)
-            }
+            Ok(httparse::Status::Partial) if rest.unseen > 0 && resp.code.is_some() => (buf.len(), true),
             Ok(httparse::Status::Partial) if buf.len() <= MAX_HEAD => {
-                rest.skip(rest.len());
-                return Step::Stop;
+                self.response_first_ns.get_or_insert(ts_ns);
+                self.response_bytes += rest.skip(rest.seen.len() as u64);
+                return if rest.is_empty() { Step::Stop } else { Step::Continue };
             }
             Ok(httparse::Status::Partial) => {
                 return self.outbound_lost(sink, Anomaly::HeadTooLarge);
@@ -362,16 +361,9 @@ impl<T> HttpConn<T> {
         let Some(code) = resp.code else {
             return self.outbound_lost(sink, Anomaly::NotHttpResponse);
         };
-        let framing = if truncated {
-            Some(BodyKind::Eof)
-        } else {
-            response_body(resp.headers)
-        };
-        rest.skip(if truncated {
-            rest.len()
-        } else {
-            (head_len - before) as u64
-        });
+        let framing = if truncated { Some(BodyKind::Eof) } else { response_body(resp.headers) };
+        self.response_first_ns.get_or_insert(ts_ns);
+        self.response_bytes += rest.skip(if truncated { rest.len() } else { (head_len - before) as u64 });
         if truncated {
             sink.anomalies.push(Anomaly::TruncatedCapture);
         }
@@ -428,7 +420,9 @@ impl<T> HttpConn<T> {
                 tag: w.tag,
                 status: w.status,
                 start_ns: w.start_ns,
+                first_byte_ns: self.response_first_ns.take(),
                 end_ns,
+                response_bytes: std::mem::take(&mut self.response_bytes),
             });
         }
     }
@@ -453,13 +447,26 @@ impl<T> HttpConn<T> {
 
     fn abandon_all(&mut self, sink: &mut Sink<T>) {
         let end_ns = self.last_write_ns;
-        sink.finished
-            .extend(self.waiting.drain(..).map(|w| Finished {
-                tag: w.tag,
-                status: None,
-                start_ns: w.start_ns,
-                end_ns: end_ns.max(w.start_ns),
-            }));
+        // Only the front request can have had response bytes written.
+        let mut first_ns = self.response_first_ns.take();
+        let mut bytes = std::mem::take(&mut self.response_bytes);
+        sink.finished.extend(self.waiting.drain(..).map(|w| Finished {
+            tag: w.tag,
+            status: None,
+            start_ns: w.start_ns,
+            first_byte_ns: first_ns.take(),
+            end_ns: end_ns.max(w.start_ns),
+            response_bytes: std::mem::take(&mut bytes),
+        }));
+    }
+
+    /// The connection has been quiet for the idle timeout: a response whose end could not be
+    /// seen (close-delimited, or framing lost) is taken to have ended with its last write.
+    pub fn on_idle(&mut self, sink: &mut Sink<T>) {
+        if matches!(self.outbound, Framing::Eof) {
+            self.finish_front(self.last_write_ns, sink);
+            self.outbound = Framing::Head(Vec::new());
+        }
     }
 }
 
@@ -468,36 +475,62 @@ enum Step {
     Stop,
 }
 
-/// The rest of one syscall's bytes: a captured prefix, then bytes known only by count.
+/// Runs `step` and adds the bytes it consumed from `rest` to `counter`.
+fn counted<R>(counter: &mut u64, rest: &mut Bytes<'_>, step: impl FnOnce(&mut Bytes<'_>) -> R) -> R {
+    let before = rest.len();
+    let result = step(rest);
+    *counter += before - rest.len();
+    result
+}
+
+/// The rest of one syscall's bytes: a captured prefix (`seen`), bytes known only by count
+/// (`unseen`), then the captured tail. Once the prefix and the gap are consumed, the tail
+/// becomes `seen`.
 struct Bytes<'a> {
     seen: &'a [u8],
     unseen: u64,
+    tail: &'a [u8],
 }
 
 impl<'a> Bytes<'a> {
-    fn new(data: &'a [u8], len: u64) -> Self {
-        let seen = &data[..data.len().min(usize::try_from(len).unwrap_or(usize::MAX))];
-        Bytes {
-            seen,
-            unseen: len - seen.len() as u64,
-        }
+    fn new(moved: Moved<'a>) -> Self {
+        let limit =
+            |data: &'a [u8], max: u64| &data[..data.len().min(usize::try_from(max).unwrap_or(usize::MAX))];
+        let seen = limit(moved.head, moved.len);
+        let tail = limit(moved.tail, moved.len - seen.len() as u64);
+        let unseen = moved.len - seen.len() as u64 - tail.len() as u64;
+        let mut bytes = Bytes { seen, unseen, tail };
+        bytes.promote_tail();
+        bytes
     }
 
     fn len(&self) -> u64 {
-        self.seen.len() as u64 + self.unseen
+        (self.seen.len() + self.tail.len()) as u64 + self.unseen
     }
 
     fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
+    fn promote_tail(&mut self) {
+        if self.seen.is_empty() && self.unseen == 0 {
+            self.seen = std::mem::take(&mut self.tail);
+        }
+    }
+
     /// Drops up to `n` bytes from the front; returns how many were dropped.
     fn skip(&mut self, n: u64) -> u64 {
-        let from_seen = n.min(self.seen.len() as u64);
-        self.seen = &self.seen[from_seen as usize..];
-        let from_unseen = (n - from_seen).min(self.unseen);
-        self.unseen -= from_unseen;
-        from_seen + from_unseen
+        let mut dropped = 0;
+        while dropped < n && !self.is_empty() {
+            let want = n - dropped;
+            let from_seen = want.min(self.seen.len() as u64);
+            self.seen = &self.seen[from_seen as usize..];
+            let from_unseen = if self.seen.is_empty() { (want - from_seen).min(self.unseen) } else { 0 };
+            self.unseen -= from_unseen;
+            dropped += from_seen + from_unseen;
+            self.promote_tail();
+        }
+        dropped
     }
 }
 
@@ -535,16 +568,9 @@ fn message_body(headers: &[httparse::Header<'_>]) -> Option<BodyKind> {
     for h in headers {
         if h.name.eq_ignore_ascii_case("transfer-encoding") {
             let value = std::str::from_utf8(h.value).ok()?;
-            chunked = value
-                .rsplit(',')
-                .next()
-                .is_some_and(|c| c.trim().eq_ignore_ascii_case("chunked"));
+            chunked = value.rsplit(',').next().is_some_and(|c| c.trim().eq_ignore_ascii_case("chunked"));
         } else if h.name.eq_ignore_ascii_case("content-length") {
-            let n = std::str::from_utf8(h.value)
-                .ok()?
-                .trim()
-                .parse::<u64>()
-                .ok()?;
+            let n = std::str::from_utf8(h.value).ok()?.trim().parse::<u64>().ok()?;
             if length.is_some_and(|old| old != n) {
                 return None;
             }
@@ -583,11 +609,7 @@ impl Chunked {
             match self.state {
                 ChunkState::Data(remaining) => {
                     let left = remaining - rest.skip(remaining);
-                    self.state = if left == 0 {
-                        ChunkState::Size
-                    } else {
-                        ChunkState::Data(left)
-                    };
+                    self.state = if left == 0 { ChunkState::Size } else { ChunkState::Data(left) };
                 }
                 ChunkState::Size | ChunkState::Trailer => {
                     let Some(line) = self.take_line(rest)? else {
@@ -597,11 +619,8 @@ impl Chunked {
                         ChunkState::Size => {
                             let size = parse_chunk_size(&line).ok_or(Anomaly::NotHttpResponse)?;
                             // The data's CRLF is skipped by count, like the data.
-                            self.state = if size == 0 {
-                                ChunkState::Trailer
-                            } else {
-                                ChunkState::Data(size + 2)
-                            };
+                            self.state =
+                                if size == 0 { ChunkState::Trailer } else { ChunkState::Data(size + 2) };
                         }
                         _ if line.is_empty() => return Ok(true),
                         _ => {} // a trailer field

@@ -58,6 +58,10 @@ struct Common {
     /// Most distinct endpoint labels; later ones are counted as endpoint="other".
     #[arg(long, default_value_t = 100)]
     max_endpoints: usize,
+    /// Seconds without traffic after which a connection is idle: a response whose end was not
+    /// seen is ended at its last write, and the connection leaves the table.
+    #[arg(long, default_value_t = 30)]
+    idle_timeout: u64,
 }
 
 fn main() -> ExitCode {
@@ -68,29 +72,32 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(e) => return fail(anyhow::Error::new(e).context("starting the async runtime")),
     };
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Run {
-                pids,
-                common,
-                exit_with_targets,
-            } => {
+            Command::Run { pids, common, exit_with_targets } => {
                 run::run(run::RunConfig {
                     pids,
                     listen: common.listen,
                     max_endpoints: common.max_endpoints,
+                    idle_timeout_secs: common.idle_timeout,
                     exit_with_targets,
                 })
                 .await
             }
-            Command::Demo { common } => demo::demo(common.listen, common.max_endpoints).await,
+            Command::Demo { common } => {
+                demo::demo(run::RunConfig {
+                    pids: Vec::new(),
+                    listen: common.listen,
+                    max_endpoints: common.max_endpoints,
+                    idle_timeout_secs: common.idle_timeout,
+                    exit_with_targets: true,
+                })
+                .await
+            }
             Command::DemoServer { listen } => demo::demo_server(listen).await,
         }
     });

@@ -9,8 +9,27 @@ use prometheus_client::{
 /// Request duration buckets, in seconds: from a 100 µs boot script to a 10-minute image
 /// download, roughly ×2.5 per step so both ends keep useful resolution.
 pub const DURATION_BUCKETS: [f64; 20] = [
-    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
-    5.0, 10.0, 30.0, 60.0, 180.0, 600.0,
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+    30.0, 60.0, 180.0, 600.0,
+];
+
+/// Response size buckets, in bytes: ×4 steps from a 64-byte status reply to a 16 GiB image.
+pub const SIZE_BUCKETS: [f64; 15] = [
+    64.0,
+    256.0,
+    1024.0,
+    4096.0,
+    16384.0,
+    65536.0,
+    262144.0,
+    1048576.0,
+    4194304.0,
+    16777216.0,
+    67108864.0,
+    268435456.0,
+    1073741824.0,
+    4294967296.0,
+    17179869184.0,
 ];
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -36,12 +55,18 @@ fn duration_histogram() -> Histogram {
     Histogram::new(DURATION_BUCKETS)
 }
 
+fn size_histogram() -> Histogram {
+    Histogram::new(SIZE_BUCKETS)
+}
+
 /// Every family the daemon exports, registered once in `registry`.
 pub struct Metrics {
     pub registry: Registry,
     pub in_flight: Family<EndpointLabels, Gauge>,
     pub requests: Family<RequestLabels, Counter>,
     pub duration: HistogramFamily,
+    pub first_byte: HistogramFamily,
+    pub response_size: HistogramFamily,
     pub incomplete: Family<EndpointLabels, Counter>,
     pub parse_errors: Family<ReasonLabels, Counter>,
     pub events: Counter,
@@ -69,6 +94,18 @@ impl Metrics {
             "http_request_duration_seconds",
             "From the first byte of the request read to the last byte of its response written",
             duration.clone(),
+        );
+        let first_byte: HistogramFamily = Family::new_with_constructor(duration_histogram);
+        registry.register(
+            "http_response_first_byte_seconds",
+            "From the first byte of the request read to the first byte of its response written",
+            first_byte.clone(),
+        );
+        let response_size: HistogramFamily = Family::new_with_constructor(size_histogram);
+        registry.register(
+            "http_response_size_bytes",
+            "Bytes of the response written, head and body",
+            response_size.clone(),
         );
         let incomplete = Family::default();
         registry.register(
@@ -101,6 +138,8 @@ impl Metrics {
             in_flight,
             requests,
             duration,
+            first_byte,
+            response_size,
             incomplete,
             parse_errors,
             events,

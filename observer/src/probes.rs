@@ -54,11 +54,7 @@ pub enum ProbeError {
     #[error("loading the eBPF object: {0}")]
     Load(#[from] aya::EbpfError),
     #[error("program {program} on syscalls:{tracepoint}: {source}")]
-    Program {
-        program: &'static str,
-        tracepoint: &'static str,
-        source: aya::programs::ProgramError,
-    },
+    Program { program: &'static str, tracepoint: &'static str, source: aya::programs::ProgramError },
     #[error("map {0}: {1}")]
     Map(&'static str, aya::maps::MapError),
     #[error("map {0} missing from the object")]
@@ -85,36 +81,21 @@ impl Probes {
                 .expect("every ATTACHMENTS program is in the object")
                 .try_into()
                 .expect("every program is a tracepoint");
-            let fail = |tracepoint: &'static str| {
-                move |source| ProbeError::Program {
-                    program,
-                    tracepoint,
-                    source,
-                }
-            };
-            prog.load()
-                .map_err(fail(tracepoints[0]))
-                .map_err(permission)?;
+            let fail =
+                |tracepoint: &'static str| move |source| ProbeError::Program { program, tracepoint, source };
+            prog.load().map_err(fail(tracepoints[0])).map_err(permission)?;
             for &tracepoint in tracepoints {
-                prog.attach("syscalls", tracepoint)
-                    .map_err(fail(tracepoint))
-                    .map_err(permission)?;
+                prog.attach("syscalls", tracepoint).map_err(fail(tracepoint)).map_err(permission)?;
             }
         }
         let targets = take_map(&mut ebpf, "TARGETS")?;
         let sockets = take_map(&mut ebpf, "SOCKETS")?;
-        Ok(Probes {
-            ebpf,
-            targets,
-            sockets,
-        })
+        Ok(Probes { ebpf, targets, sockets })
     }
 
     /// Starts following `tgid`, including the sockets it already has open.
     pub fn add_target(&mut self, tgid: u32) -> Result<(), ProbeError> {
-        self.targets
-            .insert(tgid, 0, 0)
-            .map_err(|e| ProbeError::Map("TARGETS", e))?;
+        self.targets.insert(tgid, 0, 0).map_err(|e| ProbeError::Map("TARGETS", e))?;
         let mut learned = 0;
         for fd in socket_fds(tgid) {
             // Sockets accepted meanwhile were learned by the accept hook; inserting again is harmless.
@@ -129,12 +110,8 @@ impl Probes {
     /// Stops following `tgid` (it exited) and forgets its sockets.
     pub fn remove_target(&mut self, tgid: u32) {
         let _ = self.targets.remove(&tgid);
-        let stale: Vec<u64> = self
-            .sockets
-            .keys()
-            .filter_map(Result::ok)
-            .filter(|k| (k >> 32) as u32 == tgid)
-            .collect();
+        let stale: Vec<u64> =
+            self.sockets.keys().filter_map(Result::ok).filter(|k| (k >> 32) as u32 == tgid).collect();
         for key in stale {
             let _ = self.sockets.remove(&key);
         }
@@ -157,10 +134,7 @@ impl Probes {
         let Ok(stats) = PerCpuArray::<_, u64>::try_from(map) else {
             return 0;
         };
-        stats
-            .get(&index, 0)
-            .map(|per_cpu| per_cpu.iter().sum())
-            .unwrap_or(0)
+        stats.get(&index, 0).map(|per_cpu| per_cpu.iter().sum()).unwrap_or(0)
     }
 
     pub fn events_lost(&self) -> u64 {
@@ -182,9 +156,7 @@ fn socket_fds(tgid: u32) -> Vec<i32> {
         return Vec::new();
     };
     dir.filter_map(Result::ok)
-        .filter(|entry| {
-            fs::read_link(entry.path()).is_ok_and(|l| l.to_string_lossy().starts_with("socket:"))
-        })
+        .filter(|entry| fs::read_link(entry.path()).is_ok_and(|l| l.to_string_lossy().starts_with("socket:")))
         .filter_map(|entry| entry.file_name().to_str()?.parse().ok())
         .collect()
 }
@@ -197,15 +169,8 @@ fn ensure_tracefs() -> Result<(), ProbeError> {
     }
     let target = c"/sys/kernel/tracing";
     // SAFETY: mount(2) with valid NUL-terminated strings and no data.
-    let rc = unsafe {
-        libc::mount(
-            c"nodev".as_ptr(),
-            target.as_ptr(),
-            c"tracefs".as_ptr(),
-            0,
-            std::ptr::null(),
-        )
-    };
+    let rc =
+        unsafe { libc::mount(c"nodev".as_ptr(), target.as_ptr(), c"tracefs".as_ptr(), 0, std::ptr::null()) };
     if rc != 0 {
         return Err(ProbeError::Tracefs(io::Error::last_os_error()));
     }
@@ -223,14 +188,13 @@ fn start_kernel_logger(ebpf: &mut Ebpf) {
         }
     };
     // SAFETY: the logger owns its fd and moves into the AsyncFd, which outlives the registration.
-    let logger =
-        match unsafe { AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE) } {
-            Ok(logger) => logger,
-            Err(e) => {
-                warn!("kernel-side logging unavailable: {e}");
-                return;
-            }
-        };
+    let logger = match unsafe { AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE) } {
+        Ok(logger) => logger,
+        Err(e) => {
+            warn!("kernel-side logging unavailable: {e}");
+            return;
+        }
+    };
     tokio::spawn(async move {
         let mut logger = logger;
         loop {
@@ -245,18 +209,12 @@ fn start_kernel_logger(ebpf: &mut Ebpf) {
 }
 
 fn is_permission(text: &str) -> bool {
-    text.contains("Operation not permitted")
-        || text.contains("Permission denied")
-        || text.contains("EPERM")
+    text.contains("Operation not permitted") || text.contains("Permission denied") || text.contains("EPERM")
 }
 
 fn permission(e: ProbeError) -> ProbeError {
     let text = format!("{e}: {:?}", e);
-    if is_permission(&text) {
-        ProbeError::NotPermitted(e.to_string())
-    } else {
-        e
-    }
+    if is_permission(&text) { ProbeError::NotPermitted(e.to_string()) } else { e }
 }
 
 fn permission_or(e: aya::EbpfError, wrap: fn(aya::EbpfError) -> ProbeError) -> ProbeError {

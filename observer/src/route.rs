@@ -16,10 +16,7 @@ pub struct Router {
 
 impl Router {
     pub fn new(cap: usize) -> Self {
-        Router {
-            known: HashSet::new(),
-            cap,
-        }
+        Router { known: HashSet::new(), cap }
     }
 
     /// The endpoint label of `target`, and whether it overflowed the cap.
@@ -29,10 +26,7 @@ impl Router {
         if segment.is_empty() {
             return (ROOT, false);
         }
-        if !segment
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
-        {
+        if !segment.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)) {
             return (OVERFLOW, true);
         }
         if let Some(label) = self.known.get(segment) {
@@ -51,9 +45,7 @@ impl Router {
 /// (`http://host/path`) are reduced to their path.
 fn first_segment(target: &str) -> &str {
     let path = match target.find("://") {
-        Some(i) => target[i + 3..]
-            .find('/')
-            .map_or("", |j| &target[i + 3 + j..]),
+        Some(i) => target[i + 3..].find('/').map_or("", |j| &target[i + 3 + j..]),
         None => target,
     };
     let path = path.split(['?', '#']).next().unwrap_or("");
@@ -85,9 +77,7 @@ mod tests {
     #[test]
     fn labels_are_capped() {
         let mut r = Router::new(3);
-        let labels: HashSet<_> = (0..1000)
-            .map(|i| r.classify(&format!("/s{i}/x")).0)
-            .collect();
+        let labels: HashSet<_> = (0..1000).map(|i| r.classify(&format!("/s{i}/x")).0).collect();
         assert_eq!(labels.len(), 4);
         assert!(labels.contains(OVERFLOW));
         assert_eq!(r.classify("/s1"), ("s1", false));

@@ -13,6 +13,8 @@ pub struct RunConfig {
     pub pids: Vec<u32>,
     pub listen: SocketAddr,
     pub max_endpoints: usize,
+    /// Seconds without events after which a connection counts as idle.
+    pub idle_timeout_secs: u64,
     /// Exit once every target has exited, instead of serving what was counted.
     pub exit_with_targets: bool,
 }
@@ -24,14 +26,12 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
         }
     }
     check_privileges()?;
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .map_err(|e| match e.kind() {
-            std::io::ErrorKind::AddrInUse => {
-                anyhow::anyhow!("listen address {} is already in use", config.listen)
-            }
-            _ => anyhow::Error::new(e).context(format!("binding {}", config.listen)),
-        })?;
+    let listener = tokio::net::TcpListener::bind(config.listen).await.map_err(|e| match e.kind() {
+        std::io::ErrorKind::AddrInUse => {
+            anyhow::anyhow!("listen address {} is already in use", config.listen)
+        }
+        _ => anyhow::Error::new(e).context(format!("binding {}", config.listen)),
+    })?;
     let metrics = Arc::new(Metrics::new());
     let mut probes = Probes::load_and_attach()?;
     let mut ring = probes.take_events()?;
@@ -42,7 +42,7 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
     let server = tokio::spawn(serve::serve(listener, metrics.clone()));
     info!("serving metrics on http://{addr}/metrics");
 
-    let mut conns = Connections::new(&metrics, config.max_endpoints);
+    let mut conns = Connections::new(&metrics, config.max_endpoints, config.idle_timeout_secs);
     let mut live: Vec<u32> = config.pids.clone();
     let mut lost_seen = 0;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -63,6 +63,7 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
                 guard.clear_ready();
             }
             _ = tick.tick() => {
+                conns.sweep();
                 let lost = probes.events_lost();
                 metrics.events_lost.inc_by(lost.saturating_sub(lost_seen));
                 lost_seen = lost;
@@ -98,8 +99,7 @@ fn process_exists(pid: u32) -> bool {
 fn check_privileges() -> anyhow::Result<()> {
     const CAP_PERFMON: u32 = 38;
     const CAP_BPF: u32 = 39;
-    let status =
-        std::fs::read_to_string("/proc/self/status").context("reading /proc/self/status")?;
+    let status = std::fs::read_to_string("/proc/self/status").context("reading /proc/self/status")?;
     let effective = status
         .lines()
         .find_map(|l| l.strip_prefix("CapEff:"))
@@ -107,9 +107,7 @@ fn check_privileges() -> anyhow::Result<()> {
         .unwrap_or(0);
     let has = |cap: u32| effective & (1 << cap) != 0;
     if !(has(CAP_BPF) && has(CAP_PERFMON)) {
-        bail!(
-            "not permitted: observer needs root, or CAP_BPF and CAP_PERFMON, to load its eBPF programs"
-        );
+        bail!("not permitted: observer needs root, or CAP_BPF and CAP_PERFMON, to load its eBPF programs");
     }
     Ok(())
 }

@@ -31,12 +31,9 @@ fn counts_keep_alive_requests_of_an_axum_server_exactly() {
     let (server, addr) = start_axum();
     let observer = Observer::attach(&[server.pid()]);
 
-    let boot: Vec<String> = (0..30)
-        .map(|i| format!("http://{addr}/boot/52:54:00:00:00:{i:02x}?arch=x86_64"))
-        .collect();
-    let images: Vec<String> = (0..5)
-        .map(|i| format!("http://{addr}/images/img{i}.qcow2"))
-        .collect();
+    let boot: Vec<String> =
+        (0..30).map(|i| format!("http://{addr}/boot/52:54:00:00:00:{i:02x}?arch=x86_64")).collect();
+    let images: Vec<String> = (0..5).map(|i| format!("http://{addr}/images/img{i}.qcow2")).collect();
     let missing: Vec<String> = (0..7).map(|i| format!("http://{addr}/nope/{i}")).collect();
     // One curl per list: each list goes over one keep-alive connection.
     assert_eq!(curl(&[], &boot), vec![200; 30]);
@@ -44,17 +41,9 @@ fn counts_keep_alive_requests_of_an_axum_server_exactly() {
     assert_eq!(curl(&[], &missing), vec![404; 7]);
     assert_eq!(curl(&["--head"], &boot[..3]), vec![200; 3]);
 
-    let scrape =
-        observer.scrape_until("45 requests", |s| s.sum("http_requests_total", &[]) >= 45.0);
+    let scrape = observer.scrape_until("45 requests", |s| s.sum("http_requests_total", &[]) >= 45.0);
     let count = |endpoint, method, status| {
-        scrape.sum(
-            "http_requests_total",
-            &[
-                ("endpoint", endpoint),
-                ("method", method),
-                ("status", status),
-            ],
-        )
+        scrape.sum("http_requests_total", &[("endpoint", endpoint), ("method", method), ("status", status)])
     };
     assert_eq!(count("boot", "GET", "200"), 30.0, "{}", scrape.0);
     assert_eq!(count("images", "GET", "200"), 5.0);
@@ -63,14 +52,8 @@ fn counts_keep_alive_requests_of_an_axum_server_exactly() {
     assert_eq!(scrape.sum("http_requests_total", &[]), 45.0, "{}", scrape.0);
     assert_eq!(scrape.sum("http_request_duration_seconds_count", &[]), 45.0);
     assert_eq!(scrape.sum("http_requests_in_flight", &[]), 0.0);
-    assert_eq!(
-        scrape.label_values("http_requests_total", "endpoint"),
-        ["boot", "images", "nope"]
-    );
-    assert!(
-        !scrape.0.contains("arch=x86_64"),
-        "query strings never reach labels"
-    );
+    assert_eq!(scrape.label_values("http_requests_total", "endpoint"), ["boot", "images", "nope"]);
+    assert!(!scrape.0.contains("arch=x86_64"), "query strings never reach labels");
 }
 
 #[test]
@@ -88,18 +71,12 @@ fn counts_a_connection_opened_before_attach() {
 
     let scrape = observer.scrape_until("7 requests", |s| s.sum("http_requests_total", &[]) >= 7.0);
     assert_eq!(
-        scrape.sum(
-            "http_requests_total",
-            &[("endpoint", "api"), ("method", "GET"), ("status", "200")]
-        ),
+        scrape.sum("http_requests_total", &[("endpoint", "api"), ("method", "GET"), ("status", "200")]),
         6.0,
         "{}",
         scrape.0
     );
-    assert_eq!(
-        scrape.sum("http_requests_total", &[("endpoint", "boot")]),
-        1.0
-    );
+    assert_eq!(scrape.sum("http_requests_total", &[("endpoint", "boot")]), 1.0);
     assert_eq!(scrape.sum("http_requests_total", &[]), 7.0);
     assert_eq!(scrape.sum("http_requests_in_flight", &[]), 0.0);
 }

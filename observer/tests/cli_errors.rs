@@ -10,40 +10,23 @@ use std::{
 use common::*;
 
 fn observer(args: &[&str]) -> Output {
-    Command::new(observer_bin())
-        .args(args)
-        .env("RUST_LOG", "off")
-        .output()
-        .expect("running observer")
+    Command::new(observer_bin()).args(args).env("RUST_LOG", "off").output().expect("running observer")
 }
 
 fn assert_one_line_error(out: &Output, expected: &str) {
-    assert!(
-        !out.status.success(),
-        "expected failure, got {}",
-        out.status
-    );
+    assert!(!out.status.success(), "expected failure, got {}", out.status);
     let stderr = String::from_utf8_lossy(&out.stderr);
     let lines: Vec<&str> = stderr.lines().collect();
     assert_eq!(lines.len(), 1, "one line expected, got:\n{stderr}");
     assert!(lines[0].starts_with("observer: error: "), "{stderr}");
-    assert!(
-        lines[0].contains(expected),
-        "expected {expected:?} in {stderr}"
-    );
+    assert!(lines[0].contains(expected), "expected {expected:?} in {stderr}");
 }
 
 #[test]
 fn unknown_pid_is_a_clear_error() {
     let unused = 4_000_000; // above the kernel's pid_max limit (2^22)
     assert_one_line_error(
-        &observer(&[
-            "run",
-            "--pid",
-            &unused.to_string(),
-            "--listen",
-            "127.0.0.1:0",
-        ]),
+        &observer(&["run", "--pid", &unused.to_string(), "--listen", "127.0.0.1:0"]),
         "no such process: 4000000",
     );
 }

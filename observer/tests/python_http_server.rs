@@ -20,14 +20,7 @@ fn counts_every_request_of_python_http_server_exactly() {
     let mut server = ChildGuard::spawn(
         "python3 -m http.server",
         Command::new("python3")
-            .args([
-                "-m",
-                "http.server",
-                "--bind",
-                "127.0.0.1",
-                &port.to_string(),
-                "--directory",
-            ])
+            .args(["-m", "http.server", "--bind", "127.0.0.1", &port.to_string(), "--directory"])
             .arg(www.path())
             .stdout(Stdio::null())
             .stderr(Stdio::null()),
@@ -43,45 +36,22 @@ fn counts_every_request_of_python_http_server_exactly() {
     assert_eq!(curl(&[], &missing), vec![404; 10]);
     assert_eq!(curl(&["--head"], &found[..5]), vec![200; 5]);
 
-    let scrape =
-        observer.scrape_until("55 requests", |s| s.sum("http_requests_total", &[]) >= 55.0);
+    let scrape = observer.scrape_until("55 requests", |s| s.sum("http_requests_total", &[]) >= 55.0);
     let get_200: f64 = (1..=40)
         .map(|i| {
             scrape.sum(
                 "http_requests_total",
-                &[
-                    ("endpoint", &format!("f{i}.txt")),
-                    ("method", "GET"),
-                    ("status", "200"),
-                ],
+                &[("endpoint", &format!("f{i}.txt")), ("method", "GET"), ("status", "200")],
             )
         })
         .sum();
     assert_eq!(get_200, 40.0, "{}", scrape.0);
     assert_eq!(
-        scrape.sum(
-            "http_requests_total",
-            &[
-                ("endpoint", "missing"),
-                ("method", "GET"),
-                ("status", "404")
-            ]
-        ),
+        scrape.sum("http_requests_total", &[("endpoint", "missing"), ("method", "GET"), ("status", "404")]),
         10.0
     );
-    assert_eq!(
-        scrape.sum(
-            "http_requests_total",
-            &[("method", "HEAD"), ("status", "200")]
-        ),
-        5.0
-    );
-    assert_eq!(
-        scrape.sum("http_requests_total", &[]),
-        55.0,
-        "no request counted twice:\n{}",
-        scrape.0
-    );
+    assert_eq!(scrape.sum("http_requests_total", &[("method", "HEAD"), ("status", "200")]), 5.0);
+    assert_eq!(scrape.sum("http_requests_total", &[]), 55.0, "no request counted twice:\n{}", scrape.0);
     assert_eq!(scrape.sum("http_request_duration_seconds_count", &[]), 55.0);
     assert_eq!(scrape.sum("http_requests_in_flight", &[]), 0.0);
     assert_eq!(scrape.sum("observer_requests_incomplete_total", &[]), 0.0);
@@ -89,8 +59,5 @@ fn counts_every_request_of_python_http_server_exactly() {
     assert!(scrape.sum("observer_events_total", &[]) > 0.0);
     // Durations are real: positive, and no single request took longer than the whole test.
     let seconds = scrape.sum("http_request_duration_seconds_sum", &[]);
-    assert!(
-        seconds > 0.0 && seconds < 55.0 * 5.0,
-        "duration sum {seconds}"
-    );
+    assert!(seconds > 0.0 && seconds < 55.0 * 5.0, "duration sum {seconds}");
 }

@@ -62,10 +62,7 @@ fn setup() -> anyhow::Result<()> {
         .context("installing rust-src for the pinned toolchain")?;
     ensure_bpf_linker()?;
     ensure_debian_packages()?;
-    eprintln!(
-        "xtask: setup done in {:.1}s",
-        started.elapsed().as_secs_f64()
-    );
+    eprintln!("xtask: setup done in {:.1}s", started.elapsed().as_secs_f64());
     Ok(())
 }
 
@@ -73,17 +70,12 @@ fn setup() -> anyhow::Result<()> {
 /// build it against that toolchain's own libLLVM, with an rpath so it runs without rustup's
 /// LD_LIBRARY_PATH.
 fn ensure_bpf_linker() -> anyhow::Result<()> {
-    let sysroot =
-        output(Command::new("rustup").args(["run", TOOLCHAIN, "rustc", "--print", "sysroot"]))?;
+    let sysroot = output(Command::new("rustup").args(["run", TOOLCHAIN, "rustc", "--print", "sysroot"]))?;
     let lib = PathBuf::from(sysroot.trim()).join("lib");
     let libllvm = std::fs::read_dir(&lib)?
         .filter_map(Result::ok)
         .map(|e| e.path())
-        .find(|p| {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with("libLLVM.so."))
-        })
+        .find(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("libLLVM.so.")))
         .with_context(|| format!("no libLLVM.so.* in {}", lib.display()))?;
     let version = output(Command::new("rustup").args(["run", TOOLCHAIN, "rustc", "-vV"]))?;
     let llvm_major = version
@@ -92,15 +84,9 @@ fn ensure_bpf_linker() -> anyhow::Result<()> {
         .and_then(|v| v.split('.').next())
         .context("rustc -vV names no LLVM version")?
         .to_owned();
-    let stamp = format!(
-        "bpf-linker {BPF_LINKER_VERSION} llvm-{llvm_major} {}",
-        libllvm.display()
-    );
+    let stamp = format!("bpf-linker {BPF_LINKER_VERSION} llvm-{llvm_major} {}", libllvm.display());
     let stamp_file = cargo_home().join("bin/.bpf-linker-observer");
-    let installed = Command::new("bpf-linker")
-        .arg("--version")
-        .env_remove("LD_LIBRARY_PATH")
-        .output();
+    let installed = Command::new("bpf-linker").arg("--version").env_remove("LD_LIBRARY_PATH").output();
     if installed.is_ok_and(|o| o.status.success())
         && std::fs::read_to_string(&stamp_file).is_ok_and(|s| s == stamp)
     {
@@ -116,42 +102,22 @@ fn ensure_bpf_linker() -> anyhow::Result<()> {
     let _ = std::fs::remove_file(&link);
     std::os::unix::fs::symlink(&libllvm, &link)?;
     run(Command::new("cargo")
-        .args([
-            "install",
-            "--locked",
-            "--force",
-            "bpf-linker",
-            "--version",
-            BPF_LINKER_VERSION,
-        ])
-        .args([
-            "--no-default-features",
-            "--features",
-            &format!("llvm-{llvm_major}"),
-        ])
+        .args(["install", "--locked", "--force", "bpf-linker", "--version", BPF_LINKER_VERSION])
+        .args(["--no-default-features", "--features", &format!("llvm-{llvm_major}")])
         .env("LLVM_PREFIX", &prefix)
-        .env(
-            "RUSTFLAGS",
-            format!("-C link-arg=-Wl,-rpath,{}", lib.display()),
-        ))
+        .env("RUSTFLAGS", format!("-C link-arg=-Wl,-rpath,{}", lib.display())))
     .context("building bpf-linker")?;
     std::fs::write(&stamp_file, stamp)?;
     Ok(())
 }
 
 fn ensure_debian_packages() -> anyhow::Result<()> {
-    let missing: Vec<&str> = DEBIAN_PACKAGES
-        .iter()
-        .filter(|(cmd, _)| !on_path(cmd))
-        .map(|(_, pkg)| *pkg)
-        .collect();
+    let missing: Vec<&str> =
+        DEBIAN_PACKAGES.iter().filter(|(cmd, _)| !on_path(cmd)).map(|(_, pkg)| *pkg).collect();
     if missing.is_empty() {
         return Ok(());
     }
-    ensure!(
-        is_root(),
-        "Debian packages {missing:?} are missing and installing them needs root"
-    );
+    ensure!(is_root(), "Debian packages {missing:?} are missing and installing them needs root");
     run(Command::new("apt-get").arg("update").arg("-qq"))?;
     run(Command::new("apt-get")
         .args(["install", "-y", "-qq", "--no-install-recommends"])
@@ -160,22 +126,11 @@ fn ensure_debian_packages() -> anyhow::Result<()> {
 }
 
 fn run_observer(args: &[String]) -> anyhow::Result<()> {
-    let subcommand = if args.iter().any(|a| a == "--pid" || a.starts_with("--pid=")) {
-        "run"
-    } else {
-        "demo"
-    };
+    let subcommand =
+        if args.iter().any(|a| a == "--pid" || a.starts_with("--pid=")) { "run" } else { "demo" };
     run(Command::new("cargo")
         .env("PATH", path_with_cargo_bin()?)
-        .args([
-            "run",
-            "--release",
-            "--quiet",
-            "--package",
-            "observer",
-            "--",
-            subcommand,
-        ])
+        .args(["run", "--release", "--quiet", "--package", "observer", "--", subcommand])
         .args(args))
 }
 
@@ -196,11 +151,7 @@ fn test(args: &[String]) -> anyhow::Result<()> {
 /// not have it on PATH.
 fn path_with_cargo_bin() -> anyhow::Result<std::ffi::OsString> {
     let mut paths = vec![cargo_home().join("bin")];
-    paths.extend(
-        env::var_os("PATH")
-            .map(|p| env::split_paths(&p).collect::<Vec<_>>())
-            .unwrap_or_default(),
-    );
+    paths.extend(env::var_os("PATH").map(|p| env::split_paths(&p).collect::<Vec<_>>()).unwrap_or_default());
     Ok(env::join_paths(paths)?)
 }
 
@@ -212,25 +163,17 @@ fn run(cmd: &mut Command) -> anyhow::Result<()> {
 
 fn output(cmd: &mut Command) -> anyhow::Result<String> {
     let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
-    ensure!(
-        out.status.success(),
-        "{cmd:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    ensure!(out.status.success(), "{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr));
     Ok(String::from_utf8(out.stdout)?)
 }
 
 fn on_path(cmd: &str) -> bool {
-    env::var_os("PATH")
-        .is_some_and(|paths| env::split_paths(&paths).any(|dir| dir.join(cmd).is_file()))
+    env::var_os("PATH").is_some_and(|paths| env::split_paths(&paths).any(|dir| dir.join(cmd).is_file()))
 }
 
 fn is_root() -> bool {
     std::fs::read_to_string("/proc/self/status").is_ok_and(|s| {
-        s.lines()
-            .find_map(|l| l.strip_prefix("Uid:"))
-            .and_then(|l| l.split_whitespace().nth(1))
-            == Some("0")
+        s.lines().find_map(|l| l.strip_prefix("Uid:")).and_then(|l| l.split_whitespace().nth(1)) == Some("0")
     })
 }
 
@@ -241,8 +184,5 @@ fn cargo_home() -> PathBuf {
 }
 
 fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("xtask lives in the workspace")
-        .to_owned()
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace").to_owned()
 }

@@ -19,13 +19,8 @@ pub struct ChildGuard {
 
 impl ChildGuard {
     pub fn spawn(name: &str, cmd: &mut Command) -> Self {
-        let child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {name} ({cmd:?}): {e}"));
-        ChildGuard {
-            child,
-            name: name.to_owned(),
-        }
+        let child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start {name} ({cmd:?}): {e}"));
+        ChildGuard { child, name: name.to_owned() }
     }
 
     pub fn pid(&self) -> u32 {
@@ -54,15 +49,8 @@ impl Drop for ChildGuard {
 /// Fails loudly when the tests cannot do what they are for.
 pub fn require_root() {
     let status = std::fs::read_to_string("/proc/self/status").expect("reading /proc/self/status");
-    let uid = status
-        .lines()
-        .find_map(|l| l.strip_prefix("Uid:"))
-        .and_then(|l| l.split_whitespace().nth(1));
-    assert_eq!(
-        uid,
-        Some("0"),
-        "privileged integration test: must run as root (use `cargo xtask test`)"
-    );
+    let uid = status.lines().find_map(|l| l.strip_prefix("Uid:")).and_then(|l| l.split_whitespace().nth(1));
+    assert_eq!(uid, Some("0"), "privileged integration test: must run as root (use `cargo xtask test`)");
 }
 
 pub fn require_command(cmd: &str) {
@@ -75,30 +63,21 @@ pub fn require_command(cmd: &str) {
 }
 
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 pub fn wait_until(what: &str, timeout: Duration, mut ok: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;
     while !ok() {
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
-        );
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
         thread::sleep(Duration::from_millis(50));
     }
 }
 
 pub fn wait_for_port(port: u16) {
-    wait_until(
-        &format!("127.0.0.1:{port} to accept"),
-        Duration::from_secs(10),
-        || TcpStream::connect(("127.0.0.1", port)).is_ok(),
-    );
+    wait_until(&format!("127.0.0.1:{port} to accept"), Duration::from_secs(10), || {
+        TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
 }
 
 pub fn observer_bin() -> &'static str {
@@ -119,19 +98,14 @@ impl Observer {
         for pid in pids {
             cmd.arg("--pid").arg(pid.to_string());
         }
-        cmd.env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
+        cmd.env("RUST_LOG", "info").stdout(Stdio::null()).stderr(Stdio::piped());
         let mut guard = ChildGuard::spawn("observer", &mut cmd);
         // The port is bound before the probes load, but /metrics answers only once the
         // probes are attached and the targets followed.
         let deadline = Instant::now() + Duration::from_secs(30);
         while try_http_get(addr, "/metrics").is_none() {
             guard.assert_running();
-            assert!(
-                Instant::now() < deadline,
-                "observer did not serve /metrics within 30s"
-            );
+            assert!(Instant::now() < deadline, "observer did not serve /metrics within 30s");
             thread::sleep(Duration::from_millis(50));
         }
         // Keep draining the log so the observer never blocks on a full pipe.
@@ -156,11 +130,7 @@ impl Observer {
             if ok(&scrape) {
                 return scrape;
             }
-            assert!(
-                Instant::now() < deadline,
-                "timed out waiting for {what}; last scrape:\n{}",
-                scrape.0
-            );
+            assert!(Instant::now() < deadline, "timed out waiting for {what}; last scrape:\n{}", scrape.0);
             thread::sleep(Duration::from_millis(100));
         }
     }
@@ -174,14 +144,8 @@ pub fn http_get_text(addr: SocketAddr, path: &str) -> String {
 /// GET over a fresh connection: the body of a 200 response, `None` for anything else.
 pub fn try_http_get(addr: SocketAddr, path: &str) -> Option<String> {
     let mut stream = TcpStream::connect(addr).ok()?;
-    stream
-        .set_read_timeout(Some(Duration::from_millis(500)))
-        .ok()?;
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
+    stream.set_read_timeout(Some(Duration::from_millis(500))).ok()?;
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n").ok()?;
     let mut response = String::new();
     stream.read_to_string(&mut response).ok()?;
     let (head, body) = response.split_once("\r\n\r\n")?;
@@ -195,31 +159,24 @@ impl Scrape {
     /// Sum of every sample named `name` whose labels include all of `labels`.
     pub fn sum(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
         self.samples(name)
-            .filter(|(l, _)| {
-                labels
-                    .iter()
-                    .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
-            })
+            .filter(|(l, _)| labels.iter().all(|(k, v)| l.contains(&format!("{k}=\"{v}\""))))
             .map(|(_, v)| v)
             .sum()
     }
 
     /// `(labels, value)` of every sample named exactly `name`.
     pub fn samples<'a>(&'a self, name: &'a str) -> impl Iterator<Item = (&'a str, f64)> + 'a {
-        self.0
-            .lines()
-            .filter(|l| !l.starts_with('#'))
-            .filter_map(move |line| {
-                let (series, value) = line.rsplit_once(' ')?;
-                let (metric, labels) = match series.split_once('{') {
-                    Some((m, rest)) => (m, rest.trim_end_matches('}')),
-                    None => (series, ""),
-                };
-                if metric != name {
-                    return None;
-                }
-                Some((labels, value.parse().ok()?))
-            })
+        self.0.lines().filter(|l| !l.starts_with('#')).filter_map(move |line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            let (metric, labels) = match series.split_once('{') {
+                Some((m, rest)) => (m, rest.trim_end_matches('}')),
+                None => (series, ""),
+            };
+            if metric != name {
+                return None;
+            }
+            Some((labels, value.parse().ok()?))
+        })
     }
 
     /// Distinct values of `label` across samples of `name`.
@@ -241,29 +198,13 @@ impl Scrape {
 /// returns the status code of each response, in order.
 pub fn curl(extra: &[&str], urls: &[String]) -> Vec<u16> {
     let mut cmd = Command::new("curl");
-    cmd.args([
-        "--silent",
-        "--show-error",
-        "--max-time",
-        "30",
-        "--write-out",
-        "%{http_code}\\n",
-    ])
-    .args(extra);
+    cmd.args(["--silent", "--show-error", "--max-time", "30", "--write-out", "%{http_code}\\n"]).args(extra);
     for url in urls {
         cmd.args(["--output", "/dev/null", url]);
     }
     let out = cmd.output().expect("running curl");
-    assert!(
-        out.status.success(),
-        "curl failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .map(|l| l.trim().parse().expect("a status code"))
-        .collect()
+    assert!(out.status.success(), "curl failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap().lines().map(|l| l.trim().parse().expect("a status code")).collect()
 }
 
 /// A minimal keep-alive HTTP/1.1 client over one TCP connection, for tests that need to
@@ -276,13 +217,8 @@ pub struct RawClient {
 impl RawClient {
     pub fn connect(addr: SocketAddr) -> Self {
         let stream = TcpStream::connect(addr).unwrap();
-        stream
-            .set_read_timeout(Some(Duration::from_secs(10)))
-            .unwrap();
-        RawClient {
-            stream,
-            buf: Vec::new(),
-        }
+        stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        RawClient { stream, buf: Vec::new() }
     }
 
     /// Sends a GET and reads its response (Content-Length framed); returns the status.
