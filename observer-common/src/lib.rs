@@ -4,9 +4,16 @@
 //! the layout byte for byte. Enums travel as `u32` and are decoded with `TryFrom`.
 #![no_std]
 
-/// Most bytes from the start of a read/write copied into a data event. A request line plus
-/// the usual headers fits; longer heads are handled (and counted) as truncated captures.
-pub const HEAD_LEN: usize = 512;
+/// Most bytes from the start of a read copied into a data event. Requests are small and
+/// clients pipeline them: 100 pipelined GETs in one read must all be seen to be counted.
+pub const READ_HEAD_LEN: usize = 8192;
+
+/// Most bytes from the start of a write copied into a data event: a status line and the usual
+/// headers fit; longer heads are handled (and counted) as truncated captures.
+pub const WRITE_HEAD_LEN: usize = 512;
+
+/// The larger of the two head limits (a power of two).
+pub const HEAD_LEN: usize = READ_HEAD_LEN;
 
 /// Most bytes from the end of a read/write copied into a data event (not overlapping the
 /// head). Enough to see the last chunk-size line and the `0\r\n\r\n` terminator of a

@@ -20,8 +20,8 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::warn;
 use observer_common::{
-    EventHeader, FLAG_LOST_BEFORE, HEAD_LEN, HEADER_LEN, MAX_IOV, PendingCall, RING_BYTES, Syscall, TAIL_LEN,
-    socket_key, stat,
+    Direction, EventHeader, FLAG_LOST_BEFORE, HEAD_LEN, HEADER_LEN, MAX_IOV, PendingCall, READ_HEAD_LEN,
+    RING_BYTES, Syscall, TAIL_LEN, WRITE_HEAD_LEN, socket_key, stat,
 };
 
 /// Target tgids (value unused). Filled by userspace.
@@ -45,7 +45,7 @@ static EVENTS: RingBuf = RingBuf::with_byte_size(RING_BYTES, 0);
 static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(stat::COUNT, 0);
 
 /// Room the verifier can see: head copies start below `HEAD_LEN` and are at most `HEAD_LEN`
-/// long, tail copies start below `HEAD_LEN + TAIL_LEN`; twice the head bounds both.
+/// long, tail copies start below `HEAD_LEN + TAIL_LEN`; twice the largest head bounds both.
 const DATA_CAP: usize = 2 * HEAD_LEN;
 
 /// Per-CPU work area where a record is assembled (far larger than the 512-byte BPF stack).
@@ -194,7 +194,8 @@ fn emit_data(ctx: &TracePointContext) -> Result<(), i64> {
     let Some(count) = scratch().map(|s| load_iovecs(s, syscall, &call, ret)) else {
         return Ok(());
     };
-    let head_len = copy_head(count, ret);
+    let cap = if syscall.direction() == Direction::In { READ_HEAD_LEN } else { WRITE_HEAD_LEN };
+    let head_len = copy_head(count, ret, cap as u64);
     let tail_len = copy_tail(count, ret, head_len);
     let Some(scratch) = scratch() else {
         return Ok(());
@@ -277,6 +278,8 @@ struct Walk {
     remaining: u64,
     head_len: u64,
     failed: u64,
+    /// Most head bytes to gather for this syscall.
+    cap: u64,
 }
 
 const CONTINUE: i64 = 0;
@@ -290,9 +293,9 @@ fn scratch() -> Option<&'static mut Scratch> {
 
 /// Gathers the first bytes the syscall moved, across iovecs, into `scratch.data`.
 #[inline(always)]
-fn copy_head(count: u64, ret: u64) -> u64 {
+fn copy_head(count: u64, ret: u64, cap: u64) -> u64 {
     let Some(s) = scratch() else { return 0 };
-    s.walk = Walk { count, left: ret, ..Walk::default() };
+    s.walk = Walk { count, left: ret, cap, ..Walk::default() };
     // SAFETY: the callback only touches the scratch slot.
     unsafe { bpf_loop(MAX_IOV as u32, head_step as *mut c_void, core::ptr::null_mut(), 0) };
     let Some(s) = scratch() else { return 0 };
@@ -304,12 +307,12 @@ fn copy_head(count: u64, ret: u64) -> u64 {
 extern "C" fn head_step(index: u64, _ctx: *mut c_void) -> i64 {
     let Some(scratch) = scratch() else { return STOP };
     let mut walk = scratch.walk;
-    if index >= walk.count || walk.left == 0 || walk.off >= HEAD_LEN as u64 {
+    if index >= walk.count || walk.left == 0 || walk.off >= walk.cap || walk.off >= HEAD_LEN as u64 {
         return STOP;
     }
     let iov = scratch.iov[(index as usize) & (MAX_IOV - 1)];
     let used = if iov.len < walk.left { iov.len } else { walk.left };
-    let mut n = HEAD_LEN as u64 - walk.off;
+    let mut n = walk.cap - walk.off;
     if used < n {
         n = used;
     }

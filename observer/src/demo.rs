@@ -7,10 +7,9 @@ use std::{
 };
 
 use anyhow::{Context, bail};
-use axum::{Router, extract::Path, routing::get};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
-    net::{TcpListener, TcpStream},
+    net::TcpStream,
 };
 use tracing::{info, warn};
 
@@ -35,22 +34,6 @@ pub async fn demo(config: RunConfig) -> anyhow::Result<()> {
     let result = run(RunConfig { pids: vec![pid], ..config }).await;
     drop(child); // kill_on_drop
     result
-}
-
-/// The demo target: a small axum server shaped like a provisioning server.
-pub async fn demo_server(listen: SocketAddr) -> anyhow::Result<()> {
-    let app = Router::new()
-        .route("/boot/{mac}", get(|Path(mac): Path<String>| async move { boot_script(&mac) }))
-        .route("/images/{name}", get(|| async { vec![0u8; 64 * 1024] }))
-        .route("/api/status", get(|| async { r#"{"status":"ok"}"# }));
-    let listener = TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
-    axum::serve(listener, app).await?;
-    Ok(())
-}
-
-fn boot_script(mac: &str) -> String {
-    let mac = mac.chars().filter(|c| c.is_ascii_hexdigit() || *c == ':').collect::<String>();
-    format!("#!ipxe\nkernel /images/vmlinuz console=ttyS0 BOOTIF={mac}\ninitrd /images/initrd.img\nboot\n")
 }
 
 async fn wait_until_accepting(addr: SocketAddr) -> anyhow::Result<()> {

@@ -234,6 +234,11 @@ impl<T> HttpConn<T> {
                 // rest of this head, with no body.
                 (buf.len(), true)
             }
+            // The head goes on into bytes we cannot see, and not even its request line is
+            // known: nothing to count; resync at the next request.
+            Ok(httparse::Status::Partial) if rest.unseen > 0 => {
+                return self.inbound_lost(sink, Anomaly::TruncatedCapture);
+            }
             Ok(httparse::Status::Partial) if buf.len() <= MAX_HEAD => {
                 // Wait for more bytes: the captured tail, or the next read.
                 rest.skip(rest.seen.len() as u64);
@@ -348,6 +353,9 @@ impl<T> HttpConn<T> {
         let (head_len, truncated) = match resp.parse(buf) {
             Ok(httparse::Status::Complete(n)) => (n, false),
             Ok(httparse::Status::Partial) if rest.unseen > 0 && resp.code.is_some() => (buf.len(), true),
+            Ok(httparse::Status::Partial) if rest.unseen > 0 => {
+                return self.outbound_lost(sink, Anomaly::TruncatedCapture);
+            }
             Ok(httparse::Status::Partial) if buf.len() <= MAX_HEAD => {
                 self.response_first_ns.get_or_insert(ts_ns);
                 self.response_bytes += rest.skip(rest.seen.len() as u64);

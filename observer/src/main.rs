@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 
 mod conn;
 mod demo;
+mod demo_server;
 mod events;
 mod http;
 mod metrics;
@@ -72,7 +73,8 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    // Two workers: the event loop keeps one busy under load, /metrics answers on the other.
+    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
         Ok(runtime) => runtime,
         Err(e) => return fail(anyhow::Error::new(e).context("starting the async runtime")),
     };
@@ -98,7 +100,7 @@ fn main() -> ExitCode {
                 })
                 .await
             }
-            Command::DemoServer { listen } => demo::demo_server(listen).await,
+            Command::DemoServer { listen } => demo_server::serve(listen).await,
         }
     });
     match result {

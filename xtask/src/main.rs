@@ -15,7 +15,14 @@ const TOOLCHAIN: &str = "1.95.0";
 /// bpf-linker release built against the toolchain's own libLLVM.
 const BPF_LINKER_VERSION: &str = "0.13.0";
 /// Debian packages the integration tests drive: (command that proves it is there, package).
-const DEBIAN_PACKAGES: &[(&str, &str)] = &[("curl", "curl"), ("setpriv", "util-linux")];
+const DEBIAN_PACKAGES: &[(&str, &str)] = &[
+    ("curl", "curl"),
+    ("setpriv", "util-linux"),
+    ("nginx", "nginx"),
+    ("node", "nodejs"),
+    ("wrk", "wrk"),
+    ("python3", "python3"),
+];
 
 #[derive(Parser)]
 struct Cli {
@@ -168,7 +175,14 @@ fn output(cmd: &mut Command) -> anyhow::Result<String> {
 }
 
 fn on_path(cmd: &str) -> bool {
-    env::var_os("PATH").is_some_and(|paths| env::split_paths(&paths).any(|dir| dir.join(cmd).is_file()))
+    // Debian puts nginx in /usr/sbin, which a non-login root shell may not have on PATH.
+    let extra = [PathBuf::from("/usr/sbin"), PathBuf::from("/sbin")];
+    env::var_os("PATH")
+        .map(|paths| env::split_paths(&paths).collect::<Vec<_>>())
+        .unwrap_or_default()
+        .iter()
+        .chain(&extra)
+        .any(|dir| dir.join(cmd).is_file())
 }
 
 fn is_root() -> bool {

@@ -324,3 +324,19 @@ fn idle_ends_a_response_whose_end_was_not_seen() {
     h.conn.on_idle(&mut h.sink);
     assert_eq!(h.done(), [("GET /", Some(200), 1, 3)]);
 }
+
+#[test]
+fn requests_in_the_uncaptured_middle_of_a_read_are_counted_as_lost_not_looped_on() {
+    // Pipelined requests whose middle was not captured: the visible ones count, the rest are
+    // reported, and the call returns (it once spun forever here).
+    let one = b"GET /p HTTP/1.1\r\n\r\n";
+    let mut h = Harness::default();
+    h.read_partial(1, &[&one[..], &one[..]].concat(), one.len() as u64 * 10);
+    assert_eq!(h.conn.in_flight(), 2);
+    assert_eq!(h.sink.anomalies, [Anomaly::TruncatedCapture]);
+    // Same for a response side gap at a boundary.
+    let mut w = Harness::default();
+    w.read(1, &[&one[..], &one[..]].concat()).write_partial(2, OK_5, OK_5.len() as u64 * 2);
+    assert_eq!(w.done().len(), 1);
+    assert_eq!(w.sink.anomalies, [Anomaly::TruncatedCapture]);
+}

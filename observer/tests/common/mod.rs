@@ -125,12 +125,16 @@ impl Observer {
     /// Scrapes until `ok` holds (events arrive asynchronously), then returns that scrape.
     pub fn scrape_until(&self, what: &str, ok: impl Fn(&Scrape) -> bool) -> Scrape {
         let deadline = Instant::now() + Duration::from_secs(10);
+        let mut last = String::from("(no answer)");
         loop {
-            let scrape = self.scrape();
-            if ok(&scrape) {
-                return scrape;
+            if let Some(text) = try_http_get(self.addr, "/metrics") {
+                let scrape = Scrape(text);
+                if ok(&scrape) {
+                    return scrape;
+                }
+                last = scrape.0;
             }
-            assert!(Instant::now() < deadline, "timed out waiting for {what}; last scrape:\n{}", scrape.0);
+            assert!(Instant::now() < deadline, "timed out waiting for {what}; last scrape:\n{last}");
             thread::sleep(Duration::from_millis(100));
         }
     }
@@ -144,7 +148,7 @@ pub fn http_get_text(addr: SocketAddr, path: &str) -> String {
 /// GET over a fresh connection: the body of a 200 response, `None` for anything else.
 pub fn try_http_get(addr: SocketAddr, path: &str) -> Option<String> {
     let mut stream = TcpStream::connect(addr).ok()?;
-    stream.set_read_timeout(Some(Duration::from_millis(500))).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
     write!(stream, "GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n").ok()?;
     let mut response = String::new();
     stream.read_to_string(&mut response).ok()?;

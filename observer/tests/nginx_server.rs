@@ -1,0 +1,123 @@
+//! nginx from Debian (recv/writev/sendfile, keep-alive): static files from 0 bytes to 1 GiB,
+//! 304s, HEAD and 404s.
+
+mod common;
+
+use std::{
+    fs::File,
+    process::{Command, Stdio},
+};
+
+use common::*;
+
+/// One nginx process (no master/worker split: `--pid` of it covers every connection).
+fn start_nginx(dir: &TempDir, port: u16) -> ChildGuard {
+    let root = dir.path();
+    let www = root.join("www");
+    std::fs::create_dir_all(www.join("files")).unwrap();
+    std::fs::create_dir_all(www.join("big")).unwrap();
+    std::fs::write(www.join("files/small.txt"), "hello from nginx\n").unwrap();
+    std::fs::write(www.join("files/empty.txt"), "").unwrap();
+    // Sparse: reading it costs no disk.
+    File::create(www.join("big/image.raw")).unwrap().set_len(1 << 30).unwrap();
+    let conf = format!(
+        r#"
+daemon off;
+master_process off;
+worker_processes 1;
+pid {root}/nginx.pid;
+error_log {root}/error.log;
+events {{ worker_connections 256; }}
+http {{
+    access_log off;
+    sendfile on;
+    keepalive_timeout 30;
+    keepalive_requests 10000;
+    if_modified_since before;
+    client_body_temp_path {root}/body;
+    proxy_temp_path {root}/proxy;
+    fastcgi_temp_path {root}/fastcgi;
+    uwsgi_temp_path {root}/uwsgi;
+    scgi_temp_path {root}/scgi;
+    server {{
+        listen 127.0.0.1:{port};
+        root {root}/www;
+    }}
+}}
+"#,
+        root = root.display()
+    );
+    let conf_path = root.join("nginx.conf");
+    std::fs::write(&conf_path, conf).unwrap();
+    let server = ChildGuard::spawn(
+        "nginx",
+        Command::new("nginx")
+            .arg("-c")
+            .arg(&conf_path)
+            .arg("-e")
+            .arg(root.join("error.log"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()),
+    );
+    wait_for_port(port);
+    server
+}
+
+#[test]
+fn counts_nginx_static_files_exactly_and_times_the_big_download() {
+    require_root();
+    require_command("nginx");
+    require_command("curl");
+    let dir = TempDir::new("nginx");
+    let port = free_port();
+    let mut server = start_nginx(&dir, port);
+    server.assert_running();
+    let observer = Observer::attach(&[server.pid()]);
+
+    let url = |path: &str| format!("http://127.0.0.1:{port}{path}");
+    let small: Vec<String> = (0..30).map(|_| url("/files/small.txt")).collect();
+    let empty: Vec<String> = (0..10).map(|_| url("/files/empty.txt")).collect();
+    let missing: Vec<String> = (0..10).map(|i| url(&format!("/files/missing-{i}"))).collect();
+    assert_eq!(curl(&[], &small), vec![200; 30]);
+    assert_eq!(curl(&[], &empty), vec![200; 10]);
+    assert_eq!(curl(&[], &missing), vec![404; 10]);
+    assert_eq!(curl(&["--head"], &small[..5]), vec![200; 5]);
+    let unmodified = ["--header", "If-Modified-Since: Fri, 01 Jan 2100 00:00:00 GMT"];
+    assert_eq!(curl(&unmodified, &small[..7]), vec![304; 7]);
+
+    // The 1 GiB download, timed by the client.
+    let out = Command::new("curl")
+        .args(["--silent", "--show-error", "--output", "/dev/null", "--max-time", "120"])
+        .args(["--write-out", "%{http_code} %{size_download} %{time_pretransfer} %{time_total}"])
+        .arg(url("/big/image.raw"))
+        .output()
+        .expect("curl");
+    let line = String::from_utf8(out.stdout).unwrap();
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    assert_eq!(fields[..2], ["200", "1073741824"], "{line}");
+    let client_transfer: f64 = fields[3].parse::<f64>().unwrap() - fields[2].parse::<f64>().unwrap();
+
+    let total = 30.0 + 10.0 + 10.0 + 5.0 + 7.0 + 1.0;
+    let scrape = observer.scrape_until("63 requests", |s| s.sum("http_requests_total", &[]) >= total);
+    let count = |status: &str, method: &str| {
+        scrape.sum("http_requests_total", &[("endpoint", "files"), ("method", method), ("status", status)])
+    };
+    assert_eq!(count("200", "GET"), 40.0, "{}", scrape.0);
+    assert_eq!(count("404", "GET"), 10.0);
+    assert_eq!(count("200", "HEAD"), 5.0);
+    assert_eq!(count("304", "GET"), 7.0);
+    assert_eq!(scrape.sum("http_requests_total", &[("endpoint", "big"), ("status", "200")]), 1.0);
+    assert_eq!(scrape.sum("http_requests_total", &[]), total, "{}", scrape.0);
+    assert_eq!(scrape.sum("http_requests_in_flight", &[]), 0.0);
+    assert_eq!(scrape.sum("observer_parse_errors_total", &[]), 0.0, "{}", scrape.0);
+
+    // The big response ended at the last byte sendfile moved, not at its first write.
+    let observed = scrape.sum("http_request_duration_seconds_sum", &[("endpoint", "big")]);
+    assert!(
+        observed >= 0.9 * client_transfer,
+        "observer saw {observed:.3}s for a download the client timed at {client_transfer:.3}s"
+    );
+    let size = scrape.sum("http_response_size_bytes_sum", &[("endpoint", "big")]);
+    assert!(size > 1073741824.0 && size < 1073741824.0 + 1024.0, "response size {size}");
+    eprintln!("1 GiB download: client {client_transfer:.3}s, observer {observed:.3}s");
+}
