@@ -156,6 +156,14 @@ fn observer_counts_equal_the_servers_own() {
     eprintln!("slow: in-process {in_process:.4}s, observer {observed:.4}s, client {client_slow:.4}s");
     assert!(in_process <= observed, "in-process {in_process} > observer {observed}");
     assert!(observed <= client_slow, "observer {observed} > client {client_slow}");
+    // The 10 MB uploads: from their first byte read, so at least the handler's own time.
+    let upload_in_process: f64 =
+        truth.iter().filter(|((e, _, _), _)| e == "upload").map(|(_, (_, seconds))| seconds).sum();
+    let upload_observed = scrape.sum("http_request_duration_seconds_sum", &[("endpoint", "upload")]);
+    assert!(
+        upload_in_process <= upload_observed && upload_observed < 60.0,
+        "uploads: in-process {upload_in_process}s, observer {upload_observed}s"
+    );
     // Each upload was one request: its body bytes were never taken for requests (the counts
     // above). A chunked body's size lines can fall in the uncaptured middle of a large read;
     // then the rest of that body is skipped until the next request line, at most once per

@@ -154,11 +154,13 @@ fn test(args: &[String]) -> anyhow::Result<()> {
         .arg("--test-threads=1"))
 }
 
-/// PATH with cargo's bin directory first: bpf-linker is installed there, and a CI shell may
-/// not have it on PATH.
+/// PATH with cargo's bin directory first (bpf-linker is installed there) and the sbin
+/// directories last: a CI shell may have neither.
 fn path_with_cargo_bin() -> anyhow::Result<std::ffi::OsString> {
     let mut paths = vec![cargo_home().join("bin")];
     paths.extend(env::var_os("PATH").map(|p| env::split_paths(&p).collect::<Vec<_>>()).unwrap_or_default());
+    // Debian's nginx lives in /usr/sbin.
+    paths.extend([PathBuf::from("/usr/sbin"), PathBuf::from("/sbin")]);
     Ok(env::join_paths(paths)?)
 }
 
