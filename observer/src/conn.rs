@@ -9,13 +9,14 @@ use crate::{
     events::SyscallEvent,
     http::{Finished, HttpConn, Moved, RequestHead, Sink},
     metrics::{EndpointLabels, Metrics, ReasonLabels, RequestLabels},
-    route::Router,
+    route::{Endpoint, Router, Rules},
 };
 
 /// What a request is labelled by, fixed when its head is read.
 #[derive(Debug, Clone, Copy)]
 pub struct Tag {
-    endpoint: &'static str,
+    /// `None` for requests an `ignore` rule leaves out of the metrics.
+    endpoint: Option<&'static str>,
     method: &'static str,
 }
 
@@ -46,15 +47,12 @@ pub struct Connections<'m> {
 
 impl<'m> Connections<'m> {
     /// `idle_after`: sweeps (seconds) without events after which a connection is idle.
-    pub fn new(metrics: &'m Metrics, max_endpoints: usize, idle_after: u64) -> Self {
-        Connections {
-            table: HashMap::new(),
-            router: Router::new(max_endpoints),
-            sink: Sink::default(),
-            metrics,
-            clock: 0,
-            idle_after,
-        }
+    pub fn new(metrics: &'m Metrics, router: Router, idle_after: u64) -> Self {
+        Connections { table: HashMap::new(), router, sink: Sink::default(), metrics, clock: 0, idle_after }
+    }
+
+    pub fn set_rules(&mut self, rules: Rules) {
+        self.router.set_rules(rules);
     }
 
     #[cfg(test)]
@@ -135,16 +133,22 @@ impl<'m> Connections<'m> {
 }
 
 fn start_request(router: &mut Router, metrics: &Metrics, head: RequestHead<'_>) -> Tag {
-    let (endpoint, overflowed) = router.classify(head.target);
+    let method = method_label(head.method);
+    let (endpoint, overflowed) = router.classify(head.method, head.target);
     if overflowed {
         metrics.endpoints_overflowed.inc();
     }
+    let Endpoint::Label(endpoint) = endpoint else {
+        return Tag { endpoint: None, method };
+    };
     metrics.in_flight.get_or_create(&EndpointLabels { endpoint }).inc();
-    Tag { endpoint, method: method_label(head.method) }
+    Tag { endpoint: Some(endpoint), method }
 }
 
 fn record(metrics: &Metrics, finished: Finished<Tag>) {
-    let Tag { endpoint, method } = finished.tag;
+    let Tag { endpoint: Some(endpoint), method } = finished.tag else {
+        return; // ignored
+    };
     let endpoint_labels = EndpointLabels { endpoint };
     metrics.in_flight.get_or_create(&endpoint_labels).dec();
     let Some(status) = finished.status else {
@@ -182,32 +186,32 @@ mod tests {
     #[test]
     fn requests_reach_the_metrics_and_in_flight_returns_to_zero() {
         let metrics = Metrics::new();
-        let mut conns = Connections::new(&metrics, 10, 30);
+        let mut conns = Connections::new(&metrics, Router::new(Rules::default(), 10, 2), 30);
         conns.handle(&SyscallEvent { ret: 5, ..event(Syscall::Accept, 0, b"") });
         conns.handle(&event(Syscall::Recvfrom, 1_000, b"GET /boot/aa?x=1 HTTP/1.1\r\n\r\n"));
-        assert_eq!(metrics.in_flight.get_or_create(&EndpointLabels { endpoint: "boot" }).get(), 1);
+        assert_eq!(metrics.in_flight.get_or_create(&EndpointLabels { endpoint: "/boot/aa" }).get(), 1);
         conns.handle(&event(Syscall::Sendto, 2_000, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"));
-        conns.handle(&event(Syscall::Recvfrom, 3_000, b"BREW /boot HTTP/1.1\r\n\r\n"));
+        conns.handle(&event(Syscall::Recvfrom, 3_000, b"BREW /boot/aa HTTP/1.1\r\n\r\n"));
         conns.handle(&event(Syscall::Close, 4_000, b""));
-        assert_eq!(metrics.in_flight.get_or_create(&EndpointLabels { endpoint: "boot" }).get(), 0);
-        let ok = RequestLabels { endpoint: "boot", method: "GET", status: 200 };
+        assert_eq!(metrics.in_flight.get_or_create(&EndpointLabels { endpoint: "/boot/aa" }).get(), 0);
+        let ok = RequestLabels { endpoint: "/boot/aa", method: "GET", status: 200 };
         assert_eq!(metrics.requests.get_or_create(&ok).get(), 1);
-        assert_eq!(metrics.incomplete.get_or_create(&EndpointLabels { endpoint: "boot" }).get(), 1);
+        assert_eq!(metrics.incomplete.get_or_create(&EndpointLabels { endpoint: "/boot/aa" }).get(), 1);
         assert_eq!(conns.len(), 0);
         let text = metrics.encode();
-        assert!(text.contains(r#"http_request_duration_seconds_count{endpoint="boot"} 1"#), "{text}");
+        assert!(text.contains(r#"http_request_duration_seconds_count{endpoint="/boot/aa"} 1"#), "{text}");
         assert!(!text.contains("x=1"));
     }
 
     #[test]
     fn process_exit_ends_its_connections() {
         let metrics = Metrics::new();
-        let mut conns = Connections::new(&metrics, 10, 30);
+        let mut conns = Connections::new(&metrics, Router::new(Rules::default(), 10, 2), 30);
         conns.handle(&event(Syscall::Read, 1, b"GET /a HTTP/1.1\r\n\r\n"));
         assert_eq!(conns.len(), 1);
         conns.forget_process(1);
         assert_eq!(conns.len(), 0);
-        assert_eq!(metrics.in_flight.get_or_create(&EndpointLabels { endpoint: "a" }).get(), 0);
+        assert_eq!(metrics.in_flight.get_or_create(&EndpointLabels { endpoint: "/a" }).get(), 0);
     }
 }
 
@@ -220,7 +224,7 @@ mod sweep_tests {
     #[test]
     fn idle_connections_leave_the_table_and_close_delimited_responses_end() {
         let metrics = Metrics::new();
-        let mut conns = Connections::new(&metrics, 10, 2);
+        let mut conns = Connections::new(&metrics, Router::new(Rules::default(), 10, 2), 2);
         let ev = |syscall, ts_ns, head: &'static [u8]| SyscallEvent {
             ts_ns,
             ret: head.len() as i64,
@@ -237,8 +241,8 @@ mod sweep_tests {
         assert_eq!(conns.len(), 1, "not idle yet");
         conns.sweep();
         assert_eq!(conns.len(), 0);
-        let ok = RequestLabels { endpoint: "s", method: "GET", status: 200 };
+        let ok = RequestLabels { endpoint: "/s", method: "GET", status: 200 };
         assert_eq!(metrics.requests.get_or_create(&ok).get(), 1);
-        assert_eq!(metrics.in_flight.get_or_create(&EndpointLabels { endpoint: "s" }).get(), 0);
+        assert_eq!(metrics.in_flight.get_or_create(&EndpointLabels { endpoint: "/s" }).get(), 0);
     }
 }

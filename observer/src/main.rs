@@ -1,22 +1,9 @@
-//! observer: Prometheus metrics for any HTTP/1.x server, from its socket syscalls, via eBPF.
-//!
-//! Data flow: probes (kernel programs) → events (decode) → conn (per-connection table)
-//! → http (request/response framing) → route (endpoint label) → metrics → serve.
+//! The `observer` command line.
 
-use std::{net::SocketAddr, process::ExitCode};
+use std::{net::SocketAddr, path::PathBuf, process::ExitCode};
 
 use clap::{Parser, Subcommand};
-
-mod conn;
-mod demo;
-mod demo_server;
-mod events;
-mod http;
-mod metrics;
-mod probes;
-mod route;
-mod run;
-mod serve;
+use observer::{demo, demo_server, run};
 
 #[derive(Parser)]
 #[command(version, about)]
@@ -59,10 +46,30 @@ struct Common {
     /// Most distinct endpoint labels; later ones are counted as endpoint="other".
     #[arg(long, default_value_t = 100)]
     max_endpoints: usize,
+    /// TOML file of endpoint rules (see examples/dragonfly-routes.toml); SIGHUP reloads it.
+    #[arg(long, value_name = "FILE")]
+    routes: Option<PathBuf>,
+    /// Path segments kept in a label when no rule matches (ids become `{id}`).
+    #[arg(long, default_value_t = 2)]
+    path_depth: usize,
     /// Seconds without traffic after which a connection is idle: a response whose end was not
     /// seen is ended at its last write, and the connection leaves the table.
     #[arg(long, default_value_t = 30)]
     idle_timeout: u64,
+}
+
+impl Common {
+    fn config(self, pids: Vec<u32>, exit_with_targets: bool) -> run::RunConfig {
+        run::RunConfig {
+            pids,
+            listen: self.listen,
+            max_endpoints: self.max_endpoints,
+            routes: self.routes,
+            path_depth: self.path_depth,
+            idle_timeout_secs: self.idle_timeout,
+            exit_with_targets,
+        }
+    }
 }
 
 fn main() -> ExitCode {
@@ -81,25 +88,9 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Run { pids, common, exit_with_targets } => {
-                run::run(run::RunConfig {
-                    pids,
-                    listen: common.listen,
-                    max_endpoints: common.max_endpoints,
-                    idle_timeout_secs: common.idle_timeout,
-                    exit_with_targets,
-                })
-                .await
+                run::run(common.config(pids, exit_with_targets)).await
             }
-            Command::Demo { common } => {
-                demo::demo(run::RunConfig {
-                    pids: Vec::new(),
-                    listen: common.listen,
-                    max_endpoints: common.max_endpoints,
-                    idle_timeout_secs: common.idle_timeout,
-                    exit_with_targets: true,
-                })
-                .await
-            }
+            Command::Demo { common } => demo::demo(common.config(Vec::new(), true)).await,
             Command::DemoServer { listen } => demo_server::serve(listen).await,
         }
     });

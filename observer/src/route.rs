@@ -1,86 +1,307 @@
-//! Endpoint labels: a request target becomes one of a bounded set of label values.
+//! Endpoint labels: a request target becomes one of a bounded set of label values, by the
+//! operator's rules (`--routes FILE`) or, where none matches, by a heuristic that collapses
+//! id-like path segments to `{id}`.
 
-use std::collections::HashSet;
+use std::{collections::HashSet, fmt, path::Path};
+
+use serde::Deserialize;
 
 /// Label for everything past the cap.
 pub const OVERFLOW: &str = "other";
-/// Label for the path `/`.
-pub const ROOT: &str = "root";
 
-/// Classifies request targets by their first path segment, interning at most `cap` labels.
+/// What to do with a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint {
+    /// Count it under this label.
+    Label(&'static str),
+    /// An `ignore` rule matched: leave it out of the metrics (health checks).
+    Ignored,
+}
+
+/// Ordered rules from a routes file; the first match wins.
+#[derive(Debug, Default)]
+pub struct Rules {
+    rules: Vec<Rule>,
+}
+
 #[derive(Debug)]
+struct Rule {
+    pattern: Vec<Piece>,
+    methods: Vec<String>,
+    endpoint: Endpoint,
+}
+
+/// One pattern segment.
+#[derive(Debug, PartialEq)]
+enum Piece {
+    Literal(String),
+    /// `{name}` or `*`: exactly one segment.
+    One,
+    /// `**`: any number of segments, including none (last piece only).
+    Rest,
+}
+
+/// A routes-file problem, with the line it is on.
+#[derive(Debug, thiserror::Error)]
+#[error("{file}:{line}: {message}")]
+pub struct RulesError {
+    file: String,
+    line: usize,
+    message: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileFormat {
+    #[serde(default)]
+    route: Vec<toml::Spanned<RuleFormat>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RuleFormat {
+    pattern: String,
+    endpoint: Option<String>,
+    #[serde(default)]
+    methods: Vec<String>,
+    #[serde(default)]
+    ignore: bool,
+}
+
+impl Rules {
+    pub fn load(path: &Path) -> Result<Self, RulesError> {
+        let name = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| RulesError {
+            file: name.clone(),
+            line: 0,
+            message: e.to_string(),
+        })?;
+        Self::parse(&name, &text)
+    }
+
+    pub fn parse(file: &str, text: &str) -> Result<Self, RulesError> {
+        let line_of = |offset: usize| text[..offset.min(text.len())].matches('\n').count() + 1;
+        let err = |offset: usize, message: String| RulesError {
+            file: file.to_owned(),
+            line: line_of(offset),
+            message,
+        };
+        let parsed: FileFormat = toml::from_str(text).map_err(|e| {
+            let offset = e.span().map_or(0, |s| s.start);
+            err(offset, e.message().to_owned())
+        })?;
+        let mut rules = Vec::with_capacity(parsed.route.len());
+        for spanned in parsed.route {
+            let at = spanned.span().start;
+            let raw = spanned.into_inner();
+            let pattern = parse_pattern(&raw.pattern).map_err(|m| err(at, m))?;
+            let endpoint = match (raw.ignore, raw.endpoint) {
+                (true, None) => Endpoint::Ignored,
+                (true, Some(_)) => {
+                    return Err(err(at, "a rule is either `ignore = true` or has an `endpoint`".into()));
+                }
+                (false, None) => {
+                    return Err(err(at, format!("rule for {:?} needs an `endpoint`", raw.pattern)));
+                }
+                (false, Some(label)) => Endpoint::Label(intern(valid_label(&label).map_err(|m| err(at, m))?)),
+            };
+            let methods = raw.methods.iter().map(|m| m.to_ascii_uppercase()).collect();
+            rules.push(Rule { pattern, methods, endpoint });
+        }
+        Ok(Rules { rules })
+    }
+
+    pub fn len(&self) -> usize {
+        self.rules.len()
+    }
+
+    fn matching(&self, method: &str, segments: &[&str]) -> Option<Endpoint> {
+        self.rules
+            .iter()
+            .find(|r| {
+                (r.methods.is_empty() || r.methods.iter().any(|m| m == method))
+                    && matches(&r.pattern, segments)
+            })
+            .map(|r| r.endpoint)
+    }
+}
+
+fn parse_pattern(pattern: &str) -> Result<Vec<Piece>, String> {
+    let Some(path) = pattern.strip_prefix('/') else {
+        return Err(format!("pattern {pattern:?} must start with '/'"));
+    };
+    let mut pieces = Vec::new();
+    let segments: Vec<&str> = if path.is_empty() { Vec::new() } else { path.split('/').collect() };
+    for (i, segment) in segments.iter().enumerate() {
+        let piece = match *segment {
+            "**" if i + 1 == segments.len() => Piece::Rest,
+            "**" => return Err(format!("pattern {pattern:?}: `**` may only end a pattern")),
+            "*" => Piece::One,
+            s if s.starts_with('{') && s.ends_with('}') && s.len() > 2 => Piece::One,
+            s if s.contains(['{', '}', '*']) => {
+                return Err(format!("pattern {pattern:?}: segment {s:?} mixes text with a wildcard"));
+            }
+            "" => return Err(format!("pattern {pattern:?} has an empty segment")),
+            s => Piece::Literal(s.to_owned()),
+        };
+        pieces.push(piece);
+    }
+    Ok(pieces)
+}
+
+fn matches(pattern: &[Piece], segments: &[&str]) -> bool {
+    match (pattern.first(), segments.first()) {
+        (Some(Piece::Rest), _) => true,
+        (None, None) => true,
+        (Some(Piece::One), Some(_)) => matches(&pattern[1..], &segments[1..]),
+        (Some(Piece::Literal(l)), Some(s)) => l == s && matches(&pattern[1..], &segments[1..]),
+        (Some(_), None) | (None, Some(_)) => false,
+    }
+}
+
+/// Labels are metric label values people type in PromQL: printable, short.
+fn valid_label(label: &str) -> Result<&str, String> {
+    let ok = !label.is_empty() && label.len() <= 64 && label.bytes().all(|b| b.is_ascii_graphic());
+    if ok { Ok(label) } else { Err(format!("endpoint {label:?} must be 1-64 printable ASCII characters")) }
+}
+
+/// Labels are interned as `&'static str`: they are few (rules, plus at most the cap of
+/// heuristic ones), and metrics label sets then need no allocation per request.
+fn intern(label: &str) -> &'static str {
+    Box::leak(label.to_owned().into_boxed_str())
+}
+
+/// Turns request targets into endpoint labels: rules first, then the heuristic, with a hard
+/// cap on how many distinct labels the heuristic may create.
 pub struct Router {
-    known: HashSet<&'static str>,
+    rules: Rules,
+    heuristic_labels: HashSet<&'static str>,
     cap: usize,
+    depth: usize,
+}
+
+impl fmt::Debug for Router {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Router")
+            .field("rules", &self.rules.len())
+            .field("labels", &self.heuristic_labels.len())
+            .finish()
+    }
 }
 
 impl Router {
-    pub fn new(cap: usize) -> Self {
-        Router { known: HashSet::new(), cap }
+    /// `cap`: most distinct heuristic labels; `depth`: path segments a heuristic label keeps.
+    pub fn new(rules: Rules, cap: usize, depth: usize) -> Self {
+        Router { rules, heuristic_labels: HashSet::new(), cap, depth: depth.max(1) }
     }
 
-    /// The endpoint label of `target`, and whether it overflowed the cap.
-    /// Labels are leaked into `&'static str`: at most `cap` of them ever exist.
-    pub fn classify(&mut self, target: &str) -> (&'static str, bool) {
-        let segment = first_segment(target);
-        if segment.is_empty() {
-            return (ROOT, false);
+    /// New rules (SIGHUP); labels already handed out stay valid.
+    pub fn set_rules(&mut self, rules: Rules) {
+        self.rules = rules;
+    }
+
+    /// The endpoint of a request, and whether it overflowed the cap.
+    pub fn classify(&mut self, method: &str, target: &str) -> (Endpoint, bool) {
+        let path = normalized_path(target);
+        let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+        if let Some(endpoint) = self.rules.matching(method, &segments) {
+            return (endpoint, false);
         }
-        if !segment.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)) {
-            return (OVERFLOW, true);
+        let label = heuristic_label(&segments, self.depth);
+        if let Some(known) = self.heuristic_labels.get(label.as_str()) {
+            return (Endpoint::Label(known), false);
         }
-        if let Some(label) = self.known.get(segment) {
-            return (label, false);
+        if self.heuristic_labels.len() >= self.cap {
+            return (Endpoint::Label(OVERFLOW), true);
         }
-        if self.known.len() >= self.cap {
-            return (OVERFLOW, true);
-        }
-        let label: &'static str = Box::leak(segment.to_owned().into_boxed_str());
-        self.known.insert(label);
-        (label, false)
+        let label = intern(&label);
+        self.heuristic_labels.insert(label);
+        (Endpoint::Label(label), false)
     }
 }
 
-/// First segment of the path, without query or fragment; absolute-form targets
-/// (`http://host/path`) are reduced to their path.
-fn first_segment(target: &str) -> &str {
+/// The path of a request target: absolute-form reduced to its path, query and fragment
+/// stripped, percent-encoding decoded (invalid UTF-8 replaced).
+fn normalized_path(target: &str) -> String {
     let path = match target.find("://") {
-        Some(i) => target[i + 3..].find('/').map_or("", |j| &target[i + 3 + j..]),
+        Some(i) => target[i + 3..].find('/').map_or("/", |j| &target[i + 3 + j..]),
         None => target,
     };
     let path = path.split(['?', '#']).next().unwrap_or("");
-    path.trim_start_matches('/').split('/').next().unwrap_or("")
+    percent_encoding::percent_decode_str(path).decode_utf8_lossy().into_owned()
+}
+
+/// `/seg/{id}/…` of the first `depth` segments, ids collapsed.
+fn heuristic_label(segments: &[&str], depth: usize) -> String {
+    if segments.is_empty() {
+        return "/".to_owned();
+    }
+    let mut label = String::new();
+    for segment in segments.iter().take(depth) {
+        label.push('/');
+        if looks_like_id(segment) {
+            label.push_str("{id}");
+        } else if segment.chars().all(|c| c.is_ascii_graphic()) && segment.len() <= 48 {
+            label.push_str(segment);
+        } else {
+            label.push_str("{other}"); // control or non-ASCII characters, or very long
+        }
+    }
+    label
+}
+
+/// Decimal, hex of 8+, UUID, MAC, IPv4, dates, and long random-looking tokens are ids;
+/// names with dots or dashes (`hello.world`, `vmlinuz-6.1`) are not.
+pub fn looks_like_id(s: &str) -> bool {
+    let hex = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_hexdigit());
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    if digits(s) {
+        return true;
+    }
+    if s.len() >= 8 && hex(s) {
+        return true;
+    }
+    let dashed: Vec<&str> = s.split('-').collect();
+    if dashed.len() == 5
+        && dashed.iter().map(|p| p.len()).eq([8, 4, 4, 4, 12])
+        && dashed.iter().all(|p| hex(p))
+    {
+        return true; // UUID
+    }
+    for sep in [':', '-'] {
+        let parts: Vec<&str> = s.split(sep).collect();
+        if parts.len() == 6 && parts.iter().all(|p| p.len() == 2 && hex(p)) {
+            return true; // MAC
+        }
+    }
+    let dotted: Vec<&str> = s.split('.').collect();
+    if dotted.len() == 4
+        && dotted.iter().all(|p| digits(p) && p.len() <= 3 && p.parse::<u16>().is_ok_and(|n| n <= 255))
+    {
+        return true; // IPv4
+    }
+    if is_date(s) {
+        return true;
+    }
+    // Long tokens (base64, base64url, opaque keys): no separators that make names, and mixing
+    // letters with digits.
+    s.len() >= 20
+        && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"+/=_-".contains(&b))
+        && s.bytes().any(|b| b.is_ascii_digit())
+        && s.bytes().any(|b| b.is_ascii_alphabetic())
+}
+
+/// `YYYY-MM-DD`, optionally followed by a time (`T…`).
+fn is_date(s: &str) -> bool {
+    let b = s.as_bytes();
+    b.len() >= 10
+        && b[..4].iter().all(u8::is_ascii_digit)
+        && b[4] == b'-'
+        && b[5..7].iter().all(u8::is_ascii_digit)
+        && b[7] == b'-'
+        && b[8..10].iter().all(u8::is_ascii_digit)
+        && (b.len() == 10 || b[10] == b'T')
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn first_segment_is_the_label() {
-        let mut r = Router::new(10);
-        for (target, label) in [
-            ("/boot/aa:bb:cc:dd:ee:ff", "boot"),
-            ("/boot", "boot"),
-            ("/images/debian.qcow2?token=secret", "images"),
-            ("/", ROOT),
-            ("/?q=1", ROOT),
-            ("*", OVERFLOW),
-            ("http://example.com/api/v1", "api"),
-            ("http://example.com", ROOT),
-            ("/%2e%2e/x", OVERFLOW),
-        ] {
-            assert_eq!(r.classify(target).0, label, "{target}");
-        }
-    }
-
-    #[test]
-    fn labels_are_capped() {
-        let mut r = Router::new(3);
-        let labels: HashSet<_> = (0..1000).map(|i| r.classify(&format!("/s{i}/x")).0).collect();
-        assert_eq!(labels.len(), 4);
-        assert!(labels.contains(OVERFLOW));
-        assert_eq!(r.classify("/s1"), ("s1", false));
-        assert_eq!(r.classify("/s999"), (OVERFLOW, true));
-    }
-}
+mod tests;

@@ -1,18 +1,33 @@
 //! The daemon: checks, loads the probes, follows the targets, and feeds events to the
 //! connection table until asked to stop.
 
-use std::{net::SocketAddr, path::Path, sync::Arc, time::Duration};
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
 
 use anyhow::{Context, bail};
 use tokio::signal::unix::{SignalKind, signal};
 use tracing::{info, warn};
 
-use crate::{conn::Connections, events, metrics::Metrics, probes::Probes, serve};
+use crate::{
+    conn::Connections,
+    events,
+    metrics::Metrics,
+    probes::Probes,
+    route::{Router, Rules},
+    serve,
+};
 
 pub struct RunConfig {
     pub pids: Vec<u32>,
     pub listen: SocketAddr,
     pub max_endpoints: usize,
+    /// Endpoint rules; reloaded on SIGHUP.
+    pub routes: Option<PathBuf>,
+    pub path_depth: usize,
     /// Seconds without events after which a connection counts as idle.
     pub idle_timeout_secs: u64,
     /// Exit once every target has exited, instead of serving what was counted.
@@ -25,6 +40,7 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
             bail!("no such process: {pid}");
         }
     }
+    let rules = load_rules(config.routes.as_deref())?;
     check_privileges()?;
     let listener = tokio::net::TcpListener::bind(config.listen).await.map_err(|e| match e.kind() {
         std::io::ErrorKind::AddrInUse => {
@@ -42,12 +58,14 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
     let server = tokio::spawn(serve::serve(listener, metrics.clone()));
     info!("serving metrics on http://{addr}/metrics");
 
-    let mut conns = Connections::new(&metrics, config.max_endpoints, config.idle_timeout_secs);
+    let router = Router::new(rules, config.max_endpoints, config.path_depth);
+    let mut conns = Connections::new(&metrics, router, config.idle_timeout_secs);
     let mut live: Vec<u32> = config.pids.clone();
     let mut lost_seen = 0;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let mut sighup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
     loop {
         tokio::select! {
             guard = ring.readable_mut() => {
@@ -81,6 +99,13 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
                     break;
                 }
             }
+            _ = sighup.recv() => match load_rules(config.routes.as_deref()) {
+                Ok(rules) => {
+                    info!(rules = rules.len(), "reloaded the routes file");
+                    conns.set_rules(rules);
+                }
+                Err(e) => warn!("keeping the previous routes: {e:#}"),
+            },
             _ = sigterm.recv() => break,
             _ = sigint.recv() => break,
         }
@@ -89,6 +114,13 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
     drop(probes); // detaches every program
     info!("detached; bye");
     Ok(())
+}
+
+fn load_rules(path: Option<&Path>) -> anyhow::Result<Rules> {
+    match path {
+        Some(path) => Ok(Rules::load(path).context("bad routes file")?),
+        None => Ok(Rules::default()),
+    }
 }
 
 fn process_exists(pid: u32) -> bool {

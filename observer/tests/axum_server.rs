@@ -41,18 +41,22 @@ fn counts_keep_alive_requests_of_an_axum_server_exactly() {
     assert_eq!(curl(&[], &missing), vec![404; 7]);
     assert_eq!(curl(&["--head"], &boot[..3]), vec![200; 3]);
 
-    let scrape = observer.scrape_until("45 requests", |s| s.sum("http_requests_total", &[]) >= 45.0);
+    let scrape = observer.scrape_settled(45.0);
     let count = |endpoint, method, status| {
         scrape.sum("http_requests_total", &[("endpoint", endpoint), ("method", method), ("status", status)])
     };
-    assert_eq!(count("boot", "GET", "200"), 30.0, "{}", scrape.0);
-    assert_eq!(count("images", "GET", "200"), 5.0);
-    assert_eq!(count("nope", "GET", "404"), 7.0);
-    assert_eq!(count("boot", "HEAD", "200"), 3.0);
+    // No routes file: MACs and numbers collapse to `{id}`, file names stay.
+    assert_eq!(count("/boot/{id}", "GET", "200"), 30.0, "{}", scrape.0);
+    assert_eq!(count("/images/*", "GET", "200"), 5.0);
+    assert_eq!(count("/nope/{id}", "GET", "404"), 7.0);
+    assert_eq!(count("/boot/{id}", "HEAD", "200"), 3.0);
     assert_eq!(scrape.sum("http_requests_total", &[]), 45.0, "{}", scrape.0);
     assert_eq!(scrape.sum("http_request_duration_seconds_count", &[]), 45.0);
     assert_eq!(scrape.sum("http_requests_in_flight", &[]), 0.0);
-    assert_eq!(scrape.label_values("http_requests_total", "endpoint"), ["boot", "images", "nope"]);
+    let mut expected: Vec<String> = (0..5).map(|i| format!("/images/img{i}.qcow2")).collect();
+    expected.insert(0, "/boot/{id}".to_owned());
+    expected.push("/nope/{id}".to_owned());
+    assert_eq!(scrape.label_values("http_requests_total", "endpoint"), expected);
     assert!(!scrape.0.contains("arch=x86_64"), "query strings never reach labels");
 }
 
@@ -69,14 +73,15 @@ fn counts_a_connection_opened_before_attach() {
     }
     assert_eq!(early.get("/boot/aa:bb:cc:dd:ee:ff"), 200);
 
-    let scrape = observer.scrape_until("7 requests", |s| s.sum("http_requests_total", &[]) >= 7.0);
+    let scrape = observer.scrape_settled(7.0);
     assert_eq!(
-        scrape.sum("http_requests_total", &[("endpoint", "api"), ("method", "GET"), ("status", "200")]),
+        scrape
+            .sum("http_requests_total", &[("endpoint", "/api/status"), ("method", "GET"), ("status", "200")]),
         6.0,
         "{}",
         scrape.0
     );
-    assert_eq!(scrape.sum("http_requests_total", &[("endpoint", "boot")]), 1.0);
+    assert_eq!(scrape.sum("http_requests_total", &[("endpoint", "/boot/{id}")]), 1.0);
     assert_eq!(scrape.sum("http_requests_total", &[]), 7.0);
     assert_eq!(scrape.sum("http_requests_in_flight", &[]), 0.0);
 }

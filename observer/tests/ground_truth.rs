@@ -92,7 +92,15 @@ fn observer_counts_equal_the_servers_own() {
     require_command("wrk");
     require_command("curl");
     let (server, addr) = start_demo_server();
-    let observer = Observer::attach(&[server.pid()]);
+    // Label by first segment, as the server's own middleware does.
+    let dir = TempDir::new("ground-truth");
+    let routes = dir.path().join("routes.toml");
+    let rules: String = ["boot", "images", "api", "missing", "slow", "upload", "internal"]
+        .iter()
+        .map(|s| format!("[[route]]\npattern = \"/{s}/**\"\nendpoint = \"{s}\"\n"))
+        .collect();
+    std::fs::write(&routes, rules).unwrap();
+    let observer = Observer::attach_with(&[server.pid()], &["--routes", routes.to_str().unwrap()]);
 
     // Load: 64 keep-alive connections for 2 s (bounded by time; a few thousand requests here).
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/servers/rotate.lua");
@@ -117,7 +125,6 @@ fn observer_counts_equal_the_servers_own() {
 
     pipeline_100(addr);
 
-    let dir = TempDir::new("uploads");
     let body = dir.path().join("body.bin");
     std::fs::write(&body, vec![7u8; 10 << 20]).unwrap();
     assert_eq!(upload(addr, "POST", false, &body), 200);
@@ -143,7 +150,7 @@ fn observer_counts_equal_the_servers_own() {
     let scrape = observer.scrape_until("the server's request count", |s| {
         let seen =
             s.sum("http_requests_total", &[]) - s.sum("http_requests_total", &[("endpoint", "internal")]);
-        seen >= expected_total
+        seen >= expected_total && s.sum("http_requests_in_flight", &[]) == 0.0
     });
     let truth_counts: BTreeMap<_, _> = truth.iter().map(|(k, (n, _))| (k.clone(), *n)).collect();
     assert_eq!(observer_counts(&scrape), truth_counts, "observer vs the server's own counts");

@@ -77,7 +77,7 @@ fn counts_nginx_static_files_exactly_and_times_the_big_download() {
     let url = |path: &str| format!("http://127.0.0.1:{port}{path}");
     let small: Vec<String> = (0..30).map(|_| url("/files/small.txt")).collect();
     let empty: Vec<String> = (0..10).map(|_| url("/files/empty.txt")).collect();
-    let missing: Vec<String> = (0..10).map(|i| url(&format!("/files/missing-{i}"))).collect();
+    let missing: Vec<String> = (0..10).map(|i| url(&format!("/files/missing/{i}"))).collect();
     assert_eq!(curl(&[], &small), vec![200; 30]);
     assert_eq!(curl(&[], &empty), vec![200; 10]);
     assert_eq!(curl(&[], &missing), vec![404; 10]);
@@ -98,26 +98,26 @@ fn counts_nginx_static_files_exactly_and_times_the_big_download() {
     let client_transfer: f64 = fields[3].parse::<f64>().unwrap() - fields[2].parse::<f64>().unwrap();
 
     let total = 30.0 + 10.0 + 10.0 + 5.0 + 7.0 + 1.0;
-    let scrape = observer.scrape_until("63 requests", |s| s.sum("http_requests_total", &[]) >= total);
+    let scrape = observer.scrape_settled(total);
     let count = |status: &str, method: &str| {
-        scrape.sum("http_requests_total", &[("endpoint", "files"), ("method", method), ("status", status)])
+        scrape.sum("http_requests_total", &[("endpoint", "/files/*"), ("method", method), ("status", status)])
     };
     assert_eq!(count("200", "GET"), 40.0, "{}", scrape.0);
     assert_eq!(count("404", "GET"), 10.0);
     assert_eq!(count("200", "HEAD"), 5.0);
     assert_eq!(count("304", "GET"), 7.0);
-    assert_eq!(scrape.sum("http_requests_total", &[("endpoint", "big"), ("status", "200")]), 1.0);
+    assert_eq!(scrape.sum("http_requests_total", &[("endpoint", "/big/image.raw"), ("status", "200")]), 1.0);
     assert_eq!(scrape.sum("http_requests_total", &[]), total, "{}", scrape.0);
     assert_eq!(scrape.sum("http_requests_in_flight", &[]), 0.0);
     assert_eq!(scrape.sum("observer_parse_errors_total", &[]), 0.0, "{}", scrape.0);
 
     // The big response ended at the last byte sendfile moved, not at its first write.
-    let observed = scrape.sum("http_request_duration_seconds_sum", &[("endpoint", "big")]);
+    let observed = scrape.sum("http_request_duration_seconds_sum", &[("endpoint", "/big/image.raw")]);
     assert!(
         observed >= 0.9 * client_transfer,
         "observer saw {observed:.3}s for a download the client timed at {client_transfer:.3}s"
     );
-    let size = scrape.sum("http_response_size_bytes_sum", &[("endpoint", "big")]);
+    let size = scrape.sum("http_response_size_bytes_sum", &[("endpoint", "/big/image.raw")]);
     assert!(size > 1073741824.0 && size < 1073741824.0 + 1024.0, "response size {size}");
     eprintln!("1 GiB download: client {client_transfer:.3}s, observer {observed:.3}s");
 }

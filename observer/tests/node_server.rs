@@ -30,22 +30,22 @@ fn counts_chunked_and_fixed_responses_of_node_exactly() {
     assert_eq!(curl(&[], &fixed), vec![200; 20]);
     assert_eq!(curl(&[], &missing), vec![404; 5]);
 
-    let scrape = observer.scrape_until("65 requests", |s| s.sum("http_requests_total", &[]) >= 65.0);
+    let scrape = observer.scrape_settled(65.0);
     assert_eq!(
-        scrape.sum("http_requests_total", &[("endpoint", "chunked"), ("status", "200")]),
+        scrape.sum("http_requests_total", &[("endpoint", "/chunked/*"), ("status", "200")]),
         40.0,
         "{}",
         scrape.0
     );
-    assert_eq!(scrape.sum("http_requests_total", &[("endpoint", "fixed"), ("status", "200")]), 20.0);
-    assert_eq!(scrape.sum("http_requests_total", &[("endpoint", "nothing"), ("status", "404")]), 5.0);
+    assert_eq!(scrape.sum("http_requests_total", &[("endpoint", "/fixed"), ("status", "200")]), 20.0);
+    assert_eq!(scrape.sum("http_requests_total", &[("endpoint", "/nothing/{id}"), ("status", "404")]), 5.0);
     assert_eq!(scrape.sum("http_requests_total", &[]), 65.0, "{}", scrape.0);
     assert_eq!(scrape.sum("http_requests_in_flight", &[]), 0.0);
     // Every chunked response ended at its terminator, seen in the captured tail, not by
     // falling back to close or the next request.
     assert_eq!(scrape.sum("observer_parse_errors_total", &[]), 0.0, "{}", scrape.0);
     // 20 big chunked bodies of 100,009 bytes each, plus heads.
-    let chunked_bytes = scrape.sum("http_response_size_bytes_sum", &[("endpoint", "chunked")]);
+    let chunked_bytes = scrape.sum("http_response_size_bytes_sum", &[("endpoint", "/chunked/*")]);
     assert!(
         chunked_bytes > 20.0 * 100_009.0 && chunked_bytes < 20.0 * 100_009.0 + 40.0 * 400.0,
         "{chunked_bytes}"

@@ -36,18 +36,21 @@ fn counts_every_request_of_python_http_server_exactly() {
     assert_eq!(curl(&[], &missing), vec![404; 10]);
     assert_eq!(curl(&["--head"], &found[..5]), vec![200; 5]);
 
-    let scrape = observer.scrape_until("55 requests", |s| s.sum("http_requests_total", &[]) >= 55.0);
+    let scrape = observer.scrape_settled(55.0);
     let get_200: f64 = (1..=40)
         .map(|i| {
             scrape.sum(
                 "http_requests_total",
-                &[("endpoint", &format!("f{i}.txt")), ("method", "GET"), ("status", "200")],
+                &[("endpoint", &format!("/f{i}.txt")), ("method", "GET"), ("status", "200")],
             )
         })
         .sum();
     assert_eq!(get_200, 40.0, "{}", scrape.0);
     assert_eq!(
-        scrape.sum("http_requests_total", &[("endpoint", "missing"), ("method", "GET"), ("status", "404")]),
+        scrape.sum(
+            "http_requests_total",
+            &[("endpoint", "/missing/{id}"), ("method", "GET"), ("status", "404")]
+        ),
         10.0
     );
     assert_eq!(scrape.sum("http_requests_total", &[("method", "HEAD"), ("status", "200")]), 5.0);

@@ -92,9 +92,14 @@ pub struct Observer {
 
 impl Observer {
     pub fn attach(pids: &[u32]) -> Self {
+        Self::attach_with(pids, &[])
+    }
+
+    /// With extra `observer run` arguments.
+    pub fn attach_with(pids: &[u32], extra: &[&str]) -> Self {
         let addr: SocketAddr = ([127, 0, 0, 1], free_port()).into();
         let mut cmd = Command::new(observer_bin());
-        cmd.arg("run").arg("--listen").arg(addr.to_string());
+        cmd.arg("run").arg("--listen").arg(addr.to_string()).args(extra);
         for pid in pids {
             cmd.arg("--pid").arg(pid.to_string());
         }
@@ -120,6 +125,14 @@ impl Observer {
 
     pub fn scrape(&self) -> Scrape {
         Scrape(http_get_text(self.addr, "/metrics"))
+    }
+
+    /// Scrapes until at least `requests` were counted and none is in flight (events arrive
+    /// asynchronously), then returns that scrape.
+    pub fn scrape_settled(&self, requests: f64) -> Scrape {
+        self.scrape_until(&format!("{requests} requests, none in flight"), |s| {
+            s.sum("http_requests_total", &[]) >= requests && s.sum("http_requests_in_flight", &[]) == 0.0
+        })
     }
 
     /// Scrapes until `ok` holds (events arrive asynchronously), then returns that scrape.
@@ -160,12 +173,14 @@ pub fn try_http_get(addr: SocketAddr, path: &str) -> Option<String> {
 pub struct Scrape(pub String);
 
 impl Scrape {
-    /// Sum of every sample named `name` whose labels include all of `labels`.
+    /// Sum of every sample named `name` whose labels include all of `labels`. A value ending
+    /// in `*` matches by prefix (`("endpoint", "/images/*")`).
     pub fn sum(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
-        self.samples(name)
-            .filter(|(l, _)| labels.iter().all(|(k, v)| l.contains(&format!("{k}=\"{v}\""))))
-            .map(|(_, v)| v)
-            .sum()
+        let has = |l: &str, k: &str, v: &str| match v.strip_suffix('*') {
+            Some(prefix) => l.contains(&format!("{k}=\"{prefix}")),
+            None => l.contains(&format!("{k}=\"{v}\"")),
+        };
+        self.samples(name).filter(|(l, _)| labels.iter().all(|(k, v)| has(l, k, v))).map(|(_, v)| v).sum()
     }
 
     /// `(labels, value)` of every sample named exactly `name`.
