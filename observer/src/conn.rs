@@ -55,8 +55,8 @@ impl<'m> Connections<'m> {
         self.router.set_rules(rules);
     }
 
-    #[cfg(test)]
-    pub fn len(&self) -> usize {
+    /// Connections in the table.
+    pub fn count(&self) -> usize {
         self.table.len()
     }
 
@@ -197,7 +197,7 @@ mod tests {
         let ok = RequestLabels { endpoint: "/boot/aa", method: "GET", status: 200 };
         assert_eq!(metrics.requests.get_or_create(&ok).get(), 1);
         assert_eq!(metrics.incomplete.get_or_create(&EndpointLabels { endpoint: "/boot/aa" }).get(), 1);
-        assert_eq!(conns.len(), 0);
+        assert_eq!(conns.count(), 0);
         let text = metrics.encode();
         assert!(text.contains(r#"http_request_duration_seconds_count{endpoint="/boot/aa"} 1"#), "{text}");
         assert!(!text.contains("x=1"));
@@ -208,9 +208,9 @@ mod tests {
         let metrics = Metrics::new();
         let mut conns = Connections::new(&metrics, Router::new(Rules::default(), 10, 2), 30);
         conns.handle(&event(Syscall::Read, 1, b"GET /a HTTP/1.1\r\n\r\n"));
-        assert_eq!(conns.len(), 1);
+        assert_eq!(conns.count(), 1);
         conns.forget_process(1);
-        assert_eq!(conns.len(), 0);
+        assert_eq!(conns.count(), 0);
         assert_eq!(metrics.in_flight.get_or_create(&EndpointLabels { endpoint: "/a" }).get(), 0);
     }
 }
@@ -238,9 +238,9 @@ mod sweep_tests {
         conns.handle(&ev(Syscall::Read, 1, b"GET /s HTTP/1.1\r\n\r\n"));
         conns.handle(&ev(Syscall::Write, 2, b"HTTP/1.1 200 OK\r\n\r\nstream"));
         conns.sweep();
-        assert_eq!(conns.len(), 1, "not idle yet");
+        assert_eq!(conns.count(), 1, "not idle yet");
         conns.sweep();
-        assert_eq!(conns.len(), 0);
+        assert_eq!(conns.count(), 0);
         let ok = RequestLabels { endpoint: "/s", method: "GET", status: 200 };
         assert_eq!(metrics.requests.get_or_create(&ok).get(), 1);
         assert_eq!(metrics.in_flight.get_or_create(&EndpointLabels { endpoint: "/s" }).get(), 0);

@@ -2,7 +2,7 @@
 //! operator's rules (`--routes FILE`) or, where none matches, by a heuristic that collapses
 //! id-like path segments to `{id}`.
 
-use std::{collections::HashSet, fmt, path::Path};
+use std::{borrow::Cow, collections::HashSet, fmt, path::Path};
 
 use serde::Deserialize;
 
@@ -111,7 +111,8 @@ impl Rules {
         Ok(Rules { rules })
     }
 
-    pub fn len(&self) -> usize {
+    /// How many rules were loaded.
+    pub fn count(&self) -> usize {
         self.rules.len()
     }
 
@@ -183,7 +184,7 @@ pub struct Router {
 impl fmt::Debug for Router {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Router")
-            .field("rules", &self.rules.len())
+            .field("rules", &self.rules.count())
             .field("labels", &self.heuristic_labels.len())
             .finish()
     }
@@ -222,13 +223,13 @@ impl Router {
 
 /// The path of a request target: absolute-form reduced to its path, query and fragment
 /// stripped, percent-encoding decoded (invalid UTF-8 replaced).
-fn normalized_path(target: &str) -> String {
+fn normalized_path(target: &str) -> Cow<'_, str> {
     let path = match target.find("://") {
         Some(i) => target[i + 3..].find('/').map_or("/", |j| &target[i + 3 + j..]),
         None => target,
     };
     let path = path.split(['?', '#']).next().unwrap_or("");
-    percent_encoding::percent_decode_str(path).decode_utf8_lossy().into_owned()
+    percent_encoding::percent_decode_str(path).decode_utf8_lossy()
 }
 
 /// `/seg/{id}/…` of the first `depth` segments, ids collapsed.

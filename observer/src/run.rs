@@ -101,7 +101,7 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
             }
             _ = sighup.recv() => match load_rules(config.routes.as_deref()) {
                 Ok(rules) => {
-                    info!(rules = rules.len(), "reloaded the routes file");
+                    info!(rules = rules.count(), "reloaded the routes file");
                     conns.set_rules(rules);
                 }
                 Err(e) => warn!("keeping the previous routes: {e:#}"),
