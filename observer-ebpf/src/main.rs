@@ -219,7 +219,7 @@ fn emit_data(ctx: &TracePointContext) -> Result<(), i64> {
     // SAFETY: `size` bytes from the start of the scratch slot, which is larger.
     let record =
         unsafe { core::slice::from_raw_parts(scratch as *const Scratch as *const u8, size as usize) };
-    if EVENTS.output::<[u8]>(record, 0).is_err() {
+    if EVENTS.output::<[u8]>(record, wakeup_flag()).is_err() {
         ring_full(ctx, key);
     }
     Ok(())
@@ -407,6 +407,19 @@ extern "C" fn tail_step(step: u64, _ctx: *mut c_void) -> i64 {
     CONTINUE
 }
 
+/// Waking the reader for every record costs the daemon a context switch per syscall at
+/// saturation. Records are submitted without a wakeup until `WAKEUP_BYTES` are pending;
+/// the daemon also drains on a short timer (see `run.rs`), so nothing waits long.
+const WAKEUP_BYTES: u64 = RING_BYTES as u64 / 16;
+const BPF_RB_AVAIL_DATA: u64 = 0;
+const BPF_RB_NO_WAKEUP: u64 = 1;
+const BPF_RB_FORCE_WAKEUP: u64 = 2;
+
+#[inline(always)]
+fn wakeup_flag() -> u64 {
+    if EVENTS.query(BPF_RB_AVAIL_DATA) >= WAKEUP_BYTES { BPF_RB_FORCE_WAKEUP } else { BPF_RB_NO_WAKEUP }
+}
+
 /// Counts a dropped event and marks its socket so userspace resyncs that connection.
 #[inline(always)]
 fn ring_full(ctx: &TracePointContext, key: u64) {
@@ -495,7 +508,7 @@ fn emit_control(ctx: &TracePointContext, id: u64, tgid: u32, fd: i32, syscall: S
         syscall: syscall as u32,
         ..EventHeader::default()
     };
-    if EVENTS.output::<EventHeader>(&header, 0).is_err() {
+    if EVENTS.output::<EventHeader>(&header, wakeup_flag()).is_err() {
         ring_full(ctx, socket_key(tgid, fd));
     }
 }

@@ -36,6 +36,7 @@ pub async fn serve(listen: SocketAddr) -> anyhow::Result<()> {
         .route("/images/{name}", get(|| async { vec![0u8; 64 * 1024] }))
         .route("/api/status", get(|| async { r#"{"status":"ok"}"# }))
         .route("/slow/{ms}", get(slow))
+        .route("/work/{us}", get(work))
         .route("/upload/{name}", post(upload).put(upload))
         .route("/internal/stats", get(report))
         .layer(middleware::from_fn_with_state(stats.clone(), record))
@@ -53,6 +54,16 @@ fn boot_script(mac: &str) -> String {
 async fn slow(Path(ms): Path<u64>) -> &'static str {
     tokio::time::sleep(Duration::from_millis(ms.min(5_000))).await;
     "done\n"
+}
+
+/// Spins the CPU for about `us` microseconds: a handler that does real work.
+async fn work(Path(us): Path<u64>) -> &'static str {
+    let until = Instant::now() + Duration::from_micros(us.min(100_000));
+    let mut x: u64 = 1;
+    while Instant::now() < until {
+        x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
+    }
+    "worked\n"
 }
 
 /// Reads the whole body (any size, Content-Length or chunked) and says how long it was.

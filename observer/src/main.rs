@@ -30,6 +30,12 @@ enum Command {
         #[command(flatten)]
         common: Common,
     },
+    /// Benchmark floor: attach a do-nothing program to the same tracepoints (cargo xtask bench).
+    #[command(hide = true)]
+    Floor {
+        #[arg(long = "pid", required = true)]
+        pids: Vec<u32>,
+    },
     /// The demo's HTTP server (started by `demo`).
     #[command(hide = true)]
     DemoServer {
@@ -92,6 +98,7 @@ fn main() -> ExitCode {
             }
             Command::Demo { common } => demo::demo(common.config(Vec::new(), true)).await,
             Command::DemoServer { listen } => demo_server::serve(listen).await,
+            Command::Floor { pids } => run::floor(&pids).await,
         }
     });
     match result {

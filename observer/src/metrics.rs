@@ -72,6 +72,7 @@ pub struct Metrics {
     pub events: Counter,
     pub events_lost: Counter,
     pub endpoints_overflowed: Counter,
+    pub connections: Gauge,
 }
 
 impl Metrics {
@@ -133,8 +134,11 @@ impl Metrics {
             "Requests labelled endpoint=\"other\" because the endpoint label cap was reached",
             endpoints_overflowed.clone(),
         );
+        let connections = Gauge::default();
+        registry.register("observer_connections", "Connections in the observer's table", connections.clone());
         Metrics {
             registry,
+            connections,
             in_flight,
             requests,
             duration,

@@ -14,6 +14,9 @@ use tracing::{debug, info, warn};
 /// The object built by build.rs from observer-ebpf.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/observer"));
 
+/// The benchmark floor (observer-ebpf/src/floor.rs): same tracepoints, tgid filter only.
+static FLOOR_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/floor"));
+
 /// Program name → the `syscalls` tracepoints it is attached to.
 const ATTACHMENTS: &[(&str, &[&str])] = &[
     ("enter_read", &["sys_enter_read"]),
@@ -139,6 +142,37 @@ impl Probes {
 
     pub fn events_lost(&self) -> u64 {
         self.stat(stat::RING_FULL)
+    }
+}
+
+/// The benchmark floor: one do-nothing program on every tracepoint the observer uses.
+pub struct Floor {
+    _ebpf: Ebpf,
+}
+
+impl Floor {
+    pub fn load_and_attach(pids: &[u32]) -> Result<Self, ProbeError> {
+        ensure_tracefs()?;
+        let mut ebpf = Ebpf::load(FLOOR_OBJECT).map_err(|e| permission_or(e, ProbeError::Load))?;
+        let prog: &mut TracePoint = ebpf
+            .program_mut("floor")
+            .expect("the floor object has its program")
+            .try_into()
+            .expect("a tracepoint");
+        let fail = |tracepoint: &'static str| {
+            move |source| ProbeError::Program { program: "floor", tracepoint, source }
+        };
+        prog.load().map_err(fail("load")).map_err(permission)?;
+        for &(_, tracepoints) in ATTACHMENTS {
+            for &tracepoint in tracepoints {
+                prog.attach("syscalls", tracepoint).map_err(fail(tracepoint)).map_err(permission)?;
+            }
+        }
+        let mut targets: HashMap<MapData, u32, u32> = take_map(&mut ebpf, "TARGETS")?;
+        for &pid in pids {
+            targets.insert(pid, 0, 0).map_err(|e| ProbeError::Map("TARGETS", e))?;
+        }
+        Ok(Floor { _ebpf: ebpf })
     }
 }
 

@@ -9,6 +9,7 @@ use std::{
 };
 
 use anyhow::{Context, bail};
+use aya::maps::{MapData, RingBuf};
 use tokio::signal::unix::{SignalKind, signal};
 use tracing::{info, warn};
 
@@ -63,6 +64,10 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
     let mut live: Vec<u32> = config.pids.clone();
     let mut lost_seen = 0;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
+    // The kernel wakes us only once a backlog builds up (see WAKEUP_BYTES in the eBPF
+    // crate); below that, records are collected on this timer.
+    let mut drain = tokio::time::interval(DRAIN_EVERY);
+    drain.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let mut sighup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
@@ -70,18 +75,13 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
         tokio::select! {
             guard = ring.readable_mut() => {
                 let mut guard = guard.context("waiting on the ring buffer")?;
-                let ring = guard.get_inner_mut();
-                while let Some(record) = ring.next() {
-                    metrics.events.inc();
-                    match events::decode(&record) {
-                        Ok(event) => conns.handle(&event),
-                        Err(e) => warn!("dropping a malformed kernel record: {e}"),
-                    }
-                }
+                drain_ring(guard.get_inner_mut(), &mut conns, &metrics);
                 guard.clear_ready();
             }
+            _ = drain.tick() => drain_ring(ring.get_mut(), &mut conns, &metrics),
             _ = tick.tick() => {
                 conns.sweep();
+                metrics.connections.set(conns.count() as i64);
                 let lost = probes.events_lost();
                 metrics.events_lost.inc_by(lost.saturating_sub(lost_seen));
                 lost_seen = lost;
@@ -114,6 +114,36 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
     drop(probes); // detaches every program
     info!("detached; bye");
     Ok(())
+}
+
+/// The benchmark floor: hooks attached, nothing done, until SIGTERM/SIGINT.
+pub async fn floor(pids: &[u32]) -> anyhow::Result<()> {
+    check_privileges()?;
+    let floor = crate::probes::Floor::load_and_attach(pids)?;
+    info!("floor attached");
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let mut sigint = signal(SignalKind::interrupt())?;
+    tokio::select! {
+        _ = sigterm.recv() => {}
+        _ = sigint.recv() => {}
+    }
+    drop(floor);
+    Ok(())
+}
+
+/// How often the ring buffer is drained when the kernel did not wake us.
+const DRAIN_EVERY: Duration = Duration::from_millis(10);
+
+fn drain_ring(ring: &mut RingBuf<MapData>, conns: &mut Connections<'_>, metrics: &Metrics) {
+    let mut count = 0;
+    while let Some(record) = ring.next() {
+        count += 1;
+        match events::decode(&record) {
+            Ok(event) => conns.handle(&event),
+            Err(e) => warn!("dropping a malformed kernel record: {e}"),
+        }
+    }
+    metrics.events.inc_by(count);
 }
 
 fn load_rules(path: Option<&Path>) -> anyhow::Result<Rules> {

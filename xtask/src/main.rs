@@ -10,6 +10,8 @@ use std::{
 use anyhow::{Context, bail, ensure};
 use clap::{Parser, Subcommand};
 
+mod bench;
+
 /// The pinned toolchain; keep in step with rust-toolchain.toml.
 const TOOLCHAIN: &str = "1.95.0";
 /// bpf-linker release built against the toolchain's own libLLVM.
@@ -41,6 +43,15 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Set up, build release, and measure the observer's overhead (see docs/benchmarks.md).
+    Bench {
+        /// Interleaved repetitions of every arm.
+        #[arg(long, default_value_t = 5)]
+        reps: usize,
+        /// Seconds of load per run.
+        #[arg(long, default_value_t = 5)]
+        seconds: u64,
+    },
     /// Set up, then run every test: unit tests and the privileged integration tests.
     Test {
         /// Extra arguments for `cargo test` (after `--`), e.g. a test name filter.
@@ -59,6 +70,25 @@ fn main() -> anyhow::Result<()> {
         Task::Test { args } => {
             setup()?;
             test(&args)
+        }
+        Task::Bench { reps, seconds } => {
+            setup()?;
+            ensure!(is_root(), "the benchmark loads eBPF programs: run it as root");
+            run(Command::new("cargo").env("PATH", path_with_cargo_bin()?).args([
+                "build",
+                "--release",
+                "--quiet",
+                "--package",
+                "observer",
+            ]))?;
+            let root = workspace_root();
+            let opts = bench::Options {
+                reps,
+                seconds,
+                observer: root.join("target/release/observer"),
+                out: root.join("target/bench"),
+            };
+            with_path(|| bench::bench(&opts))?
         }
     }
 }
@@ -152,6 +182,14 @@ fn test(args: &[String]) -> anyhow::Result<()> {
         .args(["test", "--"])
         .args(args)
         .arg("--test-threads=1"))
+}
+
+/// Runs `f` with PATH extended as for the tests (nginx in /usr/sbin).
+fn with_path<T>(f: impl FnOnce() -> T) -> anyhow::Result<T> {
+    let path = path_with_cargo_bin()?;
+    // SAFETY: xtask is single-threaded here; the variable is read by the children it starts.
+    unsafe { env::set_var("PATH", path) };
+    Ok(f())
 }
 
 /// PATH with cargo's bin directory first (bpf-linker is installed there) and the sbin

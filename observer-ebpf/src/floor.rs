@@ -1,0 +1,41 @@
+//! The floor for benchmarks: attached to the same tracepoints as the observer, it only
+//! filters the tgid and counts, so `cargo xtask bench` can tell the cost of hooking at all
+//! from the cost of what the observer does once hooked.
+#![no_std]
+#![no_main]
+
+use aya_ebpf::{
+    helpers::bpf_get_current_pid_tgid,
+    macros::{map, tracepoint},
+    maps::{HashMap, PerCpuArray},
+    programs::TracePointContext,
+};
+
+#[map]
+static TARGETS: HashMap<u32, u32> = HashMap::with_max_entries(1024, 0);
+
+#[map]
+static HITS: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+#[tracepoint]
+pub fn floor(_ctx: TracePointContext) -> u32 {
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    // SAFETY: presence test only.
+    if unsafe { TARGETS.get(&tgid) }.is_some()
+        && let Some(hits) = HITS.get_ptr_mut(0)
+    {
+        // SAFETY: per-CPU slot.
+        unsafe { *hits += 1 };
+    }
+    0
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

@@ -1,0 +1,534 @@
+//! `cargo xtask bench`: what observing costs, measured against the unobserved server and
+//! against the bare cost of the hooks (the floor program), in the same run, with the arms
+//! interleaved and repeated, reporting medians.
+
+use std::{
+    fmt::Write as _,
+    io::{Read, Write},
+    net::{SocketAddr, TcpListener, TcpStream},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, bail, ensure};
+
+/// What is attached to the server during a run.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Arm {
+    Unobserved,
+    /// observer-ebpf/src/floor.rs on the same tracepoints: tgid filter and a counter.
+    Floor,
+    Full,
+}
+
+impl Arm {
+    fn name(self) -> &'static str {
+        match self {
+            Arm::Unobserved => "unobserved",
+            Arm::Floor => "floor",
+            Arm::Full => "full",
+        }
+    }
+}
+
+pub struct Options {
+    pub reps: usize,
+    pub seconds: u64,
+    pub observer: PathBuf,
+    pub out: PathBuf,
+}
+
+/// One wrk run.
+#[derive(Clone, Copy, Default, Debug)]
+struct Run {
+    rps: f64,
+    bytes_per_sec: f64,
+    p50_us: f64,
+    p99_us: f64,
+    requests: f64,
+    /// Observer CPU seconds during the run, and its peak RSS (KiB); full arm only.
+    observer_cpu_s: f64,
+    observer_hwm_kib: f64,
+    events_lost: f64,
+}
+
+/// Kills the child on drop.
+struct Guard(Child);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        // SIGTERM first so the observer detaches cleanly, then make sure.
+        let _ = Command::new("kill").arg(self.0.id().to_string()).status();
+        for _ in 0..40 {
+            if matches!(self.0.try_wait(), Ok(Some(_))) {
+                return;
+            }
+            thread::sleep(Duration::from_millis(25));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").expect("a free port").local_addr().expect("addr").port()
+}
+
+fn wait_for(what: &str, mut ok: impl FnMut() -> bool) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !ok() {
+        ensure!(Instant::now() < deadline, "timed out waiting for {what}");
+        thread::sleep(Duration::from_millis(50));
+    }
+    Ok(())
+}
+
+fn http_get(addr: SocketAddr, path: &str) -> Option<String> {
+    let mut s = TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: b\r\nConnection: close\r\n\r\n").ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    text.starts_with("HTTP/1.1 200").then(|| text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()))?
+}
+
+fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(name) && !l.starts_with('#'))
+        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+        .sum()
+}
+
+/// Attaches `arm` to `pid` for the duration of `f`.
+fn with_arm<T>(
+    opts: &Options,
+    arm: Arm,
+    pid: u32,
+    f: impl FnOnce(Option<(u32, SocketAddr)>) -> T,
+) -> anyhow::Result<T> {
+    match arm {
+        Arm::Unobserved => Ok(f(None)),
+        Arm::Floor => {
+            let mut child = Command::new(&opts.observer)
+                .args(["floor", "--pid", &pid.to_string()])
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()?;
+            let mut stderr = child.stderr.take().expect("piped");
+            let guard = Guard(child);
+            let mut log = Vec::new();
+            let mut byte = [0u8; 1];
+            while !String::from_utf8_lossy(&log).contains("floor attached") {
+                ensure!(stderr.read(&mut byte)? == 1, "floor exited: {}", String::from_utf8_lossy(&log));
+                log.push(byte[0]);
+            }
+            thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
+            let result = f(None);
+            drop(guard);
+            Ok(result)
+        }
+        Arm::Full => {
+            let addr: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+            let child = Command::new(&opts.observer)
+                .args(["run", "--pid", &pid.to_string(), "--listen", &addr.to_string()])
+                .env("RUST_LOG", "warn")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()?;
+            let observer_pid = child.id();
+            let guard = Guard(child);
+            wait_for("the observer's /metrics", || http_get(addr, "/metrics").is_some())?;
+            let result = f(Some((observer_pid, addr)));
+            drop(guard);
+            Ok(result)
+        }
+    }
+}
+
+/// utime + stime of a process, in seconds.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after_comm = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let fields: Vec<&str> = after_comm.split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok()).unwrap_or(0.0);
+    (ticks(11) + ticks(12)) / 100.0 // USER_HZ
+}
+
+fn status_kib(pid: u32, field: &str) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.trim().strip_suffix("kB")?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+fn wrk(url: &str, connections: u32, seconds: u64) -> anyhow::Result<Run> {
+    let out = Command::new("wrk")
+        .args(["--threads", "1", "--connections", &connections.to_string()])
+        .args(["--duration", &format!("{seconds}s"), "--latency", "--timeout", "10s", url])
+        .output()
+        .context("running wrk")?;
+    ensure!(out.status.success(), "wrk: {}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout);
+    let field =
+        |prefix: &str| text.lines().find_map(|l| l.trim().strip_prefix(prefix).map(|r| r.trim().to_owned()));
+    let rps: f64 = field("Requests/sec:").context("wrk printed no Requests/sec")?.parse()?;
+    let bytes_per_sec = field("Transfer/sec:").map(|t| parse_size(&t)).unwrap_or(0.0);
+    let requests = text
+        .lines()
+        .find(|l| l.contains(" requests in "))
+        .and_then(|l| l.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0.0);
+    Ok(Run {
+        rps,
+        bytes_per_sec,
+        p50_us: field("50%").map(|t| parse_duration_us(&t)).unwrap_or(0.0),
+        p99_us: field("99%").map(|t| parse_duration_us(&t)).unwrap_or(0.0),
+        requests,
+        ..Run::default()
+    })
+}
+
+fn parse_duration_us(text: &str) -> f64 {
+    let split = text.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(text.len());
+    let (n, unit) = text.split_at(split);
+    let n: f64 = n.parse().unwrap_or(0.0);
+    match unit {
+        "us" => n,
+        "ms" => n * 1e3,
+        "s" => n * 1e6,
+        "m" => n * 60e6,
+        _ => n,
+    }
+}
+
+fn parse_size(text: &str) -> f64 {
+    let split = text.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(text.len());
+    let (n, unit) = text.split_at(split);
+    let n: f64 = n.parse().unwrap_or(0.0);
+    match unit {
+        "KB" => n * 1024.0,
+        "MB" => n * 1024.0 * 1024.0,
+        "GB" => n * 1024.0 * 1024.0 * 1024.0,
+        _ => n,
+    }
+}
+
+fn median(mut xs: Vec<f64>) -> f64 {
+    if xs.is_empty() {
+        return 0.0;
+    }
+    xs.sort_by(f64::total_cmp);
+    let mid = xs.len() / 2;
+    if xs.len() % 2 == 1 { xs[mid] } else { (xs[mid - 1] + xs[mid]) / 2.0 }
+}
+
+/// Runs wrk against `url` under each arm, `reps` times, rotating the arm order each round.
+fn measure(
+    opts: &Options,
+    pid: u32,
+    url: &str,
+    arms: &[Arm],
+    connections: u32,
+) -> anyhow::Result<Vec<(Arm, Vec<Run>)>> {
+    let mut runs: Vec<(Arm, Vec<Run>)> = arms.iter().map(|a| (*a, Vec::new())).collect();
+    for rep in 0..opts.reps {
+        for k in 0..arms.len() {
+            let i = (k + rep) % arms.len();
+            let arm = arms[i];
+            let run = with_arm(opts, arm, pid, |observer| -> anyhow::Result<Run> {
+                let cpu_before = observer.map(|(p, _)| cpu_seconds(p)).unwrap_or(0.0);
+                let mut run = wrk(url, connections, opts.seconds)?;
+                if let Some((p, addr)) = observer {
+                    run.observer_cpu_s = cpu_seconds(p) - cpu_before;
+                    run.observer_hwm_kib = status_kib(p, "VmHWM:");
+                    thread::sleep(Duration::from_millis(300)); // let the last events drain
+                    run.events_lost =
+                        http_get(addr, "/metrics").map_or(0.0, |m| metric(&m, "observer_events_lost_total"));
+                }
+                Ok(run)
+            })??;
+            eprintln!(
+                "  {:<10} rep {}: {:>10.0} req/s  p50 {:>8.0}µs  p99 {:>8.0}µs",
+                arm.name(),
+                rep + 1,
+                run.rps,
+                run.p50_us,
+                run.p99_us
+            );
+            runs[i].1.push(run);
+        }
+    }
+    Ok(runs)
+}
+
+struct Summary {
+    name: String,
+    arms: Vec<(Arm, Run)>,
+}
+
+fn summarize(name: &str, runs: Vec<(Arm, Vec<Run>)>) -> Summary {
+    let arms = runs
+        .into_iter()
+        .map(|(arm, rs)| {
+            let m = |f: fn(&Run) -> f64| median(rs.iter().map(f).collect());
+            (
+                arm,
+                Run {
+                    rps: m(|r| r.rps),
+                    bytes_per_sec: m(|r| r.bytes_per_sec),
+                    p50_us: m(|r| r.p50_us),
+                    p99_us: m(|r| r.p99_us),
+                    requests: m(|r| r.requests),
+                    observer_cpu_s: m(|r| r.observer_cpu_s),
+                    observer_hwm_kib: rs.iter().map(|r| r.observer_hwm_kib).fold(0.0, f64::max),
+                    events_lost: rs.iter().map(|r| r.events_lost).sum(),
+                },
+            )
+        })
+        .collect();
+    Summary { name: name.to_owned(), arms }
+}
+
+impl Summary {
+    fn arm(&self, arm: Arm) -> Option<&Run> {
+        self.arms.iter().find(|(a, _)| *a == arm).map(|(_, r)| r)
+    }
+}
+
+/// nginx, one process, `return 200` on /hello and a sparse 1 GiB file on /big.
+struct Nginx {
+    guard: Guard,
+    port: u16,
+}
+
+fn start_nginx(dir: &Path) -> anyhow::Result<Nginx> {
+    std::fs::create_dir_all(dir.join("www/big"))?;
+    std::fs::File::create(dir.join("www/big/image.raw"))?.set_len(1 << 30)?;
+    let port = free_port();
+    let root = dir.display();
+    let conf = format!(
+        "daemon off;\nmaster_process off;\nworker_processes 1;\nworker_rlimit_nofile 20000;\npid {root}/nginx.pid;\n\
+         error_log {root}/error.log;\nevents {{ worker_connections 16384; }}\nhttp {{\n access_log off;\n sendfile on;\n\
+         keepalive_timeout 120;\n keepalive_requests 1000000;\n client_body_temp_path {root}/body;\n\
+         proxy_temp_path {root}/proxy;\n fastcgi_temp_path {root}/fastcgi;\n uwsgi_temp_path {root}/uwsgi;\n\
+         scgi_temp_path {root}/scgi;\n server {{\n  listen 127.0.0.1:{port} backlog=16384;\n  root {root}/www;\n\
+         location = /hello {{ return 200 \"hello\\n\"; }}\n }}\n}}\n"
+    );
+    std::fs::write(dir.join("nginx.conf"), conf)?;
+    let child = Command::new("nginx")
+        .arg("-c")
+        .arg(dir.join("nginx.conf"))
+        .arg("-e")
+        .arg(dir.join("error.log"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting nginx")?;
+    let guard = Guard(child);
+    wait_for("nginx", || TcpStream::connect(("127.0.0.1", port)).is_ok())?;
+    Ok(Nginx { guard, port })
+}
+
+fn start_axum(observer: &Path) -> anyhow::Result<(Guard, u16)> {
+    let port = free_port();
+    let child = Command::new(observer)
+        .args(["demo-server", "--listen", &format!("127.0.0.1:{port}")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let guard = Guard(child);
+    wait_for("the axum server", || TcpStream::connect(("127.0.0.1", port)).is_ok())?;
+    Ok((guard, port))
+}
+
+/// ns per syscall of a process nobody observes (dd moving 1-byte records: a read and a write
+/// each), while `arm` watches another process.
+fn unobserved_syscall_cost(opts: &Options, target: u32) -> anyhow::Result<Vec<(Arm, f64)>> {
+    const RECORDS: u64 = 1_000_000;
+    let arms = [Arm::Unobserved, Arm::Floor, Arm::Full];
+    let mut samples: Vec<Vec<f64>> = vec![Vec::new(); arms.len()];
+    for rep in 0..opts.reps {
+        for k in 0..arms.len() {
+            let i = (k + rep) % arms.len();
+            let ns = with_arm(opts, arms[i], target, |_| -> anyhow::Result<f64> {
+                let started = Instant::now();
+                let status = Command::new("dd")
+                    .args(["if=/dev/zero", "of=/dev/null", "bs=1", &format!("count={RECORDS}")])
+                    .stderr(Stdio::null())
+                    .status()?;
+                ensure!(status.success(), "dd failed");
+                Ok(started.elapsed().as_nanos() as f64 / (2 * RECORDS) as f64)
+            })??;
+            samples[i].push(ns);
+        }
+    }
+    Ok(arms.iter().zip(samples).map(|(a, s)| (*a, median(s))).collect())
+}
+
+/// Daemon RSS with `n` idle keep-alive connections open to the observed nginx.
+fn idle_connections_rss(opts: &Options, nginx: &Nginx, n: usize) -> anyhow::Result<(f64, f64, f64)> {
+    with_arm(opts, Arm::Full, nginx.guard.0.id(), |observer| -> anyhow::Result<(f64, f64, f64)> {
+        let (pid, addr) = observer.expect("full arm");
+        let mut held = Vec::with_capacity(n);
+        for _ in 0..n {
+            let mut s = TcpStream::connect(("127.0.0.1", nginx.port))?;
+            s.write_all(b"GET /hello HTTP/1.1\r\nHost: b\r\n\r\n")?;
+            let mut buf = [0u8; 512];
+            let _ = s.read(&mut buf)?;
+            held.push(s);
+        }
+        thread::sleep(Duration::from_secs(2));
+        let conns = http_get(addr, "/metrics").map_or(0.0, |m| metric(&m, "observer_connections"));
+        let rss = status_kib(pid, "VmRSS:");
+        drop(held);
+        Ok((rss, status_kib(pid, "VmHWM:"), conns))
+    })?
+}
+
+pub fn bench(opts: &Options) -> anyhow::Result<()> {
+    for tool in ["wrk", "nginx", "dd"] {
+        if Command::new("sh")
+            .arg("-c")
+            .arg(format!("command -v {tool}"))
+            .output()
+            .map_or(true, |o| !o.status.success())
+        {
+            bail!("{tool} is not installed: run `cargo xtask setup`");
+        }
+    }
+    std::fs::create_dir_all(&opts.out)?;
+    let work = opts.out.join("nginx");
+    let _ = std::fs::remove_dir_all(&work);
+    let nginx = start_nginx(&work)?;
+    let (axum, axum_port) = start_axum(&opts.observer)?;
+    let nginx_pid = nginx.guard.0.id();
+    let axum_pid = axum.0.id();
+    let all = [Arm::Unobserved, Arm::Floor, Arm::Full];
+    let mut summaries = Vec::new();
+
+    eprintln!("nginx `return 200`, wrk -t1 -c32:");
+    let url = format!("http://127.0.0.1:{}/hello", nginx.port);
+    summaries.push(summarize("nginx return 200 (saturation)", measure(opts, nginx_pid, &url, &all, 32)?));
+
+    eprintln!("axum /api/status, wrk -t1 -c32:");
+    let url = format!("http://127.0.0.1:{axum_port}/api/status");
+    summaries.push(summarize("axum /api/status (saturation)", measure(opts, axum_pid, &url, &all, 32)?));
+
+    eprintln!("axum /work/100 (~100 µs handler), wrk -t1 -c32:");
+    let url = format!("http://127.0.0.1:{axum_port}/work/100");
+    summaries.push(summarize(
+        "axum ~100 µs handler (realistic)",
+        measure(opts, axum_pid, &url, &[Arm::Unobserved, Arm::Full], 32)?,
+    ));
+
+    eprintln!("nginx 1 GiB sendfile download, wrk -t1 -c2:");
+    let url = format!("http://127.0.0.1:{}/big/image.raw", nginx.port);
+    summaries.push(summarize("nginx 1 GiB file (sendfile)", measure(opts, nginx_pid, &url, &all, 2)?));
+
+    eprintln!("syscalls of an unobserved process (dd bs=1):");
+    let syscalls = unobserved_syscall_cost(opts, nginx_pid)?;
+
+    eprintln!("10,000 idle keep-alive connections:");
+    let (rss_kib, hwm_kib, conns) = idle_connections_rss(opts, &nginx, 10_000)?;
+
+    let report = render(&summaries, &syscalls, (rss_kib, hwm_kib, conns), opts);
+    println!("{report}");
+    std::fs::write(opts.out.join("results.md"), &report)?;
+    std::fs::write(opts.out.join("results.json"), json(&summaries, &syscalls, (rss_kib, hwm_kib, conns)))?;
+    eprintln!("written: {}", opts.out.join("results.{md,json}").display());
+    Ok(())
+}
+
+fn render(summaries: &[Summary], syscalls: &[(Arm, f64)], memory: (f64, f64, f64), opts: &Options) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "Medians of {} interleaved runs of {} s each.\n", opts.reps, opts.seconds);
+    let _ = writeln!(
+        s,
+        "| workload | arm | req/s | MB/s | p50 µs | p99 µs | full/unobserved | full/floor | p99 full/floor | daemon µs CPU/req | events lost |"
+    );
+    let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|---|---|");
+    for summary in summaries {
+        let base = summary.arm(Arm::Unobserved).map_or(0.0, |r| r.rps);
+        let floor = summary.arm(Arm::Floor).copied();
+        for (arm, r) in &summary.arms {
+            let (vs_base, vs_floor, p99_floor, cpu) = if *arm == Arm::Full {
+                (
+                    format!("{:.3}", r.rps / base),
+                    floor.map_or("-".into(), |f| format!("{:.3}", r.rps / f.rps)),
+                    floor.map_or("-".into(), |f| format!("{:.3}", r.p99_us / f.p99_us)),
+                    format!("{:.2}", r.observer_cpu_s * 1e6 / r.requests.max(1.0)),
+                )
+            } else {
+                ("-".into(), "-".into(), "-".into(), "-".into())
+            };
+            let lost = if *arm == Arm::Full { format!("{}", r.events_lost) } else { "-".into() };
+            let _ = writeln!(
+                s,
+                "| {} | {} | {:.0} | {:.1} | {:.0} | {:.0} | {vs_base} | {vs_floor} | {p99_floor} | {cpu} | {lost} |",
+                summary.name,
+                arm.name(),
+                r.rps,
+                r.bytes_per_sec / 1048576.0,
+                r.p50_us,
+                r.p99_us
+            );
+        }
+    }
+    let ns = |a: Arm| syscalls.iter().find(|(x, _)| *x == a).map_or(0.0, |(_, n)| *n);
+    let _ = writeln!(
+        s,
+        "\nUnobserved process (dd bs=1), ns per syscall: none {:.1}, floor {:.1}, full {:.1}; full adds {:.1} ns beyond the floor.",
+        ns(Arm::Unobserved),
+        ns(Arm::Floor),
+        ns(Arm::Full),
+        ns(Arm::Full) - ns(Arm::Floor)
+    );
+    let _ = writeln!(
+        s,
+        "\nDaemon with 10,000 idle keep-alive connections: RSS {:.1} MB (peak {:.1} MB), {} connections in its table.",
+        memory.0 / 1024.0,
+        memory.1 / 1024.0,
+        memory.2
+    );
+    let peak =
+        summaries.iter().flat_map(|x| x.arm(Arm::Full)).map(|r| r.observer_hwm_kib).fold(0.0, f64::max);
+    let _ = writeln!(s, "Daemon peak RSS across the load runs: {:.1} MB.", peak / 1024.0);
+    s
+}
+
+fn json(summaries: &[Summary], syscalls: &[(Arm, f64)], memory: (f64, f64, f64)) -> String {
+    let mut s = String::from("{\n  \"workloads\": [\n");
+    for (i, summary) in summaries.iter().enumerate() {
+        let _ = write!(s, "    {{\"name\": {:?}, \"arms\": {{", summary.name);
+        for (j, (arm, r)) in summary.arms.iter().enumerate() {
+            let _ = write!(
+                s,
+                "{}\"{}\": {{\"rps\": {:.1}, \"bytes_per_sec\": {:.0}, \"p50_us\": {:.1}, \"p99_us\": {:.1}, \"requests\": {:.0}, \"observer_cpu_s\": {:.3}, \"observer_peak_rss_kib\": {:.0}, \"events_lost\": {:.0}}}",
+                if j > 0 { ", " } else { "" },
+                arm.name(),
+                r.rps,
+                r.bytes_per_sec,
+                r.p50_us,
+                r.p99_us,
+                r.requests,
+                r.observer_cpu_s,
+                r.observer_hwm_kib,
+                r.events_lost
+            );
+        }
+        let _ = writeln!(s, "}}}}{}", if i + 1 < summaries.len() { "," } else { "" });
+    }
+    let _ = write!(s, "  ],\n  \"unobserved_syscall_ns\": {{");
+    for (j, (arm, ns)) in syscalls.iter().enumerate() {
+        let _ = write!(s, "{}\"{}\": {:.2}", if j > 0 { ", " } else { "" }, arm.name(), ns);
+    }
+    let _ = writeln!(
+        s,
+        "}},\n  \"idle_10k_connections\": {{\"rss_kib\": {:.0}, \"peak_rss_kib\": {:.0}, \"table\": {:.0}}}\n}}",
+        memory.0, memory.1, memory.2
+    );
+    s
+}
