@@ -163,6 +163,9 @@ pub struct PendingCall {
     pub count: u64,
     pub fd: i32,
     pub syscall: u32,
+    /// `FLAG_*` bits taken from the socket table at entry.
+    pub flags: u32,
+    pub reserved: u32,
 }
 
 /// Key of the socket table: `(tgid << 32) | fd`.
@@ -179,7 +182,7 @@ mod tests {
     fn event_has_no_padding() {
         assert_eq!(HEADER_LEN, 8 + 8 + 4 * 8);
         assert_eq!(HEADER_LEN % 8, 0, "records stay 8-byte aligned");
-        assert_eq!(core::mem::size_of::<PendingCall>(), 24);
+        assert_eq!(core::mem::size_of::<PendingCall>(), 32);
     }
 
     #[test]

@@ -144,17 +144,26 @@ fn remember_call(ctx: &TracePointContext, syscall: Syscall) -> Result<(), i64> {
     }
     // SAFETY: offsets of the syscall tracepoint record, checked against its format file.
     let fd = unsafe { ctx.read_at::<u64>(ARG0) }? as i32;
-    // SAFETY: presence test only.
-    if unsafe { SOCKETS.get(&socket_key(tgid, fd)) }.is_none() {
-        return Ok(());
-    }
+    let Some(socket) = SOCKETS.get_ptr_mut(&socket_key(tgid, fd)) else {
+        return Ok(()); // not a socket we follow
+    };
+    // Events of this socket were lost: the next event says so (and the flag is cleared here,
+    // where the entry is already at hand, rather than by another lookup at exit).
+    // SAFETY: a u32 in a map slot; a racing writer can only set the same bit.
+    let flags = unsafe {
+        let flags = *socket;
+        if flags != 0 {
+            *socket = 0;
+        }
+        flags & FLAG_LOST_BEFORE
+    };
     // SAFETY: as above; arg 1 is the buffer / iovec / msghdr pointer, arg 2 the iovec count.
     let (buf, count) = match syscall {
         Syscall::Sendfile => (0, 0),
         Syscall::Readv | Syscall::Writev => unsafe { (ctx.read_at::<u64>(ARG1)?, ctx.read_at::<u64>(ARG2)?) },
         _ => (unsafe { ctx.read_at::<u64>(ARG1) }?, 0),
     };
-    let call = PendingCall { buf, count, fd, syscall: syscall as u32 };
+    let call = PendingCall { buf, count, fd, syscall: syscall as u32, flags, reserved: 0 };
     if PENDING.insert(&id, &call, 0).is_err() {
         bump(stat::PENDING_FULL);
     }
@@ -171,9 +180,7 @@ pub fn exit_data(ctx: TracePointContext) -> u32 {
 #[inline(always)]
 fn emit_data(ctx: &TracePointContext) -> Result<(), i64> {
     let (id, tgid) = current();
-    if !is_target(tgid) {
-        return Ok(());
-    }
+    // No TARGETS check: only targets have PENDING entries, and one lookup is cheaper than two.
     // SAFETY: copied out before the entry is removed.
     let call = match unsafe { PENDING.get(&id) } {
         Some(call) => *call,
@@ -190,13 +197,21 @@ fn emit_data(ctx: &TracePointContext) -> Result<(), i64> {
     };
     let key = socket_key(tgid, call.fd);
     let ret = ret as u64;
-    // The scratch slot is borrowed afresh around the bpf_loop calls, whose callbacks write it.
-    let Some(count) = scratch().map(|s| load_iovecs(s, syscall, &call, ret)) else {
-        return Ok(());
+    let cap = if syscall.direction() == Direction::In { READ_HEAD_LEN } else { WRITE_HEAD_LEN } as u64;
+    let (head_len, tail_len) = match syscall {
+        Syscall::Read | Syscall::Recvfrom | Syscall::Write | Syscall::Sendto => {
+            copy_plain(call.buf, ret, cap)
+        }
+        _ => {
+            // The scratch slot is borrowed afresh around the bpf_loop calls, whose callbacks
+            // write it.
+            let Some(count) = scratch().map(|s| load_iovecs(s, syscall, &call, ret)) else {
+                return Ok(());
+            };
+            let head_len = copy_head(count, ret, cap);
+            (head_len, copy_tail(count, ret, head_len))
+        }
     };
-    let cap = if syscall.direction() == Direction::In { READ_HEAD_LEN } else { WRITE_HEAD_LEN };
-    let head_len = copy_head(count, ret, cap as u64);
-    let tail_len = copy_tail(count, ret, head_len);
     let Some(scratch) = scratch() else {
         return Ok(());
     };
@@ -207,7 +222,7 @@ fn emit_data(ctx: &TracePointContext) -> Result<(), i64> {
         tid: id as u32,
         fd: call.fd,
         syscall: syscall as u32,
-        flags: take_lost_flag(key),
+        flags: call.flags,
         head_len: head_len as u32,
         tail_len: tail_len as u32,
         reserved: 0,
@@ -225,12 +240,36 @@ fn emit_data(ctx: &TracePointContext) -> Result<(), i64> {
     Ok(())
 }
 
+/// One buffer: the head and the tail are two straight copies, no walk.
+#[inline(always)]
+fn copy_plain(buf: u64, ret: u64, cap: u64) -> (u64, u64) {
+    let Some(scratch) = scratch() else { return (0, 0) };
+    let mut head = if ret < cap { ret } else { cap };
+    if head > HEAD_LEN as u64 {
+        head = HEAD_LEN as u64;
+    }
+    // SAFETY: head <= HEAD_LEN inside DATA_CAP.
+    if head > 0 && !unsafe { read_user(scratch.data.as_mut_ptr(), head, buf) } {
+        return (0, 0);
+    }
+    let mut tail = ret - head;
+    if tail > TAIL_LEN as u64 {
+        tail = TAIL_LEN as u64;
+    }
+    // SAFETY: head <= HEAD_LEN and tail <= TAIL_LEN inside DATA_CAP = 2 * HEAD_LEN.
+    if tail > 0 && !unsafe { read_user(scratch.data.as_mut_ptr().add(head as usize), tail, buf + ret - tail) }
+    {
+        return (head, 0);
+    }
+    (head, tail)
+}
+
 /// Puts the syscall's buffers in `scratch.iov` as iovecs; returns how many.
 #[inline(always)]
 fn load_iovecs(scratch: &mut Scratch, syscall: Syscall, call: &PendingCall, ret: u64) -> u64 {
     let (iov, count) = match syscall {
         Syscall::Read | Syscall::Recvfrom | Syscall::Write | Syscall::Sendto => {
-            scratch.iov[0] = Iovec { base: call.buf, len: ret };
+            scratch.iov[0] = Iovec { base: call.buf, len: ret }; // (copy_plain handles these)
             return 1;
         }
         Syscall::Readv | Syscall::Writev => (call.buf, call.count),
@@ -429,21 +468,6 @@ fn ring_full(ctx: &TracePointContext, key: u64) {
     if let Some(flags) = SOCKETS.get_ptr_mut(&key) {
         // SAFETY: a u32 in a map slot; a racing writer can only set the same bit.
         unsafe { *flags |= FLAG_LOST_BEFORE };
-    }
-}
-
-#[inline(always)]
-fn take_lost_flag(key: u64) -> u32 {
-    match SOCKETS.get_ptr_mut(&key) {
-        // SAFETY: as in `ring_full`.
-        Some(flags) => unsafe {
-            let old = *flags;
-            if old != 0 {
-                *flags = 0;
-            }
-            old & FLAG_LOST_BEFORE
-        },
-        None => 0,
     }
 }
 
