@@ -6,9 +6,9 @@
 
 use aya_ebpf::{
     helpers::bpf_get_current_pid_tgid,
-    macros::{map, tracepoint},
+    macros::{map, raw_tracepoint, tracepoint},
     maps::{HashMap, PerCpuArray},
-    programs::TracePointContext,
+    programs::{RawTracePointContext, TracePointContext},
 };
 
 #[map]
@@ -19,6 +19,19 @@ static HITS: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
 #[tracepoint]
 pub fn floor(_ctx: TracePointContext) -> u32 {
+    count_target();
+    0
+}
+
+/// The same for `--hooks raw`: one raw tracepoint at sys_exit.
+#[raw_tracepoint(tracepoint = "sys_exit")]
+pub fn floor_raw(_ctx: RawTracePointContext) -> i32 {
+    count_target();
+    0
+}
+
+#[inline(always)]
+fn count_target() {
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
     // SAFETY: presence test only.
     if unsafe { TARGETS.get(&tgid) }.is_some()
@@ -27,7 +40,6 @@ pub fn floor(_ctx: TracePointContext) -> u32 {
         // SAFETY: per-CPU slot.
         unsafe { *hits += 1 };
     }
-    0
 }
 
 #[cfg(not(test))]

@@ -10,13 +10,14 @@
 use core::ffi::c_void;
 
 use aya_ebpf::{
+    EbpfContext,
     helpers::{
-        bpf_get_current_pid_tgid, bpf_ktime_get_ns,
+        bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel,
         generated::{bpf_loop, bpf_probe_read_user},
     },
-    macros::{map, tracepoint},
+    macros::{map, raw_tracepoint, tracepoint},
     maps::{HashMap, PerCpuArray, RingBuf},
-    programs::TracePointContext,
+    programs::{RawTracePointContext, TracePointContext},
 };
 use aya_log_ebpf::warn;
 use observer_common::{
@@ -136,6 +137,22 @@ enter_program!(enter_sendto, Syscall::Sendto);
 enter_program!(enter_sendmsg, Syscall::Sendmsg);
 enter_program!(enter_sendfile, Syscall::Sendfile);
 
+/// `Some(FLAG_* bits)` if `fd` is a socket of `tgid` we follow. Events of it that were lost
+/// are reported once, on the next event (the flag is cleared here, where the entry is at
+/// hand, rather than by another lookup later).
+#[inline(always)]
+fn followed_socket(tgid: u32, fd: i32) -> Option<u32> {
+    let socket = SOCKETS.get_ptr_mut(&socket_key(tgid, fd))?;
+    // SAFETY: a u32 in a map slot; a racing writer can only set the same bit.
+    Some(unsafe {
+        let flags = *socket;
+        if flags != 0 {
+            *socket = 0;
+        }
+        flags & FLAG_LOST_BEFORE
+    })
+}
+
 #[inline(always)]
 fn remember_call(ctx: &TracePointContext, syscall: Syscall) -> Result<(), i64> {
     let (id, tgid) = current();
@@ -144,18 +161,8 @@ fn remember_call(ctx: &TracePointContext, syscall: Syscall) -> Result<(), i64> {
     }
     // SAFETY: offsets of the syscall tracepoint record, checked against its format file.
     let fd = unsafe { ctx.read_at::<u64>(ARG0) }? as i32;
-    let Some(socket) = SOCKETS.get_ptr_mut(&socket_key(tgid, fd)) else {
-        return Ok(()); // not a socket we follow
-    };
-    // Events of this socket were lost: the next event says so (and the flag is cleared here,
-    // where the entry is already at hand, rather than by another lookup at exit).
-    // SAFETY: a u32 in a map slot; a racing writer can only set the same bit.
-    let flags = unsafe {
-        let flags = *socket;
-        if flags != 0 {
-            *socket = 0;
-        }
-        flags & FLAG_LOST_BEFORE
+    let Some(flags) = followed_socket(tgid, fd) else {
+        return Ok(());
     };
     // SAFETY: as above; arg 1 is the buffer / iovec / msghdr pointer, arg 2 the iovec count.
     let (buf, count) = match syscall {
@@ -173,12 +180,12 @@ fn remember_call(ctx: &TracePointContext, syscall: Syscall) -> Result<(), i64> {
 /// Shared by the exit tracepoints of every data syscall: the entry program said which one.
 #[tracepoint]
 pub fn exit_data(ctx: TracePointContext) -> u32 {
-    let _ = emit_data(&ctx);
+    let _ = finish_call(&ctx);
     0
 }
 
 #[inline(always)]
-fn emit_data(ctx: &TracePointContext) -> Result<(), i64> {
+fn finish_call(ctx: &TracePointContext) -> Result<(), i64> {
     let (id, tgid) = current();
     // No TARGETS check: only targets have PENDING entries, and one lookup is cheaper than two.
     // SAFETY: copied out before the entry is removed.
@@ -189,11 +196,18 @@ fn emit_data(ctx: &TracePointContext) -> Result<(), i64> {
     let _ = PENDING.remove(&id);
     // SAFETY: the exit record's return value.
     let ret = unsafe { ctx.read_at::<i64>(RET) }?;
+    emit_data(ctx, id, tgid, &call, ret);
+    Ok(())
+}
+
+/// Emits the data record of a finished syscall on a followed socket.
+#[inline(always)]
+fn emit_data<C: EbpfContext>(ctx: &C, id: u64, tgid: u32, call: &PendingCall, ret: i64) {
     if ret <= 0 {
-        return Ok(()); // EAGAIN, EOF and errors move no bytes
+        return; // EAGAIN, EOF and errors move no bytes
     }
     let Ok(syscall) = Syscall::try_from(call.syscall) else {
-        return Ok(());
+        return;
     };
     let key = socket_key(tgid, call.fd);
     let ret = ret as u64;
@@ -205,15 +219,15 @@ fn emit_data(ctx: &TracePointContext) -> Result<(), i64> {
         _ => {
             // The scratch slot is borrowed afresh around the bpf_loop calls, whose callbacks
             // write it.
-            let Some(count) = scratch().map(|s| load_iovecs(s, syscall, &call, ret)) else {
-                return Ok(());
+            let Some(count) = scratch().map(|s| load_iovecs(s, syscall, call, ret)) else {
+                return;
             };
             let head_len = copy_head(count, ret, cap);
             (head_len, copy_tail(count, ret, head_len))
         }
     };
     let Some(scratch) = scratch() else {
-        return Ok(());
+        return;
     };
     scratch.header = EventHeader {
         ts_ns: now(),
@@ -237,7 +251,6 @@ fn emit_data(ctx: &TracePointContext) -> Result<(), i64> {
     if EVENTS.output::<[u8]>(record, wakeup_flag()).is_err() {
         ring_full(ctx, key);
     }
-    Ok(())
 }
 
 /// One buffer: the head and the tail are two straight copies, no walk.
@@ -461,7 +474,7 @@ fn wakeup_flag() -> u64 {
 
 /// Counts a dropped event and marks its socket so userspace resyncs that connection.
 #[inline(always)]
-fn ring_full(ctx: &TracePointContext, key: u64) {
+fn ring_full<C: EbpfContext>(ctx: &C, key: u64) {
     if bump(stat::RING_FULL) == 1 {
         warn!(ctx, "ring buffer full: dropping events (see observer_events_lost_total)");
     }
@@ -486,16 +499,22 @@ fn learn_socket(ctx: &TracePointContext) -> Result<(), i64> {
     }
     // SAFETY: the exit record's return value.
     let ret = unsafe { ctx.read_at::<i64>(RET) }?;
+    accepted(ctx, id, tgid, ret);
+    Ok(())
+}
+
+/// accept/accept4 returned `ret`: a new connection socket to follow.
+#[inline(always)]
+fn accepted<C: EbpfContext>(ctx: &C, id: u64, tgid: u32, ret: i64) {
     if ret < 0 {
-        return Ok(());
+        return;
     }
     let fd = ret as i32;
     if SOCKETS.insert(&socket_key(tgid, fd), &0, 0).is_err() {
         bump(stat::SOCKETS_FULL);
-        return Ok(());
+        return;
     }
     emit_control(ctx, id, tgid, fd, Syscall::Accept, ret);
-    Ok(())
 }
 
 /// close entry: forget the socket, tell userspace the connection ended.
@@ -513,16 +532,21 @@ fn forget_socket(ctx: &TracePointContext) -> Result<(), i64> {
     }
     // SAFETY: the entry record's first argument.
     let fd = unsafe { ctx.read_at::<u64>(ARG0) }? as i32;
-    if SOCKETS.remove(&socket_key(tgid, fd)).is_err() {
-        return Ok(()); // not a socket we follow
-    }
-    emit_control(ctx, id, tgid, fd, Syscall::Close, 0);
+    closed(ctx, id, tgid, fd);
     Ok(())
+}
+
+/// `fd` of `tgid` is being closed: forget it if it is a socket we follow.
+#[inline(always)]
+fn closed<C: EbpfContext>(ctx: &C, id: u64, tgid: u32, fd: i32) {
+    if SOCKETS.remove(&socket_key(tgid, fd)).is_ok() {
+        emit_control(ctx, id, tgid, fd, Syscall::Close, 0);
+    }
 }
 
 /// A header-only record (accept, close).
 #[inline(always)]
-fn emit_control(ctx: &TracePointContext, id: u64, tgid: u32, fd: i32, syscall: Syscall, ret: i64) {
+fn emit_control<C: EbpfContext>(ctx: &C, id: u64, tgid: u32, fd: i32, syscall: Syscall, ret: i64) {
     let header = EventHeader {
         ts_ns: now(),
         ret,
@@ -535,6 +559,76 @@ fn emit_control(ctx: &TracePointContext, id: u64, tgid: u32, fd: i32, syscall: S
     if EVENTS.output::<EventHeader>(&header, wakeup_flag()).is_err() {
         ring_full(ctx, socket_key(tgid, fd));
     }
+}
+
+/// The other hook strategy (`--hooks raw`): one raw tracepoint at `sys_exit` for every
+/// syscall, reading the arguments from the saved user registers, which the syscall leaves
+/// untouched. No entry programs, no PENDING map, no tracefs; but it runs for every syscall of
+/// every process, not only the hooked ones. x86-64 numbers and `struct pt_regs` offsets.
+mod x86_64 {
+    pub const READ: u64 = 0;
+    pub const WRITE: u64 = 1;
+    pub const CLOSE: u64 = 3;
+    pub const READV: u64 = 19;
+    pub const WRITEV: u64 = 20;
+    pub const SENDFILE: u64 = 40;
+    pub const ACCEPT: u64 = 43;
+    pub const SENDTO: u64 = 44;
+    pub const RECVFROM: u64 = 45;
+    pub const SENDMSG: u64 = 46;
+    pub const RECVMSG: u64 = 47;
+    pub const ACCEPT4: u64 = 288;
+    /// `struct pt_regs` offsets of rdx, rsi, rdi and orig_ax.
+    pub const DX: usize = 96;
+    pub const SI: usize = 104;
+    pub const DI: usize = 112;
+    pub const ORIG_AX: usize = 120;
+}
+
+#[raw_tracepoint(tracepoint = "sys_exit")]
+pub fn raw_sys_exit(ctx: RawTracePointContext) -> i32 {
+    let (id, tgid) = current();
+    if !is_target(tgid) {
+        return 0;
+    }
+    let regs: *const u8 = ctx.arg(0);
+    let ret: i64 = ctx.arg(1);
+    // SAFETY: kernel reads of the saved registers through the helper; a fault returns 0.
+    let reg = |offset: usize| unsafe { bpf_probe_read_kernel(regs.add(offset) as *const u64) }.unwrap_or(0);
+    let syscall = match reg(x86_64::ORIG_AX) {
+        x86_64::READ => Syscall::Read,
+        x86_64::READV => Syscall::Readv,
+        x86_64::RECVFROM => Syscall::Recvfrom,
+        x86_64::RECVMSG => Syscall::Recvmsg,
+        x86_64::WRITE => Syscall::Write,
+        x86_64::WRITEV => Syscall::Writev,
+        x86_64::SENDTO => Syscall::Sendto,
+        x86_64::SENDMSG => Syscall::Sendmsg,
+        x86_64::SENDFILE => Syscall::Sendfile,
+        x86_64::ACCEPT | x86_64::ACCEPT4 => {
+            accepted(&ctx, id, tgid, ret);
+            return 0;
+        }
+        x86_64::CLOSE => {
+            if ret == 0 {
+                closed(&ctx, id, tgid, reg(x86_64::DI) as i32);
+            }
+            return 0;
+        }
+        _ => return 0,
+    };
+    let fd = reg(x86_64::DI) as i32;
+    let Some(flags) = followed_socket(tgid, fd) else {
+        return 0;
+    };
+    let (buf, count) = match syscall {
+        Syscall::Sendfile => (0, 0),
+        Syscall::Readv | Syscall::Writev => (reg(x86_64::SI), reg(x86_64::DX)),
+        _ => (reg(x86_64::SI), 0),
+    };
+    let call = PendingCall { buf, count, fd, syscall: syscall as u32, flags, reserved: 0 };
+    emit_data(&ctx, id, tgid, &call, ret);
+    0
 }
 
 #[cfg(not(test))]

@@ -3,7 +3,7 @@
 use std::{net::SocketAddr, path::PathBuf, process::ExitCode};
 
 use clap::{Parser, Subcommand};
-use observer::{demo, demo_server, run};
+use observer::{demo, demo_server, probes::Hooks, run};
 
 #[derive(Parser)]
 #[command(version, about)]
@@ -35,6 +35,8 @@ enum Command {
     Floor {
         #[arg(long = "pid", required = true)]
         pids: Vec<u32>,
+        #[arg(long, value_enum, default_value = "raw")]
+        hooks: Hooks,
     },
     /// The demo's HTTP server (started by `demo`).
     #[command(hide = true)]
@@ -58,6 +60,10 @@ struct Common {
     /// Path segments kept in a label when no rule matches (ids become `{id}`).
     #[arg(long, default_value_t = 2)]
     path_depth: usize,
+    /// How to hook the syscalls: one raw tracepoint at sys_exit (x86-64), or per-syscall
+    /// tracepoints. docs/benchmarks.md has what each costs.
+    #[arg(long, value_enum, default_value = "raw")]
+    hooks: Hooks,
     /// Seconds without traffic after which a connection is idle: a response whose end was not
     /// seen is ended at its last write, and the connection leaves the table.
     #[arg(long, default_value_t = 30)]
@@ -72,6 +78,7 @@ impl Common {
             max_endpoints: self.max_endpoints,
             routes: self.routes,
             path_depth: self.path_depth,
+            hooks: self.hooks,
             idle_timeout_secs: self.idle_timeout,
             exit_with_targets,
         }
@@ -98,7 +105,7 @@ fn main() -> ExitCode {
             }
             Command::Demo { common } => demo::demo(common.config(Vec::new(), true)).await,
             Command::DemoServer { listen } => demo_server::serve(listen).await,
-            Command::Floor { pids } => run::floor(&pids).await,
+            Command::Floor { pids, hooks } => run::floor(&pids, hooks).await,
         }
     });
     match result {

@@ -5,7 +5,7 @@ use std::{fs, io, path::Path};
 use aya::{
     Ebpf,
     maps::{HashMap, MapData, PerCpuArray, RingBuf},
-    programs::TracePoint,
+    programs::{RawTracePoint, TracePoint},
 };
 use observer_common::{socket_key, stat};
 use tokio::io::unix::AsyncFd;
@@ -46,6 +46,17 @@ const ATTACHMENTS: &[(&str, &[&str])] = &[
     ("enter_close", &["sys_enter_close"]),
 ];
 
+/// How the kernel programs hook the syscalls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Hooks {
+    /// `syscalls:sys_enter_*`/`sys_exit_*` tracepoints on the hooked syscalls only (needs
+    /// tracefs); an entry and an exit program per call.
+    Tracepoints,
+    /// One raw tracepoint at `sys_exit`, for every syscall; arguments from the saved registers
+    /// (x86-64).
+    Raw,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ProbeError {
     #[error(
@@ -74,22 +85,15 @@ pub struct Probes {
 }
 
 impl Probes {
-    pub fn load_and_attach() -> Result<Self, ProbeError> {
-        ensure_tracefs()?;
+    pub fn load_and_attach(hooks: Hooks) -> Result<Self, ProbeError> {
+        if hooks == Hooks::Tracepoints {
+            ensure_tracefs()?;
+        }
         let mut ebpf = Ebpf::load(OBJECT).map_err(|e| permission_or(e, ProbeError::Load))?;
         start_kernel_logger(&mut ebpf);
-        for &(program, tracepoints) in ATTACHMENTS {
-            let prog: &mut TracePoint = ebpf
-                .program_mut(program)
-                .expect("every ATTACHMENTS program is in the object")
-                .try_into()
-                .expect("every program is a tracepoint");
-            let fail =
-                |tracepoint: &'static str| move |source| ProbeError::Program { program, tracepoint, source };
-            prog.load().map_err(fail(tracepoints[0])).map_err(permission)?;
-            for &tracepoint in tracepoints {
-                prog.attach("syscalls", tracepoint).map_err(fail(tracepoint)).map_err(permission)?;
-            }
+        match hooks {
+            Hooks::Tracepoints => attach_tracepoints(&mut ebpf)?,
+            Hooks::Raw => attach_raw(&mut ebpf, "raw_sys_exit")?,
         }
         let targets = take_map(&mut ebpf, "TARGETS")?;
         let sockets = take_map(&mut ebpf, "SOCKETS")?;
@@ -151,21 +155,22 @@ pub struct Floor {
 }
 
 impl Floor {
-    pub fn load_and_attach(pids: &[u32]) -> Result<Self, ProbeError> {
-        ensure_tracefs()?;
+    pub fn load_and_attach(pids: &[u32], hooks: Hooks) -> Result<Self, ProbeError> {
         let mut ebpf = Ebpf::load(FLOOR_OBJECT).map_err(|e| permission_or(e, ProbeError::Load))?;
-        let prog: &mut TracePoint = ebpf
-            .program_mut("floor")
-            .expect("the floor object has its program")
-            .try_into()
-            .expect("a tracepoint");
-        let fail = |tracepoint: &'static str| {
-            move |source| ProbeError::Program { program: "floor", tracepoint, source }
-        };
-        prog.load().map_err(fail("load")).map_err(permission)?;
-        for &(_, tracepoints) in ATTACHMENTS {
-            for &tracepoint in tracepoints {
-                prog.attach("syscalls", tracepoint).map_err(fail(tracepoint)).map_err(permission)?;
+        if hooks == Hooks::Raw {
+            attach_raw(&mut ebpf, "floor_raw")?;
+        } else {
+            ensure_tracefs()?;
+            let prog: &mut TracePoint =
+                ebpf.program_mut("floor").expect("the floor program").try_into().expect("a tracepoint");
+            let fail = |tracepoint: &'static str| {
+                move |source| ProbeError::Program { program: "floor", tracepoint, source }
+            };
+            prog.load().map_err(fail("load")).map_err(permission)?;
+            for &(_, tracepoints) in ATTACHMENTS {
+                for &tracepoint in tracepoints {
+                    prog.attach("syscalls", tracepoint).map_err(fail(tracepoint)).map_err(permission)?;
+                }
             }
         }
         let mut targets: HashMap<MapData, u32, u32> = take_map(&mut ebpf, "TARGETS")?;
@@ -174,6 +179,35 @@ impl Floor {
         }
         Ok(Floor { _ebpf: ebpf })
     }
+}
+
+fn attach_tracepoints(ebpf: &mut Ebpf) -> Result<(), ProbeError> {
+    for &(program, tracepoints) in ATTACHMENTS {
+        let prog: &mut TracePoint = ebpf
+            .program_mut(program)
+            .expect("every ATTACHMENTS program is in the object")
+            .try_into()
+            .expect("every program is a tracepoint");
+        let fail =
+            |tracepoint: &'static str| move |source| ProbeError::Program { program, tracepoint, source };
+        prog.load().map_err(fail(tracepoints[0])).map_err(permission)?;
+        for &tracepoint in tracepoints {
+            prog.attach("syscalls", tracepoint).map_err(fail(tracepoint)).map_err(permission)?;
+        }
+    }
+    Ok(())
+}
+
+fn attach_raw(ebpf: &mut Ebpf, program: &'static str) -> Result<(), ProbeError> {
+    let prog: &mut RawTracePoint = ebpf
+        .program_mut(program)
+        .expect("the raw program is in the object")
+        .try_into()
+        .expect("a raw tracepoint");
+    let fail = |source| ProbeError::Program { program, tracepoint: "sys_exit (raw)", source };
+    prog.load().map_err(fail).map_err(permission)?;
+    prog.attach("sys_exit").map_err(fail).map_err(permission)?;
+    Ok(())
 }
 
 fn take_map<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, ProbeError>

@@ -17,7 +17,7 @@ use crate::{
     conn::Connections,
     events,
     metrics::Metrics,
-    probes::Probes,
+    probes::{Hooks, Probes},
     route::{Router, Rules},
     serve,
 };
@@ -29,6 +29,7 @@ pub struct RunConfig {
     /// Endpoint rules; reloaded on SIGHUP.
     pub routes: Option<PathBuf>,
     pub path_depth: usize,
+    pub hooks: Hooks,
     /// Seconds without events after which a connection counts as idle.
     pub idle_timeout_secs: u64,
     /// Exit once every target has exited, instead of serving what was counted.
@@ -50,7 +51,7 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
         _ => anyhow::Error::new(e).context(format!("binding {}", config.listen)),
     })?;
     let metrics = Arc::new(Metrics::new());
-    let mut probes = Probes::load_and_attach()?;
+    let mut probes = Probes::load_and_attach(config.hooks)?;
     let mut ring = probes.take_events()?;
     for &pid in &config.pids {
         probes.add_target(pid)?;
@@ -117,9 +118,9 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
 }
 
 /// The benchmark floor: hooks attached, nothing done, until SIGTERM/SIGINT.
-pub async fn floor(pids: &[u32]) -> anyhow::Result<()> {
+pub async fn floor(pids: &[u32], hooks: Hooks) -> anyhow::Result<()> {
     check_privileges()?;
-    let floor = crate::probes::Floor::load_and_attach(pids)?;
+    let floor = crate::probes::Floor::load_and_attach(pids, hooks)?;
     info!("floor attached");
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;

@@ -88,6 +88,16 @@ fn upload(addr: SocketAddr, method: &str, chunked: bool, file: &std::path::Path)
 
 #[test]
 fn observer_counts_equal_the_servers_own() {
+    counts_equal_the_servers_own("raw");
+}
+
+/// The same with the other hook strategy.
+#[test]
+fn observer_counts_equal_the_servers_own_with_syscall_tracepoints() {
+    counts_equal_the_servers_own("tracepoints");
+}
+
+fn counts_equal_the_servers_own(hooks: &str) {
     require_root();
     require_command("wrk");
     require_command("curl");
@@ -100,7 +110,8 @@ fn observer_counts_equal_the_servers_own() {
         .map(|s| format!("[[route]]\npattern = \"/{s}/**\"\nendpoint = \"{s}\"\n"))
         .collect();
     std::fs::write(&routes, rules).unwrap();
-    let observer = Observer::attach_with(&[server.pid()], &["--routes", routes.to_str().unwrap()]);
+    let observer =
+        Observer::attach_with(&[server.pid()], &["--routes", routes.to_str().unwrap(), "--hooks", hooks]);
 
     // Load: 64 keep-alive connections for 2 s (bounded by time; a few thousand requests here).
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/servers/rotate.lua");

@@ -18,17 +18,50 @@ use anyhow::{Context, bail, ensure};
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Arm {
     Unobserved,
-    /// observer-ebpf/src/floor.rs on the same tracepoints: tgid filter and a counter.
-    Floor,
-    Full,
+    /// observer-ebpf/src/floor.rs on the same hooks: tgid filter and a counter.
+    Floor(Hooks),
+    Full(Hooks),
 }
+
+/// The observer's `--hooks`.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Hooks {
+    Raw,
+    Tracepoints,
+}
+
+impl Hooks {
+    fn arg(self) -> &'static str {
+        match self {
+            Hooks::Raw => "raw",
+            Hooks::Tracepoints => "tracepoints",
+        }
+    }
+}
+
+const FLOOR: Arm = Arm::Floor(Hooks::Raw);
+const FULL: Arm = Arm::Full(Hooks::Raw);
 
 impl Arm {
     fn name(self) -> &'static str {
         match self {
             Arm::Unobserved => "unobserved",
-            Arm::Floor => "floor",
-            Arm::Full => "full",
+            Arm::Floor(Hooks::Raw) => "floor",
+            Arm::Full(Hooks::Raw) => "full",
+            Arm::Floor(Hooks::Tracepoints) => "floor (tracepoints)",
+            Arm::Full(Hooks::Tracepoints) => "full (tracepoints)",
+        }
+    }
+
+    fn is_full(self) -> bool {
+        matches!(self, Arm::Full(_))
+    }
+
+    /// The floor arm with the same hooks.
+    fn floor(self) -> Arm {
+        match self {
+            Arm::Full(h) | Arm::Floor(h) => Arm::Floor(h),
+            Arm::Unobserved => Arm::Unobserved,
         }
     }
 }
@@ -110,9 +143,9 @@ fn with_arm<T>(
 ) -> anyhow::Result<T> {
     match arm {
         Arm::Unobserved => Ok(f(None)),
-        Arm::Floor => {
+        Arm::Floor(hooks) => {
             let mut child = Command::new(&opts.observer)
-                .args(["floor", "--pid", &pid.to_string()])
+                .args(["floor", "--pid", &pid.to_string(), "--hooks", hooks.arg()])
                 .stdout(Stdio::null())
                 .stderr(Stdio::piped())
                 .spawn()?;
@@ -129,10 +162,18 @@ fn with_arm<T>(
             drop(guard);
             Ok(result)
         }
-        Arm::Full => {
+        Arm::Full(hooks) => {
             let addr: SocketAddr = ([127, 0, 0, 1], free_port()).into();
             let child = Command::new(&opts.observer)
-                .args(["run", "--pid", &pid.to_string(), "--listen", &addr.to_string()])
+                .args([
+                    "run",
+                    "--pid",
+                    &pid.to_string(),
+                    "--listen",
+                    &addr.to_string(),
+                    "--hooks",
+                    hooks.arg(),
+                ])
                 .env("RUST_LOG", "warn")
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
@@ -251,7 +292,7 @@ fn measure(
                 Ok(run)
             })??;
             eprintln!(
-                "  {:<10} rep {}: {:>10.0} req/s  p50 {:>8.0}µs  p99 {:>8.0}µs",
+                "  {:<20} rep {}: {:>10.0} req/s  p50 {:>8.0}µs  p99 {:>8.0}µs",
                 arm.name(),
                 rep + 1,
                 run.rps,
@@ -348,7 +389,7 @@ fn start_axum(observer: &Path) -> anyhow::Result<(Guard, u16)> {
 /// each), while `arm` watches another process.
 fn unobserved_syscall_cost(opts: &Options, target: u32) -> anyhow::Result<Vec<(Arm, f64)>> {
     const RECORDS: u64 = 1_000_000;
-    let arms = [Arm::Unobserved, Arm::Floor, Arm::Full];
+    let arms = [Arm::Unobserved, FLOOR, FULL];
     let mut samples: Vec<Vec<f64>> = vec![Vec::new(); arms.len()];
     for rep in 0..opts.reps {
         for k in 0..arms.len() {
@@ -370,7 +411,7 @@ fn unobserved_syscall_cost(opts: &Options, target: u32) -> anyhow::Result<Vec<(A
 
 /// Daemon RSS with `n` idle keep-alive connections open to the observed nginx.
 fn idle_connections_rss(opts: &Options, nginx: &Nginx, n: usize) -> anyhow::Result<(f64, f64, f64)> {
-    with_arm(opts, Arm::Full, nginx.guard.0.id(), |observer| -> anyhow::Result<(f64, f64, f64)> {
+    with_arm(opts, FULL, nginx.guard.0.id(), |observer| -> anyhow::Result<(f64, f64, f64)> {
         let (pid, addr) = observer.expect("full arm");
         let mut held = Vec::with_capacity(n);
         for _ in 0..n {
@@ -406,12 +447,13 @@ pub fn bench(opts: &Options) -> anyhow::Result<()> {
     let (axum, axum_port) = start_axum(&opts.observer)?;
     let nginx_pid = nginx.guard.0.id();
     let axum_pid = axum.0.id();
-    let all = [Arm::Unobserved, Arm::Floor, Arm::Full];
+    let all = [Arm::Unobserved, FLOOR, FULL];
+    let both = [Arm::Unobserved, FLOOR, FULL, Arm::Floor(Hooks::Tracepoints), Arm::Full(Hooks::Tracepoints)];
     let mut summaries = Vec::new();
 
-    eprintln!("nginx `return 200`, wrk -t1 -c32:");
+    eprintln!("nginx `return 200`, wrk -t1 -c32, both hook strategies:");
     let url = format!("http://127.0.0.1:{}/hello", nginx.port);
-    summaries.push(summarize("nginx return 200 (saturation)", measure(opts, nginx_pid, &url, &all, 32)?));
+    summaries.push(summarize("nginx return 200 (saturation)", measure(opts, nginx_pid, &url, &both, 32)?));
 
     eprintln!("axum /api/status, wrk -t1 -c32:");
     let url = format!("http://127.0.0.1:{axum_port}/api/status");
@@ -421,7 +463,7 @@ pub fn bench(opts: &Options) -> anyhow::Result<()> {
     let url = format!("http://127.0.0.1:{axum_port}/work/100");
     summaries.push(summarize(
         "axum ~100 µs handler (realistic)",
-        measure(opts, axum_pid, &url, &[Arm::Unobserved, Arm::Full], 32)?,
+        measure(opts, axum_pid, &url, &[Arm::Unobserved, FULL], 32)?,
     ));
 
     eprintln!("nginx 1 GiB sendfile download, wrk -t1 -c2:");
@@ -452,9 +494,9 @@ fn render(summaries: &[Summary], syscalls: &[(Arm, f64)], memory: (f64, f64, f64
     let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|---|---|");
     for summary in summaries {
         let base = summary.arm(Arm::Unobserved).map_or(0.0, |r| r.rps);
-        let floor = summary.arm(Arm::Floor).copied();
         for (arm, r) in &summary.arms {
-            let (vs_base, vs_floor, p99_floor, cpu) = if *arm == Arm::Full {
+            let floor = summary.arm(arm.floor()).copied();
+            let (vs_base, vs_floor, p99_floor, cpu) = if arm.is_full() {
                 (
                     format!("{:.3}", r.rps / base),
                     floor.map_or("-".into(), |f| format!("{:.3}", r.rps / f.rps)),
@@ -464,7 +506,7 @@ fn render(summaries: &[Summary], syscalls: &[(Arm, f64)], memory: (f64, f64, f64
             } else {
                 ("-".into(), "-".into(), "-".into(), "-".into())
             };
-            let lost = if *arm == Arm::Full { format!("{}", r.events_lost) } else { "-".into() };
+            let lost = if arm.is_full() { format!("{}", r.events_lost) } else { "-".into() };
             let _ = writeln!(
                 s,
                 "| {} | {} | {:.0} | {:.1} | {:.0} | {:.0} | {vs_base} | {vs_floor} | {p99_floor} | {cpu} | {lost} |",
@@ -482,9 +524,9 @@ fn render(summaries: &[Summary], syscalls: &[(Arm, f64)], memory: (f64, f64, f64
         s,
         "\nUnobserved process (dd bs=1), ns per syscall: none {:.1}, floor {:.1}, full {:.1}; full adds {:.1} ns beyond the floor.",
         ns(Arm::Unobserved),
-        ns(Arm::Floor),
-        ns(Arm::Full),
-        ns(Arm::Full) - ns(Arm::Floor)
+        ns(FLOOR),
+        ns(FULL),
+        ns(FULL) - ns(FLOOR)
     );
     let _ = writeln!(
         s,
@@ -493,8 +535,7 @@ fn render(summaries: &[Summary], syscalls: &[(Arm, f64)], memory: (f64, f64, f64
         memory.1 / 1024.0,
         memory.2
     );
-    let peak =
-        summaries.iter().flat_map(|x| x.arm(Arm::Full)).map(|r| r.observer_hwm_kib).fold(0.0, f64::max);
+    let peak = summaries.iter().flat_map(|x| x.arm(FULL)).map(|r| r.observer_hwm_kib).fold(0.0, f64::max);
     let _ = writeln!(s, "Daemon peak RSS across the load runs: {:.1} MB.", peak / 1024.0);
     s
 }
