@@ -42,11 +42,13 @@ pub enum Syscall {
     Sendfile = 9,
     Accept = 10,
     Close = 11,
+    /// A target forked a child (the event's `fd` carries the child's pid).
+    Fork = 12,
 }
 
 impl Syscall {
     /// Every kind, for tables that map kinds to tracepoints.
-    pub const ALL: [Syscall; 11] = [
+    pub const ALL: [Syscall; 12] = [
         Syscall::Read,
         Syscall::Readv,
         Syscall::Recvfrom,
@@ -58,6 +60,7 @@ impl Syscall {
         Syscall::Sendfile,
         Syscall::Accept,
         Syscall::Close,
+        Syscall::Fork,
     ];
 
     /// What the event means for the connection.
@@ -69,6 +72,7 @@ impl Syscall {
             }
             Syscall::Accept => Direction::Open,
             Syscall::Close => Direction::Closed,
+            Syscall::Fork => Direction::Process,
         }
     }
 
@@ -85,6 +89,7 @@ impl Syscall {
             Syscall::Sendfile => "sendfile",
             Syscall::Accept => "accept",
             Syscall::Close => "close",
+            Syscall::Fork => "fork",
         }
     }
 }
@@ -108,6 +113,8 @@ pub enum Direction {
     Open,
     /// The server closed the fd.
     Closed,
+    /// Not about a socket: the target's process tree changed.
+    Process,
 }
 
 /// Set on the first event of a socket after events of it were dropped (ring buffer full):

@@ -296,7 +296,7 @@ fn load_iovecs(scratch: &mut Scratch, syscall: Syscall, call: &PendingCall, ret:
             }
             (iov, count)
         }
-        Syscall::Sendfile | Syscall::Accept | Syscall::Close => return 0,
+        Syscall::Sendfile | Syscall::Accept | Syscall::Close | Syscall::Fork => return 0,
     };
     let mut count = count;
     if count > MAX_IOV as u64 {
@@ -559,6 +559,35 @@ fn emit_control<C: EbpfContext>(ctx: &C, id: u64, tgid: u32, fd: i32, syscall: S
     if EVENTS.output::<EventHeader>(&header, wakeup_flag()).is_err() {
         ring_full(ctx, socket_key(tgid, fd));
     }
+}
+
+/// Offset of `child_pid` in the `sched:sched_process_fork` record. Userspace sets it from the
+/// tracepoint's format file before loading: it moved (44 → 20) when the comm fields became
+/// `__data_loc` strings.
+#[unsafe(no_mangle)]
+static CHILD_PID_OFFSET: u32 = 20;
+
+/// sched_process_fork, in the parent's context: a target's child becomes a target at once, so
+/// not even its first accept is missed. Threads show up here too; userspace tells them apart
+/// (from /proc) and removes them again.
+#[tracepoint]
+pub fn fork(ctx: TracePointContext) -> u32 {
+    let (id, tgid) = current();
+    if !is_target(tgid) {
+        return 0;
+    }
+    // SAFETY: a constant patched by the loader; volatile so the compiler keeps the load.
+    let offset = unsafe { core::ptr::read_volatile(&CHILD_PID_OFFSET) } as usize;
+    // SAFETY: a field of the tracepoint record, at the offset its format file gives.
+    let Ok(child) = (unsafe { ctx.read_at::<i32>(offset & 0xff) }) else {
+        return 0;
+    };
+    if child <= 0 || child as u32 == tgid {
+        return 0;
+    }
+    let _ = TARGETS.insert(&(child as u32), &0, 0);
+    emit_control(&ctx, id, tgid, child, Syscall::Fork, 0);
+    0
 }
 
 /// The other hook strategy (`--hooks raw`): one raw tracepoint at `sys_exit` for every

@@ -74,6 +74,7 @@ impl<'m> Connections<'m> {
                     old.http.on_close(&mut self.sink);
                 }
             }
+            Direction::Process => {} // handled by the daemon, not a connection
             Direction::In | Direction::Out => {
                 let entry = self.table.entry(key).or_insert_with(|| fresh(HttpConn::mid_stream()));
                 entry.last_active = self.clock;

@@ -64,6 +64,10 @@ struct Common {
     /// tracepoints. docs/benchmarks.md has what each costs.
     #[arg(long, value_enum, default_value = "raw")]
     hooks: Hooks,
+    /// Observe only the given processes, not their children (by default an nginx master's
+    /// workers, existing and future, are observed too).
+    #[arg(long)]
+    no_children: bool,
     /// Seconds without traffic after which a connection is idle: a response whose end was not
     /// seen is ended at its last write, and the connection leaves the table.
     #[arg(long, default_value_t = 30)]
@@ -79,6 +83,7 @@ impl Common {
             routes: self.routes,
             path_depth: self.path_depth,
             hooks: self.hooks,
+            follow_children: !self.no_children,
             idle_timeout_secs: self.idle_timeout,
             exit_with_targets,
         }

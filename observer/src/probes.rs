@@ -85,15 +85,28 @@ pub struct Probes {
 }
 
 impl Probes {
-    pub fn load_and_attach(hooks: Hooks) -> Result<Self, ProbeError> {
-        if hooks == Hooks::Tracepoints {
+    /// `follow_children`: targets' new child processes become targets (nginx master → workers).
+    pub fn load_and_attach(hooks: Hooks, follow_children: bool) -> Result<Self, ProbeError> {
+        if hooks == Hooks::Tracepoints || follow_children {
             ensure_tracefs()?;
         }
-        let mut ebpf = Ebpf::load(OBJECT).map_err(|e| permission_or(e, ProbeError::Load))?;
+        let child_pid_offset = if follow_children { fork_child_pid_offset()? } else { 0 };
+        let mut ebpf = aya::EbpfLoader::new()
+            .set_global("CHILD_PID_OFFSET", &child_pid_offset, true)
+            .load(OBJECT)
+            .map_err(|e| permission_or(e, ProbeError::Load))?;
         start_kernel_logger(&mut ebpf);
         match hooks {
             Hooks::Tracepoints => attach_tracepoints(&mut ebpf)?,
             Hooks::Raw => attach_raw(&mut ebpf, "raw_sys_exit")?,
+        }
+        if follow_children {
+            let prog: &mut TracePoint =
+                ebpf.program_mut("fork").expect("the fork program").try_into().expect("a tracepoint");
+            let fail =
+                |source| ProbeError::Program { program: "fork", tracepoint: "sched_process_fork", source };
+            prog.load().map_err(fail).map_err(permission)?;
+            prog.attach("sched", "sched_process_fork").map_err(fail).map_err(permission)?;
         }
         let targets = take_map(&mut ebpf, "TARGETS")?;
         let sockets = take_map(&mut ebpf, "SOCKETS")?;
@@ -103,6 +116,18 @@ impl Probes {
     /// Starts following `tgid`, including the sockets it already has open.
     pub fn add_target(&mut self, tgid: u32) -> Result<(), ProbeError> {
         self.targets.insert(tgid, 0, 0).map_err(|e| ProbeError::Map("TARGETS", e))?;
+        self.learn_sockets(tgid);
+        Ok(())
+    }
+
+    /// A pid the fork hook made a target turned out to be a thread of a target: its syscalls
+    /// are already followed under its process's tgid.
+    pub fn forget_thread(&mut self, tid: u32) {
+        let _ = self.targets.remove(&tid);
+    }
+
+    /// Learns the sockets `tgid` has open now (inherited or accepted before we attached).
+    pub fn learn_sockets(&mut self, tgid: u32) {
         let mut learned = 0;
         for fd in socket_fds(tgid) {
             // Sockets accepted meanwhile were learned by the accept hook; inserting again is harmless.
@@ -111,7 +136,6 @@ impl Probes {
             }
         }
         info!(pid = tgid, sockets = learned, "following process");
-        Ok(())
     }
 
     /// Stops following `tgid` (it exited) and forgets its sockets.
@@ -227,6 +251,19 @@ fn socket_fds(tgid: u32) -> Vec<i32> {
         .filter(|entry| fs::read_link(entry.path()).is_ok_and(|l| l.to_string_lossy().starts_with("socket:")))
         .filter_map(|entry| entry.file_name().to_str()?.parse().ok())
         .collect()
+}
+
+/// Where `child_pid` sits in the sched_process_fork record on this kernel.
+fn fork_child_pid_offset() -> Result<u32, ProbeError> {
+    let format = ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"]
+        .iter()
+        .find_map(|root| fs::read_to_string(format!("{root}/events/sched/sched_process_fork/format")).ok())
+        .ok_or_else(|| ProbeError::Tracefs(io::Error::other("no sched_process_fork format file")))?;
+    format
+        .lines()
+        .find(|l| l.contains(" child_pid;"))
+        .and_then(|l| l.split("offset:").nth(1)?.split(';').next()?.trim().parse().ok())
+        .ok_or_else(|| ProbeError::Tracefs(io::Error::other("no child_pid field in sched_process_fork")))
 }
 
 /// Classic tracepoints need tracefs; it is not mounted at boot everywhere.

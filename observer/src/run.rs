@@ -10,6 +10,7 @@ use std::{
 
 use anyhow::{Context, bail};
 use aya::maps::{MapData, RingBuf};
+use observer_common::Syscall;
 use tokio::signal::unix::{SignalKind, signal};
 use tracing::{info, warn};
 
@@ -30,6 +31,8 @@ pub struct RunConfig {
     pub routes: Option<PathBuf>,
     pub path_depth: usize,
     pub hooks: Hooks,
+    /// Follow the targets' child processes, now and as they are forked.
+    pub follow_children: bool,
     /// Seconds without events after which a connection counts as idle.
     pub idle_timeout_secs: u64,
     /// Exit once every target has exited, instead of serving what was counted.
@@ -51,10 +54,15 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
         _ => anyhow::Error::new(e).context(format!("binding {}", config.listen)),
     })?;
     let metrics = Arc::new(Metrics::new());
-    let mut probes = Probes::load_and_attach(config.hooks)?;
+    let mut probes = Probes::load_and_attach(config.hooks, config.follow_children)?;
     let mut ring = probes.take_events()?;
+    let mut live: Vec<u32> = Vec::new();
     for &pid in &config.pids {
-        probes.add_target(pid)?;
+        let tree = if config.follow_children { descendants(pid) } else { Vec::new() };
+        for pid in std::iter::once(pid).chain(tree) {
+            probes.add_target(pid)?;
+            live.push(pid);
+        }
     }
     let addr = listener.local_addr()?;
     let server = tokio::spawn(serve::serve(listener, metrics.clone()));
@@ -62,8 +70,8 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
 
     let router = Router::new(rules, config.max_endpoints, config.path_depth);
     let mut conns = Connections::new(&metrics, router, config.idle_timeout_secs);
-    let mut live: Vec<u32> = config.pids.clone();
     let mut lost_seen = 0;
+    let mut forks: Vec<u32> = Vec::new();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     // The kernel wakes us only once a backlog builds up (see WAKEUP_BYTES in the eBPF
     // crate); below that, records are collected on this timer.
@@ -76,10 +84,14 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
         tokio::select! {
             guard = ring.readable_mut() => {
                 let mut guard = guard.context("waiting on the ring buffer")?;
-                drain_ring(guard.get_inner_mut(), &mut conns, &metrics);
+                drain_ring(guard.get_inner_mut(), &mut conns, &metrics, &mut forks);
                 guard.clear_ready();
+                follow_forks(&mut forks, &mut probes, &mut live);
             }
-            _ = drain.tick() => drain_ring(ring.get_mut(), &mut conns, &metrics),
+            _ = drain.tick() => {
+                drain_ring(ring.get_mut(), &mut conns, &metrics, &mut forks);
+                follow_forks(&mut forks, &mut probes, &mut live);
+            }
             _ = tick.tick() => {
                 conns.sweep();
                 metrics.connections.set(conns.count() as i64);
@@ -135,16 +147,69 @@ pub async fn floor(pids: &[u32], hooks: Hooks) -> anyhow::Result<()> {
 /// How often the ring buffer is drained when the kernel did not wake us.
 const DRAIN_EVERY: Duration = Duration::from_millis(10);
 
-fn drain_ring(ring: &mut RingBuf<MapData>, conns: &mut Connections<'_>, metrics: &Metrics) {
+fn drain_ring(
+    ring: &mut RingBuf<MapData>,
+    conns: &mut Connections<'_>,
+    metrics: &Metrics,
+    forks: &mut Vec<u32>,
+) {
     let mut count = 0;
     while let Some(record) = ring.next() {
         count += 1;
         match events::decode(&record) {
+            Ok(event) if event.syscall == Syscall::Fork => forks.push(event.fd as u32),
             Ok(event) => conns.handle(&event),
             Err(e) => warn!("dropping a malformed kernel record: {e}"),
         }
     }
     metrics.events.inc_by(count);
+}
+
+/// New children of targets, already targets in the kernel: threads are dropped again,
+/// processes get their inherited sockets learned and join the live set.
+fn follow_forks(forks: &mut Vec<u32>, probes: &mut Probes, live: &mut Vec<u32>) {
+    for child in forks.drain(..) {
+        match tgid_of(child) {
+            Some(tgid) if tgid == child => {
+                probes.learn_sockets(child);
+                if !live.contains(&child) {
+                    live.push(child);
+                }
+            }
+            Some(_) => probes.forget_thread(child),
+            None => probes.forget_thread(child), // already gone
+        }
+    }
+}
+
+/// The thread group a pid belongs to, from /proc.
+fn tgid_of(pid: u32) -> Option<u32> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("Tgid:"))?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// Every process below `pid` now (children of all its threads, recursively).
+fn descendants(pid: u32) -> Vec<u32> {
+    let mut found = Vec::new();
+    let mut queue = vec![pid];
+    while let Some(p) = queue.pop() {
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{p}/task")) else { continue };
+        for task in tasks.filter_map(Result::ok) {
+            let children = std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
+            for child in children.split_whitespace().filter_map(|c| c.parse::<u32>().ok()) {
+                if !found.contains(&child) && child != pid {
+                    found.push(child);
+                    queue.push(child);
+                }
+            }
+        }
+    }
+    found
 }
 
 fn load_rules(path: Option<&Path>) -> anyhow::Result<Rules> {

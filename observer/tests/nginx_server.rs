@@ -12,6 +12,10 @@ use common::*;
 
 /// One nginx process (no master/worker split: `--pid` of it covers every connection).
 fn start_nginx(dir: &TempDir, port: u16) -> ChildGuard {
+    start_nginx_with(dir, port, "master_process off;\nworker_processes 1;")
+}
+
+fn start_nginx_with(dir: &TempDir, port: u16, processes: &str) -> ChildGuard {
     let root = dir.path();
     let www = root.join("www");
     std::fs::create_dir_all(www.join("files")).unwrap();
@@ -23,8 +27,7 @@ fn start_nginx(dir: &TempDir, port: u16) -> ChildGuard {
     let conf = format!(
         r#"
 daemon off;
-master_process off;
-worker_processes 1;
+{processes}
 pid {root}/nginx.pid;
 error_log {root}/error.log;
 events {{ worker_connections 256; }}
@@ -120,4 +123,46 @@ fn counts_nginx_static_files_exactly_and_times_the_big_download() {
     let size = scrape.sum("http_response_size_bytes_sum", &[("endpoint", "/big/image.raw")]);
     assert!(size > 1073741824.0 && size < 1073741824.0 + 1024.0, "response size {size}");
     eprintln!("1 GiB download: client {client_transfer:.3}s, observer {observed:.3}s");
+}
+
+/// The master/worker split: `--pid` of the master follows its workers, those running at
+/// attach time and those it forks later (here: after both were killed).
+#[test]
+fn follows_nginx_workers_forked_by_the_master() {
+    require_root();
+    require_command("nginx");
+    require_command("curl");
+    let dir = TempDir::new("nginx-workers");
+    let port = free_port();
+    let master = start_nginx_with(&dir, port, "master_process on;\nworker_processes 2;\nuser root;");
+    let workers = || -> Vec<u32> {
+        let children =
+            std::fs::read_to_string(format!("/proc/{}/task/{}/children", master.pid(), master.pid()))
+                .unwrap();
+        children.split_whitespace().map(|p| p.parse().unwrap()).collect()
+    };
+    wait_until("two nginx workers", std::time::Duration::from_secs(10), || workers().len() == 2);
+    let observer = Observer::attach(&[master.pid()]);
+
+    let url = |i: usize| format!("http://127.0.0.1:{port}/files/small.txt?i={i}");
+    let first: Vec<String> = (0..20).map(url).collect();
+    assert_eq!(curl(&[], &first), vec![200; 20]);
+    let scrape = observer.scrape_settled(20.0);
+    assert_eq!(scrape.sum("http_requests_total", &[("status", "200")]), 20.0, "{}", scrape.0);
+
+    // Kill both workers: the master forks new ones, which must be followed from their start.
+    let old = workers();
+    for pid in &old {
+        Command::new("kill").args(["-9", &pid.to_string()]).status().unwrap();
+    }
+    wait_until("two new nginx workers", std::time::Duration::from_secs(10), || {
+        let now = workers();
+        now.len() == 2 && now.iter().all(|p| !old.contains(p))
+    });
+    for round in 0..3 {
+        let more: Vec<String> = (0..10).map(|i| url(100 * round + i)).collect();
+        assert_eq!(curl(&[], &more), vec![200; 10]);
+    }
+    let scrape = observer.scrape_settled(50.0);
+    assert_eq!(scrape.sum("http_requests_total", &[("status", "200")]), 50.0, "{}", scrape.0);
 }

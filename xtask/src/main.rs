@@ -24,6 +24,7 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     ("node", "nodejs"),
     ("wrk", "wrk"),
     ("python3", "python3"),
+    ("bpftool", "bpftool"),
 ];
 
 #[derive(Parser)]

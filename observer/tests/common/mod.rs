@@ -88,6 +88,7 @@ pub fn observer_bin() -> &'static str {
 pub struct Observer {
     pub guard: ChildGuard,
     pub addr: SocketAddr,
+    log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 impl Observer {
@@ -97,13 +98,18 @@ impl Observer {
 
     /// With extra `observer run` arguments.
     pub fn attach_with(pids: &[u32], extra: &[&str]) -> Self {
+        Self::attach_logging(pids, extra, "info")
+    }
+
+    /// With extra arguments and a `RUST_LOG` level.
+    pub fn attach_logging(pids: &[u32], extra: &[&str], level: &str) -> Self {
         let addr: SocketAddr = ([127, 0, 0, 1], free_port()).into();
         let mut cmd = Command::new(observer_bin());
         cmd.arg("run").arg("--listen").arg(addr.to_string()).args(extra);
         for pid in pids {
             cmd.arg("--pid").arg(pid.to_string());
         }
-        cmd.env("RUST_LOG", "info").stdout(Stdio::null()).stderr(Stdio::piped());
+        cmd.env("RUST_LOG", level).stdout(Stdio::null()).stderr(Stdio::piped());
         let mut guard = ChildGuard::spawn("observer", &mut cmd);
         // The port is bound before the probes load, but /metrics answers only once the
         // probes are attached and the targets followed.
@@ -113,14 +119,23 @@ impl Observer {
             assert!(Instant::now() < deadline, "observer did not serve /metrics within 30s");
             thread::sleep(Duration::from_millis(50));
         }
-        // Keep draining the log so the observer never blocks on a full pipe.
+        // Keep draining the log so the observer never blocks on a full pipe; keep it for tests
+        // that read it.
         let stderr = guard.child.stderr.take().expect("piped stderr");
+        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = log.clone();
         thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 eprintln!("[observer] {line}");
+                sink.lock().unwrap().push(line);
             }
         });
-        Observer { guard, addr }
+        Observer { guard, addr, log }
+    }
+
+    /// The observer's log so far.
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().join("\n")
     }
 
     pub fn scrape(&self) -> Scrape {
