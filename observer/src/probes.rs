@@ -92,7 +92,7 @@ impl Probes {
         }
         let child_pid_offset = if follow_children { fork_child_pid_offset()? } else { 0 };
         let mut ebpf = aya::EbpfLoader::new()
-            .set_global("CHILD_PID_OFFSET", &child_pid_offset, true)
+            .override_global("CHILD_PID_OFFSET", &child_pid_offset, true)
             .load(OBJECT)
             .map_err(|e| permission_or(e, ProbeError::Load))?;
         start_kernel_logger(&mut ebpf);
