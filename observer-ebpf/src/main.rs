@@ -460,16 +460,20 @@ extern "C" fn tail_step(step: u64, _ctx: *mut c_void) -> i64 {
 }
 
 /// Waking the reader for every record costs the daemon a context switch per syscall at
-/// saturation. Records are submitted without a wakeup until `WAKEUP_BYTES` are pending;
+/// saturation. Records are submitted without a wakeup until `WAKEUP_BYTES` are pending (a
+/// sixteenth of the ring; userspace sets it with the ring's size);
 /// the daemon also drains on a short timer (see `run.rs`), so nothing waits long.
-const WAKEUP_BYTES: u64 = RING_BYTES as u64 / 16;
+#[unsafe(no_mangle)]
+static WAKEUP_BYTES: u64 = RING_BYTES as u64 / 16;
 const BPF_RB_AVAIL_DATA: u64 = 0;
 const BPF_RB_NO_WAKEUP: u64 = 1;
 const BPF_RB_FORCE_WAKEUP: u64 = 2;
 
 #[inline(always)]
 fn wakeup_flag() -> u64 {
-    if EVENTS.query(BPF_RB_AVAIL_DATA) >= WAKEUP_BYTES { BPF_RB_FORCE_WAKEUP } else { BPF_RB_NO_WAKEUP }
+    // SAFETY: a constant patched by the loader; volatile so the compiler keeps the load.
+    let threshold = unsafe { core::ptr::read_volatile(&WAKEUP_BYTES) };
+    if EVENTS.query(BPF_RB_AVAIL_DATA) >= threshold { BPF_RB_FORCE_WAKEUP } else { BPF_RB_NO_WAKEUP }
 }
 
 /// Counts a dropped event and marks its socket so userspace resyncs that connection.

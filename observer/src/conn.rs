@@ -28,6 +28,9 @@ fn method_label(method: &str) -> &'static str {
     METHODS.iter().find(|m| **m == method).copied().unwrap_or("OTHER")
 }
 
+/// Matches the kernel's socket table (SOCKETS, 65,536 entries).
+const DEFAULT_CAPACITY: usize = 65_536;
+
 /// One followed connection.
 struct Entry {
     http: HttpConn<Tag>,
@@ -43,12 +46,36 @@ pub struct Connections<'m> {
     /// Seconds-ish: advanced by `sweep`, which the daemon calls once a second.
     clock: u64,
     idle_after: u64,
+    /// Most connections followed at once; beyond, new ones are counted and not followed.
+    capacity: usize,
 }
 
 impl<'m> Connections<'m> {
     /// `idle_after`: sweeps (seconds) without events after which a connection is idle.
     pub fn new(metrics: &'m Metrics, router: Router, idle_after: u64) -> Self {
-        Connections { table: HashMap::new(), router, sink: Sink::default(), metrics, clock: 0, idle_after }
+        Connections {
+            table: HashMap::new(),
+            router,
+            sink: Sink::default(),
+            metrics,
+            clock: 0,
+            idle_after,
+            capacity: DEFAULT_CAPACITY,
+        }
+    }
+
+    pub fn with_capacity(mut self, capacity: usize) -> Self {
+        self.capacity = capacity;
+        self
+    }
+
+    /// Room for a new connection, or count it as dropped.
+    fn has_room(&self) -> bool {
+        if self.table.len() < self.capacity {
+            return true;
+        }
+        self.metrics.connections_dropped.inc();
+        false
     }
 
     pub fn set_rules(&mut self, rules: Rules) {
@@ -65,6 +92,9 @@ impl<'m> Connections<'m> {
         let fresh = |http| Entry { http, last_active: self.clock };
         match event.syscall.direction() {
             Direction::Open => {
+                if !self.table.contains_key(&key) && !self.has_room() {
+                    return;
+                }
                 if let Some(old) = self.table.insert(key, fresh(HttpConn::new())) {
                     old.http.on_close(&mut self.sink); // fd reused without a close we saw
                 }
@@ -76,6 +106,9 @@ impl<'m> Connections<'m> {
             }
             Direction::Process => {} // handled by the daemon, not a connection
             Direction::In | Direction::Out => {
+                if !self.table.contains_key(&key) && !self.has_room() {
+                    return;
+                }
                 let entry = self.table.entry(key).or_insert_with(|| fresh(HttpConn::mid_stream()));
                 entry.last_active = self.clock;
                 let conn = &mut entry.http;
@@ -97,18 +130,27 @@ impl<'m> Connections<'m> {
 
     /// Called once a second. Connections quiet for `idle_after`: a response whose end could
     /// not be seen ends at its last write; a connection with nothing in flight is dropped from
-    /// the table (if it is used again it is picked up at its next request).
-    pub fn sweep(&mut self) {
+    /// the table (if it is used again it is picked up at its next request); one whose socket
+    /// is gone (its close event was lost) has its requests abandoned, so in-flight never
+    /// drifts. `still_open(tgid, fd)` says whether the socket exists.
+    pub fn sweep(&mut self, still_open: impl Fn(u32, i32) -> bool) {
         self.clock += 1;
         let (clock, idle_after) = (self.clock, self.idle_after);
-        let sink = &mut self.sink;
-        self.table.retain(|_, entry| {
+        let mut ended = Vec::new();
+        for (&(tgid, fd), entry) in self.table.iter_mut() {
             if clock - entry.last_active < idle_after {
-                return true;
+                continue;
             }
-            entry.http.on_idle(sink);
-            entry.http.has_waiting()
-        });
+            entry.http.on_idle(&mut self.sink);
+            if !entry.http.has_waiting() || !still_open(tgid, fd) {
+                ended.push((tgid, fd));
+            }
+        }
+        for key in ended {
+            if let Some(entry) = self.table.remove(&key) {
+                entry.http.on_close(&mut self.sink);
+            }
+        }
         self.flush();
     }
 
@@ -218,6 +260,50 @@ mod tests {
 
 #[cfg(test)]
 mod sweep_tests {
+    #[test]
+    fn a_vanished_socket_with_requests_in_flight_is_closed_by_the_sweep() {
+        let metrics = Metrics::new();
+        let mut conns = Connections::new(&metrics, Router::new(Rules::default(), 10, 2), 1);
+        let head: &[u8] = b"GET /v HTTP/1.1\r\n\r\n";
+        let read = SyscallEvent {
+            ts_ns: 1,
+            ret: head.len() as i64,
+            tgid: 1,
+            fd: 9,
+            syscall: Syscall::Read,
+            lost_before: false,
+            head,
+            tail: b"",
+        };
+        conns.handle(&read);
+        conns.sweep(|_, _| true);
+        assert_eq!(conns.count(), 1, "still open, request still waiting: kept");
+        conns.sweep(|_, _| false);
+        assert_eq!(conns.count(), 0);
+        assert_eq!(metrics.in_flight.get_or_create(&EndpointLabels { endpoint: "/v" }).get(), 0);
+        assert_eq!(metrics.incomplete.get_or_create(&EndpointLabels { endpoint: "/v" }).get(), 1);
+    }
+
+    #[test]
+    fn the_table_is_capped() {
+        let metrics = Metrics::new();
+        let mut conns = Connections::new(&metrics, Router::new(Rules::default(), 10, 2), 30).with_capacity(3);
+        for fd in 0..10 {
+            conns.handle(&SyscallEvent {
+                ts_ns: 1,
+                ret: 5,
+                tgid: 1,
+                fd,
+                syscall: Syscall::Accept,
+                lost_before: false,
+                head: b"",
+                tail: b"",
+            });
+        }
+        assert_eq!(conns.count(), 3);
+        assert_eq!(metrics.connections_dropped.get(), 7);
+    }
+
     use observer_common::Syscall;
 
     use super::*;
@@ -238,9 +324,9 @@ mod sweep_tests {
         };
         conns.handle(&ev(Syscall::Read, 1, b"GET /s HTTP/1.1\r\n\r\n"));
         conns.handle(&ev(Syscall::Write, 2, b"HTTP/1.1 200 OK\r\n\r\nstream"));
-        conns.sweep();
+        conns.sweep(|_, _| true);
         assert_eq!(conns.count(), 1, "not idle yet");
-        conns.sweep();
+        conns.sweep(|_, _| true);
         assert_eq!(conns.count(), 0);
         let ok = RequestLabels { endpoint: "/s", method: "GET", status: 200 };
         assert_eq!(metrics.requests.get_or_create(&ok).get(), 1);

@@ -68,6 +68,9 @@ struct Common {
     /// workers, existing and future, are observed too).
     #[arg(long)]
     no_children: bool,
+    /// Ring buffer size in bytes between the kernel programs and the daemon.
+    #[arg(long, default_value_t = observer_common::RING_BYTES)]
+    ring_bytes: u32,
     /// Seconds without traffic after which a connection is idle: a response whose end was not
     /// seen is ended at its last write, and the connection leaves the table.
     #[arg(long, default_value_t = 30)]
@@ -84,6 +87,7 @@ impl Common {
             path_depth: self.path_depth,
             hooks: self.hooks,
             follow_children: !self.no_children,
+            ring_bytes: self.ring_bytes,
             idle_timeout_secs: self.idle_timeout,
             exit_with_targets,
         }

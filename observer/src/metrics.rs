@@ -73,6 +73,7 @@ pub struct Metrics {
     pub events_lost: Counter,
     pub endpoints_overflowed: Counter,
     pub connections: Gauge,
+    pub connections_dropped: Counter,
 }
 
 impl Metrics {
@@ -136,9 +137,16 @@ impl Metrics {
         );
         let connections = Gauge::default();
         registry.register("observer_connections", "Connections in the observer's table", connections.clone());
+        let connections_dropped = Counter::default();
+        registry.register(
+            "observer_connections_dropped",
+            "Connections not followed because the connection table was full",
+            connections_dropped.clone(),
+        );
         Metrics {
             registry,
             connections,
+            connections_dropped,
             in_flight,
             requests,
             duration,

@@ -86,13 +86,17 @@ pub struct Probes {
 
 impl Probes {
     /// `follow_children`: targets' new child processes become targets (nginx master → workers).
-    pub fn load_and_attach(hooks: Hooks, follow_children: bool) -> Result<Self, ProbeError> {
+    /// `ring_bytes`: ring buffer size (a power of two, at least a page).
+    pub fn load_and_attach(hooks: Hooks, follow_children: bool, ring_bytes: u32) -> Result<Self, ProbeError> {
         if hooks == Hooks::Tracepoints || follow_children {
             ensure_tracefs()?;
         }
         let child_pid_offset = if follow_children { fork_child_pid_offset()? } else { 0 };
+        let wakeup_bytes = u64::from(ring_bytes / 16);
         let mut ebpf = aya::EbpfLoader::new()
             .override_global("CHILD_PID_OFFSET", &child_pid_offset, true)
+            .override_global("WAKEUP_BYTES", &wakeup_bytes, true)
+            .map_max_entries("EVENTS", ring_bytes)
             .load(OBJECT)
             .map_err(|e| permission_or(e, ProbeError::Load))?;
         start_kernel_logger(&mut ebpf);

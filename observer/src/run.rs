@@ -33,6 +33,7 @@ pub struct RunConfig {
     pub hooks: Hooks,
     /// Follow the targets' child processes, now and as they are forked.
     pub follow_children: bool,
+    pub ring_bytes: u32,
     /// Seconds without events after which a connection counts as idle.
     pub idle_timeout_secs: u64,
     /// Exit once every target has exited, instead of serving what was counted.
@@ -54,7 +55,10 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
         _ => anyhow::Error::new(e).context(format!("binding {}", config.listen)),
     })?;
     let metrics = Arc::new(Metrics::new());
-    let mut probes = Probes::load_and_attach(config.hooks, config.follow_children)?;
+    if !config.ring_bytes.is_power_of_two() || config.ring_bytes < 4096 {
+        bail!("--ring-bytes must be a power of two of at least 4096, not {}", config.ring_bytes);
+    }
+    let mut probes = Probes::load_and_attach(config.hooks, config.follow_children, config.ring_bytes)?;
     let mut ring = probes.take_events()?;
     let mut live: Vec<u32> = Vec::new();
     for &pid in &config.pids {
@@ -93,7 +97,7 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
                 follow_forks(&mut forks, &mut probes, &mut live);
             }
             _ = tick.tick() => {
-                conns.sweep();
+                conns.sweep(|tgid, fd| Path::new(&format!("/proc/{tgid}/fd/{fd}")).exists());
                 metrics.connections.set(conns.count() as i64);
                 let lost = probes.events_lost();
                 metrics.events_lost.inc_by(lost.saturating_sub(lost_seen));
