@@ -71,6 +71,8 @@ pub enum ProbeError {
     Program { program: &'static str, tracepoint: &'static str, source: aya::programs::ProgramError },
     #[error("map {0}: {1}")]
     Map(&'static str, aya::maps::MapError),
+    #[error("this binary was built without its eBPF programs (OBSERVER_STUB_EBPF=1)")]
+    Stub,
     #[error("map {0} missing from the object")]
     MissingMap(&'static str),
     #[error("registering the ring buffer with tokio: {0}")]
@@ -88,6 +90,9 @@ impl Probes {
     /// `follow_children`: targets' new child processes become targets (nginx master → workers).
     /// `ring_bytes`: ring buffer size (a power of two, at least a page).
     pub fn load_and_attach(hooks: Hooks, follow_children: bool, ring_bytes: u32) -> Result<Self, ProbeError> {
+        if OBJECT.is_empty() {
+            return Err(ProbeError::Stub);
+        }
         if hooks == Hooks::Tracepoints || follow_children {
             ensure_tracefs()?;
         }
@@ -184,6 +189,9 @@ pub struct Floor {
 
 impl Floor {
     pub fn load_and_attach(pids: &[u32], hooks: Hooks) -> Result<Self, ProbeError> {
+        if FLOOR_OBJECT.is_empty() {
+            return Err(ProbeError::Stub);
+        }
         let mut ebpf = Ebpf::load(FLOOR_OBJECT).map_err(|e| permission_or(e, ProbeError::Load))?;
         if hooks == Hooks::Raw {
             attach_raw(&mut ebpf, "floor_raw")?;

@@ -196,6 +196,11 @@ impl Router {
         Router { rules, heuristic_labels: HashSet::new(), cap, depth: depth.max(1) }
     }
 
+    /// Distinct heuristic labels handed out so far (at most the cap).
+    pub fn label_count(&self) -> usize {
+        self.heuristic_labels.len()
+    }
+
     /// New rules (SIGHUP); labels already handed out stay valid.
     pub fn set_rules(&mut self, rules: Rules) {
         self.rules = rules;

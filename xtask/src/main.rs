@@ -16,6 +16,12 @@ mod bench;
 const TOOLCHAIN: &str = "1.95.0";
 /// bpf-linker release built against the toolchain's own libLLVM.
 const BPF_LINKER_VERSION: &str = "0.13.0";
+/// cargo-fuzz, for the fuzz targets in fuzz/ (built with the nightly toolchain).
+const CARGO_FUZZ_VERSION: &str = "0.13.2";
+const FUZZ_TARGETS: [&str; 2] = ["http_conn", "route"];
+/// Seconds per fuzz target in `cargo xtask test` (a smoke run; `cargo xtask fuzz` goes longer).
+const FUZZ_SMOKE_SECONDS: u64 = 15;
+
 /// Debian packages the integration tests drive: (command that proves it is there, package).
 const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     ("curl", "curl"),
@@ -53,7 +59,13 @@ enum Task {
         #[arg(long, default_value_t = 5)]
         seconds: u64,
     },
-    /// Set up, then run every test: unit tests and the privileged integration tests.
+    /// Run the cargo-fuzz targets (fuzz/) for N seconds each, from the committed corpus.
+    Fuzz {
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+    },
+    /// Set up, then run every test: unit tests, the privileged integration tests, and a short
+    /// run of each fuzz target.
     Test {
         /// Extra arguments for `cargo test` (after `--`), e.g. a test name filter.
         #[arg(last = true)]
@@ -70,7 +82,12 @@ fn main() -> anyhow::Result<()> {
         }
         Task::Test { args } => {
             setup()?;
-            test(&args)
+            test(&args)?;
+            fuzz(FUZZ_SMOKE_SECONDS)
+        }
+        Task::Fuzz { seconds } => {
+            setup()?;
+            fuzz(seconds)
         }
         Task::Bench { reps, seconds } => {
             setup()?;
@@ -100,6 +117,7 @@ fn setup() -> anyhow::Result<()> {
         .context("installing rust-src for the pinned toolchain")?;
     ensure_bpf_linker()?;
     ensure_debian_packages()?;
+    ensure_cargo_fuzz()?;
     eprintln!("xtask: setup done in {:.1}s", started.elapsed().as_secs_f64());
     Ok(())
 }
@@ -147,6 +165,52 @@ fn ensure_bpf_linker() -> anyhow::Result<()> {
     .context("building bpf-linker")?;
     std::fs::write(&stamp_file, stamp)?;
     Ok(())
+}
+
+/// cargo-fuzz and the nightly toolchain it builds with (libFuzzer needs `-Z sanitizer`).
+fn ensure_cargo_fuzz() -> anyhow::Result<()> {
+    let toolchains = output(Command::new("rustup").args(["toolchain", "list"]))?;
+    if !toolchains.lines().any(|l| l.starts_with("nightly")) {
+        run(Command::new("rustup").args(["toolchain", "install", "nightly", "--profile", "minimal"]))?;
+    }
+    let installed = Command::new(cargo_home().join("bin/cargo-fuzz")).arg("--version").output();
+    if installed.is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains(CARGO_FUZZ_VERSION)) {
+        return Ok(());
+    }
+    run(Command::new("cargo").args(["install", "--locked", "cargo-fuzz", "--version", CARGO_FUZZ_VERSION]))
+}
+
+/// Each fuzz target for `seconds`, seeded from fuzz/corpus/<target>; new inputs go to
+/// target/fuzz-corpus/<target> (promote interesting ones to fuzz/corpus by hand).
+fn fuzz(seconds: u64) -> anyhow::Result<()> {
+    let root = workspace_root();
+    for target in FUZZ_TARGETS {
+        let scratch = root.join("target/fuzz-corpus").join(target);
+        std::fs::create_dir_all(&scratch)?;
+        let started = std::time::Instant::now();
+        let out = Command::new("cargo")
+            .current_dir(&root)
+            .env("PATH", path_with_cargo_bin()?)
+            // The fuzz targets never load programs: skip the eBPF build.
+            .env("OBSERVER_STUB_EBPF", "1")
+            .args(["+nightly", "fuzz", "run", target])
+            .arg(&scratch)
+            .arg(root.join("fuzz/corpus").join(target))
+            .arg("--")
+            .arg(format!("-max_total_time={seconds}"))
+            .output()
+            .context("running cargo fuzz")?;
+        let log = String::from_utf8_lossy(&out.stderr);
+        let done = log.lines().rev().find(|l| l.starts_with("Done ")).unwrap_or("(no summary)");
+        eprintln!("fuzz {target}: {done} ({:.0}s with the build)", started.elapsed().as_secs_f64());
+        ensure!(out.status.success(), "fuzz target {target} failed:\n{}", tail(&log, 60));
+    }
+    Ok(())
+}
+
+fn tail(text: &str, lines: usize) -> String {
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
 }
 
 fn ensure_debian_packages() -> anyhow::Result<()> {
