@@ -596,12 +596,16 @@ pub fn fork(ctx: TracePointContext) -> u32 {
 
 /// The other hook strategy (`--hooks raw`): one raw tracepoint at `sys_exit` for every
 /// syscall, reading the arguments from the saved user registers, which the syscall leaves
-/// untouched. No entry programs, no PENDING map, no tracefs; but it runs for every syscall of
-/// every process, not only the hooked ones. x86-64 numbers and `struct pt_regs` offsets.
+/// untouched. No entry programs, no PENDING map; but it runs for every syscall of every
+/// process, not only the hooked ones. x86-64 numbers and `struct pt_regs` offsets.
+///
+/// close is not handled here but by `enter_close` (sys_enter_close) in both strategies: at
+/// exit the fd is already free, and another thread's accept may have been given the same
+/// number, whose socket an exit-time close would then forget (seen: 5 connections in 10,000
+/// on a 2-thread tokio server).
 mod x86_64 {
     pub const READ: u64 = 0;
     pub const WRITE: u64 = 1;
-    pub const CLOSE: u64 = 3;
     pub const READV: u64 = 19;
     pub const WRITEV: u64 = 20;
     pub const SENDFILE: u64 = 40;
@@ -640,12 +644,6 @@ pub fn raw_sys_exit(ctx: RawTracePointContext) -> i32 {
         x86_64::SENDFILE => Syscall::Sendfile,
         x86_64::ACCEPT | x86_64::ACCEPT4 => {
             accepted(&ctx, id, tgid, ret);
-            return 0;
-        }
-        x86_64::CLOSE => {
-            if ret == 0 {
-                closed(&ctx, id, tgid, reg(x86_64::DI) as i32);
-            }
             return 0;
         }
         _ => return 0,

@@ -53,7 +53,7 @@ pub enum Hooks {
     /// tracefs); an entry and an exit program per call.
     Tracepoints,
     /// One raw tracepoint at `sys_exit`, for every syscall; arguments from the saved registers
-    /// (x86-64).
+    /// (x86-64). close is still taken at `sys_enter_close` (see the eBPF crate for why).
     Raw,
 }
 
@@ -93,9 +93,8 @@ impl Probes {
         if OBJECT.is_empty() {
             return Err(ProbeError::Stub);
         }
-        if hooks == Hooks::Tracepoints || follow_children {
-            ensure_tracefs()?;
-        }
+        // Both strategies take close at its entry, through the syscalls tracepoint.
+        ensure_tracefs()?;
         let child_pid_offset = if follow_children { fork_child_pid_offset()? } else { 0 };
         let wakeup_bytes = u64::from(ring_bytes / 16);
         let mut ebpf = aya::EbpfLoader::new()
@@ -107,7 +106,10 @@ impl Probes {
         start_kernel_logger(&mut ebpf);
         match hooks {
             Hooks::Tracepoints => attach_tracepoints(&mut ebpf)?,
-            Hooks::Raw => attach_raw(&mut ebpf, "raw_sys_exit")?,
+            Hooks::Raw => {
+                attach_raw(&mut ebpf, "raw_sys_exit")?;
+                attach_tracepoint(&mut ebpf, "enter_close", "sys_enter_close")?;
+            }
         }
         if follow_children {
             let prog: &mut TracePoint =
@@ -194,7 +196,9 @@ impl Floor {
         }
         let mut ebpf = Ebpf::load(FLOOR_OBJECT).map_err(|e| permission_or(e, ProbeError::Load))?;
         if hooks == Hooks::Raw {
+            ensure_tracefs()?;
             attach_raw(&mut ebpf, "floor_raw")?;
+            attach_tracepoint(&mut ebpf, "floor", "sys_enter_close")?;
         } else {
             ensure_tracefs()?;
             let prog: &mut TracePoint =
@@ -231,6 +235,19 @@ fn attach_tracepoints(ebpf: &mut Ebpf) -> Result<(), ProbeError> {
             prog.attach("syscalls", tracepoint).map_err(fail(tracepoint)).map_err(permission)?;
         }
     }
+    Ok(())
+}
+
+fn attach_tracepoint(
+    ebpf: &mut Ebpf,
+    program: &'static str,
+    tracepoint: &'static str,
+) -> Result<(), ProbeError> {
+    let prog: &mut TracePoint =
+        ebpf.program_mut(program).expect("the program is in the object").try_into().expect("a tracepoint");
+    let fail = |source| ProbeError::Program { program, tracepoint, source };
+    prog.load().map_err(fail).map_err(permission)?;
+    prog.attach("syscalls", tracepoint).map_err(fail).map_err(permission)?;
     Ok(())
 }
 

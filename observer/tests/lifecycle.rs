@@ -115,3 +115,44 @@ fn secrets_in_queries_headers_and_bodies_never_reach_metrics_or_logs() {
         assert!(!log.contains(secret), "{secret} in the log");
     }
 }
+
+/// VmRSS of a process, in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:")?.trim().strip_suffix("kB")?.trim().parse().ok())
+        .unwrap()
+}
+
+/// One connection: a request, its response, closed by the client.
+fn one_request(addr: SocketAddr) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.write_all(b"GET /api/status HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").unwrap();
+    let mut sink = Vec::new();
+    s.read_to_end(&mut sink).unwrap();
+}
+
+#[test]
+fn daemon_memory_stays_flat_over_100k_connections() {
+    require_root();
+    let (server, addr) = start_demo_server();
+    let observer = Observer::attach(&[server.pid()]);
+    let pid = observer.guard.pid();
+    // Warm up: the first connections allocate the table, label sets and buffers.
+    for _ in 0..10_000 {
+        one_request(addr);
+    }
+    observer.scrape_settled(10_000.0);
+    let warm = rss_kib(pid);
+    for _ in 0..90_000 {
+        one_request(addr);
+    }
+    let scrape = observer.scrape_settled(100_000.0);
+    let after = rss_kib(pid);
+    eprintln!("observer RSS after 10k connections: {warm} KiB, after 100k: {after} KiB");
+    assert_eq!(scrape.sum("http_requests_total", &[]), 100_000.0);
+    assert!(scrape.sum("observer_connections", &[]) < 100.0, "closed connections leave the table");
+    assert!(after <= warm + warm / 5, "RSS grew from {warm} KiB to {after} KiB over 90,000 more connections");
+}
