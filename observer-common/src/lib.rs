@@ -44,11 +44,13 @@ pub enum Syscall {
     Close = 11,
     /// A target forked a child (the event's `fd` carries the child's pid).
     Fork = 12,
+    /// A process (any) executed a new program (the event's `tgid` is that process).
+    Exec = 13,
 }
 
 impl Syscall {
     /// Every kind, for tables that map kinds to tracepoints.
-    pub const ALL: [Syscall; 12] = [
+    pub const ALL: [Syscall; 13] = [
         Syscall::Read,
         Syscall::Readv,
         Syscall::Recvfrom,
@@ -61,6 +63,7 @@ impl Syscall {
         Syscall::Accept,
         Syscall::Close,
         Syscall::Fork,
+        Syscall::Exec,
     ];
 
     /// What the event means for the connection.
@@ -72,7 +75,7 @@ impl Syscall {
             }
             Syscall::Accept => Direction::Open,
             Syscall::Close => Direction::Closed,
-            Syscall::Fork => Direction::Process,
+            Syscall::Fork | Syscall::Exec => Direction::Process,
         }
     }
 
@@ -90,6 +93,7 @@ impl Syscall {
             Syscall::Accept => "accept",
             Syscall::Close => "close",
             Syscall::Fork => "fork",
+            Syscall::Exec => "exec",
         }
     }
 }

@@ -296,7 +296,7 @@ fn load_iovecs(scratch: &mut Scratch, syscall: Syscall, call: &PendingCall, ret:
             }
             (iov, count)
         }
-        Syscall::Sendfile | Syscall::Accept | Syscall::Close | Syscall::Fork => return 0,
+        Syscall::Sendfile | Syscall::Accept | Syscall::Close | Syscall::Fork | Syscall::Exec => return 0,
     };
     let mut count = count;
     if count > MAX_IOV as u64 {
@@ -591,6 +591,15 @@ pub fn fork(ctx: TracePointContext) -> u32 {
     }
     let _ = TARGETS.insert(&(child as u32), &0, 0);
     emit_control(&ctx, id, tgid, child, Syscall::Fork, 0);
+    0
+}
+
+/// sched_process_exec, attached only for `--exe`: every program start on the machine is
+/// reported (they are rare) and userspace decides whether it is one to observe.
+#[tracepoint]
+pub fn exec(ctx: TracePointContext) -> u32 {
+    let (id, tgid) = current();
+    emit_control(&ctx, id, tgid, 0, Syscall::Exec, 0);
     0
 }
 

@@ -17,8 +17,12 @@ enum Command {
     /// Observe running HTTP servers and serve their request metrics.
     Run {
         /// Process to observe (repeatable).
-        #[arg(long = "pid", required = true, value_name = "PID")]
+        #[arg(long = "pid", value_name = "PID", required_unless_present = "exes")]
         pids: Vec<u32>,
+        /// Observe every process running this program, now and as new ones start (a restarted
+        /// server is picked up again): a path, or a file name (repeatable).
+        #[arg(long = "exe", value_name = "NAME|PATH")]
+        exes: Vec<String>,
         #[command(flatten)]
         common: Common,
         /// Exit once every target has exited (default: keep serving what was counted).
@@ -81,6 +85,7 @@ impl Common {
     fn config(self, pids: Vec<u32>, exit_with_targets: bool) -> run::RunConfig {
         run::RunConfig {
             pids,
+            exes: Vec::new(),
             listen: self.listen,
             max_endpoints: self.max_endpoints,
             routes: self.routes,
@@ -109,8 +114,8 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Run { pids, common, exit_with_targets } => {
-                run::run(common.config(pids, exit_with_targets)).await
+            Command::Run { pids, exes, common, exit_with_targets } => {
+                run::run(run::RunConfig { exes, ..common.config(pids, exit_with_targets) }).await
             }
             Command::Demo { common } => demo::demo(common.config(Vec::new(), true)).await,
             Command::DemoServer { listen } => demo_server::serve(listen).await,

@@ -89,7 +89,13 @@ pub struct Probes {
 impl Probes {
     /// `follow_children`: targets' new child processes become targets (nginx master → workers).
     /// `ring_bytes`: ring buffer size (a power of two, at least a page).
-    pub fn load_and_attach(hooks: Hooks, follow_children: bool, ring_bytes: u32) -> Result<Self, ProbeError> {
+    /// `watch_exec`: report every program start (for `--exe`).
+    pub fn load_and_attach(
+        hooks: Hooks,
+        follow_children: bool,
+        watch_exec: bool,
+        ring_bytes: u32,
+    ) -> Result<Self, ProbeError> {
         if OBJECT.is_empty() {
             return Err(ProbeError::Stub);
         }
@@ -110,6 +116,14 @@ impl Probes {
                 attach_raw(&mut ebpf, "raw_sys_exit")?;
                 attach_tracepoint(&mut ebpf, "enter_close", "sys_enter_close")?;
             }
+        }
+        if watch_exec {
+            let prog: &mut TracePoint =
+                ebpf.program_mut("exec").expect("the exec program").try_into().expect("a tracepoint");
+            let fail =
+                |source| ProbeError::Program { program: "exec", tracepoint: "sched_process_exec", source };
+            prog.load().map_err(fail).map_err(permission)?;
+            prog.attach("sched", "sched_process_exec").map_err(fail).map_err(permission)?;
         }
         if follow_children {
             let prog: &mut TracePoint =

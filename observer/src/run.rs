@@ -25,6 +25,8 @@ use crate::{
 
 pub struct RunConfig {
     pub pids: Vec<u32>,
+    /// Programs whose processes to observe, now and whenever one starts.
+    pub exes: Vec<String>,
     pub listen: SocketAddr,
     pub max_endpoints: usize,
     /// Endpoint rules; reloaded on SIGHUP.
@@ -58,10 +60,13 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
     if !config.ring_bytes.is_power_of_two() || config.ring_bytes < 4096 {
         bail!("--ring-bytes must be a power of two of at least 4096, not {}", config.ring_bytes);
     }
-    let mut probes = Probes::load_and_attach(config.hooks, config.follow_children, config.ring_bytes)?;
+    let watch_exec = !config.exes.is_empty();
+    let mut probes =
+        Probes::load_and_attach(config.hooks, config.follow_children, watch_exec, config.ring_bytes)?;
     let mut ring = probes.take_events()?;
     let mut live: Vec<u32> = Vec::new();
-    for &pid in &config.pids {
+    let running = all_pids().into_iter().filter(|&pid| runs_one_of(pid, &config.exes));
+    for pid in config.pids.iter().copied().chain(running) {
         let tree = if config.follow_children { descendants(pid) } else { Vec::new() };
         for pid in std::iter::once(pid).chain(tree) {
             probes.add_target(pid)?;
@@ -76,6 +81,7 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
     let mut conns = Connections::new(&metrics, router, config.idle_timeout_secs);
     let mut lost_seen = 0;
     let mut forks: Vec<u32> = Vec::new();
+    let mut execs: Vec<u32> = Vec::new();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     // The kernel wakes us only once a backlog builds up (see WAKEUP_BYTES in the eBPF
     // crate); below that, records are collected on this timer.
@@ -88,13 +94,15 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
         tokio::select! {
             guard = ring.readable_mut() => {
                 let mut guard = guard.context("waiting on the ring buffer")?;
-                drain_ring(guard.get_inner_mut(), &mut conns, &metrics, &mut forks);
+                drain_ring(guard.get_inner_mut(), &mut conns, &metrics, &mut forks, &mut execs);
                 guard.clear_ready();
                 follow_forks(&mut forks, &mut probes, &mut live);
+                follow_execs(&mut execs, &config.exes, &mut probes, &mut live);
             }
             _ = drain.tick() => {
-                drain_ring(ring.get_mut(), &mut conns, &metrics, &mut forks);
+                drain_ring(ring.get_mut(), &mut conns, &metrics, &mut forks, &mut execs);
                 follow_forks(&mut forks, &mut probes, &mut live);
+                follow_execs(&mut execs, &config.exes, &mut probes, &mut live);
             }
             _ = tick.tick() => {
                 conns.sweep(|tgid, fd| Path::new(&format!("/proc/{tgid}/fd/{fd}")).exists());
@@ -111,7 +119,8 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
                     conns.forget_process(pid);
                     false
                 });
-                if live.is_empty() && config.exit_with_targets {
+                // With --exe a watched program may start again: keep waiting for it.
+                if live.is_empty() && config.exit_with_targets && config.exes.is_empty() {
                     info!("every target exited; stopping");
                     break;
                 }
@@ -156,12 +165,14 @@ fn drain_ring(
     conns: &mut Connections<'_>,
     metrics: &Metrics,
     forks: &mut Vec<u32>,
+    execs: &mut Vec<u32>,
 ) {
     let mut count = 0;
     while let Some(record) = ring.next() {
         count += 1;
         match events::decode(&record) {
             Ok(event) if event.syscall == Syscall::Fork => forks.push(event.fd as u32),
+            Ok(event) if event.syscall == Syscall::Exec => execs.push(event.tgid),
             Ok(event) => conns.handle(&event),
             Err(e) => warn!("dropping a malformed kernel record: {e}"),
         }
@@ -184,6 +195,43 @@ fn follow_forks(forks: &mut Vec<u32>, probes: &mut Probes, live: &mut Vec<u32>) 
             None => probes.forget_thread(child), // already gone
         }
     }
+}
+
+/// Processes that started a program named by `--exe` become targets (a restarted server).
+fn follow_execs(execs: &mut Vec<u32>, exes: &[String], probes: &mut Probes, live: &mut Vec<u32>) {
+    for pid in execs.drain(..) {
+        if live.contains(&pid) || !runs_one_of(pid, exes) {
+            continue;
+        }
+        if let Err(e) = probes.add_target(pid) {
+            warn!(pid, "cannot follow a new process of a watched program: {e}");
+            continue;
+        }
+        info!(pid, "a watched program started");
+        live.push(pid);
+    }
+}
+
+/// Whether `pid` runs one of `exes`: a path is compared with /proc/PID/exe, a name with its
+/// file name (and with the process name, for interpreters started through a wrapper).
+fn runs_one_of(pid: u32, exes: &[String]) -> bool {
+    if exes.is_empty() || pid == std::process::id() {
+        return false;
+    }
+    let exe = std::fs::read_link(format!("/proc/{pid}/exe")).ok();
+    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+    exes.iter().any(|want| match &exe {
+        _ if want.contains('/') => exe.as_deref() == Some(Path::new(want)),
+        Some(path) => path.file_name().is_some_and(|n| n == want.as_str()) || comm.trim() == want,
+        None => comm.trim() == want,
+    })
+}
+
+/// Every pid in /proc now.
+fn all_pids() -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .map(|dir| dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok()).collect())
+        .unwrap_or_default()
 }
 
 /// The thread group a pid belongs to, from /proc.

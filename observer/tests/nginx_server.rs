@@ -16,6 +16,10 @@ fn start_nginx(dir: &TempDir, port: u16) -> ChildGuard {
 }
 
 fn start_nginx_with(dir: &TempDir, port: u16, processes: &str) -> ChildGuard {
+    start_nginx_binary("nginx", dir, port, processes)
+}
+
+fn start_nginx_binary(binary: &str, dir: &TempDir, port: u16, processes: &str) -> ChildGuard {
     let root = dir.path();
     let www = root.join("www");
     std::fs::create_dir_all(www.join("files")).unwrap();
@@ -54,7 +58,7 @@ http {{
     std::fs::write(&conf_path, conf).unwrap();
     let server = ChildGuard::spawn(
         "nginx",
-        Command::new("nginx")
+        Command::new(binary)
             .arg("-c")
             .arg(&conf_path)
             .arg("-e")
@@ -165,4 +169,37 @@ fn follows_nginx_workers_forked_by_the_master() {
     }
     let scrape = observer.scrape_settled(50.0);
     assert_eq!(scrape.sum("http_requests_total", &[("status", "200")]), 50.0, "{}", scrape.0);
+}
+
+/// `--exe PATH`: processes of the program are observed from their start, a restarted server
+/// included, and the counters keep growing across the restart. (A copy of nginx under its own
+/// name, so that no other nginx on the machine matches.)
+#[test]
+fn follows_a_restarted_server_by_program_name() {
+    require_root();
+    require_command("nginx");
+    require_command("curl");
+    let dir = TempDir::new("nginx-exe");
+    let port = free_port();
+    let nginx = Command::new("sh").args(["-c", "command -v nginx"]).output().unwrap();
+    let binary = dir.path().join("nginx-under-test");
+    std::fs::copy(String::from_utf8(nginx.stdout).unwrap().trim(), &binary).unwrap();
+    let binary = binary.to_str().unwrap().to_owned();
+    let observer = Observer::attach_with(&[], &["--exe", &binary]);
+    let urls: Vec<String> =
+        (0..15).map(|i| format!("http://127.0.0.1:{port}/files/small.txt?run={i}")).collect();
+
+    let single = "master_process off;\nworker_processes 1;";
+    let first = start_nginx_binary(&binary, &dir, port, single);
+    std::thread::sleep(std::time::Duration::from_millis(300)); // the exec event is read every 10 ms
+    assert_eq!(curl(&[], &urls), vec![200; 15]);
+    observer.scrape_settled(15.0);
+    drop(first); // killed and reaped
+
+    let _second = start_nginx_binary(&binary, &dir, port, single);
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert_eq!(curl(&[], &urls), vec![200; 15]);
+    let scrape = observer.scrape_settled(30.0);
+    assert_eq!(scrape.sum("http_requests_total", &[("status", "200")]), 30.0, "{}", scrape.0);
+    assert!(observer.log().contains("a watched program started"), "{}", observer.log());
 }
