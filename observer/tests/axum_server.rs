@@ -3,32 +3,13 @@
 
 mod common;
 
-use std::{
-    net::SocketAddr,
-    process::{Command, Stdio},
-};
-
 use common::*;
-
-fn start_axum() -> (ChildGuard, SocketAddr) {
-    let port = free_port();
-    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-    let server = ChildGuard::spawn(
-        "axum demo server",
-        Command::new(observer_bin())
-            .args(["demo-server", "--listen", &addr.to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null()),
-    );
-    wait_for_port(port);
-    (server, addr)
-}
 
 #[test]
 fn counts_keep_alive_requests_of_an_axum_server_exactly() {
     require_root();
     require_command("curl");
-    let (server, addr) = start_axum();
+    let (server, addr) = start_demo_server();
     let observer = Observer::attach(&[server.pid()]);
 
     let boot: Vec<String> =
@@ -63,7 +44,7 @@ fn counts_keep_alive_requests_of_an_axum_server_exactly() {
 #[test]
 fn counts_a_connection_opened_before_attach() {
     require_root();
-    let (server, addr) = start_axum();
+    let (server, addr) = start_demo_server();
     let mut early = RawClient::connect(addr);
     assert_eq!(early.get("/api/status"), 200); // before the observer exists: not counted
 

@@ -8,7 +8,7 @@ use std::{
     collections::BTreeMap,
     io::{Read, Write},
     net::{SocketAddr, TcpStream},
-    process::{Command, Stdio},
+    process::Command,
     time::Duration,
 };
 
@@ -44,20 +44,6 @@ fn observer_counts(scrape: &Scrape) -> BTreeMap<(String, String, u16), f64> {
         })
         .filter(|((endpoint, _, _), _)| endpoint != "internal")
         .collect()
-}
-
-fn start_demo_server() -> (ChildGuard, SocketAddr) {
-    let port = free_port();
-    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-    let server = ChildGuard::spawn(
-        "axum demo server",
-        Command::new(observer_bin())
-            .args(["demo-server", "--listen", &addr.to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null()),
-    );
-    wait_for_port(port);
-    (server, addr)
 }
 
 /// 100 GETs in one write on one connection, then their 100 responses.

@@ -5,25 +5,11 @@ mod common;
 
 use std::{
     net::SocketAddr,
-    process::{Command, Stdio},
+    process::Command,
     time::{Duration, Instant},
 };
 
 use common::*;
-
-fn start_demo_server() -> (ChildGuard, SocketAddr) {
-    let port = free_port();
-    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-    let server = ChildGuard::spawn(
-        "axum demo server",
-        Command::new(observer_bin())
-            .args(["demo-server", "--listen", &addr.to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null()),
-    );
-    wait_for_port(port);
-    (server, addr)
-}
 
 /// Names of the BPF programs loaded in the kernel now.
 fn loaded_programs() -> String {

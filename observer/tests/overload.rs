@@ -3,11 +3,7 @@
 
 mod common;
 
-use std::{
-    net::SocketAddr,
-    process::{Command, Stdio},
-    time::Duration,
-};
+use std::{process::Command, time::Duration};
 
 use common::*;
 
@@ -16,16 +12,7 @@ fn counts_recover_after_the_ring_buffer_overflows() {
     require_root();
     require_command("wrk");
     require_command("curl");
-    let port = free_port();
-    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-    let server = ChildGuard::spawn(
-        "axum demo server",
-        Command::new(observer_bin())
-            .args(["demo-server", "--listen", &addr.to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null()),
-    );
-    wait_for_port(port);
+    let (server, addr) = start_demo_server();
     // 16 KiB of ring for 64 busy connections: it overflows.
     let observer = Observer::attach_with(&[server.pid()], &["--ring-bytes", "16384", "--idle-timeout", "1"]);
     let wrk = Command::new("wrk")

@@ -3,28 +3,11 @@
 
 mod common;
 
-use std::{
-    net::SocketAddr,
-    process::{Command, Stdio},
-};
+use std::process::Command;
 
 use common::*;
 
 const DRAGONFLY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/dragonfly-routes.toml");
-
-fn start_demo_server() -> (ChildGuard, SocketAddr) {
-    let port = free_port();
-    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-    let server = ChildGuard::spawn(
-        "axum demo server",
-        Command::new(observer_bin())
-            .args(["demo-server", "--listen", &addr.to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null()),
-    );
-    wait_for_port(port);
-    (server, addr)
-}
 
 fn sighup(pid: u32) {
     let status = Command::new("kill").args(["-HUP", &pid.to_string()]).status().expect("kill");

@@ -84,6 +84,21 @@ pub fn observer_bin() -> &'static str {
     env!("CARGO_BIN_EXE_observer")
 }
 
+/// The demo's axum server (`observer demo-server`) on a free loopback port.
+pub fn start_demo_server() -> (ChildGuard, SocketAddr) {
+    let port = free_port();
+    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    let server = ChildGuard::spawn(
+        "axum demo server",
+        Command::new(observer_bin())
+            .args(["demo-server", "--listen", &addr.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()),
+    );
+    wait_for_port(port);
+    (server, addr)
+}
+
 /// A running `observer run` attached to some PIDs, serving on a free loopback port.
 pub struct Observer {
     pub guard: ChildGuard,
