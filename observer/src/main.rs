@@ -107,8 +107,9 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    // Two workers: the event loop keeps one busy under load, /metrics answers on the other.
-    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+    // One thread: capabilities are per thread, and `run` drops them before starting any other
+    // (the /metrics server gets a thread of its own, so it answers while events are busy).
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(e) => return fail(anyhow::Error::new(e).context("starting the async runtime")),
     };

@@ -73,8 +73,9 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
             live.push(pid);
         }
     }
+    drop_privileges()?;
     let addr = listener.local_addr()?;
-    let server = tokio::spawn(serve::serve(listener, metrics.clone()));
+    serve_on_own_thread(listener.into_std()?, metrics.clone())?;
     info!("serving metrics on http://{addr}/metrics");
 
     let router = Router::new(rules, config.max_endpoints, config.path_depth);
@@ -136,7 +137,6 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
             _ = sigint.recv() => break,
         }
     }
-    server.abort();
     drop(probes); // detaches every program
     info!("detached; bye");
     Ok(())
@@ -273,6 +273,44 @@ fn load_rules(path: Option<&Path>) -> anyhow::Result<Rules> {
 
 fn process_exists(pid: u32) -> bool {
     Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// What the daemon keeps once its programs are attached and its port bound: CAP_BPF for the
+/// map updates that follow new processes, CAP_SYS_PTRACE to read their /proc/PID/fd.
+/// Everything else (CAP_PERFMON, CAP_SYS_ADMIN, CAP_NET_BIND_SERVICE, ...) is dropped.
+const KEPT_CAPABILITIES: [caps::Capability; 2] =
+    [caps::Capability::CAP_BPF, caps::Capability::CAP_SYS_PTRACE];
+
+/// The scrape endpoint on a thread of its own (started after the capabilities were dropped,
+/// so it inherits none): scrapes stay fast while the event loop is busy.
+fn serve_on_own_thread(listener: std::net::TcpListener, metrics: Arc<Metrics>) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    std::thread::Builder::new().name("serve".into()).spawn(move || {
+        runtime.block_on(async move {
+            match tokio::net::TcpListener::from_std(listener) {
+                Ok(listener) => {
+                    if let Err(e) = serve::serve(listener, metrics).await {
+                        warn!("the /metrics server stopped: {e}");
+                    }
+                }
+                Err(e) => warn!("the /metrics server could not start: {e}"),
+            }
+        })
+    })?;
+    Ok(())
+}
+
+/// Capabilities are per thread: this must run before any other thread is started.
+fn drop_privileges() -> anyhow::Result<()> {
+    use caps::{CapSet, CapsHashSet};
+    let keep: CapsHashSet = KEPT_CAPABILITIES.into_iter().collect();
+    for set in [CapSet::Effective, CapSet::Permitted, CapSet::Inheritable] {
+        let now = caps::read(None, set).context("reading capabilities")?;
+        caps::set(None, set, &now.intersection(&keep).copied().collect()).context("dropping capabilities")?;
+    }
+    let _ = caps::clear(None, CapSet::Ambient);
+    info!(kept = ?KEPT_CAPABILITIES, "dropped every other capability");
+    Ok(())
 }
 
 /// Loading tracepoint programs needs root or CAP_BPF + CAP_PERFMON; say so before trying.

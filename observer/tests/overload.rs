@@ -3,7 +3,10 @@
 
 mod common;
 
-use std::{process::Command, time::Duration};
+use std::{
+    process::{Command, Stdio},
+    time::Duration,
+};
 
 use common::*;
 
@@ -13,17 +16,35 @@ fn counts_recover_after_the_ring_buffer_overflows() {
     require_command("wrk");
     require_command("curl");
     let (server, addr) = start_demo_server();
-    // 16 KiB of ring for 64 busy connections: it overflows.
-    let observer = Observer::attach_with(&[server.pid()], &["--ring-bytes", "16384", "--idle-timeout", "1"]);
+    // One page of ring for 64 busy connections.
+    let observer = Observer::attach_with(&[server.pid()], &["--ring-bytes", "4096", "--idle-timeout", "1"]);
     let wrk = Command::new("wrk")
-        .args(["--threads", "2", "--connections", "64", "--duration", "2s"])
+        .args(["--threads", "2", "--connections", "64", "--duration", "3s"])
         .arg(format!("http://{addr}/api/status"))
-        .output()
+        .stdout(Stdio::null())
+        .spawn()
         .expect("wrk");
-    assert!(wrk.status.success());
+    let mut wrk = ChildGuard { child: wrk, name: "wrk".into() };
+    // Freeze the daemon for a second of the load: the ring fills, whatever the machine's speed.
+    std::thread::sleep(Duration::from_millis(500));
+    let signal =
+        |sig: &str| Command::new("kill").args([sig, &observer.guard.pid().to_string()]).status().unwrap();
+    assert!(signal("-STOP").success());
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(signal("-CONT").success());
+    assert!(wrk.child.wait().unwrap().success());
 
-    let settled = observer.scrape_until("in-flight back to 0 after the overload", |s| {
-        s.sum("http_requests_in_flight", &[]) == 0.0 && s.sum("observer_events_lost_total", &[]) > 0.0
+    // Settled: nothing in flight, and the count unchanged over half a second (in-flight also
+    // passes through 0 while the last events of the storm are still being read).
+    let mut last = -1.0;
+    let settled = observer.scrape_until("the count to settle after the overload", |s| {
+        let total = s.sum("http_requests_total", &[]);
+        let stable = total == last && s.sum("http_requests_in_flight", &[]) == 0.0;
+        last = total;
+        if !stable {
+            std::thread::sleep(Duration::from_millis(400));
+        }
+        stable && s.sum("observer_events_lost_total", &[]) > 0.0
     });
     let lost = settled.sum("observer_events_lost_total", &[]);
     let before = settled.sum("http_requests_total", &[]);

@@ -14,7 +14,7 @@ use std::{
 /// Kills (SIGKILL) and reaps the child when dropped, whatever happened in the test.
 pub struct ChildGuard {
     pub child: Child,
-    name: String,
+    pub name: String,
 }
 
 impl ChildGuard {
@@ -166,7 +166,7 @@ impl Observer {
     }
 
     /// Scrapes until `ok` holds (events arrive asynchronously), then returns that scrape.
-    pub fn scrape_until(&self, what: &str, ok: impl Fn(&Scrape) -> bool) -> Scrape {
+    pub fn scrape_until(&self, what: &str, mut ok: impl FnMut(&Scrape) -> bool) -> Scrape {
         let deadline = Instant::now() + Duration::from_secs(10);
         let mut last = String::from("(no answer)");
         loop {
