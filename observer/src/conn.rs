@@ -213,7 +213,8 @@ mod tests {
 
     use super::*;
 
-    fn event(syscall: Syscall, ts_ns: u64, head: &[u8]) -> SyscallEvent<'_> {
+    /// A fully captured event on fd 5 of process 1.
+    pub(super) fn event(syscall: Syscall, ts_ns: u64, head: &[u8]) -> SyscallEvent<'_> {
         SyscallEvent {
             ts_ns,
             ret: head.len() as i64,
@@ -260,22 +261,13 @@ mod tests {
 
 #[cfg(test)]
 mod sweep_tests {
+    use super::tests::event;
+
     #[test]
     fn a_vanished_socket_with_requests_in_flight_is_closed_by_the_sweep() {
         let metrics = Metrics::new();
         let mut conns = Connections::new(&metrics, Router::new(Rules::default(), 10, 2), 1);
-        let head: &[u8] = b"GET /v HTTP/1.1\r\n\r\n";
-        let read = SyscallEvent {
-            ts_ns: 1,
-            ret: head.len() as i64,
-            tgid: 1,
-            fd: 9,
-            syscall: Syscall::Read,
-            lost_before: false,
-            head,
-            tail: b"",
-        };
-        conns.handle(&read);
+        conns.handle(&event(Syscall::Read, 1, b"GET /v HTTP/1.1\r\n\r\n"));
         conns.sweep(|_, _| true);
         assert_eq!(conns.count(), 1, "still open, request still waiting: kept");
         conns.sweep(|_, _| false);
@@ -289,16 +281,7 @@ mod sweep_tests {
         let metrics = Metrics::new();
         let mut conns = Connections::new(&metrics, Router::new(Rules::default(), 10, 2), 30).with_capacity(3);
         for fd in 0..10 {
-            conns.handle(&SyscallEvent {
-                ts_ns: 1,
-                ret: 5,
-                tgid: 1,
-                fd,
-                syscall: Syscall::Accept,
-                lost_before: false,
-                head: b"",
-                tail: b"",
-            });
+            conns.handle(&SyscallEvent { fd, ..event(Syscall::Accept, 1, b"") });
         }
         assert_eq!(conns.count(), 3);
         assert_eq!(metrics.connections_dropped.get(), 7);
@@ -312,18 +295,8 @@ mod sweep_tests {
     fn idle_connections_leave_the_table_and_close_delimited_responses_end() {
         let metrics = Metrics::new();
         let mut conns = Connections::new(&metrics, Router::new(Rules::default(), 10, 2), 2);
-        let ev = |syscall, ts_ns, head: &'static [u8]| SyscallEvent {
-            ts_ns,
-            ret: head.len() as i64,
-            tgid: 1,
-            fd: 5,
-            syscall,
-            lost_before: false,
-            head,
-            tail: b"",
-        };
-        conns.handle(&ev(Syscall::Read, 1, b"GET /s HTTP/1.1\r\n\r\n"));
-        conns.handle(&ev(Syscall::Write, 2, b"HTTP/1.1 200 OK\r\n\r\nstream"));
+        conns.handle(&event(Syscall::Read, 1, b"GET /s HTTP/1.1\r\n\r\n"));
+        conns.handle(&event(Syscall::Write, 2, b"HTTP/1.1 200 OK\r\n\r\nstream"));
         conns.sweep(|_, _| true);
         assert_eq!(conns.count(), 1, "not idle yet");
         conns.sweep(|_, _| true);

@@ -114,24 +114,14 @@ impl Probes {
             Hooks::Tracepoints => attach_tracepoints(&mut ebpf)?,
             Hooks::Raw => {
                 attach_raw(&mut ebpf, "raw_sys_exit")?;
-                attach_tracepoint(&mut ebpf, "enter_close", "sys_enter_close")?;
+                attach_tracepoint(&mut ebpf, "enter_close", "syscalls", "sys_enter_close")?;
             }
         }
         if watch_exec {
-            let prog: &mut TracePoint =
-                ebpf.program_mut("exec").expect("the exec program").try_into().expect("a tracepoint");
-            let fail =
-                |source| ProbeError::Program { program: "exec", tracepoint: "sched_process_exec", source };
-            prog.load().map_err(fail).map_err(permission)?;
-            prog.attach("sched", "sched_process_exec").map_err(fail).map_err(permission)?;
+            attach_tracepoint(&mut ebpf, "exec", "sched", "sched_process_exec")?;
         }
         if follow_children {
-            let prog: &mut TracePoint =
-                ebpf.program_mut("fork").expect("the fork program").try_into().expect("a tracepoint");
-            let fail =
-                |source| ProbeError::Program { program: "fork", tracepoint: "sched_process_fork", source };
-            prog.load().map_err(fail).map_err(permission)?;
-            prog.attach("sched", "sched_process_fork").map_err(fail).map_err(permission)?;
+            attach_tracepoint(&mut ebpf, "fork", "sched", "sched_process_fork")?;
         }
         let targets = take_map(&mut ebpf, "TARGETS")?;
         let sockets = take_map(&mut ebpf, "SOCKETS")?;
@@ -212,7 +202,7 @@ impl Floor {
         if hooks == Hooks::Raw {
             ensure_tracefs()?;
             attach_raw(&mut ebpf, "floor_raw")?;
-            attach_tracepoint(&mut ebpf, "floor", "sys_enter_close")?;
+            attach_tracepoint(&mut ebpf, "floor", "syscalls", "sys_enter_close")?;
         } else {
             ensure_tracefs()?;
             let prog: &mut TracePoint =
@@ -252,16 +242,18 @@ fn attach_tracepoints(ebpf: &mut Ebpf) -> Result<(), ProbeError> {
     Ok(())
 }
 
+/// Loads `program` and attaches it to the classic tracepoint `category:tracepoint`.
 fn attach_tracepoint(
     ebpf: &mut Ebpf,
     program: &'static str,
+    category: &str,
     tracepoint: &'static str,
 ) -> Result<(), ProbeError> {
     let prog: &mut TracePoint =
         ebpf.program_mut(program).expect("the program is in the object").try_into().expect("a tracepoint");
     let fail = |source| ProbeError::Program { program, tracepoint, source };
     prog.load().map_err(fail).map_err(permission)?;
-    prog.attach("syscalls", tracepoint).map_err(fail).map_err(permission)?;
+    prog.attach(category, tracepoint).map_err(fail).map_err(permission)?;
     Ok(())
 }
 
