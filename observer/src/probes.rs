@@ -67,6 +67,10 @@ pub enum ProbeError {
     Tracefs(io::Error),
     #[error("loading the eBPF object: {0}")]
     Load(#[from] aya::EbpfError),
+    #[error(
+        "tracepoint {category}:{tracepoint} does not exist on this kernel (no {category}/{tracepoint} under tracefs' events/; syscall tracepoints need CONFIG_FTRACE_SYSCALLS)"
+    )]
+    MissingTracepoint { category: String, tracepoint: &'static str },
     #[error("program {program} on syscalls:{tracepoint}: {source}")]
     Program { program: &'static str, tracepoint: &'static str, source: aya::programs::ProgramError },
     #[error("map {0}: {1}")]
@@ -236,6 +240,7 @@ fn attach_tracepoints(ebpf: &mut Ebpf) -> Result<(), ProbeError> {
             |tracepoint: &'static str| move |source| ProbeError::Program { program, tracepoint, source };
         prog.load().map_err(fail(tracepoints[0])).map_err(permission)?;
         for &tracepoint in tracepoints {
+            require_tracepoint("syscalls", tracepoint)?;
             prog.attach("syscalls", tracepoint).map_err(fail(tracepoint)).map_err(permission)?;
         }
     }
@@ -252,6 +257,7 @@ fn attach_tracepoint(
     let prog: &mut TracePoint =
         ebpf.program_mut(program).expect("the program is in the object").try_into().expect("a tracepoint");
     let fail = |source| ProbeError::Program { program, tracepoint, source };
+    require_tracepoint(category, tracepoint)?;
     prog.load().map_err(fail).map_err(permission)?;
     prog.attach(category, tracepoint).map_err(fail).map_err(permission)?;
     Ok(())
@@ -290,7 +296,8 @@ fn socket_fds(tgid: u32) -> Vec<i32> {
 
 /// Where `child_pid` sits in the sched_process_fork record on this kernel.
 fn fork_child_pid_offset() -> Result<u32, ProbeError> {
-    let format = ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"]
+    require_tracepoint("sched", "sched_process_fork")?;
+    let format = TRACEFS_ROOTS
         .iter()
         .find_map(|root| fs::read_to_string(format!("{root}/events/sched/sched_process_fork/format")).ok())
         .ok_or_else(|| ProbeError::Tracefs(io::Error::other("no sched_process_fork format file")))?;
@@ -301,10 +308,26 @@ fn fork_child_pid_offset() -> Result<u32, ProbeError> {
         .ok_or_else(|| ProbeError::Tracefs(io::Error::other("no child_pid field in sched_process_fork")))
 }
 
+/// A tracepoint the kernel lacks (a config option off, a rename) is named as such rather than
+/// as the file aya failed to open.
+fn require_tracepoint(category: &str, tracepoint: &'static str) -> Result<(), ProbeError> {
+    let exists = TRACEFS_ROOTS
+        .iter()
+        .any(|root| Path::new(root).join("events").join(category).join(tracepoint).join("id").exists());
+    if exists {
+        Ok(())
+    } else {
+        Err(ProbeError::MissingTracepoint { category: category.to_owned(), tracepoint })
+    }
+}
+
+/// Where tracefs is looked for, as aya does.
+const TRACEFS_ROOTS: [&str; 2] = ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"];
+
 /// Classic tracepoints need tracefs; it is not mounted at boot everywhere.
 fn ensure_tracefs() -> Result<(), ProbeError> {
     let mounted = |dir: &str| Path::new(dir).join("events/syscalls").is_dir();
-    if mounted("/sys/kernel/tracing") || mounted("/sys/kernel/debug/tracing") {
+    if TRACEFS_ROOTS.iter().any(|root| mounted(root)) {
         return Ok(());
     }
     let target = c"/sys/kernel/tracing";

@@ -13,6 +13,22 @@ fn observer(args: &[&str]) -> Output {
     Command::new(observer_bin()).args(args).env("RUST_LOG", "off").output().expect("running observer")
 }
 
+/// The observer run in a private mount namespace after `setup` (shell) changed what it sees.
+fn observer_after(setup: &str, args: &[&str]) -> Output {
+    require_root();
+    require_command("unshare");
+    Command::new("unshare")
+        .args(["--mount", "sh", "-ec", &format!("{setup}\nexec \"$@\""), "sh", observer_bin()])
+        .args(args)
+        .env("RUST_LOG", "off")
+        .output()
+        .expect("running unshare")
+}
+
+/// tracefs mounted in the namespace whatever the host has.
+const MOUNT_TRACEFS: &str =
+    "[ -d /sys/kernel/tracing/events/syscalls ] || mount -t tracefs nodev /sys/kernel/tracing";
+
 fn assert_one_line_error(out: &Output, expected: &str) {
     assert!(!out.status.success(), "expected failure, got {}", out.status);
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -57,4 +73,37 @@ fn missing_privileges_are_a_clear_error() {
         .output()
         .expect("running setpriv");
     assert_one_line_error(&out, "not permitted");
+}
+
+#[test]
+fn a_missing_tracepoint_is_a_clear_error() {
+    // What a kernel built without CONFIG_FTRACE_SYSCALLS looks like: no syscalls:sys_enter_close.
+    let me = std::process::id().to_string();
+    let setup =
+        format!("{MOUNT_TRACEFS}\nmount -t tmpfs none /sys/kernel/tracing/events/syscalls/sys_enter_close");
+    for hooks in ["raw", "tracepoints"] {
+        assert_one_line_error(
+            &observer_after(&setup, &["run", "--pid", &me, "--listen", "127.0.0.1:0", "--hooks", hooks]),
+            "tracepoint syscalls:sys_enter_close does not exist on this kernel",
+        );
+    }
+    let setup =
+        format!("{MOUNT_TRACEFS}\nmount -t tmpfs none /sys/kernel/tracing/events/sched/sched_process_fork");
+    assert_one_line_error(
+        &observer_after(&setup, &["run", "--pid", &me, "--listen", "127.0.0.1:0"]),
+        "tracepoint sched:sched_process_fork does not exist on this kernel",
+    );
+}
+
+#[test]
+fn no_tracefs_and_no_right_to_mount_it_is_a_clear_error() {
+    require_command("setpriv");
+    let me = std::process::id().to_string();
+    // tracefs hidden, and the documented minimal capabilities, which cannot mount it.
+    let setup = "mount -t tmpfs none /sys/kernel/tracing\nmount -t tmpfs none /sys/kernel/debug\n\
+                 set -- setpriv --bounding-set=-all,+bpf,+perfmon,+sys_ptrace -- \"$@\"";
+    assert_one_line_error(
+        &observer_after(setup, &["run", "--pid", &me, "--listen", "127.0.0.1:0"]),
+        "tracefs is not mounted and mounting it on /sys/kernel/tracing failed: Operation not permitted",
+    );
 }

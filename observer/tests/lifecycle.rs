@@ -207,3 +207,24 @@ fn runs_with_only_the_documented_capabilities_and_then_drops_all_but_two() {
     let caps = thread_capabilities(observer.pid());
     assert!(caps.iter().all(|&c| c == KEPT), "every thread keeps only CAP_BPF and CAP_SYS_PTRACE: {caps:x?}");
 }
+
+#[test]
+fn needs_no_kernel_btf() {
+    require_root();
+    require_command("unshare");
+    require_command("curl");
+    // Kernels without /sys/kernel/btf/vmlinux (CONFIG_DEBUG_INFO_BTF off) still run it: the
+    // programs use no CO-RE relocation and no BTF-typed hook. Hidden here by a private mount.
+    let (server, addr) = start_demo_server();
+    let hide_btf = "mount -t tmpfs none /sys/kernel/btf\ntest ! -e /sys/kernel/btf/vmlinux\nexec \"$@\"";
+    let observer = Observer::attach_wrapped(
+        &["unshare", "--mount", "sh", "-ec", hide_btf, "sh"],
+        &[server.pid()],
+        &[],
+        "info",
+    );
+    let urls: Vec<String> = (0..10).map(|_| format!("http://{addr}/api/status")).collect();
+    assert_eq!(curl(&[], &urls), vec![200; 10]);
+    let scrape = observer.scrape_settled(10.0);
+    assert_eq!(scrape.sum("http_requests_total", &[("endpoint", "/api/status"), ("status", "200")]), 10.0);
+}

@@ -118,8 +118,21 @@ impl Observer {
 
     /// With extra arguments and a `RUST_LOG` level.
     pub fn attach_logging(pids: &[u32], extra: &[&str], level: &str) -> Self {
+        Self::attach_wrapped(&[], pids, extra, level)
+    }
+
+    /// Started through `wrapper` (a command line that ends by running its arguments, such
+    /// as `unshare -m sh -c '…; exec "$@"' sh`).
+    pub fn attach_wrapped(wrapper: &[&str], pids: &[u32], extra: &[&str], level: &str) -> Self {
         let addr: SocketAddr = ([127, 0, 0, 1], free_port()).into();
-        let mut cmd = Command::new(observer_bin());
+        let mut cmd = match wrapper {
+            [] => Command::new(observer_bin()),
+            [program, args @ ..] => {
+                let mut cmd = Command::new(program);
+                cmd.args(args).arg(observer_bin());
+                cmd
+            }
+        };
         cmd.arg("run").arg("--listen").arg(addr.to_string()).args(extra);
         for pid in pids {
             cmd.arg("--pid").arg(pid.to_string());
