@@ -11,12 +11,13 @@ use core::ffi::c_void;
 
 use aya_ebpf::{
     EbpfContext,
+    bindings::bpf_pidns_info,
     helpers::{
         bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel,
-        generated::{bpf_loop, bpf_probe_read_user},
+        generated::{bpf_get_ns_current_pid_tgid, bpf_loop, bpf_probe_read_user},
     },
     macros::{map, raw_tracepoint, tracepoint},
-    maps::{HashMap, PerCpuArray, RingBuf},
+    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
     programs::{RawTracePointContext, TracePointContext},
 };
 use aya_log_ebpf::warn;
@@ -78,11 +79,40 @@ struct Iovec {
     len: u64,
 }
 
+/// The observer's PID namespace (device and inode of its nsfs file), set by userspace when it
+/// runs in a child namespace (a container): then every pid and tgid here, in maps and in
+/// records, is the one seen in that namespace, as `--pid` and /proc there give them.
+/// Inode 0 means the initial namespace, where the plain helper is the cheaper answer.
+#[unsafe(no_mangle)]
+static PIDNS_DEV: u64 = 0;
+#[unsafe(no_mangle)]
+static PIDNS_INO: u64 = 0;
+
+/// (pid_tgid, tgid) of the current task, in the observer's PID namespace; tgid 0 for a task
+/// outside it.
 #[inline(always)]
 fn current() -> (u64, u32) {
-    let id = bpf_get_current_pid_tgid();
-    (id, (id >> 32) as u32)
+    // SAFETY: constants patched by the loader; volatile so the compiler keeps the loads.
+    let ino = unsafe { core::ptr::read_volatile(&PIDNS_INO) };
+    if ino == 0 {
+        let id = bpf_get_current_pid_tgid();
+        return (id, (id >> 32) as u32);
+    }
+    let dev = unsafe { core::ptr::read_volatile(&PIDNS_DEV) };
+    let mut info = bpf_pidns_info { pid: 0, tgid: 0 };
+    let size = core::mem::size_of::<bpf_pidns_info>() as u32;
+    // SAFETY: the helper writes `size` bytes into `info`.
+    if unsafe { bpf_get_ns_current_pid_tgid(dev, ino, &mut info, size) } != 0 {
+        return (0, 0);
+    }
+    ((u64::from(info.tgid) << 32) | u64::from(info.pid), info.tgid)
 }
+
+/// Children of targets forked in a child PID namespace, by their pid in the initial namespace
+/// (the only one the fork record gives): each becomes a target, under its namespaced tgid, at
+/// its first hooked syscall. LRU: entries of threads (which never match) age out.
+#[map]
+static FORKED: LruHashMap<u32, u32> = LruHashMap::with_max_entries(4096, 0);
 
 #[inline(always)]
 fn now() -> u64 {
@@ -93,7 +123,24 @@ fn now() -> u64 {
 #[inline(always)]
 fn is_target(tgid: u32) -> bool {
     // SAFETY: the value is only tested for presence.
-    unsafe { TARGETS.get(&tgid) }.is_some()
+    unsafe { TARGETS.get(&tgid) }.is_some() || adopt_forked(tgid)
+}
+
+/// In a child PID namespace: whether the current task is a target's new child (see FORKED),
+/// which then becomes a target.
+#[inline(always)]
+fn adopt_forked(tgid: u32) -> bool {
+    // SAFETY: a constant patched by the loader; volatile so the compiler keeps the load.
+    if tgid == 0 || unsafe { core::ptr::read_volatile(&PIDNS_INO) } == 0 {
+        return false;
+    }
+    let global = (bpf_get_current_pid_tgid() >> 32) as u32;
+    // SAFETY: the value is only tested for presence.
+    if unsafe { FORKED.get(&global) }.is_none() {
+        return false;
+    }
+    let _ = FORKED.remove(&global);
+    TARGETS.insert(&tgid, &0, 0).is_ok()
 }
 
 #[inline(always)]
@@ -586,7 +633,18 @@ pub fn fork(ctx: TracePointContext) -> u32 {
     let Ok(child) = (unsafe { ctx.read_at::<i32>(offset & 0xff) }) else {
         return 0;
     };
-    if child <= 0 || child as u32 == tgid {
+    if child <= 0 {
+        return 0;
+    }
+    // SAFETY: a constant patched by the loader; volatile so the compiler keeps the load.
+    if unsafe { core::ptr::read_volatile(&PIDNS_INO) } != 0 {
+        // `child` is the initial namespace's pid: adopted at its first syscall (FORKED);
+        // userspace is told of a fork of `tgid` without the child's pid.
+        let _ = FORKED.insert(&(child as u32), &0, 0);
+        emit_control(&ctx, id, tgid, 0, Syscall::Fork, 0);
+        return 0;
+    }
+    if child as u32 == tgid {
         return 0;
     }
     let _ = TARGETS.insert(&(child as u32), &0, 0);
@@ -599,6 +657,9 @@ pub fn fork(ctx: TracePointContext) -> u32 {
 #[tracepoint]
 pub fn exec(ctx: TracePointContext) -> u32 {
     let (id, tgid) = current();
+    if tgid == 0 {
+        return 0; // outside the observer's PID namespace
+    }
     emit_control(&ctx, id, tgid, 0, Syscall::Exec, 0);
     0
 }

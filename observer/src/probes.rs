@@ -107,7 +107,13 @@ impl Probes {
         ensure_tracefs()?;
         let child_pid_offset = if follow_children { fork_child_pid_offset()? } else { 0 };
         let wakeup_bytes = u64::from(ring_bytes / 16);
+        let (pidns_dev, pidns_ino) = child_pid_namespace().unwrap_or((0, 0));
+        if pidns_ino != 0 {
+            info!("running in a child PID namespace: pids are those seen in it");
+        }
         let mut ebpf = aya::EbpfLoader::new()
+            .override_global("PIDNS_DEV", &pidns_dev, true)
+            .override_global("PIDNS_INO", &pidns_ino, true)
             .override_global("CHILD_PID_OFFSET", &child_pid_offset, true)
             .override_global("WAKEUP_BYTES", &wakeup_bytes, true)
             .map_max_entries("EVENTS", ring_bytes)
@@ -292,6 +298,17 @@ fn socket_fds(tgid: u32) -> Vec<i32> {
         .filter(|entry| fs::read_link(entry.path()).is_ok_and(|l| l.to_string_lossy().starts_with("socket:")))
         .filter_map(|entry| entry.file_name().to_str()?.parse().ok())
         .collect()
+}
+
+/// Inode of the initial PID namespace (`PROC_PID_INIT_INO`), the same on every kernel.
+const INITIAL_PID_NAMESPACE: u64 = 0xEFFF_FFFC;
+
+/// (device, inode) of our PID namespace when it is not the initial one (a container with its
+/// own PID namespace): the kernel programs then give pids as seen in it.
+fn child_pid_namespace() -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let ns = fs::metadata("/proc/self/ns/pid").ok()?;
+    (ns.ino() != INITIAL_PID_NAMESPACE).then(|| (ns.dev(), ns.ino()))
 }
 
 /// Where `child_pid` sits in the sched_process_fork record on this kernel.

@@ -81,7 +81,7 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
     let router = Router::new(rules, config.max_endpoints, config.path_depth);
     let mut conns = Connections::new(&metrics, router, config.idle_timeout_secs);
     let mut lost_seen = 0;
-    let mut forks: Vec<u32> = Vec::new();
+    let mut forks: Vec<Fork> = Vec::new();
     let mut execs: Vec<u32> = Vec::new();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     // The kernel wakes us only once a backlog builds up (see WAKEUP_BYTES in the eBPF
@@ -164,14 +164,16 @@ fn drain_ring(
     ring: &mut RingBuf<MapData>,
     conns: &mut Connections<'_>,
     metrics: &Metrics,
-    forks: &mut Vec<u32>,
+    forks: &mut Vec<Fork>,
     execs: &mut Vec<u32>,
 ) {
     let mut count = 0;
     while let Some(record) = ring.next() {
         count += 1;
         match events::decode(&record) {
-            Ok(event) if event.syscall == Syscall::Fork => forks.push(event.fd as u32),
+            Ok(event) if event.syscall == Syscall::Fork => {
+                forks.push(Fork { parent: event.tgid, child: event.fd as u32 })
+            }
             Ok(event) if event.syscall == Syscall::Exec => execs.push(event.tgid),
             Ok(event) => conns.handle(&event),
             Err(e) => warn!("dropping a malformed kernel record: {e}"),
@@ -180,10 +182,26 @@ fn drain_ring(
     metrics.events.inc_by(count);
 }
 
+/// A target forked (a process or a thread). `child` is 0 in a child PID namespace, where the
+/// kernel knows only the child's pid in the initial namespace.
+struct Fork {
+    parent: u32,
+    child: u32,
+}
+
 /// New children of targets, already targets in the kernel: threads are dropped again,
 /// processes get their inherited sockets learned and join the live set.
-fn follow_forks(forks: &mut Vec<u32>, probes: &mut Probes, live: &mut Vec<u32>) {
-    for child in forks.drain(..) {
+fn follow_forks(forks: &mut Vec<Fork>, probes: &mut Probes, live: &mut Vec<u32>) {
+    for Fork { parent, child } in forks.drain(..) {
+        if child == 0 {
+            // The kernel adopts the child at its first syscall; find it here to learn its sockets.
+            for child in descendants(parent) {
+                if !live.contains(&child) && probes.add_target(child).is_ok() {
+                    live.push(child);
+                }
+            }
+            continue;
+        }
         match tgid_of(child) {
             Some(tgid) if tgid == child => {
                 probes.learn_sockets(child);

@@ -22,40 +22,10 @@ fn start_nginx_with(dir: &TempDir, port: u16, processes: &str) -> ChildGuard {
 fn start_nginx_binary(binary: &str, dir: &TempDir, port: u16, processes: &str) -> ChildGuard {
     let root = dir.path();
     let www = root.join("www");
-    std::fs::create_dir_all(www.join("files")).unwrap();
     std::fs::create_dir_all(www.join("big")).unwrap();
-    std::fs::write(www.join("files/small.txt"), "hello from nginx\n").unwrap();
-    std::fs::write(www.join("files/empty.txt"), "").unwrap();
     // Sparse: reading it costs no disk.
     File::create(www.join("big/image.raw")).unwrap().set_len(1 << 30).unwrap();
-    let conf = format!(
-        r#"
-daemon off;
-{processes}
-pid {root}/nginx.pid;
-error_log {root}/error.log;
-events {{ worker_connections 256; }}
-http {{
-    access_log off;
-    sendfile on;
-    keepalive_timeout 30;
-    keepalive_requests 10000;
-    if_modified_since before;
-    client_body_temp_path {root}/body;
-    proxy_temp_path {root}/proxy;
-    fastcgi_temp_path {root}/fastcgi;
-    uwsgi_temp_path {root}/uwsgi;
-    scgi_temp_path {root}/scgi;
-    server {{
-        listen 127.0.0.1:{port};
-        root {root}/www;
-    }}
-}}
-"#,
-        root = root.display()
-    );
-    let conf_path = root.join("nginx.conf");
-    std::fs::write(&conf_path, conf).unwrap();
+    let conf_path = write_nginx_conf(dir, port, processes);
     let server = ChildGuard::spawn(
         "nginx",
         Command::new(binary)

@@ -347,3 +347,43 @@ impl Drop for TempDir {
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
+
+/// An nginx configuration in `dir` serving `dir/www` (with `files/small.txt` and
+/// `files/empty.txt`) on loopback `port`, in the foreground; `processes` sets the
+/// master/worker split. Returns its path.
+pub fn write_nginx_conf(dir: &TempDir, port: u16, processes: &str) -> std::path::PathBuf {
+    let root = dir.path();
+    let www = root.join("www");
+    std::fs::create_dir_all(www.join("files")).unwrap();
+    std::fs::write(www.join("files/small.txt"), "hello from nginx\n").unwrap();
+    std::fs::write(www.join("files/empty.txt"), "").unwrap();
+    let conf = format!(
+        r#"
+daemon off;
+{processes}
+pid {root}/nginx.pid;
+error_log {root}/error.log;
+events {{ worker_connections 256; }}
+http {{
+    access_log off;
+    sendfile on;
+    keepalive_timeout 30;
+    keepalive_requests 10000;
+    if_modified_since before;
+    client_body_temp_path {root}/body;
+    proxy_temp_path {root}/proxy;
+    fastcgi_temp_path {root}/fastcgi;
+    uwsgi_temp_path {root}/uwsgi;
+    scgi_temp_path {root}/scgi;
+    server {{
+        listen 127.0.0.1:{port};
+        root {root}/www;
+    }}
+}}
+"#,
+        root = root.display()
+    );
+    let path = root.join("nginx.conf");
+    std::fs::write(&path, conf).unwrap();
+    path
+}
