@@ -10,6 +10,16 @@ use observer::{demo, demo_server, probes::Hooks, run};
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Log lines as text, or as one JSON object per line (for log shippers). `RUST_LOG` sets
+    /// the level (info by default).
+    #[arg(long, value_enum, default_value = "text", global = true)]
+    log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -101,12 +111,16 @@ impl Common {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
+    let log = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Text => log.init(),
+        LogFormat::Json => log.json().flatten_event(true).init(),
+    }
+    let fail = |e: anyhow::Error| fail(e, cli.log_format);
     // One thread: capabilities are per thread, and `run` drops them before starting any other
     // (the /metrics server gets a thread of its own, so it answers while events are busy).
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
@@ -129,8 +143,11 @@ fn main() -> ExitCode {
     }
 }
 
-/// One line on stderr, non-zero exit.
-fn fail(e: anyhow::Error) -> ExitCode {
-    eprintln!("observer: error: {e:#}");
+/// One line on stderr (a JSON log record with `--log-format json`), non-zero exit.
+fn fail(e: anyhow::Error, format: LogFormat) -> ExitCode {
+    match format {
+        LogFormat::Text => eprintln!("observer: error: {e:#}"),
+        LogFormat::Json => tracing::error!("observer: error: {e:#}"),
+    }
     ExitCode::FAILURE
 }

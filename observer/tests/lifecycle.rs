@@ -228,3 +228,35 @@ fn needs_no_kernel_btf() {
     let scrape = observer.scrape_settled(10.0);
     assert_eq!(scrape.sum("http_requests_total", &[("endpoint", "/api/status"), ("status", "200")]), 10.0);
 }
+
+#[test]
+fn json_logs_are_one_object_per_line_errors_included() {
+    require_root();
+    require_command("curl");
+    let (server, addr) = start_demo_server();
+    let observer = Observer::attach_logging(&[server.pid()], &["--log-format", "json"], "info");
+    assert_eq!(curl(&[], &[format!("http://{addr}/api/status")]), vec![200]);
+    observer.scrape_settled(1.0);
+    let log = observer.log();
+    let records: Vec<serde_json::Value> = log
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}")))
+        .collect();
+    assert!(
+        records.iter().any(|r| r["level"] == "INFO"
+            && r["message"].as_str().is_some_and(|m| m.starts_with("serving metrics on"))),
+        "{log}"
+    );
+
+    let out = Command::new(observer_bin())
+        .args(["run", "--log-format", "json", "--pid", "4000000", "--listen", "127.0.0.1:0"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "{stderr}");
+    let record: serde_json::Value = serde_json::from_str(lines[0]).expect("a JSON error record");
+    assert_eq!(record["level"], "ERROR");
+    assert!(record["message"].as_str().unwrap().contains("no such process: 4000000"), "{stderr}");
+}
