@@ -48,8 +48,14 @@ async fn wait_until_accepting(addr: SocketAddr) -> anyhow::Result<()> {
 
 /// A few keep-alive requests every half second, across the demo's endpoints.
 async fn drive_traffic(addr: SocketAddr) {
-    const PATHS: [&str; 5] =
-        ["/boot/52:54:00:12:34:56", "/boot/52:54:00:ab:cd:ef", "/images/vmlinuz", "/api/status", "/missing"];
+    const PATHS: [&str; 6] = [
+        "/boot/52:54:00:12:34:56",
+        "/boot/52:54:00:ab:cd:ef",
+        "/images/vmlinuz",
+        "/api/status",
+        "/missing",
+        "/fail/503",
+    ];
     loop {
         if let Err(e) = one_round(addr, &PATHS).await {
             warn!("demo traffic: {e:#}");

@@ -37,6 +37,7 @@ pub async fn serve(listen: SocketAddr) -> anyhow::Result<()> {
         .route("/api/status", get(|| async { r#"{"status":"ok"}"# }))
         .route("/slow/{ms}", get(slow))
         .route("/work/{us}", get(work))
+        .route("/fail/{code}", get(fail))
         .route("/upload/{name}", post(upload).put(upload))
         .route("/internal/stats", get(report))
         .layer(middleware::from_fn_with_state(stats.clone(), record))
@@ -54,6 +55,15 @@ fn boot_script(mac: &str) -> String {
 async fn slow(Path(ms): Path<u64>) -> &'static str {
     tokio::time::sleep(Duration::from_millis(ms.min(5_000))).await;
     "done\n"
+}
+
+/// Answers with the given error status (400–599; 500 otherwise): failing endpoints for the
+/// error-ratio graphs.
+async fn fail(Path(code): Path<u16>) -> axum::http::StatusCode {
+    match axum::http::StatusCode::from_u16(code) {
+        Ok(status) if (400..600).contains(&code) => status,
+        _ => axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+    }
 }
 
 /// Spins the CPU for about `us` microseconds: a handler that does real work.

@@ -31,6 +31,11 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     ("wrk", "wrk"),
     ("python3", "python3"),
     ("bpftool", "bpftool"),
+    ("unshare", "util-linux"),
+    ("prometheus", "prometheus"),
+    ("promtool", "prometheus"),
+    ("tmux", "tmux"),
+    ("systemd-analyze", "systemd"),
 ];
 
 #[derive(Parser)]
@@ -42,7 +47,12 @@ struct Cli {
 #[derive(Subcommand)]
 enum Task {
     /// Install what a fresh machine lacks: rust-src, bpf-linker, Debian packages. Idempotent.
-    Setup,
+    Setup {
+        /// Only what building needs (rust-src, bpf-linker): no test packages, no cargo-fuzz
+        /// (deploy/Dockerfile).
+        #[arg(long)]
+        build_only: bool,
+    },
     /// Set up, build, and run the observer: `observer demo` when no `--pid` is given,
     /// else `observer run` with the given arguments.
     Run {
@@ -75,7 +85,8 @@ enum Task {
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
-        Task::Setup => setup(),
+        Task::Setup { build_only: true } => setup_build(),
+        Task::Setup { build_only: false } => setup(),
         Task::Run { args } => {
             setup()?;
             run_observer(&args)
@@ -113,13 +124,18 @@ fn main() -> anyhow::Result<()> {
 
 fn setup() -> anyhow::Result<()> {
     let started = std::time::Instant::now();
-    run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", TOOLCHAIN]))
-        .context("installing rust-src for the pinned toolchain")?;
-    ensure_bpf_linker()?;
+    setup_build()?;
     ensure_debian_packages()?;
     ensure_cargo_fuzz()?;
     eprintln!("xtask: setup done in {:.1}s", started.elapsed().as_secs_f64());
     Ok(())
+}
+
+/// What building the observer needs.
+fn setup_build() -> anyhow::Result<()> {
+    run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", TOOLCHAIN]))
+        .context("installing rust-src for the pinned toolchain")?;
+    ensure_bpf_linker()
 }
 
 /// bpf-linker must link against the same LLVM as the rustc that compiles the eBPF crate:

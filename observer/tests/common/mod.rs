@@ -283,6 +283,13 @@ impl RawClient {
         RawClient { stream, buf: Vec::new() }
     }
 
+    /// Without Nagle's algorithm: the second piece of a request is not held back until the
+    /// server acknowledges the first (up to its 40 ms delayed ACK), as browsers do.
+    pub fn nodelay(self) -> Self {
+        self.stream.set_nodelay(true).unwrap();
+        self
+    }
+
     /// Sends a GET and reads its response (Content-Length framed); returns the status.
     pub fn get(&mut self, path: &str) -> u16 {
         // `write!` sends the format pieces as separate writes ("GET ", then the rest), as
