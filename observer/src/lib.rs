@@ -13,3 +13,4 @@ pub mod probes;
 pub mod route;
 pub mod run;
 pub mod serve;
+pub mod top;

@@ -1,9 +1,16 @@
 //! The `observer` command line.
 
-use std::{net::SocketAddr, path::PathBuf, process::ExitCode};
+use std::{net::SocketAddr, path::PathBuf, process::ExitCode, sync::Arc, time::Duration};
 
 use clap::{Parser, Subcommand};
-use observer::{demo, demo_server, probes::Hooks, run};
+use observer::{
+    demo, demo_server,
+    metrics::Metrics,
+    probes::Hooks,
+    run,
+    top::{self, SortBy},
+};
+use tracing_subscriber::fmt::writer::BoxMakeWriter;
 
 #[derive(Parser)]
 #[command(version, about)]
@@ -33,14 +40,45 @@ enum Command {
         /// server is picked up again): a path, or a file name (repeatable).
         #[arg(long = "exe", value_name = "NAME|PATH")]
         exes: Vec<String>,
+        /// Address to serve /metrics on.
+        #[arg(long, default_value = "0.0.0.0:9464")]
+        listen: SocketAddr,
         #[command(flatten)]
         common: Common,
         /// Exit once every target has exited (default: keep serving what was counted).
         #[arg(long)]
         exit_with_targets: bool,
     },
+    /// Live terminal view, one row per endpoint: requests/s, in flight, p50/p99 latency, error
+    /// ratio, bytes/s. Reads a running daemon (`--url`) or observes `--pid`/`--exe` itself.
+    Top {
+        /// A running daemon's metrics, e.g. http://127.0.0.1:9464/metrics.
+        #[arg(long, conflicts_with_all = ["pids", "exes"], required_unless_present_any = ["pids", "exes"])]
+        url: Option<String>,
+        /// Process to observe here (repeatable).
+        #[arg(long = "pid", value_name = "PID")]
+        pids: Vec<u32>,
+        /// Program whose processes to observe here (repeatable).
+        #[arg(long = "exe", value_name = "NAME|PATH")]
+        exes: Vec<String>,
+        /// Seconds between refreshes; rates are over this interval.
+        #[arg(long, default_value_t = 1.0)]
+        interval: f64,
+        /// Initial sort column (keys: s or → next column, 1-7 pick one, r reverse).
+        #[arg(long, value_enum, default_value = "rate")]
+        sort: SortBy,
+        /// When observing here, also serve /metrics on this address (an ephemeral loopback
+        /// port by default).
+        #[arg(long, default_value = "127.0.0.1:0")]
+        listen: SocketAddr,
+        #[command(flatten)]
+        common: Common,
+    },
     /// Start a demo HTTP server with some traffic, and observe it.
     Demo {
+        /// Address to serve /metrics on.
+        #[arg(long, default_value = "0.0.0.0:9464")]
+        listen: SocketAddr,
         #[command(flatten)]
         common: Common,
     },
@@ -62,9 +100,6 @@ enum Command {
 
 #[derive(clap::Args)]
 struct Common {
-    /// Address to serve /metrics on.
-    #[arg(long, default_value = "0.0.0.0:9464")]
-    listen: SocketAddr,
     /// Most distinct endpoint labels; later ones are counted as endpoint="other".
     #[arg(long, default_value_t = 100)]
     max_endpoints: usize,
@@ -92,11 +127,11 @@ struct Common {
 }
 
 impl Common {
-    fn config(self, pids: Vec<u32>, exit_with_targets: bool) -> run::RunConfig {
+    fn config(self, pids: Vec<u32>, listen: SocketAddr, exit_with_targets: bool) -> run::RunConfig {
         run::RunConfig {
             pids,
             exes: Vec::new(),
-            listen: self.listen,
+            listen,
             max_endpoints: self.max_endpoints,
             routes: self.routes,
             path_depth: self.path_depth,
@@ -111,11 +146,16 @@ impl Common {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // The live view owns the terminal: its logs would scribble over it.
+    let writer = match cli.command {
+        Command::Top { .. } => BoxMakeWriter::new(std::io::sink),
+        _ => BoxMakeWriter::new(std::io::stderr),
+    };
     let log = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
-        .with_writer(std::io::stderr);
+        .with_writer(writer);
     match cli.log_format {
         LogFormat::Text => log.init(),
         LogFormat::Json => log.json().flatten_event(true).init(),
@@ -129,10 +169,24 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Run { pids, exes, common, exit_with_targets } => {
-                run::run(run::RunConfig { exes, ..common.config(pids, exit_with_targets) }).await
+            Command::Run { pids, exes, listen, common, exit_with_targets } => {
+                run::run(run::RunConfig { exes, ..common.config(pids, listen, exit_with_targets) }).await
             }
-            Command::Demo { common } => demo::demo(common.config(Vec::new(), true)).await,
+            Command::Top { url, pids, exes, interval, sort, listen, common } => {
+                let interval = Duration::from_secs_f64(interval.clamp(0.1, 3600.0));
+                match url {
+                    Some(url) => top::show(top::Source::Url(url), interval, sort).await,
+                    None => {
+                        let metrics = Arc::new(Metrics::new());
+                        let config = run::RunConfig { exes, ..common.config(pids, listen, false) };
+                        tokio::select! {
+                            done = run::run_with_metrics(config, metrics.clone()) => done,
+                            done = top::show(top::Source::Local(metrics), interval, sort) => done,
+                        }
+                    }
+                }
+            }
+            Command::Demo { listen, common } => demo::demo(common.config(Vec::new(), listen, true)).await,
             Command::DemoServer { listen } => demo_server::serve(listen).await,
             Command::Floor { pids, hooks } => run::floor(&pids, hooks).await,
         }

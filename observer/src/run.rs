@@ -43,6 +43,11 @@ pub struct RunConfig {
 }
 
 pub async fn run(config: RunConfig) -> anyhow::Result<()> {
+    run_with_metrics(config, Arc::new(Metrics::new())).await
+}
+
+/// `run`, counting into `metrics` (which `observer top` reads in-process).
+pub async fn run_with_metrics(config: RunConfig, metrics: Arc<Metrics>) -> anyhow::Result<()> {
     for &pid in &config.pids {
         if !process_exists(pid) {
             bail!("no such process: {pid}");
@@ -56,7 +61,6 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
         }
         _ => anyhow::Error::new(e).context(format!("binding {}", config.listen)),
     })?;
-    let metrics = Arc::new(Metrics::new());
     if !config.ring_bytes.is_power_of_two() || config.ring_bytes < 4096 {
         bail!("--ring-bytes must be a power of two of at least 4096, not {}", config.ring_bytes);
     }

@@ -1,0 +1,225 @@
+//! `observer top`: a live terminal view of the request metrics, one row per endpoint,
+//! refreshed every interval, from a running daemon's `/metrics` or from an in-process one.
+
+mod exposition;
+mod table;
+
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use anyhow::Context;
+use ratatui::{
+    DefaultTerminal, Frame,
+    crossterm::event::{self, Event, KeyCode, KeyEventKind, KeyModifiers},
+    layout::{Constraint, Layout},
+    style::{Modifier, Style},
+    widgets::{Cell, Paragraph, Row, Table},
+};
+pub use table::SortBy;
+
+use crate::metrics::Metrics;
+
+/// Where the numbers come from.
+pub enum Source {
+    /// A running daemon's `/metrics`.
+    Url(String),
+    /// The observer running in this process (`observer top --pid`).
+    Local(Arc<Metrics>),
+}
+
+impl Source {
+    fn describe(&self) -> String {
+        match self {
+            Source::Url(url) => url.clone(),
+            Source::Local(_) => "attached here".into(),
+        }
+    }
+
+    fn snapshot(&self) -> anyhow::Result<table::Snapshot> {
+        let text = match self {
+            Source::Url(url) => ureq::get(url)
+                .config()
+                .timeout_global(Some(Duration::from_secs(2)))
+                .build()
+                .call()
+                .and_then(|mut response| response.body_mut().read_to_string())
+                .with_context(|| format!("reading {url}"))?,
+            Source::Local(metrics) => metrics.encode(),
+        };
+        Ok(table::Snapshot::new(&exposition::parse(&text), Instant::now()))
+    }
+}
+
+/// What the screen shows.
+struct View {
+    source: String,
+    interval: Duration,
+    sort: SortBy,
+    reverse: bool,
+    rows: Vec<table::Row>,
+    /// The last refresh's failure, shown until one succeeds.
+    problem: Option<String>,
+}
+
+/// Puts the terminal back however `show` ends (error, panic, the daemon's task failing).
+struct TerminalGuard;
+
+impl Drop for TerminalGuard {
+    fn drop(&mut self) {
+        ratatui::restore();
+    }
+}
+
+/// Runs the view until `q`, Esc or Ctrl-C.
+pub async fn show(source: Source, interval: Duration, sort: SortBy) -> anyhow::Result<()> {
+    // Fail before taking the terminal over when the daemon cannot be read at all.
+    let mut before = source.snapshot()?;
+    let mut terminal = ratatui::try_init().context("setting up the terminal")?;
+    let _guard = TerminalGuard;
+    let mut view =
+        View { source: source.describe(), interval, sort, reverse: false, rows: Vec::new(), problem: None };
+    let mut next_refresh = Instant::now() + interval;
+    let mut ticker = tokio::time::interval(Duration::from_millis(50));
+    let mut dirty = true;
+    loop {
+        ticker.tick().await;
+        while event::poll(Duration::ZERO)? {
+            let Event::Key(key) = event::read()? else {
+                dirty = true; // a resize
+                continue;
+            };
+            if key.kind != KeyEventKind::Press {
+                continue;
+            }
+            match key.code {
+                KeyCode::Char('q') | KeyCode::Esc => return Ok(()),
+                KeyCode::Char('c') if key.modifiers.contains(KeyModifiers::CONTROL) => return Ok(()),
+                KeyCode::Char('s') | KeyCode::Right | KeyCode::Tab => view.sort = view.sort.next(),
+                KeyCode::Char('r') => view.reverse = !view.reverse,
+                KeyCode::Char(digit @ '1'..='7') => {
+                    view.sort = SortBy::ALL[digit as usize - '1' as usize];
+                }
+                _ => {}
+            }
+            dirty = true;
+        }
+        if Instant::now() >= next_refresh {
+            next_refresh += interval;
+            match source.snapshot() {
+                Ok(now) => {
+                    view.rows = table::rows(&before, &now);
+                    view.problem = None;
+                    before = now;
+                }
+                Err(e) => view.problem = Some(format!("{e:#}")),
+            }
+            dirty = true;
+        }
+        if dirty {
+            view.sort.sort(&mut view.rows, view.reverse);
+            draw(&mut terminal, &view)?;
+            dirty = false;
+        }
+    }
+}
+
+fn draw(terminal: &mut DefaultTerminal, view: &View) -> anyhow::Result<()> {
+    terminal.draw(|frame| render(frame, view)).context("drawing")?;
+    Ok(())
+}
+
+/// Column titles, in `SortBy::ALL` order, and their widths (80 columns in all).
+const COLUMNS: [(&str, u16); 7] =
+    [("ENDPOINT", 26), ("REQ/S", 8), ("INFL", 5), ("P50", 8), ("P99", 8), ("ERR%", 6), ("BYTES/S", 9)];
+
+fn render(frame: &mut Frame, view: &View) {
+    let [top, body, bottom] =
+        Layout::vertical([Constraint::Length(1), Constraint::Fill(1), Constraint::Length(1)])
+            .areas(frame.area());
+    let total: f64 = view.rows.iter().map(|r| r.rate).sum();
+    let in_flight: f64 = view.rows.iter().map(|r| r.in_flight).sum();
+    let summary = format!(
+        "{} │ {} req/s │ {in_flight} in flight │ every {}s",
+        view.source,
+        rate(total),
+        view.interval.as_secs_f64()
+    );
+    frame.render_widget(Paragraph::new(summary).style(Style::new().add_modifier(Modifier::BOLD)), top);
+
+    let header = Row::new(COLUMNS.iter().zip(SortBy::ALL).map(|(&(title, _), column)| {
+        let marker = match (column == view.sort, view.reverse) {
+            (false, _) => "",
+            (true, false) if column == SortBy::Endpoint => "▲",
+            (true, false) => "▼",
+            (true, true) if column == SortBy::Endpoint => "▼",
+            (true, true) => "▲",
+        };
+        Cell::from(format!("{title}{marker}"))
+    }))
+    .style(Style::new().add_modifier(Modifier::REVERSED));
+    let rows = view.rows.iter().map(|row| {
+        Row::new([
+            row.endpoint.clone(),
+            rate(row.rate),
+            format!("{}", row.in_flight),
+            row.p50.map_or("-".into(), seconds),
+            row.p99.map_or("-".into(), seconds),
+            row.error_ratio.map_or("-".into(), |r| format!("{:.1}", 100.0 * r)),
+            bytes(row.bytes_rate),
+        ])
+    });
+    let widths = COLUMNS.map(|(_, width)| Constraint::Length(width));
+    frame.render_widget(Table::new(rows, widths).header(header).column_spacing(1), body);
+
+    let keys = match &view.problem {
+        Some(problem) => format!("! {problem}"),
+        None => "s/→ sort column · 1-7 pick · r reverse · q quit".into(),
+    };
+    frame.render_widget(Paragraph::new(keys), bottom);
+}
+
+fn rate(per_second: f64) -> String {
+    match per_second {
+        r if r >= 10_000.0 => format!("{:.1}k", r / 1000.0),
+        r if r >= 100.0 => format!("{r:.0}"),
+        r => format!("{r:.1}"),
+    }
+}
+
+fn seconds(s: f64) -> String {
+    match s {
+        s if s < 1e-3 => format!("{:.0}µs", s * 1e6),
+        s if s < 1.0 => format!("{:.1}ms", s * 1e3),
+        s => format!("{s:.2}s"),
+    }
+}
+
+fn bytes(per_second: f64) -> String {
+    const UNITS: [&str; 5] = ["B", "K", "M", "G", "T"];
+    let mut value = per_second;
+    let mut unit = 0;
+    while value >= 1000.0 && unit < UNITS.len() - 1 {
+        value /= 1000.0;
+        unit += 1;
+    }
+    format!("{value:.1}{}", UNITS[unit])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn units_fit_their_columns() {
+        assert_eq!(seconds(0.000_25), "250µs");
+        assert_eq!(seconds(0.0125), "12.5ms");
+        assert_eq!(seconds(2.5), "2.50s");
+        assert_eq!(bytes(12_345_678.0), "12.3M");
+        assert_eq!(rate(123_456.0), "123.5k");
+        assert_eq!(rate(2.25), "2.2");
+        let widest = COLUMNS.iter().map(|c| c.1).sum::<u16>() + COLUMNS.len() as u16 - 1;
+        assert!(widest <= 80, "{widest}");
+    }
+}

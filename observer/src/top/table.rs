@@ -1,0 +1,254 @@
+//! Two snapshots of the daemon's metrics → one row per endpoint: rates over the interval
+//! between them, latency quantiles from the histogram's bucket increments.
+
+use std::{collections::BTreeMap, time::Instant};
+
+use super::exposition::Sample;
+
+/// Counter and gauge values of one endpoint at one moment.
+#[derive(Debug, Default, Clone)]
+struct Totals {
+    requests: f64,
+    errors: f64,
+    in_flight: f64,
+    bytes: f64,
+    /// Cumulative duration buckets: (upper bound, count), ascending.
+    buckets: Vec<(f64, f64)>,
+}
+
+/// The daemon's metrics at one moment, by endpoint.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    at: Instant,
+    endpoints: BTreeMap<String, Totals>,
+}
+
+impl Snapshot {
+    pub fn new(samples: &[Sample], at: Instant) -> Self {
+        let mut endpoints: BTreeMap<String, Totals> = BTreeMap::new();
+        for sample in samples {
+            let Some(endpoint) = sample.label("endpoint") else { continue };
+            let totals = endpoints.entry(endpoint.to_owned()).or_default();
+            match sample.name.as_str() {
+                "http_requests_total" => {
+                    totals.requests += sample.value;
+                    if sample.label("status").is_some_and(|s| s.starts_with('5')) {
+                        totals.errors += sample.value;
+                    }
+                }
+                "http_requests_in_flight" => totals.in_flight += sample.value,
+                "http_response_size_bytes_sum" => totals.bytes += sample.value,
+                "http_request_duration_seconds_bucket" => {
+                    if let Some(le) = sample.label("le").and_then(|le| le.parse().ok()) {
+                        totals.buckets.push((le, sample.value));
+                    }
+                }
+                _ => {}
+            }
+        }
+        for totals in endpoints.values_mut() {
+            totals.buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+        }
+        Snapshot { at, endpoints }
+    }
+}
+
+/// One endpoint over one interval. `None`: no request completed in it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Row {
+    pub endpoint: String,
+    pub rate: f64,
+    pub in_flight: f64,
+    pub p50: Option<f64>,
+    pub p99: Option<f64>,
+    pub error_ratio: Option<f64>,
+    pub bytes_rate: f64,
+}
+
+/// Rows for the interval from `before` to `now`.
+pub fn rows(before: &Snapshot, now: &Snapshot) -> Vec<Row> {
+    let seconds = now.at.duration_since(before.at).as_secs_f64().max(1e-3);
+    now.endpoints
+        .iter()
+        .map(|(endpoint, totals)| {
+            let old = before.endpoints.get(endpoint).cloned().unwrap_or_default();
+            let requests = increase(old.requests, totals.requests);
+            let buckets: Vec<(f64, f64)> = totals
+                .buckets
+                .iter()
+                .map(|&(le, count)| {
+                    let was = old.buckets.iter().find(|(l, _)| *l == le).map_or(0.0, |b| b.1);
+                    (le, increase(was, count))
+                })
+                .collect();
+            Row {
+                endpoint: endpoint.clone(),
+                rate: requests / seconds,
+                in_flight: totals.in_flight,
+                p50: quantile(0.5, &buckets),
+                p99: quantile(0.99, &buckets),
+                error_ratio: (requests > 0.0).then(|| increase(old.errors, totals.errors) / requests),
+                bytes_rate: increase(old.bytes, totals.bytes) / seconds,
+            }
+        })
+        .collect()
+}
+
+/// A counter's increase; after a reset (a restarted daemon) the new value is all increase.
+fn increase(before: f64, now: f64) -> f64 {
+    if now >= before { now - before } else { now }
+}
+
+/// The q-quantile of cumulative buckets, interpolated linearly inside the bucket it falls in,
+/// as Prometheus's `histogram_quantile` does; the last finite bound when it falls in `+Inf`.
+pub fn quantile(q: f64, buckets: &[(f64, f64)]) -> Option<f64> {
+    let total = buckets.last()?.1;
+    if total <= 0.0 {
+        return None;
+    }
+    let rank = q * total;
+    let mut lower = (0.0, 0.0);
+    for &(le, count) in buckets {
+        if count >= rank {
+            if le.is_infinite() {
+                return Some(lower.0);
+            }
+            let inside = count - lower.1;
+            let fraction = if inside > 0.0 { (rank - lower.1) / inside } else { 1.0 };
+            return Some(lower.0 + (le - lower.0) * fraction);
+        }
+        lower = (le, count);
+    }
+    Some(lower.0)
+}
+
+/// What the rows are ordered by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SortBy {
+    Endpoint,
+    Rate,
+    InFlight,
+    P50,
+    P99,
+    Errors,
+    Bytes,
+}
+
+impl SortBy {
+    pub const ALL: [SortBy; 7] = [
+        SortBy::Endpoint,
+        SortBy::Rate,
+        SortBy::InFlight,
+        SortBy::P50,
+        SortBy::P99,
+        SortBy::Errors,
+        SortBy::Bytes,
+    ];
+
+    /// The next column to the right, wrapping.
+    pub fn next(self) -> SortBy {
+        let at = SortBy::ALL.iter().position(|&s| s == self).unwrap_or(0);
+        SortBy::ALL[(at + 1) % SortBy::ALL.len()]
+    }
+
+    /// Biggest first, except names (A to Z); `reverse` flips it.
+    pub fn sort(self, rows: &mut [Row], reverse: bool) {
+        let key = |row: &Row| -> f64 {
+            match self {
+                SortBy::Endpoint => 0.0,
+                SortBy::Rate => row.rate,
+                SortBy::InFlight => row.in_flight,
+                SortBy::P50 => row.p50.unwrap_or(-1.0),
+                SortBy::P99 => row.p99.unwrap_or(-1.0),
+                SortBy::Errors => row.error_ratio.unwrap_or(-1.0),
+                SortBy::Bytes => row.bytes_rate,
+            }
+        };
+        rows.sort_by(|a, b| {
+            let order = match self {
+                SortBy::Endpoint => a.endpoint.cmp(&b.endpoint),
+                _ => key(b).total_cmp(&key(a)).then_with(|| a.endpoint.cmp(&b.endpoint)),
+            };
+            if reverse { order.reverse() } else { order }
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::top::exposition::parse;
+
+    fn snapshot(text: &str, at: Instant) -> Snapshot {
+        Snapshot::new(&parse(text), at)
+    }
+
+    const BEFORE: &str = r#"
+http_requests_total{endpoint="/a",method="GET",status="200"} 10
+http_requests_total{endpoint="/a",method="GET",status="503"} 0
+http_requests_in_flight{endpoint="/a"} 0
+http_response_size_bytes_sum{endpoint="/a"} 1000
+http_request_duration_seconds_bucket{le="0.1",endpoint="/a"} 10
+http_request_duration_seconds_bucket{le="0.2",endpoint="/a"} 10
+http_request_duration_seconds_bucket{le="+Inf",endpoint="/a"} 10
+"#;
+    const NOW: &str = r#"
+http_requests_total{endpoint="/a",method="GET",status="200"} 40
+http_requests_total{endpoint="/a",method="GET",status="503"} 10
+http_requests_in_flight{endpoint="/a"} 3
+http_response_size_bytes_sum{endpoint="/a"} 5000
+http_request_duration_seconds_bucket{le="0.1",endpoint="/a"} 20
+http_request_duration_seconds_bucket{le="0.2",endpoint="/a"} 50
+http_request_duration_seconds_bucket{le="+Inf",endpoint="/a"} 50
+http_requests_total{endpoint="/idle",method="GET",status="200"} 7
+"#;
+
+    #[test]
+    fn rates_ratios_and_quantiles_over_the_interval() {
+        let t0 = Instant::now();
+        let rows = rows(&snapshot(BEFORE, t0), &snapshot(NOW, t0 + Duration::from_secs(2)));
+        let a = rows.iter().find(|r| r.endpoint == "/a").unwrap();
+        assert_eq!(a.rate, 20.0); // 40 more requests in 2 s
+        assert_eq!(a.in_flight, 3.0);
+        assert_eq!(a.error_ratio, Some(0.25));
+        assert_eq!(a.bytes_rate, 2000.0);
+        // 40 new: 10 at ≤ 0.1, 30 in (0.1, 0.2]; the median (rank 20) is 1/3 into that bucket.
+        assert!((a.p50.unwrap() - (0.1 + 0.1 * 10.0 / 30.0)).abs() < 1e-9, "{a:?}");
+        let idle = rows.iter().find(|r| r.endpoint == "/idle").unwrap();
+        assert_eq!(idle.p99, None);
+    }
+
+    #[test]
+    fn quantile_in_the_open_bucket_is_the_last_bound_and_empty_is_none() {
+        assert_eq!(quantile(0.99, &[(0.1, 1.0), (f64::INFINITY, 100.0)]), Some(0.1));
+        assert_eq!(quantile(0.5, &[(0.1, 0.0), (f64::INFINITY, 0.0)]), None);
+        assert_eq!(quantile(0.5, &[]), None);
+    }
+
+    #[test]
+    fn a_counter_reset_counts_the_new_value() {
+        assert_eq!(increase(100.0, 5.0), 5.0);
+        assert_eq!(increase(5.0, 8.0), 3.0);
+    }
+
+    #[test]
+    fn sorts_biggest_first_names_a_to_z_and_cycles() {
+        let row = |endpoint: &str, rate: f64| Row {
+            endpoint: endpoint.into(),
+            rate,
+            in_flight: 0.0,
+            p50: None,
+            p99: None,
+            error_ratio: None,
+            bytes_rate: 0.0,
+        };
+        let mut rows = vec![row("/b", 1.0), row("/a", 5.0), row("/c", 3.0)];
+        SortBy::Rate.sort(&mut rows, false);
+        assert_eq!(rows.iter().map(|r| r.rate).collect::<Vec<_>>(), [5.0, 3.0, 1.0]);
+        SortBy::Endpoint.sort(&mut rows, true);
+        assert_eq!(rows[0].endpoint, "/c");
+        assert_eq!(SortBy::Bytes.next(), SortBy::Endpoint);
+    }
+}
