@@ -139,16 +139,8 @@ impl Observer {
         }
         cmd.env("RUST_LOG", level).stdout(Stdio::null()).stderr(Stdio::piped());
         let mut guard = ChildGuard::spawn("observer", &mut cmd);
-        // The port is bound before the probes load, but /metrics answers only once the
-        // probes are attached and the targets followed.
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while try_http_get(addr, "/metrics").is_none() {
-            guard.assert_running();
-            assert!(Instant::now() < deadline, "observer did not serve /metrics within 30s");
-            thread::sleep(Duration::from_millis(50));
-        }
-        // Keep draining the log so the observer never blocks on a full pipe; keep it for tests
-        // that read it.
+        // Drain the log from the start so the observer never blocks on a full pipe (trace
+        // logging fills one during start-up); keep it for tests that read it.
         let stderr = guard.child.stderr.take().expect("piped stderr");
         let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let sink = log.clone();
@@ -158,6 +150,17 @@ impl Observer {
                 sink.lock().unwrap().push(line);
             }
         });
+        // The port is bound before the probes load, but /metrics answers only once the
+        // probes are attached and the targets followed.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while try_http_get(addr, "/metrics").is_none() {
+            if let Ok(Some(status)) = guard.child.try_wait() {
+                thread::sleep(Duration::from_millis(100)); // the last lines
+                panic!("observer exited early ({status}):\n{}", log.lock().unwrap().join("\n"));
+            }
+            assert!(Instant::now() < deadline, "observer did not serve /metrics within 30s");
+            thread::sleep(Duration::from_millis(50));
+        }
         Observer { guard, addr, log }
     }
 
