@@ -269,8 +269,12 @@ fn emit_data<C: EbpfContext>(ctx: &C, id: u64, tgid: u32, call: &PendingCall, re
             let Some(count) = scratch().map(|s| load_iovecs(s, syscall, call, ret)) else {
                 return;
             };
-            let head_len = copy_head(count, ret, cap);
-            (head_len, copy_tail(count, ret, head_len))
+            if count <= 2 {
+                copy_two(count, ret, cap)
+            } else {
+                let head_len = copy_head(count, ret, cap);
+                (head_len, copy_tail(count, ret, head_len))
+            }
         }
     };
     let Some(scratch) = scratch() else {
@@ -322,6 +326,76 @@ fn copy_plain(buf: u64, ret: u64, cap: u64) -> (u64, u64) {
         return (head, 0);
     }
     (head, tail)
+}
+
+/// One or two iovecs (a response head and its body, as nginx and node write them): the
+/// head and tail copies without the `bpf_loop` walks, which cost more than the copies.
+#[inline(always)]
+fn copy_two(count: u64, ret: u64, cap: u64) -> (u64, u64) {
+    let Some(scratch) = scratch() else { return (0, 0) };
+    if count == 0 {
+        return (0, 0);
+    }
+    let first = scratch.iov[0];
+    let second = if count == 2 { scratch.iov[1] } else { Iovec { base: 0, len: 0 } };
+    let used0 = if first.len < ret { first.len } else { ret };
+    let rest = ret - used0;
+    let used1 = if second.len < rest { second.len } else { rest };
+    if used0 + used1 < ret {
+        return (0, 0); // more bytes than the iovecs hold: not a state we can trust
+    }
+    let cap = if cap > HEAD_LEN as u64 { HEAD_LEN as u64 } else { cap };
+    // Head: from the first iovec, then the second.
+    let mut head0 = if used0 < cap { used0 } else { cap };
+    head0 &= HEAD_LEN as u64 * 2 - 1;
+    if head0 > HEAD_LEN as u64 {
+        return (0, 0);
+    }
+    // SAFETY: head0 <= HEAD_LEN inside DATA_CAP.
+    if head0 > 0 && !unsafe { read_user(scratch.data.as_mut_ptr(), head0, first.base) } {
+        return (0, 0);
+    }
+    let mut head1 = if used1 < cap - head0 { used1 } else { cap - head0 };
+    if head1 > HEAD_LEN as u64 {
+        head1 = HEAD_LEN as u64;
+    }
+    // SAFETY: head0 < HEAD_LEN... the sum is checked below before use as a bound.
+    if head1 > 0 && !unsafe { read_user(scratch.data.as_mut_ptr().add(head0 as usize), head1, second.base) } {
+        return (head0, 0);
+    }
+    let head = head0 + head1;
+    // Tail: the last bytes after the head, from the end of the second iovec, then the first.
+    let mut want = ret - head;
+    if want > TAIL_LEN as u64 {
+        want = TAIL_LEN as u64;
+    }
+    let from1 = if used1 - head1 < want { used1 - head1 } else { want };
+    let from0 = want - from1;
+    let at = head & (HEAD_LEN as u64 * 2 - 1);
+    if at + TAIL_LEN as u64 > DATA_CAP as u64 || from0 > TAIL_LEN as u64 || from1 > TAIL_LEN as u64 {
+        return (head, 0);
+    }
+    // SAFETY: at + from0 + from1 <= at + TAIL_LEN <= DATA_CAP, checked above.
+    if from0 > 0
+        && !unsafe {
+            read_user(scratch.data.as_mut_ptr().add(at as usize), from0, first.base + used0 - from0)
+        }
+    {
+        return (head, 0);
+    }
+    let at1 = (at + from0) & (HEAD_LEN as u64 * 2 - 1);
+    if at1 + TAIL_LEN as u64 > DATA_CAP as u64 {
+        return (head, 0);
+    }
+    // SAFETY: as above.
+    if from1 > 0
+        && !unsafe {
+            read_user(scratch.data.as_mut_ptr().add(at1 as usize), from1, second.base + used1 - from1)
+        }
+    {
+        return (head, 0);
+    }
+    (head, want)
 }
 
 /// Puts the syscall's buffers in `scratch.iov` as iovecs; returns how many.
@@ -718,6 +792,9 @@ pub fn raw_sys_exit(ctx: RawTracePointContext) -> i32 {
         }
         _ => return 0,
     };
+    if ret <= 0 {
+        return 0; // EAGAIN, EOF and errors move no bytes: no socket lookup for them
+    }
     let fd = reg(x86_64::DI) as i32;
     let Some(flags) = followed_socket(tgid, fd) else {
         return 0;

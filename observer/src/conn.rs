@@ -1,14 +1,13 @@
 //! The connection table: routes each socket event to its connection's HTTP state and turns
 //! what comes out into metric updates.
 
-use std::collections::HashMap;
-
 use observer_common::Direction;
+use rustc_hash::FxHashMap;
 
 use crate::{
     events::SyscallEvent,
     http::{Finished, HttpConn, Moved, RequestHead, Sink},
-    metrics::{EndpointLabels, Metrics, ReasonLabels, RequestLabels},
+    metrics::{Handles, Metrics, ReasonLabels, RequestLabels},
     route::{Endpoint, Router, Rules},
 };
 
@@ -39,10 +38,11 @@ struct Entry {
 }
 
 pub struct Connections<'m> {
-    table: HashMap<(u32, i32), Entry>,
+    table: FxHashMap<(u32, i32), Entry>,
     router: Router,
     sink: Sink<Tag>,
     metrics: &'m Metrics,
+    handles: Handles<'m>,
     /// Seconds-ish: advanced by `sweep`, which the daemon calls once a second.
     clock: u64,
     idle_after: u64,
@@ -54,10 +54,11 @@ impl<'m> Connections<'m> {
     /// `idle_after`: sweeps (seconds) without events after which a connection is idle.
     pub fn new(metrics: &'m Metrics, router: Router, idle_after: u64) -> Self {
         Connections {
-            table: HashMap::new(),
+            table: FxHashMap::default(),
             router,
             sink: Sink::default(),
             metrics,
+            handles: Handles::new(metrics),
             clock: 0,
             idle_after,
             capacity: DEFAULT_CAPACITY,
@@ -112,13 +113,13 @@ impl<'m> Connections<'m> {
                 let entry = self.table.entry(key).or_insert_with(|| fresh(HttpConn::mid_stream()));
                 entry.last_active = self.clock;
                 let conn = &mut entry.http;
-                let (sink, router, metrics) = (&mut self.sink, &mut self.router, self.metrics);
+                let (sink, router, handles) = (&mut self.sink, &mut self.router, &mut self.handles);
                 if event.lost_before {
                     conn.on_lost_events(sink);
                 }
                 let moved = Moved { head: event.head, tail: event.tail, len: event.ret.max(0) as u64 };
                 if event.syscall.direction() == Direction::In {
-                    let mut start = |head: RequestHead<'_>| start_request(router, metrics, head);
+                    let mut start = |head: RequestHead<'_>| start_request(router, handles, head);
                     conn.on_read(event.ts_ns, moved, sink, &mut start);
                 } else {
                     conn.on_write(event.ts_ns, moved, sink);
@@ -170,41 +171,43 @@ impl<'m> Connections<'m> {
             self.metrics.parse_errors.get_or_create(&ReasonLabels { reason: anomaly.reason() }).inc();
         }
         for finished in self.sink.finished.drain(..) {
-            record(self.metrics, finished);
+            record(&mut self.handles, finished);
         }
     }
 }
 
-fn start_request(router: &mut Router, metrics: &Metrics, head: RequestHead<'_>) -> Tag {
+fn start_request(router: &mut Router, handles: &mut Handles<'_>, head: RequestHead<'_>) -> Tag {
     let method = method_label(head.method);
     let (endpoint, overflowed) = router.classify(head.method, head.target);
     if overflowed {
-        metrics.endpoints_overflowed.inc();
+        handles.metrics().endpoints_overflowed.inc();
     }
     let Endpoint::Label(endpoint) = endpoint else {
         return Tag { endpoint: None, method };
     };
-    metrics.in_flight.get_or_create(&EndpointLabels { endpoint }).inc();
+    handles.endpoint(endpoint).in_flight.inc();
     Tag { endpoint: Some(endpoint), method }
 }
 
-fn record(metrics: &Metrics, finished: Finished<Tag>) {
+fn record(handles: &mut Handles<'_>, finished: Finished<Tag>) {
     let Tag { endpoint: Some(endpoint), method } = finished.tag else {
         return; // ignored
     };
-    let endpoint_labels = EndpointLabels { endpoint };
-    metrics.in_flight.get_or_create(&endpoint_labels).dec();
+    let seconds = |from: u64, to: u64| to.saturating_sub(from) as f64 / 1e9;
     let Some(status) = finished.status else {
-        metrics.incomplete.get_or_create(&endpoint_labels).inc();
+        let metrics = handles.endpoint(endpoint);
+        metrics.in_flight.dec();
+        metrics.incomplete.inc();
         return;
     };
-    let seconds = |from: u64, to: u64| to.saturating_sub(from) as f64 / 1e9;
-    metrics.requests.get_or_create(&RequestLabels { endpoint, method, status }).inc();
-    metrics.duration.get_or_create(&endpoint_labels).observe(seconds(finished.start_ns, finished.end_ns));
+    handles.requests(RequestLabels { endpoint, method, status }).inc();
+    let metrics = handles.endpoint(endpoint);
+    metrics.in_flight.dec();
+    metrics.duration.observe(seconds(finished.start_ns, finished.end_ns));
     if let Some(first) = finished.first_byte_ns {
-        metrics.first_byte.get_or_create(&endpoint_labels).observe(seconds(finished.start_ns, first));
+        metrics.first_byte.observe(seconds(finished.start_ns, first));
     }
-    metrics.response_size.get_or_create(&endpoint_labels).observe(finished.response_bytes as f64);
+    metrics.response_size.observe(finished.response_bytes as f64);
 }
 
 #[cfg(test)]
@@ -212,6 +215,7 @@ mod tests {
     use observer_common::Syscall;
 
     use super::*;
+    use crate::metrics::EndpointLabels;
 
     /// A fully captured event on fd 5 of process 1.
     pub(super) fn event(syscall: Syscall, ts_ns: u64, head: &[u8]) -> SyscallEvent<'_> {
@@ -290,6 +294,7 @@ mod sweep_tests {
     use observer_common::Syscall;
 
     use super::*;
+    use crate::metrics::EndpointLabels;
 
     #[test]
     fn idle_connections_leave_the_table_and_close_delimited_responses_end() {

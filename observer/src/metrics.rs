@@ -5,6 +5,7 @@ use prometheus_client::{
     metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
     registry::Registry,
 };
+use rustc_hash::FxHashMap;
 
 /// Request duration buckets, in seconds: from a 100 µs boot script to a 10-minute image
 /// download, roughly ×2.5 per step so both ends keep useful resolution.
@@ -172,5 +173,56 @@ impl Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+/// The per-endpoint metrics of one endpoint.
+#[derive(Clone)]
+pub struct EndpointMetrics {
+    pub in_flight: Gauge,
+    pub duration: Histogram,
+    pub first_byte: Histogram,
+    pub response_size: Histogram,
+    pub incomplete: Counter,
+}
+
+/// Metric handles by label set, fetched from their families once and kept: a family lookup
+/// hashes the labels and takes a lock, six of them per request. Handles share their value
+/// with the family, so what is recorded through them is what `/metrics` shows. Bounded like
+/// the families themselves (endpoints × methods × statuses).
+pub struct Handles<'m> {
+    metrics: &'m Metrics,
+    endpoints: FxHashMap<&'static str, EndpointMetrics>,
+    requests: FxHashMap<RequestLabels, Counter>,
+}
+
+impl<'m> Handles<'m> {
+    pub fn new(metrics: &'m Metrics) -> Self {
+        Handles { metrics, endpoints: FxHashMap::default(), requests: FxHashMap::default() }
+    }
+
+    pub fn metrics(&self) -> &'m Metrics {
+        self.metrics
+    }
+
+    pub fn endpoint(&mut self, endpoint: &'static str) -> &EndpointMetrics {
+        let metrics = self.metrics;
+        self.endpoints.entry(endpoint).or_insert_with(|| {
+            let labels = EndpointLabels { endpoint };
+            EndpointMetrics {
+                in_flight: metrics.in_flight.get_or_create(&labels).clone(),
+                duration: metrics.duration.get_or_create(&labels).clone(),
+                first_byte: metrics.first_byte.get_or_create(&labels).clone(),
+                response_size: metrics.response_size.get_or_create(&labels).clone(),
+                incomplete: metrics.incomplete.get_or_create(&labels).clone(),
+            }
+        })
+    }
+
+    pub fn requests(&mut self, labels: RequestLabels) -> &Counter {
+        let metrics = self.metrics;
+        self.requests
+            .entry(labels)
+            .or_insert_with_key(|labels| metrics.requests.get_or_create(labels).clone())
     }
 }

@@ -2,7 +2,9 @@
 //! operator's rules (`--routes FILE`) or, where none matches, by a heuristic that collapses
 //! id-like path segments to `{id}`.
 
-use std::{borrow::Cow, collections::HashSet, fmt, path::Path};
+use std::{borrow::Cow, fmt, path::Path};
+
+use rustc_hash::FxHashSet;
 
 use serde::Deserialize;
 
@@ -176,9 +178,11 @@ fn intern(label: &str) -> &'static str {
 /// cap on how many distinct labels the heuristic may create.
 pub struct Router {
     rules: Rules,
-    heuristic_labels: HashSet<&'static str>,
+    heuristic_labels: FxHashSet<&'static str>,
     cap: usize,
     depth: usize,
+    /// Where the heuristic label of the request at hand is built (reused: no allocation).
+    label: String,
 }
 
 impl fmt::Debug for Router {
@@ -193,7 +197,13 @@ impl fmt::Debug for Router {
 impl Router {
     /// `cap`: most distinct heuristic labels; `depth`: path segments a heuristic label keeps.
     pub fn new(rules: Rules, cap: usize, depth: usize) -> Self {
-        Router { rules, heuristic_labels: HashSet::new(), cap, depth: depth.max(1) }
+        Router {
+            rules,
+            heuristic_labels: FxHashSet::default(),
+            cap,
+            depth: depth.max(1),
+            label: String::new(),
+        }
     }
 
     /// Distinct heuristic labels handed out so far (at most the cap).
@@ -209,21 +219,40 @@ impl Router {
     /// The endpoint of a request, and whether it overflowed the cap.
     pub fn classify(&mut self, method: &str, target: &str) -> (Endpoint, bool) {
         let path = normalized_path(target);
-        let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
-        if let Some(endpoint) = self.rules.matching(method, &segments) {
+        // Runs once per request: segments on the stack unless there are very many.
+        let mut inline = [""; 16];
+        let spilled: Vec<&str>;
+        let segments = match split_into(&path, &mut inline) {
+            Some(count) => &inline[..count],
+            None => {
+                spilled = path.split('/').filter(|s| !s.is_empty()).collect();
+                &spilled[..]
+            }
+        };
+        if let Some(endpoint) = self.rules.matching(method, segments) {
             return (endpoint, false);
         }
-        let label = heuristic_label(&segments, self.depth);
-        if let Some(known) = self.heuristic_labels.get(label.as_str()) {
+        heuristic_label(segments, self.depth, &mut self.label);
+        if let Some(known) = self.heuristic_labels.get(self.label.as_str()) {
             return (Endpoint::Label(known), false);
         }
         if self.heuristic_labels.len() >= self.cap {
             return (Endpoint::Label(OVERFLOW), true);
         }
-        let label = intern(&label);
+        let label = intern(&self.label);
         self.heuristic_labels.insert(label);
         (Endpoint::Label(label), false)
     }
+}
+
+/// The non-empty `/`-separated segments of `path` into `out`; `None` if there are more.
+fn split_into<'p>(path: &'p str, out: &mut [&'p str]) -> Option<usize> {
+    let mut count = 0;
+    for segment in path.split('/').filter(|s| !s.is_empty()) {
+        *out.get_mut(count)? = segment;
+        count += 1;
+    }
+    Some(count)
 }
 
 /// The path of a request target: absolute-form reduced to its path, query and fragment
@@ -238,11 +267,12 @@ fn normalized_path(target: &str) -> Cow<'_, str> {
 }
 
 /// `/seg/{id}/…` of the first `depth` segments, ids collapsed.
-fn heuristic_label(segments: &[&str], depth: usize) -> String {
+fn heuristic_label(segments: &[&str], depth: usize, label: &mut String) {
+    label.clear();
     if segments.is_empty() {
-        return "/".to_owned();
+        label.push('/');
+        return;
     }
-    let mut label = String::new();
     for segment in segments.iter().take(depth) {
         label.push('/');
         if looks_like_id(segment) {
@@ -253,7 +283,6 @@ fn heuristic_label(segments: &[&str], depth: usize) -> String {
             label.push_str("{other}"); // control or non-ASCII characters, or very long
         }
     }
-    label
 }
 
 /// Decimal, hex of 8+, UUID, MAC, IPv4, dates, and long random-looking tokens are ids;
@@ -267,22 +296,16 @@ pub fn looks_like_id(s: &str) -> bool {
     if s.len() >= 8 && hex(s) {
         return true;
     }
-    let dashed: Vec<&str> = s.split('-').collect();
-    if dashed.len() == 5
-        && dashed.iter().map(|p| p.len()).eq([8, 4, 4, 4, 12])
-        && dashed.iter().all(|p| hex(p))
-    {
+    if s.len() == 36 && s.split('-').map(str::len).eq([8, 4, 4, 4, 12]) && s.split('-').all(hex) {
         return true; // UUID
     }
     for sep in [':', '-'] {
-        let parts: Vec<&str> = s.split(sep).collect();
-        if parts.len() == 6 && parts.iter().all(|p| p.len() == 2 && hex(p)) {
+        if s.len() == 17 && s.split(sep).count() == 6 && s.split(sep).all(|p| p.len() == 2 && hex(p)) {
             return true; // MAC
         }
     }
-    let dotted: Vec<&str> = s.split('.').collect();
-    if dotted.len() == 4
-        && dotted.iter().all(|p| digits(p) && p.len() <= 3 && p.parse::<u16>().is_ok_and(|n| n <= 255))
+    if s.split('.').count() == 4
+        && s.split('.').all(|p| digits(p) && p.len() <= 3 && p.parse::<u16>().is_ok_and(|n| n <= 255))
     {
         return true; // IPv4
     }

@@ -1,0 +1,47 @@
+//! Daemon CPU per request: one keep-alive request and its response through the connection
+//! table, HTTP framing, classification and the metric updates (no kernel involved). The
+//! benchmark's "daemon µs per request" figure is this plus decoding and the ring buffer.
+
+use std::hint::black_box;
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use observer::{
+    conn::Connections,
+    events::SyscallEvent,
+    metrics::Metrics,
+    route::{Router, Rules},
+};
+use observer_common::Syscall;
+
+const REQUEST: &[u8] = b"GET /api/status HTTP/1.1\r\nHost: bench\r\nUser-Agent: wrk\r\n\r\n";
+const RESPONSE: &[u8] =
+    b"HTTP/1.1 200 OK\r\nServer: nginx\r\nContent-Type: text/plain\r\nContent-Length: 3\r\n\r\nok\n";
+
+fn event(syscall: Syscall, fd: i32, ts_ns: u64, bytes: &'static [u8]) -> SyscallEvent<'static> {
+    SyscallEvent {
+        ts_ns,
+        ret: bytes.len() as i64,
+        tgid: 1,
+        fd,
+        syscall,
+        lost_before: false,
+        head: bytes,
+        tail: &[],
+    }
+}
+
+fn request_and_response(c: &mut Criterion) {
+    let metrics = Metrics::new();
+    let mut conns = Connections::new(&metrics, Router::new(Rules::default(), 100, 2), 30);
+    let mut ts = 0u64;
+    c.bench_function("daemon: one keep-alive request and response", |b| {
+        b.iter(|| {
+            ts += 10_000;
+            conns.handle(black_box(&event(Syscall::Recvfrom, 7, ts, REQUEST)));
+            conns.handle(black_box(&event(Syscall::Writev, 7, ts + 5_000, RESPONSE)));
+        })
+    });
+}
+
+criterion_group!(benches, request_and_response);
+criterion_main!(benches);
