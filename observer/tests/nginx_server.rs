@@ -125,20 +125,7 @@ fn follows_nginx_workers_forked_by_the_master() {
     assert_eq!(scrape.sum("http_requests_total", &[("status", "200")]), 20.0, "{}", scrape.0);
 
     // Kill both workers: the master forks new ones, which must be followed from their start.
-    let old = workers();
-    for pid in &old {
-        Command::new("kill").args(["-9", &pid.to_string()]).status().unwrap();
-    }
-    wait_until("two new nginx workers", std::time::Duration::from_secs(10), || {
-        let now = workers();
-        now.len() == 2 && now.iter().all(|p| !old.contains(p))
-    });
-    for round in 0..3 {
-        let more: Vec<String> = (0..10).map(|i| url(100 * round + i)).collect();
-        assert_eq!(curl(&[], &more), vec![200; 10]);
-    }
-    let scrape = observer.scrape_settled(50.0);
-    assert_eq!(scrape.sum("http_requests_total", &[("status", "200")]), 50.0, "{}", scrape.0);
+    respawn_workers_and_count(&observer, workers, url, 20.0);
 }
 
 /// `--exe PATH`: processes of the program are observed from their start, a restarted server

@@ -108,21 +108,6 @@ fn exe_and_forked_workers_are_followed_inside_a_pid_namespace() {
     assert_eq!(scrape.sum("http_requests_total", &[("status", "200")]), 20.0, "{}", scrape.0);
 
     // The master forks new workers inside the namespace: followed from their first syscall.
-    let old = workers();
-    for pid in &old {
-        assert!(
-            std::process::Command::new("kill").args(["-9", &pid.to_string()]).status().unwrap().success()
-        );
-    }
-    wait_until("two new nginx workers", Duration::from_secs(10), || {
-        let now = workers();
-        now.len() == 2 && now.iter().all(|p| !old.contains(p))
-    });
-    for round in 0..3 {
-        let more: Vec<String> = (0..10).map(|i| url(100 * round + i)).collect();
-        assert_eq!(curl(&[], &more), vec![200; 10]);
-    }
-    let scrape = observer.scrape_settled(50.0);
-    assert_eq!(scrape.sum("http_requests_total", &[("status", "200")]), 50.0, "{}", scrape.0);
+    respawn_workers_and_count(&observer, workers, url, 20.0);
     assert!(Path::new(&format!("/proc/{init}")).exists());
 }

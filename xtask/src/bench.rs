@@ -307,10 +307,14 @@ fn measure(
 
 struct Summary {
     name: String,
+    /// Medians per arm.
     arms: Vec<(Arm, Run)>,
+    /// Every run per arm, in round order.
+    rounds: Vec<(Arm, Vec<Run>)>,
 }
 
 fn summarize(name: &str, runs: Vec<(Arm, Vec<Run>)>) -> Summary {
+    let rounds = runs.clone();
     let arms = runs
         .into_iter()
         .map(|(arm, rs)| {
@@ -330,12 +334,21 @@ fn summarize(name: &str, runs: Vec<(Arm, Vec<Run>)>) -> Summary {
             )
         })
         .collect();
-    Summary { name: name.to_owned(), arms }
+    Summary { name: name.to_owned(), arms, rounds }
 }
 
 impl Summary {
     fn arm(&self, arm: Arm) -> Option<&Run> {
         self.arms.iter().find(|(a, _)| *a == arm).map(|(_, r)| r)
+    }
+
+    /// The median over rounds of `f(a) / f(b)` within each round. Each round runs every arm
+    /// back to back, so a ratio within a round compares runs under the same background load;
+    /// a ratio of medians would mix runs from quiet and busy moments of a shared machine.
+    fn ratio(&self, a: Arm, b: Arm, f: fn(&Run) -> f64) -> Option<f64> {
+        let runs = |arm: Arm| self.rounds.iter().find(|(x, _)| *x == arm).map(|(_, r)| r);
+        let (a, b) = (runs(a)?, runs(b)?);
+        Some(median(a.iter().zip(b).map(|(x, y)| f(x) / f(y)).collect()))
     }
 }
 
@@ -486,21 +499,26 @@ pub fn bench(opts: &Options) -> anyhow::Result<()> {
 
 fn render(summaries: &[Summary], syscalls: &[(Arm, f64)], memory: (f64, f64, f64), opts: &Options) -> String {
     let mut s = String::new();
-    let _ = writeln!(s, "Medians of {} interleaved runs of {} s each.\n", opts.reps, opts.seconds);
+    let _ = writeln!(
+        s,
+        "Medians of {} interleaved runs of {} s each; ratios are medians of the ratios within each round.\n",
+        opts.reps, opts.seconds
+    );
     let _ = writeln!(
         s,
         "| workload | arm | req/s | MB/s | p50 µs | p99 µs | full/unobserved | full/floor | p99 full/floor | daemon µs CPU/req | events lost |"
     );
     let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|---|---|");
     for summary in summaries {
-        let base = summary.arm(Arm::Unobserved).map_or(0.0, |r| r.rps);
         for (arm, r) in &summary.arms {
-            let floor = summary.arm(arm.floor()).copied();
+            let ratio = |b: Arm, f: fn(&Run) -> f64| {
+                summary.ratio(*arm, b, f).map_or("-".into(), |x| format!("{x:.3}"))
+            };
             let (vs_base, vs_floor, p99_floor, cpu) = if arm.is_full() {
                 (
-                    format!("{:.3}", r.rps / base),
-                    floor.map_or("-".into(), |f| format!("{:.3}", r.rps / f.rps)),
-                    floor.map_or("-".into(), |f| format!("{:.3}", r.p99_us / f.p99_us)),
+                    ratio(Arm::Unobserved, |r| r.rps),
+                    ratio(arm.floor(), |r| r.rps),
+                    ratio(arm.floor(), |r| r.p99_us),
                     format!("{:.2}", r.observer_cpu_s * 1e6 / r.requests.max(1.0)),
                 )
             } else {

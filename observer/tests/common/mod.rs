@@ -397,3 +397,28 @@ http {{
     std::fs::write(&path, conf).unwrap();
     path
 }
+
+/// Kills (SIGKILL) the nginx workers `workers` lists, waits until the master has forked as
+/// many new ones, then sends 30 more requests (`url(i)`) through them and checks that the
+/// observer counted `before + 30` answered requests in all.
+pub fn respawn_workers_and_count(
+    observer: &Observer,
+    workers: impl Fn() -> Vec<u32>,
+    url: impl Fn(usize) -> String,
+    before: f64,
+) {
+    let old = workers();
+    for pid in &old {
+        assert!(Command::new("kill").args(["-9", &pid.to_string()]).status().unwrap().success());
+    }
+    wait_until("new nginx workers", Duration::from_secs(10), || {
+        let now = workers();
+        now.len() == old.len() && now.iter().all(|p| !old.contains(p))
+    });
+    for round in 0..3 {
+        let more: Vec<String> = (0..10).map(|i| url(100 * round + i)).collect();
+        assert_eq!(curl(&[], &more), vec![200; 10]);
+    }
+    let scrape = observer.scrape_settled(before + 30.0);
+    assert_eq!(scrape.sum("http_requests_total", &[("status", "200")]), before + 30.0, "{}", scrape.0);
+}
