@@ -16,9 +16,9 @@ use aya_ebpf::{
         bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel,
         generated::{bpf_get_ns_current_pid_tgid, bpf_loop, bpf_probe_read_user},
     },
-    macros::{map, raw_tracepoint, tracepoint},
+    macros::{btf_tracepoint, map, raw_tracepoint, tracepoint},
     maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
-    programs::{RawTracePointContext, TracePointContext},
+    programs::{BtfTracePointContext, RawTracePointContext, TracePointContext},
 };
 use aya_log_ebpf::warn;
 use observer_common::{
@@ -768,14 +768,34 @@ mod x86_64 {
 
 #[raw_tracepoint(tracepoint = "sys_exit")]
 pub fn raw_sys_exit(ctx: RawTracePointContext) -> i32 {
-    let (id, tgid) = current();
-    if !is_target(tgid) {
-        return 0;
-    }
     let regs: *const u8 = ctx.arg(0);
     let ret: i64 = ctx.arg(1);
     // SAFETY: kernel reads of the saved registers through the helper; a fault returns 0.
     let reg = |offset: usize| unsafe { bpf_probe_read_kernel(regs.add(offset) as *const u64) }.unwrap_or(0);
+    sys_exit(&ctx, ret, reg)
+}
+
+/// `--hooks btf`: the same hook as a BTF-typed tracepoint (tp_btf). The kernel knows the
+/// argument is a `struct pt_regs *`, so the registers are plain loads (checked against the
+/// struct's layout by the verifier, made fault-safe by the JIT) instead of helper calls.
+/// Needs kernel BTF.
+#[btf_tracepoint(function = "sys_exit")]
+pub fn btf_sys_exit(ctx: BtfTracePointContext) -> i32 {
+    let regs: *const u8 = ctx.arg(0);
+    let ret: i64 = ctx.arg(1);
+    // SAFETY: a BTF-typed pointer to the task's saved registers; offsets within the struct.
+    let reg = |offset: usize| unsafe { core::ptr::read_volatile(regs.add(offset) as *const u64) };
+    sys_exit(&ctx, ret, reg)
+}
+
+/// Both sys_exit hooks: which syscall finished (from `orig_ax`), on which fd, with which
+/// buffers, read through `reg(offset in struct pt_regs)`.
+#[inline(always)]
+fn sys_exit<C: EbpfContext>(ctx: &C, ret: i64, reg: impl Fn(usize) -> u64) -> i32 {
+    let (id, tgid) = current();
+    if !is_target(tgid) {
+        return 0;
+    }
     let syscall = match reg(x86_64::ORIG_AX) {
         x86_64::READ => Syscall::Read,
         x86_64::READV => Syscall::Readv,
@@ -787,7 +807,7 @@ pub fn raw_sys_exit(ctx: RawTracePointContext) -> i32 {
         x86_64::SENDMSG => Syscall::Sendmsg,
         x86_64::SENDFILE => Syscall::Sendfile,
         x86_64::ACCEPT | x86_64::ACCEPT4 => {
-            accepted(&ctx, id, tgid, ret);
+            accepted(ctx, id, tgid, ret);
             return 0;
         }
         _ => return 0,
@@ -805,7 +825,7 @@ pub fn raw_sys_exit(ctx: RawTracePointContext) -> i32 {
         _ => (reg(x86_64::SI), 0),
     };
     let call = PendingCall { buf, count, fd, syscall: syscall as u32, flags, reserved: 0 };
-    emit_data(&ctx, id, tgid, &call, ret);
+    emit_data(ctx, id, tgid, &call, ret);
     0
 }
 

@@ -87,7 +87,7 @@ enum Command {
     Floor {
         #[arg(long = "pid", required = true)]
         pids: Vec<u32>,
-        #[arg(long, value_enum, default_value = "raw")]
+        #[arg(long, value_enum, default_value = "auto")]
         hooks: Hooks,
     },
     /// The demo's HTTP server (started by `demo`).
@@ -109,9 +109,10 @@ struct Common {
     /// Path segments kept in a label when no rule matches (ids become `{id}`).
     #[arg(long, default_value_t = 2)]
     path_depth: usize,
-    /// How to hook the syscalls: one raw tracepoint at sys_exit (x86-64), or per-syscall
-    /// tracepoints. docs/benchmarks.md has what each costs.
-    #[arg(long, value_enum, default_value = "raw")]
+    /// How to hook the syscalls: one tracepoint at sys_exit, BTF-typed (btf) or raw (raw;
+    /// both x86-64), or per-syscall tracepoints; auto is btf when the kernel has BTF, else
+    /// raw. docs/benchmarks.md has what each costs.
+    #[arg(long, value_enum, default_value = "auto")]
     hooks: Hooks,
     /// Observe only the given processes, not their children (by default an nginx master's
     /// workers, existing and future, are observed too).

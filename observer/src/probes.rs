@@ -3,9 +3,9 @@
 use std::{fs, io, path::Path};
 
 use aya::{
-    Ebpf,
+    Btf, Ebpf,
     maps::{HashMap, MapData, PerCpuArray, RingBuf},
-    programs::{RawTracePoint, TracePoint},
+    programs::{BtfTracePoint, RawTracePoint, TracePoint},
 };
 use observer_common::{socket_key, stat};
 use tokio::io::unix::AsyncFd;
@@ -46,15 +46,31 @@ const ATTACHMENTS: &[(&str, &[&str])] = &[
     ("enter_close", &["sys_enter_close"]),
 ];
 
+impl Hooks {
+    /// What `auto` means on this machine.
+    pub fn resolve(self) -> Hooks {
+        match self {
+            Hooks::Auto if Path::new("/sys/kernel/btf/vmlinux").exists() => Hooks::Btf,
+            Hooks::Auto => Hooks::Raw,
+            hooks => hooks,
+        }
+    }
+}
+
 /// How the kernel programs hook the syscalls.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Hooks {
+    /// `btf` when the kernel has BTF, else `raw`.
+    Auto,
     /// `syscalls:sys_enter_*`/`sys_exit_*` tracepoints on the hooked syscalls only (needs
     /// tracefs); an entry and an exit program per call.
     Tracepoints,
     /// One raw tracepoint at `sys_exit`, for every syscall; arguments from the saved registers
     /// (x86-64). close is still taken at `sys_enter_close` (see the eBPF crate for why).
     Raw,
+    /// As `raw`, as a BTF-typed tracepoint (tp_btf): registers read with plain loads instead
+    /// of helper calls. Needs kernel BTF (/sys/kernel/btf/vmlinux).
+    Btf,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -63,6 +79,8 @@ pub enum ProbeError {
         "not permitted to load eBPF programs ({0}): run as root, or with CAP_BPF, CAP_PERFMON and CAP_SYS_ADMIN (for tracefs)"
     )]
     NotPermitted(String),
+    #[error("--hooks btf needs the kernel's BTF (/sys/kernel/btf/vmlinux): {0}")]
+    Btf(aya::BtfError),
     #[error("tracefs is not mounted and mounting it on /sys/kernel/tracing failed: {0}")]
     Tracefs(io::Error),
     #[error("loading the eBPF object: {0}")]
@@ -120,10 +138,17 @@ impl Probes {
             .load(OBJECT)
             .map_err(|e| permission_or(e, ProbeError::Load))?;
         start_kernel_logger(&mut ebpf);
+        let hooks = hooks.resolve();
+        debug!(?hooks, "hooking the syscalls");
         match hooks {
+            Hooks::Auto => unreachable!("resolved above"),
             Hooks::Tracepoints => attach_tracepoints(&mut ebpf)?,
             Hooks::Raw => {
                 attach_raw(&mut ebpf, "raw_sys_exit")?;
+                attach_tracepoint(&mut ebpf, "enter_close", "syscalls", "sys_enter_close")?;
+            }
+            Hooks::Btf => {
+                attach_btf(&mut ebpf, "btf_sys_exit")?;
                 attach_tracepoint(&mut ebpf, "enter_close", "syscalls", "sys_enter_close")?;
             }
         }
@@ -209,7 +234,9 @@ impl Floor {
             return Err(ProbeError::Stub);
         }
         let mut ebpf = Ebpf::load(FLOOR_OBJECT).map_err(|e| permission_or(e, ProbeError::Load))?;
-        if hooks == Hooks::Raw {
+        // The btf strategy's floor is the raw one: the same hook, attached the same way
+        // (a tp_btf program runs exactly where a raw tracepoint program runs).
+        if hooks.resolve() != Hooks::Tracepoints {
             ensure_tracefs()?;
             attach_raw(&mut ebpf, "floor_raw")?;
             attach_tracepoint(&mut ebpf, "floor", "syscalls", "sys_enter_close")?;
@@ -266,6 +293,19 @@ fn attach_tracepoint(
     require_tracepoint(category, tracepoint)?;
     prog.load().map_err(fail).map_err(permission)?;
     prog.attach(category, tracepoint).map_err(fail).map_err(permission)?;
+    Ok(())
+}
+
+fn attach_btf(ebpf: &mut Ebpf, program: &'static str) -> Result<(), ProbeError> {
+    let btf = Btf::from_sys_fs().map_err(ProbeError::Btf)?;
+    let prog: &mut BtfTracePoint = ebpf
+        .program_mut(program)
+        .expect("the tp_btf program is in the object")
+        .try_into()
+        .expect("a BTF tracepoint");
+    let fail = |source| ProbeError::Program { program, tracepoint: "sys_exit (tp_btf)", source };
+    prog.load("sys_exit", &btf).map_err(fail).map_err(permission)?;
+    prog.attach().map_err(fail).map_err(permission)?;
     Ok(())
 }
 

@@ -214,7 +214,8 @@ fn needs_no_kernel_btf() {
     require_command("unshare");
     require_command("curl");
     // Kernels without /sys/kernel/btf/vmlinux (CONFIG_DEBUG_INFO_BTF off) still run it: the
-    // programs use no CO-RE relocation and no BTF-typed hook. Hidden here by a private mount.
+    // programs use no CO-RE relocation, and the default hooks fall back from the BTF-typed
+    // tracepoint to the raw one. Hidden here by a private mount.
     let (server, addr) = start_demo_server();
     let hide_btf = "mount -t tmpfs none /sys/kernel/btf\ntest ! -e /sys/kernel/btf/vmlinux\nexec \"$@\"";
     let observer = Observer::attach_wrapped(

@@ -26,6 +26,7 @@ enum Arm {
 /// The observer's `--hooks`.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Hooks {
+    Btf,
     Raw,
     Tracepoints,
 }
@@ -33,21 +34,25 @@ enum Hooks {
 impl Hooks {
     fn arg(self) -> &'static str {
         match self {
+            Hooks::Btf => "btf",
             Hooks::Raw => "raw",
             Hooks::Tracepoints => "tracepoints",
         }
     }
 }
 
+/// The default hooks (tp_btf at sys_exit) and their floor: the raw floor program, on the same
+/// hook attached the same way.
 const FLOOR: Arm = Arm::Floor(Hooks::Raw);
-const FULL: Arm = Arm::Full(Hooks::Raw);
+const FULL: Arm = Arm::Full(Hooks::Btf);
 
 impl Arm {
     fn name(self) -> &'static str {
         match self {
             Arm::Unobserved => "unobserved",
-            Arm::Floor(Hooks::Raw) => "floor",
-            Arm::Full(Hooks::Raw) => "full",
+            Arm::Floor(Hooks::Raw | Hooks::Btf) => "floor",
+            Arm::Full(Hooks::Btf) => "full",
+            Arm::Full(Hooks::Raw) => "full (raw)",
             Arm::Floor(Hooks::Tracepoints) => "floor (tracepoints)",
             Arm::Full(Hooks::Tracepoints) => "full (tracepoints)",
         }
@@ -60,6 +65,7 @@ impl Arm {
     /// The floor arm with the same hooks.
     fn floor(self) -> Arm {
         match self {
+            Arm::Full(Hooks::Btf) | Arm::Floor(Hooks::Btf) => FLOOR,
             Arm::Full(h) | Arm::Floor(h) => Arm::Floor(h),
             Arm::Unobserved => Arm::Unobserved,
         }
@@ -461,10 +467,17 @@ pub fn bench(opts: &Options) -> anyhow::Result<()> {
     let nginx_pid = nginx.guard.0.id();
     let axum_pid = axum.0.id();
     let all = [Arm::Unobserved, FLOOR, FULL];
-    let both = [Arm::Unobserved, FLOOR, FULL, Arm::Floor(Hooks::Tracepoints), Arm::Full(Hooks::Tracepoints)];
+    let both = [
+        Arm::Unobserved,
+        FLOOR,
+        FULL,
+        Arm::Full(Hooks::Raw),
+        Arm::Floor(Hooks::Tracepoints),
+        Arm::Full(Hooks::Tracepoints),
+    ];
     let mut summaries = Vec::new();
 
-    eprintln!("nginx `return 200`, wrk -t1 -c32, both hook strategies:");
+    eprintln!("nginx `return 200`, wrk -t1 -c32, every hook strategy:");
     let url = format!("http://127.0.0.1:{}/hello", nginx.port);
     summaries.push(summarize("nginx return 200 (saturation)", measure(opts, nginx_pid, &url, &both, 32)?));
 
