@@ -153,6 +153,10 @@ pub struct EventHeader {
 /// Size of [`EventHeader`] on the wire.
 pub const HEADER_LEN: usize = core::mem::size_of::<EventHeader>();
 
+/// Default size of the kernel's table of followed sockets and of the daemon's connection
+/// table (`--max-connections`).
+pub const MAX_CONNECTIONS: u32 = 65_536;
+
 /// Indices of the per-CPU counters in the `STATS` map.
 pub mod stat {
     /// Events dropped because the ring buffer was full.

@@ -22,8 +22,8 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::warn;
 use observer_common::{
-    Direction, EventHeader, FLAG_LOST_BEFORE, HEAD_LEN, HEADER_LEN, MAX_IOV, PendingCall, READ_HEAD_LEN,
-    RING_BYTES, Syscall, TAIL_LEN, WRITE_HEAD_LEN, socket_key, stat,
+    Direction, EventHeader, FLAG_LOST_BEFORE, HEAD_LEN, HEADER_LEN, MAX_CONNECTIONS, MAX_IOV, PendingCall,
+    READ_HEAD_LEN, RING_BYTES, Syscall, TAIL_LEN, WRITE_HEAD_LEN, socket_key, stat,
 };
 
 /// Target tgids (value unused). Filled by userspace.
@@ -31,9 +31,10 @@ use observer_common::{
 static TARGETS: HashMap<u32, u32> = HashMap::with_max_entries(1024, 0);
 
 /// Known sockets of targets, `socket_key(tgid, fd)` → `FLAG_*` bits. Learned from accept and,
-/// at attach time, from /proc/PID/fd; forgotten at close.
+/// at attach time, from /proc/PID/fd; forgotten at close. Userspace sets its size
+/// (`--max-connections`).
 #[map]
-static SOCKETS: HashMap<u64, u32> = HashMap::with_max_entries(65536, 0);
+static SOCKETS: HashMap<u64, u32> = HashMap::with_max_entries(MAX_CONNECTIONS, 0);
 
 /// Arguments of syscalls in progress, keyed by pid_tgid (one syscall per thread at a time).
 #[map]

@@ -27,8 +27,8 @@ fn method_label(method: &str) -> &'static str {
     METHODS.iter().find(|m| **m == method).copied().unwrap_or("OTHER")
 }
 
-/// Matches the kernel's socket table (SOCKETS, 65,536 entries).
-const DEFAULT_CAPACITY: usize = 65_536;
+/// The kernel's socket table's default size (`--max-connections`).
+const DEFAULT_CAPACITY: usize = observer_common::MAX_CONNECTIONS as usize;
 
 /// One followed connection.
 struct Entry {

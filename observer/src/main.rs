@@ -121,6 +121,10 @@ struct Common {
     /// Ring buffer size in bytes between the kernel programs and the daemon.
     #[arg(long, default_value_t = observer_common::RING_BYTES)]
     ring_bytes: u32,
+    /// Most connections followed at once, in the kernel's socket table and in the daemon's;
+    /// connections beyond are counted in observer_kernel_map_full_total{map="sockets"}.
+    #[arg(long, default_value_t = observer_common::MAX_CONNECTIONS)]
+    max_connections: u32,
     /// Seconds without traffic after which a connection is idle: a response whose end was not
     /// seen is ended at its last write, and the connection leaves the table.
     #[arg(long, default_value_t = 30)]
@@ -139,6 +143,7 @@ impl Common {
             hooks: self.hooks,
             follow_children: !self.no_children,
             ring_bytes: self.ring_bytes,
+            max_connections: self.max_connections,
             idle_timeout_secs: self.idle_timeout,
             exit_with_targets,
         }

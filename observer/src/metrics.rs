@@ -46,6 +46,11 @@ pub struct RequestLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MapLabels {
+    pub map: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabels {
     pub reason: &'static str,
 }
@@ -72,6 +77,7 @@ pub struct Metrics {
     pub parse_errors: Family<ReasonLabels, Counter>,
     pub events: Counter,
     pub events_lost: Counter,
+    pub kernel_map_full: Family<MapLabels, Counter>,
     pub endpoints_overflowed: Counter,
     pub connections: Gauge,
     pub connections_dropped: Counter,
@@ -130,6 +136,12 @@ impl Metrics {
             "Kernel events dropped because the ring buffer was full",
             events_lost.clone(),
         );
+        let kernel_map_full = Family::default();
+        registry.register(
+            "observer_kernel_map_full",
+            "Kernel table inserts refused because the table was full, by map: sockets (a connection not followed), pending_calls (a syscall not seen)",
+            kernel_map_full.clone(),
+        );
         let endpoints_overflowed = Counter::default();
         registry.register(
             "observer_endpoints_overflowed",
@@ -157,6 +169,7 @@ impl Metrics {
             parse_errors,
             events,
             events_lost,
+            kernel_map_full,
             endpoints_overflowed,
         }
     }

@@ -112,11 +112,13 @@ impl Probes {
     /// `follow_children`: targets' new child processes become targets (nginx master → workers).
     /// `ring_bytes`: ring buffer size (a power of two, at least a page).
     /// `watch_exec`: report every program start (for `--exe`).
+    /// `max_sockets`: size of the kernel's table of followed sockets.
     pub fn load_and_attach(
         hooks: Hooks,
         follow_children: bool,
         watch_exec: bool,
         ring_bytes: u32,
+        max_sockets: u32,
     ) -> Result<Self, ProbeError> {
         if OBJECT.is_empty() {
             return Err(ProbeError::Stub);
@@ -135,6 +137,7 @@ impl Probes {
             .override_global("CHILD_PID_OFFSET", &child_pid_offset, true)
             .override_global("WAKEUP_BYTES", &wakeup_bytes, true)
             .map_max_entries("EVENTS", ring_bytes)
+            .map_max_entries("SOCKETS", max_sockets)
             .load(OBJECT)
             .map_err(|e| permission_or(e, ProbeError::Load))?;
         start_kernel_logger(&mut ebpf);
@@ -218,9 +221,25 @@ impl Probes {
         stats.get(&index, 0).map(|per_cpu| per_cpu.iter().sum()).unwrap_or(0)
     }
 
-    pub fn events_lost(&self) -> u64 {
-        self.stat(stat::RING_FULL)
+    /// What the kernel programs dropped so far.
+    pub fn drops(&self) -> KernelDrops {
+        KernelDrops {
+            ring_full: self.stat(stat::RING_FULL),
+            sockets_full: self.stat(stat::SOCKETS_FULL),
+            pending_full: self.stat(stat::PENDING_FULL),
+        }
     }
+}
+
+/// Running totals of what the kernel programs could not record.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct KernelDrops {
+    /// Events: the ring buffer was full.
+    pub ring_full: u64,
+    /// Accepted connections not followed: the socket table was full.
+    pub sockets_full: u64,
+    /// Syscalls not seen (`--hooks tracepoints`): the in-flight syscall table was full.
+    pub pending_full: u64,
 }
 
 /// The benchmark floor: one do-nothing program on every tracepoint the observer uses.

@@ -17,8 +17,8 @@ use tracing::{info, warn};
 use crate::{
     conn::Connections,
     events,
-    metrics::Metrics,
-    probes::{Hooks, Probes},
+    metrics::{MapLabels, Metrics},
+    probes::{Hooks, KernelDrops, Probes},
     route::{Router, Rules},
     serve,
 };
@@ -36,6 +36,8 @@ pub struct RunConfig {
     /// Follow the targets' child processes, now and as they are forked.
     pub follow_children: bool,
     pub ring_bytes: u32,
+    /// Most connections followed at once (the kernel's socket table and the daemon's).
+    pub max_connections: u32,
     /// Seconds without events after which a connection counts as idle.
     pub idle_timeout_secs: u64,
     /// Exit once every target has exited, instead of serving what was counted.
@@ -65,8 +67,16 @@ pub async fn run_with_metrics(config: RunConfig, metrics: Arc<Metrics>) -> anyho
         bail!("--ring-bytes must be a power of two of at least 4096, not {}", config.ring_bytes);
     }
     let watch_exec = !config.exes.is_empty();
-    let mut probes =
-        Probes::load_and_attach(config.hooks, config.follow_children, watch_exec, config.ring_bytes)?;
+    if config.max_connections == 0 {
+        bail!("--max-connections must be at least 1");
+    }
+    let mut probes = Probes::load_and_attach(
+        config.hooks,
+        config.follow_children,
+        watch_exec,
+        config.ring_bytes,
+        config.max_connections,
+    )?;
     let mut ring = probes.take_events()?;
     let mut live: Vec<u32> = Vec::new();
     let running = all_pids().into_iter().filter(|&pid| runs_one_of(pid, &config.exes));
@@ -83,8 +93,9 @@ pub async fn run_with_metrics(config: RunConfig, metrics: Arc<Metrics>) -> anyho
     info!("serving metrics on http://{addr}/metrics");
 
     let router = Router::new(rules, config.max_endpoints, config.path_depth);
-    let mut conns = Connections::new(&metrics, router, config.idle_timeout_secs);
-    let mut lost_seen = 0;
+    let mut conns = Connections::new(&metrics, router, config.idle_timeout_secs)
+        .with_capacity(config.max_connections as usize);
+    let mut drops_seen = KernelDrops::default();
     let mut forks: Vec<Fork> = Vec::new();
     let mut execs: Vec<u32> = Vec::new();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -112,9 +123,7 @@ pub async fn run_with_metrics(config: RunConfig, metrics: Arc<Metrics>) -> anyho
             _ = tick.tick() => {
                 conns.sweep(|tgid, fd| Path::new(&format!("/proc/{tgid}/fd/{fd}")).exists());
                 metrics.connections.set(conns.count() as i64);
-                let lost = probes.events_lost();
-                metrics.events_lost.inc_by(lost.saturating_sub(lost_seen));
-                lost_seen = lost;
+                drops_seen = count_kernel_drops(&metrics, probes.drops(), drops_seen);
                 live.retain(|&pid| {
                     if process_exists(pid) {
                         return true;
@@ -144,6 +153,18 @@ pub async fn run_with_metrics(config: RunConfig, metrics: Arc<Metrics>) -> anyho
     drop(probes); // detaches every program
     info!("detached; bye");
     Ok(())
+}
+
+/// Adds what the kernel dropped since `seen` to the metrics; returns the new totals.
+fn count_kernel_drops(metrics: &Metrics, now: KernelDrops, seen: KernelDrops) -> KernelDrops {
+    metrics.events_lost.inc_by(now.ring_full.saturating_sub(seen.ring_full));
+    for (map, now, seen) in [
+        ("sockets", now.sockets_full, seen.sockets_full),
+        ("pending_calls", now.pending_full, seen.pending_full),
+    ] {
+        metrics.kernel_map_full.get_or_create(&MapLabels { map }).inc_by(now.saturating_sub(seen));
+    }
+    now
 }
 
 /// The benchmark floor: hooks attached, nothing done, until SIGTERM/SIGINT.

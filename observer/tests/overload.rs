@@ -61,3 +61,42 @@ fn counts_recover_after_the_ring_buffer_overflows() {
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(observer.scrape().sum("http_requests_total", &[]), before + 20.0, "nothing counted twice");
 }
+
+#[test]
+fn connections_beyond_the_socket_table_are_counted_and_the_others_exactly() {
+    require_root();
+    let (server, addr) = start_demo_server();
+    // Room for three connections beyond the sockets the server has open now (its listener
+    // and tokio's own), which the observer learns at attach.
+    let existing = std::fs::read_dir(format!("/proc/{}/fd", server.pid()))
+        .unwrap()
+        .filter(|fd| {
+            std::fs::read_link(fd.as_ref().unwrap().path()).unwrap().to_string_lossy().starts_with("socket:")
+        })
+        .count();
+    let max = (existing + 3).to_string();
+    let observer = Observer::attach_with(&[server.pid()], &["--max-connections", &max]);
+    let refused = |s: &Scrape| s.sum("observer_kernel_map_full_total", &[("map", "sockets")]);
+    // Ten connections open at once, one request each: every connection is either followed
+    // (its request counted) or refused (counted as such), never both, never neither.
+    let mut clients: Vec<RawClient> = (0..10).map(|_| RawClient::connect(addr)).collect();
+    for client in &mut clients {
+        assert_eq!(client.get("/api/status"), 200);
+    }
+    let full = observer.scrape_until("each connection counted once, as a request or as refused", |s| {
+        s.sum("http_requests_total", &[]) + refused(s) == 10.0
+    });
+    assert!(refused(&full) >= 7.0, "at most three connections fit:\n{}", full.0);
+    assert!(full.sum("http_requests_total", &[]) >= 1.0, "{}", full.0);
+    let counted = full.sum("http_requests_total", &[]);
+
+    // Closing frees the slots: later connections are followed again, and counted exactly.
+    drop(clients);
+    std::thread::sleep(Duration::from_millis(300));
+    for _ in 0..3 {
+        assert_eq!(RawClient::connect(addr).get("/api/status"), 200);
+    }
+    let after = observer.scrape_settled(counted + 3.0);
+    assert_eq!(after.sum("http_requests_total", &[]), counted + 3.0, "{}", after.0);
+    assert_eq!(refused(&after), refused(&full), "{}", after.0);
+}
