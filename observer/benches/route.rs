@@ -23,6 +23,19 @@ fn classify(c: &mut Criterion) {
             }
         })
     });
+    // Every request a different target (a boot storm of distinct MACs): the remembered
+    // targets never help, so this is the cost of a miss.
+    let macs: Vec<String> =
+        (0..4096u32).map(|i| format!("/boot/52:54:00:00:{:02x}:{:02x}", i >> 8, i & 0xff)).collect();
+    let mut next = macs.iter().cycle();
+    let mut storm = Router::new(Rules::parse("dragonfly", DRAGONFLY).unwrap(), 100, 2);
+    c.bench_function("classify: dragonfly rules, 5 distinct MACs", |b| {
+        b.iter(|| {
+            for t in next.by_ref().take(5) {
+                black_box(storm.classify("GET", black_box(t)));
+            }
+        })
+    });
     let mut heuristic = Router::new(Rules::default(), 100, 2);
     c.bench_function("classify: heuristic only, 5 targets", |b| {
         b.iter(|| {

@@ -5,11 +5,28 @@
 //! from the byte count, so bodies larger than the capture are followed exactly; only heads and
 //! chunk-size lines need to be seen, and those sit at the start or the end of a syscall.
 
-use std::collections::VecDeque;
+use std::{collections::VecDeque, mem::MaybeUninit};
 
 /// Largest request or response head we buffer before declaring the connection out of sync.
 const MAX_HEAD: usize = 64 * 1024;
 const MAX_HEADERS: usize = 64;
+
+/// Room for a head's headers. Left uninitialised: filling 64 empty headers (2 KiB) before
+/// every parse was most of the parse's cost; httparse writes those it returns.
+fn header_room<'b>() -> [MaybeUninit<httparse::Header<'b>>; MAX_HEADERS] {
+    [const { MaybeUninit::uninit() }; MAX_HEADERS]
+}
+
+/// The head bytes to parse: those already buffered plus the new ones, or, when nothing is
+/// buffered (a head that arrives in one syscall, the usual case), the new ones where they
+/// lie, without a copy.
+fn head_bytes<'d>(buf: &'d mut Vec<u8>, seen: &'d [u8]) -> &'d [u8] {
+    if buf.is_empty() {
+        return seen;
+    }
+    buf.extend_from_slice(seen);
+    buf
+}
 
 /// The parts of a request head that callers may label it by.
 #[derive(Debug, Clone, Copy)]
@@ -221,10 +238,10 @@ impl<T> HttpConn<T> {
             return Step::Stop;
         };
         let before = buf.len();
-        buf.extend_from_slice(rest.seen);
-        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut req = httparse::Request::new(&mut headers);
-        let parsed = req.parse(buf);
+        let data = head_bytes(buf, rest.seen);
+        let mut headers = header_room();
+        let mut req = httparse::Request::new(&mut []);
+        let parsed = req.parse_with_uninit_headers(data, &mut headers);
         let (head_len, truncated) = match parsed {
             Ok(httparse::Status::Complete(n)) => (n, false),
             Ok(httparse::Status::Partial)
@@ -232,15 +249,18 @@ impl<T> HttpConn<T> {
             {
                 // The head goes on past the capture: the uncaptured bytes are taken as the
                 // rest of this head, with no body.
-                (buf.len(), true)
+                (data.len(), true)
             }
             // The head goes on into bytes we cannot see, and not even its request line is
             // known: nothing to count; resync at the next request.
             Ok(httparse::Status::Partial) if rest.unseen > 0 => {
                 return self.inbound_lost(sink, Anomaly::TruncatedCapture);
             }
-            Ok(httparse::Status::Partial) if buf.len() <= MAX_HEAD => {
+            Ok(httparse::Status::Partial) if data.len() <= MAX_HEAD => {
                 // Wait for more bytes: the captured tail, or the next read.
+                if before == 0 {
+                    buf.extend_from_slice(rest.seen);
+                }
                 rest.skip(rest.seen.len() as u64);
                 return if rest.is_empty() { Step::Stop } else { Step::Continue };
             }
@@ -347,16 +367,24 @@ impl<T> HttpConn<T> {
             return Step::Stop;
         }
         let before = buf.len();
-        buf.extend_from_slice(rest.seen);
-        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut resp = httparse::Response::new(&mut headers);
-        let (head_len, truncated) = match resp.parse(buf) {
+        let data = head_bytes(buf, rest.seen);
+        let mut headers = header_room();
+        let mut resp = httparse::Response::new(&mut []);
+        let parsed = httparse::ParserConfig::default().parse_response_with_uninit_headers(
+            &mut resp,
+            data,
+            &mut headers,
+        );
+        let (head_len, truncated) = match parsed {
             Ok(httparse::Status::Complete(n)) => (n, false),
-            Ok(httparse::Status::Partial) if rest.unseen > 0 && resp.code.is_some() => (buf.len(), true),
+            Ok(httparse::Status::Partial) if rest.unseen > 0 && resp.code.is_some() => (data.len(), true),
             Ok(httparse::Status::Partial) if rest.unseen > 0 => {
                 return self.outbound_lost(sink, Anomaly::TruncatedCapture);
             }
-            Ok(httparse::Status::Partial) if buf.len() <= MAX_HEAD => {
+            Ok(httparse::Status::Partial) if data.len() <= MAX_HEAD => {
+                if before == 0 {
+                    buf.extend_from_slice(rest.seen);
+                }
                 self.response_first_ns.get_or_insert(ts_ns);
                 self.response_bytes += rest.skip(rest.seen.len() as u64);
                 return if rest.is_empty() { Step::Stop } else { Step::Continue };
@@ -546,9 +574,9 @@ impl<'a> Bytes<'a> {
 /// after it), to resync a connection we lost track of. Clients may send the method alone
 /// in a first segment, so the whole request line is not required.
 fn looks_like_request(data: &[u8]) -> bool {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut req = httparse::Request::new(&mut headers);
-    match req.parse(data) {
+    let mut headers = header_room();
+    let mut req = httparse::Request::new(&mut []);
+    match req.parse_with_uninit_headers(data, &mut headers) {
         Ok(httparse::Status::Complete(_)) => true,
         Ok(httparse::Status::Partial) => req.method.is_some(),
         Err(_) => false,

@@ -153,3 +153,32 @@ fn a_million_random_paths_stay_within_the_cap() {
     assert!(labels.contains(OVERFLOW));
     assert!(overflowed > 0);
 }
+
+#[test]
+fn remembered_targets_answer_as_a_fresh_classification_would() {
+    let rules = "[[route]]\npattern = \"/a/*\"\nendpoint = \"a-post\"\nmethods = [\"POST\"]\n";
+    let mut r = router(rules, 1);
+    for _ in 0..3 {
+        assert_eq!(label(&mut r, "POST", "/a/1"), "a-post");
+        assert_eq!(label(&mut r, "GET", "/a/1"), "/a/{id}", "the method is part of what is remembered");
+        // The cap (1) is reached: every repeat overflows, and says so, as the first did.
+        assert_eq!(r.classify("GET", "/b/c"), (Endpoint::Label(OVERFLOW), true));
+    }
+    // New rules (SIGHUP) forget what was remembered.
+    r.set_rules(Rules::parse("new.toml", "[[route]]\npattern = \"/b/**\"\nendpoint = \"b\"\n").unwrap());
+    assert_eq!(r.classify("GET", "/b/c"), (Endpoint::Label("b"), false));
+    assert_eq!(label(&mut r, "POST", "/a/1"), "/a/{id}");
+}
+
+#[test]
+fn colliding_and_long_targets_are_classified_each_time() {
+    let mut r = router("", 10_000);
+    let long = format!("/long/{}", "x".repeat(RECENT_MAX_TARGET));
+    // Far more targets than slots: every one evicts another and must still come out right.
+    for round in 0..2 {
+        for i in 0..(RECENT_SLOTS * 4) {
+            assert_eq!(label(&mut r, "GET", &format!("/n{i}/x")), format!("/n{i}/x"), "round {round}");
+        }
+        assert_eq!(label(&mut r, "GET", &long), "/long/{other}");
+    }
+}
