@@ -24,6 +24,15 @@ pub const TAIL_LEN: usize = 32;
 /// response as one writev of ~13 iovecs.
 pub const MAX_IOV: usize = 16;
 
+/// Words of the `TARGETS` bitmap, one bit per possible tgid: `PID_MAX_LIMIT` (4,194,304, the
+/// kernel's hard limit on 64-bit) bits, 512 KiB. Fixed, so no pid is ever out of range.
+pub const TARGET_WORDS: u32 = 4_194_304 / 64;
+
+/// Word and bit of `tgid` in the `TARGETS` bitmap.
+pub const fn target_bit(tgid: u32) -> (u32, u64) {
+    (tgid / 64, 1 << (tgid % 64))
+}
+
 /// Ring buffer size in bytes (power of two, multiple of the page size).
 pub const RING_BYTES: u32 = 8 << 20;
 

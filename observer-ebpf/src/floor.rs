@@ -5,14 +5,17 @@
 #![no_main]
 
 use aya_ebpf::{
+    bindings::BPF_F_MMAPABLE,
     helpers::bpf_get_current_pid_tgid,
     macros::{map, raw_tracepoint, tracepoint},
-    maps::{HashMap, PerCpuArray},
+    maps::{Array, PerCpuArray},
     programs::{RawTracePointContext, TracePointContext},
 };
+use observer_common::{TARGET_WORDS, target_bit};
 
+/// The observer's target bitmap, the same map and the same test (see main.rs).
 #[map]
-static TARGETS: HashMap<u32, u32> = HashMap::with_max_entries(1024, 0);
+static TARGETS: Array<u64> = Array::with_max_entries(TARGET_WORDS, BPF_F_MMAPABLE);
 
 #[map]
 static HITS: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
@@ -32,9 +35,9 @@ pub fn floor_raw(_ctx: RawTracePointContext) -> i32 {
 
 #[inline(always)]
 fn count_target() {
-    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
-    // SAFETY: presence test only.
-    if unsafe { TARGETS.get(&tgid) }.is_some()
+    let (word, bit) = target_bit((bpf_get_current_pid_tgid() >> 32) as u32);
+    // SAFETY: a u64 in a map slot.
+    if TARGETS.get_ptr(word).is_some_and(|w| unsafe { core::ptr::read_volatile(w) } & bit != 0)
         && let Some(hits) = HITS.get_ptr_mut(0)
     {
         // SAFETY: per-CPU slot.

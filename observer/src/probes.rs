@@ -1,13 +1,19 @@
 //! Loading and attaching the kernel programs, and the maps userspace talks to them through.
 
-use std::{fs, io, path::Path};
+use std::{
+    fs, io,
+    os::fd::{AsFd, AsRawFd},
+    path::Path,
+    ptr::NonNull,
+    sync::atomic::{AtomicU64, Ordering},
+};
 
 use aya::{
     Btf, Ebpf,
-    maps::{HashMap, MapData, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, Map, MapData, PerCpuArray, RingBuf},
     programs::{BtfTracePoint, RawTracePoint, TracePoint},
 };
-use observer_common::{socket_key, stat};
+use observer_common::{TARGET_WORDS, socket_key, stat, target_bit};
 use tokio::io::unix::AsyncFd;
 use tracing::{debug, info, warn};
 
@@ -97,6 +103,10 @@ pub enum ProbeError {
     Stub,
     #[error("map {0} missing from the object")]
     MissingMap(&'static str),
+    #[error("mapping the TARGETS bitmap into memory: {0}")]
+    MapTargets(io::Error),
+    #[error("pid {0} is beyond the kernel's pid limit")]
+    PidOutOfRange(u32),
     #[error("registering the ring buffer with tokio: {0}")]
     Register(io::Error),
 }
@@ -104,8 +114,73 @@ pub enum ProbeError {
 /// Loaded, attached programs; dropping this detaches them.
 pub struct Probes {
     ebpf: Ebpf,
-    targets: HashMap<MapData, u32, u32>,
+    targets: TargetBits,
     sockets: HashMap<MapData, u64, u32>,
+}
+
+/// The kernel's `TARGETS` bitmap (one bit per tgid), mapped into this process. Bits are set
+/// and cleared with atomic operations, as the kernel's fork hook sets them, so neither side
+/// can lose a bit the other wrote.
+struct TargetBits {
+    words: NonNull<AtomicU64>,
+    /// Keeps the map alive while it is mapped.
+    _map: MapData,
+}
+
+const TARGET_BYTES: usize = TARGET_WORDS as usize * size_of::<u64>();
+
+impl TargetBits {
+    fn map(ebpf: &mut Ebpf) -> Result<Self, ProbeError> {
+        let Some(Map::Array(map)) = ebpf.take_map("TARGETS") else {
+            return Err(ProbeError::MissingMap("TARGETS"));
+        };
+        let fd = map.fd().as_fd().as_raw_fd();
+        // SAFETY: a shared mapping of the array's values (a BPF_F_MMAPABLE array of
+        // TARGET_WORDS u64s); unmapped in Drop, before the map's fd closes.
+        let at = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                TARGET_BYTES,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                fd,
+                0,
+            )
+        };
+        if at == libc::MAP_FAILED {
+            return Err(ProbeError::MapTargets(io::Error::last_os_error()));
+        }
+        let words = NonNull::new(at.cast::<AtomicU64>()).ok_or(ProbeError::MissingMap("TARGETS"))?;
+        Ok(TargetBits { words, _map: map })
+    }
+
+    fn word(&self, tgid: u32) -> Result<(&AtomicU64, u64), ProbeError> {
+        let (word, bit) = target_bit(tgid);
+        if word >= TARGET_WORDS {
+            return Err(ProbeError::PidOutOfRange(tgid));
+        }
+        // SAFETY: in bounds (checked above) of the live mapping; u64s are 8-byte aligned.
+        Ok((unsafe { &*self.words.as_ptr().add(word as usize) }, bit))
+    }
+
+    fn set(&self, tgid: u32) -> Result<(), ProbeError> {
+        let (word, bit) = self.word(tgid)?;
+        word.fetch_or(bit, Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn clear(&self, tgid: u32) {
+        if let Ok((word, bit)) = self.word(tgid) {
+            word.fetch_and(!bit, Ordering::Relaxed);
+        }
+    }
+}
+
+impl Drop for TargetBits {
+    fn drop(&mut self) {
+        // SAFETY: the mapping made in `map`, not used after this.
+        unsafe { libc::munmap(self.words.as_ptr().cast(), TARGET_BYTES) };
+    }
 }
 
 impl Probes {
@@ -161,14 +236,14 @@ impl Probes {
         if follow_children {
             attach_tracepoint(&mut ebpf, "fork", "sched", "sched_process_fork")?;
         }
-        let targets = take_map(&mut ebpf, "TARGETS")?;
+        let targets = TargetBits::map(&mut ebpf)?;
         let sockets = take_map(&mut ebpf, "SOCKETS")?;
         Ok(Probes { ebpf, targets, sockets })
     }
 
     /// Starts following `tgid`, including the sockets it already has open.
     pub fn add_target(&mut self, tgid: u32) -> Result<(), ProbeError> {
-        self.targets.insert(tgid, 0, 0).map_err(|e| ProbeError::Map("TARGETS", e))?;
+        self.targets.set(tgid)?;
         self.learn_sockets(tgid);
         Ok(())
     }
@@ -176,7 +251,7 @@ impl Probes {
     /// A pid the fork hook made a target turned out to be a thread of a target: its syscalls
     /// are already followed under its process's tgid.
     pub fn forget_thread(&mut self, tid: u32) {
-        let _ = self.targets.remove(&tid);
+        self.targets.clear(tid);
     }
 
     /// Learns the sockets `tgid` has open now (inherited or accepted before we attached).
@@ -193,7 +268,7 @@ impl Probes {
 
     /// Stops following `tgid` (it exited) and forgets its sockets.
     pub fn remove_target(&mut self, tgid: u32) {
-        let _ = self.targets.remove(&tgid);
+        self.targets.clear(tgid);
         let stale: Vec<u64> =
             self.sockets.keys().filter_map(Result::ok).filter(|k| (k >> 32) as u32 == tgid).collect();
         for key in stale {
@@ -273,9 +348,12 @@ impl Floor {
                 }
             }
         }
-        let mut targets: HashMap<MapData, u32, u32> = take_map(&mut ebpf, "TARGETS")?;
+        // Set once, before anything else runs: plain map updates will do.
+        let mut targets: Array<MapData, u64> = take_map(&mut ebpf, "TARGETS")?;
         for &pid in pids {
-            targets.insert(pid, 0, 0).map_err(|e| ProbeError::Map("TARGETS", e))?;
+            let (word, bit) = target_bit(pid);
+            let old = targets.get(&word, 0).map_err(|_| ProbeError::PidOutOfRange(pid))?;
+            targets.set(word, old | bit, 0).map_err(|e| ProbeError::Map("TARGETS", e))?;
         }
         Ok(Floor { _ebpf: ebpf })
     }
