@@ -140,12 +140,26 @@ fn metric(text: &str, name: &str) -> f64 {
         .sum()
 }
 
+/// The process holding an arm's programs (floor or observer), and the observer's /metrics.
+#[derive(Clone, Copy)]
+struct Attached {
+    pid: u32,
+    metrics: Option<SocketAddr>,
+}
+
+impl Attached {
+    /// The observer's pid and /metrics address: only the full arm has them.
+    fn observer(self) -> Option<(u32, SocketAddr)> {
+        Some((self.pid, self.metrics?))
+    }
+}
+
 /// Attaches `arm` to `pid` for the duration of `f`.
 fn with_arm<T>(
     opts: &Options,
     arm: Arm,
     pid: u32,
-    f: impl FnOnce(Option<(u32, SocketAddr)>) -> T,
+    f: impl FnOnce(Option<Attached>) -> T,
 ) -> anyhow::Result<T> {
     match arm {
         Arm::Unobserved => Ok(f(None)),
@@ -156,6 +170,7 @@ fn with_arm<T>(
                 .stderr(Stdio::piped())
                 .spawn()?;
             let mut stderr = child.stderr.take().expect("piped");
+            let floor_pid = child.id();
             let guard = Guard(child);
             let mut log = Vec::new();
             let mut byte = [0u8; 1];
@@ -164,7 +179,7 @@ fn with_arm<T>(
                 log.push(byte[0]);
             }
             thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
-            let result = f(None);
+            let result = f(Some(Attached { pid: floor_pid, metrics: None }));
             drop(guard);
             Ok(result)
         }
@@ -187,7 +202,7 @@ fn with_arm<T>(
             let observer_pid = child.id();
             let guard = Guard(child);
             wait_for("the observer's /metrics", || http_get(addr, "/metrics").is_some())?;
-            let result = f(Some((observer_pid, addr)));
+            let result = f(Some(Attached { pid: observer_pid, metrics: Some(addr) }));
             drop(guard);
             Ok(result)
         }
@@ -285,7 +300,8 @@ fn measure(
         for k in 0..arms.len() {
             let i = (k + rep) % arms.len();
             let arm = arms[i];
-            let run = with_arm(opts, arm, pid, |observer| -> anyhow::Result<Run> {
+            let run = with_arm(opts, arm, pid, |attached| -> anyhow::Result<Run> {
+                let observer = attached.and_then(Attached::observer);
                 let cpu_before = observer.map(|(p, _)| cpu_seconds(p)).unwrap_or(0.0);
                 let mut run = wrk(url, connections, opts.seconds)?;
                 if let Some((p, addr)) = observer {
@@ -404,34 +420,139 @@ fn start_axum(observer: &Path) -> anyhow::Result<(Guard, u16)> {
     Ok((guard, port))
 }
 
-/// ns per syscall of a process nobody observes (dd moving 1-byte records: a read and a write
-/// each), while `arm` watches another process.
+/// Runs `dd` moving `records` 1-byte records (a read and a write each): a process nobody
+/// observes making syscalls as fast as it can. Returns ns per syscall.
+fn dd(records: u64) -> anyhow::Result<f64> {
+    let started = Instant::now();
+    let status = Command::new("dd")
+        .args(["if=/dev/zero", "of=/dev/null", "bs=1", &format!("count={records}")])
+        .stderr(Stdio::null())
+        .status()?;
+    ensure!(status.success(), "dd failed");
+    Ok(started.elapsed().as_nanos() as f64 / (2 * records) as f64)
+}
+
+/// ns per syscall of a process nobody observes, while `arm` watches another process.
 fn unobserved_syscall_cost(opts: &Options, target: u32) -> anyhow::Result<Vec<(Arm, f64)>> {
-    const RECORDS: u64 = 1_000_000;
     let arms = [Arm::Unobserved, FLOOR, FULL];
     let mut samples: Vec<Vec<f64>> = vec![Vec::new(); arms.len()];
     for rep in 0..opts.reps {
         for k in 0..arms.len() {
             let i = (k + rep) % arms.len();
-            let ns = with_arm(opts, arms[i], target, |_| -> anyhow::Result<f64> {
-                let started = Instant::now();
-                let status = Command::new("dd")
-                    .args(["if=/dev/zero", "of=/dev/null", "bs=1", &format!("count={RECORDS}")])
-                    .stderr(Stdio::null())
-                    .status()?;
-                ensure!(status.success(), "dd failed");
-                Ok(started.elapsed().as_nanos() as f64 / (2 * RECORDS) as f64)
-            })??;
-            samples[i].push(ns);
+            samples[i].push(with_arm(opts, arms[i], target, |_| dd(1_000_000))??);
         }
     }
     Ok(arms.iter().zip(samples).map(|(a, s)| (*a, median(s))).collect())
 }
 
+/// Time and runs of the kernel programs a process holds, summed over its BPF program fds
+/// (`/proc/PID/fdinfo`; the kernel counts them only while `kernel.bpf_stats_enabled` is 1).
+#[derive(Clone, Copy, Default, Debug)]
+struct ProgramTime {
+    ns: f64,
+    runs: f64,
+}
+
+impl ProgramTime {
+    fn of(pid: u32) -> ProgramTime {
+        let mut seen = std::collections::HashSet::new();
+        let mut total = ProgramTime::default();
+        let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fdinfo")) else {
+            return total;
+        };
+        for entry in dir.flatten() {
+            let info = std::fs::read_to_string(entry.path()).unwrap_or_default();
+            let field =
+                |name: &str| info.lines().find_map(|l| l.strip_prefix(name)?.trim().parse::<f64>().ok());
+            // Program fds only (links have prog_id but no run_time_ns), each program once.
+            let (Some(id), Some(ns), Some(runs)) =
+                (field("prog_id:"), field("run_time_ns:"), field("run_cnt:"))
+            else {
+                continue;
+            };
+            if seen.insert(id as u64) {
+                total.ns += ns;
+                total.runs += runs;
+            }
+        }
+        total
+    }
+
+    fn since(self, before: ProgramTime) -> ProgramTime {
+        ProgramTime { ns: self.ns - before.ns, runs: self.runs - before.runs }
+    }
+}
+
+/// `kernel.bpf_stats_enabled` set while this lives. It adds two clock reads to every program
+/// run, so only the runs that measure program time have it on.
+struct BpfStats(String);
+
+const BPF_STATS: &str = "/proc/sys/kernel/bpf_stats_enabled";
+
+impl BpfStats {
+    fn enable() -> anyhow::Result<BpfStats> {
+        let before = std::fs::read_to_string(BPF_STATS).context("reading kernel.bpf_stats_enabled")?;
+        std::fs::write(BPF_STATS, "1").context("enabling kernel.bpf_stats_enabled")?;
+        Ok(BpfStats(before.trim().to_owned()))
+    }
+}
+
+impl Drop for BpfStats {
+    fn drop(&mut self) {
+        let _ = std::fs::write(BPF_STATS, &self.0);
+    }
+}
+
+/// What the kernel programs themselves cost, from the kernel's own accounting, for the floor
+/// and the full arm: ns per program run while an unobserved process (dd) makes syscalls,
+/// and ns of program time per request while nginx is saturated (every process's syscalls
+/// included: the load generator's run the programs too).
+#[derive(Clone, Copy, Default, Debug)]
+struct KernelCost {
+    floor_unobserved_ns_per_run: f64,
+    full_unobserved_ns_per_run: f64,
+    floor_ns_per_request: f64,
+    full_ns_per_request: f64,
+}
+
+fn kernel_cost(opts: &Options, nginx_pid: u32, url: &str) -> anyhow::Result<KernelCost> {
+    let _stats = BpfStats::enable()?;
+    let arms = [FLOOR, FULL];
+    let mut per_run: [Vec<f64>; 2] = Default::default();
+    let mut per_request: [Vec<f64>; 2] = Default::default();
+    for rep in 0..opts.reps {
+        for k in 0..arms.len() {
+            let i = (k + rep) % arms.len();
+            let (run, request) =
+                with_arm(opts, arms[i], nginx_pid, |attached| -> anyhow::Result<(f64, f64)> {
+                    let pid = attached.expect("floor and full arms hold programs").pid;
+                    let before = ProgramTime::of(pid);
+                    dd(200_000)?;
+                    let during_dd = ProgramTime::of(pid).since(before);
+                    let before = ProgramTime::of(pid);
+                    let load = wrk(url, 32, opts.seconds.min(3))?;
+                    let during_load = ProgramTime::of(pid).since(before);
+                    ensure!(during_dd.runs > 0.0 && load.requests > 0.0, "no program runs were counted");
+                    Ok((during_dd.ns / during_dd.runs, during_load.ns / load.requests))
+                })??;
+            per_run[i].push(run);
+            per_request[i].push(request);
+        }
+    }
+    let [floor_run, full_run] = per_run.map(median);
+    let [floor_request, full_request] = per_request.map(median);
+    Ok(KernelCost {
+        floor_unobserved_ns_per_run: floor_run,
+        full_unobserved_ns_per_run: full_run,
+        floor_ns_per_request: floor_request,
+        full_ns_per_request: full_request,
+    })
+}
+
 /// Daemon RSS with `n` idle keep-alive connections open to the observed nginx.
 fn idle_connections_rss(opts: &Options, nginx: &Nginx, n: usize) -> anyhow::Result<(f64, f64, f64)> {
-    with_arm(opts, FULL, nginx.guard.0.id(), |observer| -> anyhow::Result<(f64, f64, f64)> {
-        let (pid, addr) = observer.expect("full arm");
+    with_arm(opts, FULL, nginx.guard.0.id(), |attached| -> anyhow::Result<(f64, f64, f64)> {
+        let (pid, addr) = attached.and_then(Attached::observer).expect("full arm");
         let mut held = Vec::with_capacity(n);
         for _ in 0..n {
             let mut s = TcpStream::connect(("127.0.0.1", nginx.port))?;
@@ -499,18 +620,30 @@ pub fn bench(opts: &Options) -> anyhow::Result<()> {
     eprintln!("syscalls of an unobserved process (dd bs=1):");
     let syscalls = unobserved_syscall_cost(opts, nginx_pid)?;
 
+    eprintln!("kernel program time (kernel.bpf_stats_enabled), dd and nginx:");
+    let kernel = kernel_cost(opts, nginx_pid, &format!("http://127.0.0.1:{}/hello", nginx.port))?;
+
     eprintln!("10,000 idle keep-alive connections:");
     let (rss_kib, hwm_kib, conns) = idle_connections_rss(opts, &nginx, 10_000)?;
 
-    let report = render(&summaries, &syscalls, (rss_kib, hwm_kib, conns), opts);
+    let report = render(&summaries, &syscalls, &kernel, (rss_kib, hwm_kib, conns), opts);
     println!("{report}");
     std::fs::write(opts.out.join("results.md"), &report)?;
-    std::fs::write(opts.out.join("results.json"), json(&summaries, &syscalls, (rss_kib, hwm_kib, conns)))?;
+    std::fs::write(
+        opts.out.join("results.json"),
+        json(&summaries, &syscalls, &kernel, (rss_kib, hwm_kib, conns)),
+    )?;
     eprintln!("written: {}", opts.out.join("results.{md,json}").display());
     Ok(())
 }
 
-fn render(summaries: &[Summary], syscalls: &[(Arm, f64)], memory: (f64, f64, f64), opts: &Options) -> String {
+fn render(
+    summaries: &[Summary],
+    syscalls: &[(Arm, f64)],
+    kernel: &KernelCost,
+    memory: (f64, f64, f64),
+    opts: &Options,
+) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
@@ -561,6 +694,18 @@ fn render(summaries: &[Summary], syscalls: &[(Arm, f64)], memory: (f64, f64, f64
     );
     let _ = writeln!(
         s,
+        "\nKernel programs, by the kernel's own accounting (kernel.bpf_stats_enabled, medians of {} rounds):\n\
+         - per run while an unobserved process (dd) makes syscalls: floor {:.1} ns, full {:.1} ns; full adds {:.1} ns beyond the floor;\n\
+         - per request under nginx saturation, every process's runs included: floor {:.0} ns, full {:.0} ns.",
+        opts.reps,
+        kernel.floor_unobserved_ns_per_run,
+        kernel.full_unobserved_ns_per_run,
+        kernel.full_unobserved_ns_per_run - kernel.floor_unobserved_ns_per_run,
+        kernel.floor_ns_per_request,
+        kernel.full_ns_per_request
+    );
+    let _ = writeln!(
+        s,
         "\nDaemon with 10,000 idle keep-alive connections: RSS {:.1} MB (peak {:.1} MB), {} connections in its table.",
         memory.0 / 1024.0,
         memory.1 / 1024.0,
@@ -571,7 +716,12 @@ fn render(summaries: &[Summary], syscalls: &[(Arm, f64)], memory: (f64, f64, f64
     s
 }
 
-fn json(summaries: &[Summary], syscalls: &[(Arm, f64)], memory: (f64, f64, f64)) -> String {
+fn json(
+    summaries: &[Summary],
+    syscalls: &[(Arm, f64)],
+    kernel: &KernelCost,
+    memory: (f64, f64, f64),
+) -> String {
     let mut s = String::from("{\n  \"workloads\": [\n");
     for (i, summary) in summaries.iter().enumerate() {
         let _ = write!(s, "    {{\"name\": {:?}, \"arms\": {{", summary.name);
@@ -597,6 +747,14 @@ fn json(summaries: &[Summary], syscalls: &[(Arm, f64)], memory: (f64, f64, f64))
     for (j, (arm, ns)) in syscalls.iter().enumerate() {
         let _ = write!(s, "{}\"{}\": {:.2}", if j > 0 { ", " } else { "" }, arm.name(), ns);
     }
+    let _ = write!(
+        s,
+        "}},\n  \"kernel_program_ns\": {{\"floor_unobserved_per_run\": {:.2}, \"full_unobserved_per_run\": {:.2}, \"floor_per_request\": {:.1}, \"full_per_request\": {:.1}",
+        kernel.floor_unobserved_ns_per_run,
+        kernel.full_unobserved_ns_per_run,
+        kernel.floor_ns_per_request,
+        kernel.full_ns_per_request
+    );
     let _ = writeln!(
         s,
         "}},\n  \"idle_10k_connections\": {{\"rss_kib\": {:.0}, \"peak_rss_kib\": {:.0}, \"table\": {:.0}}}\n}}",
