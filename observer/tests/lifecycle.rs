@@ -1,5 +1,6 @@
 //! The daemon's life around its targets: shutdown detaches everything, a target's exit keeps
-//! the metrics served, and request contents never reach metrics or logs.
+//! the metrics served (or, with --exit-with-targets, the last one's ends the daemon), and
+//! request contents never reach metrics or logs.
 
 mod common;
 
@@ -81,6 +82,32 @@ fn a_target_that_exits_keeps_its_metrics_served() {
     let scrape = observer.scrape();
     assert_eq!(scrape.sum("http_requests_total", &[]), 12.0, "counts survive the target");
     assert_eq!(scrape.sum("http_requests_in_flight", &[]), 0.0);
+}
+
+#[test]
+fn exit_with_targets_stops_once_the_last_target_exits() {
+    require_root();
+    let (mut first, _) = start_demo_server();
+    let (mut second, _) = start_demo_server();
+    let mut observer = Observer::attach_with(&[first.pid(), second.pid()], &["--exit-with-targets"]);
+    first.child.kill().unwrap();
+    first.child.wait().unwrap();
+    wait_until("the observer to notice the first exit", Duration::from_secs(5), || {
+        observer.log().contains("target process exited")
+    });
+    observer.guard.assert_running(); // one target is left
+    second.child.kill().unwrap();
+    second.child.wait().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let status = loop {
+        if let Some(status) = observer.guard.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "still running after its last target exited");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "{status}");
+    assert!(observer.log().contains("every target exited"), "{}", observer.log());
 }
 
 #[test]
