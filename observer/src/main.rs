@@ -121,8 +121,10 @@ struct Common {
     /// Ring buffer size in bytes between the kernel programs and the daemon.
     #[arg(long, default_value_t = observer_common::RING_BYTES)]
     ring_bytes: u32,
-    /// Most connections followed at once, in the kernel's socket table and in the daemon's;
-    /// connections beyond are counted in observer_kernel_map_full_total{map="sockets"}.
+    /// Size of the kernel's table of followed sockets (accepted connections, plus the
+    /// targets' other sockets open at attach: listeners, upstreams) and of the daemon's
+    /// connection table; sockets beyond are counted in
+    /// observer_kernel_map_full_total{map="sockets"} and not followed.
     #[arg(long, default_value_t = observer_common::MAX_CONNECTIONS)]
     max_connections: u32,
     /// Seconds without traffic after which a connection is idle: a response whose end was not

@@ -116,6 +116,8 @@ pub struct Probes {
     ebpf: Ebpf,
     targets: TargetBits,
     sockets: HashMap<MapData, u64, u32>,
+    /// Open sockets of new targets that did not fit in the socket table when learned.
+    sockets_refused: u64,
 }
 
 /// The kernel's `TARGETS` bitmap (one bit per tgid), mapped into this process. Bits are set
@@ -174,6 +176,29 @@ impl TargetBits {
             word.fetch_and(!bit, Ordering::Relaxed);
         }
     }
+
+    /// Every tgid whose bit is set.
+    fn all(&self) -> Vec<u32> {
+        // SAFETY: the whole live mapping, TARGET_WORDS u64s.
+        let words = unsafe { std::slice::from_raw_parts(self.words.as_ptr(), TARGET_WORDS as usize) };
+        words
+            .iter()
+            .enumerate()
+            .flat_map(|(index, word)| pids_in_word(index as u32, word.load(Ordering::Relaxed)))
+            .collect()
+    }
+}
+
+/// The tgids a bitmap word at `index` holds.
+fn pids_in_word(index: u32, mut word: u64) -> impl Iterator<Item = u32> {
+    std::iter::from_fn(move || {
+        if word == 0 {
+            return None;
+        }
+        let bit = word.trailing_zeros();
+        word &= word - 1;
+        Some(index * 64 + bit)
+    })
 }
 
 impl Drop for TargetBits {
@@ -238,7 +263,7 @@ impl Probes {
         }
         let targets = TargetBits::map(&mut ebpf)?;
         let sockets = take_map(&mut ebpf, "SOCKETS")?;
-        Ok(Probes { ebpf, targets, sockets })
+        Ok(Probes { ebpf, targets, sockets, sockets_refused: 0 })
     }
 
     /// Starts following `tgid`, including the sockets it already has open.
@@ -259,11 +284,18 @@ impl Probes {
         let mut learned = 0;
         for fd in socket_fds(tgid) {
             // Sockets accepted meanwhile were learned by the accept hook; inserting again is harmless.
-            if self.sockets.insert(socket_key(tgid, fd), 0, 0).is_ok() {
-                learned += 1;
+            match self.sockets.insert(socket_key(tgid, fd), 0, 0) {
+                Ok(()) => learned += 1,
+                Err(_) => self.sockets_refused += 1, // the table is full
             }
         }
         info!(pid = tgid, sockets = learned, "following process");
+    }
+
+    /// Tgids the kernel treats as targets now: those userspace added and those the fork hook
+    /// added on its own (children whose fork record may have been lost with a full ring).
+    pub fn targets(&self) -> Vec<u32> {
+        self.targets.all()
     }
 
     /// Stops following `tgid` (it exited) and forgets its sockets.
@@ -300,7 +332,7 @@ impl Probes {
     pub fn drops(&self) -> KernelDrops {
         KernelDrops {
             ring_full: self.stat(stat::RING_FULL),
-            sockets_full: self.stat(stat::SOCKETS_FULL),
+            sockets_full: self.stat(stat::SOCKETS_FULL) + self.sockets_refused,
             pending_full: self.stat(stat::PENDING_FULL),
         }
     }
@@ -536,4 +568,19 @@ fn permission(e: ProbeError) -> ProbeError {
 
 fn permission_or(e: aya::EbpfError, wrap: fn(aya::EbpfError) -> ProbeError) -> ProbeError {
     permission(wrap(e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bitmap_word_gives_back_the_pids_set_in_it() {
+        for pid in [1u32, 63, 64, 4_194_303] {
+            let (word, bit) = target_bit(pid);
+            assert_eq!(pids_in_word(word, bit).collect::<Vec<_>>(), vec![pid]);
+        }
+        assert_eq!(pids_in_word(2, 0b1010_0001).collect::<Vec<_>>(), vec![128, 133, 135]);
+        assert_eq!(pids_in_word(7, 0).count(), 0);
+    }
 }

@@ -121,6 +121,11 @@ pub async fn run_with_metrics(config: RunConfig, metrics: Arc<Metrics>) -> anyho
                 follow_execs(&mut execs, &config.exes, &mut probes, &mut live);
             }
             _ = tick.tick() => {
+                // Whatever is in the ring first: a target found gone below must have had its
+                // last events handled, or they would open connections nobody ends.
+                drain_ring(ring.get_mut(), &mut conns, &metrics, &mut forks, &mut execs);
+                follow_forks(&mut forks, &mut probes, &mut live);
+                follow_execs(&mut execs, &config.exes, &mut probes, &mut live);
                 conns.sweep(|tgid, fd| Path::new(&format!("/proc/{tgid}/fd/{fd}")).exists());
                 metrics.connections.set(conns.count() as i64);
                 drops_seen = count_kernel_drops(&metrics, probes.drops(), drops_seen);
@@ -133,6 +138,9 @@ pub async fn run_with_metrics(config: RunConfig, metrics: Arc<Metrics>) -> anyho
                     conns.forget_process(pid);
                     false
                 });
+                if config.follow_children {
+                    adopt_stray_targets(&mut probes, &mut live);
+                }
                 // With --exe a watched program may start again: keep waiting for it.
                 if live.is_empty() && config.exit_with_targets && config.exes.is_empty() {
                     info!("every target exited; stopping");
@@ -155,7 +163,9 @@ pub async fn run_with_metrics(config: RunConfig, metrics: Arc<Metrics>) -> anyho
     Ok(())
 }
 
-/// Adds what the kernel dropped since `seen` to the metrics; returns the new totals.
+/// Adds what the kernel dropped since `seen` to the metrics; returns the new totals. The
+/// totals only grow: a reading that failed (0) is not taken as a reset, or the next good one
+/// would be counted twice.
 fn count_kernel_drops(metrics: &Metrics, now: KernelDrops, seen: KernelDrops) -> KernelDrops {
     metrics.events_lost.inc_by(now.ring_full.saturating_sub(seen.ring_full));
     for (map, now, seen) in [
@@ -164,7 +174,56 @@ fn count_kernel_drops(metrics: &Metrics, now: KernelDrops, seen: KernelDrops) ->
     ] {
         metrics.kernel_map_full.get_or_create(&MapLabels { map }).inc_by(now.saturating_sub(seen));
     }
-    now
+    KernelDrops {
+        ring_full: now.ring_full.max(seen.ring_full),
+        sockets_full: now.sockets_full.max(seen.sockets_full),
+        pending_full: now.pending_full.max(seen.pending_full),
+    }
+}
+
+/// Targets the kernel has that the daemon does not know of: a fork whose record was lost
+/// (ring full) left its child's bit set, or a thread's. A child process of a live target is
+/// followed (its inherited sockets learned); anything else is cleared, so a pid reused later
+/// by an unrelated process is not observed.
+fn adopt_stray_targets(probes: &mut Probes, live: &mut Vec<u32>) {
+    for pid in probes.targets() {
+        if live.contains(&pid) {
+            continue;
+        }
+        if tgid_of(pid) == Some(pid) && descends_from(pid, live) {
+            info!(pid, "following a child whose fork record was missed");
+            probes.learn_sockets(pid);
+            live.push(pid);
+        } else {
+            probes.forget_thread(pid);
+        }
+    }
+}
+
+/// Whether one of `pid`'s ancestors is in `ancestors`.
+fn descends_from(pid: u32, ancestors: &[u32]) -> bool {
+    let mut pid = pid;
+    for _ in 0..64 {
+        let Some(parent) = parent_of(pid) else { return false };
+        if ancestors.contains(&parent) {
+            return true;
+        }
+        if parent <= 1 {
+            return false;
+        }
+        pid = parent;
+    }
+    false
+}
+
+fn parent_of(pid: u32) -> Option<u32> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("PPid:"))?
+        .trim()
+        .parse()
+        .ok()
 }
 
 /// The benchmark floor: hooks attached, nothing done, until SIGTERM/SIGINT.

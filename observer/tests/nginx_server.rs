@@ -128,6 +128,76 @@ fn follows_nginx_workers_forked_by_the_master() {
     respawn_workers_and_count(&observer, workers, url, 20.0);
 }
 
+/// A worker forked while the ring buffer is full: its fork record is lost, but the kernel made
+/// it a target already; the daemon finds it among the kernel's targets within a second,
+/// follows it (so it will notice its exit), and its requests are counted exactly.
+#[test]
+fn a_worker_whose_fork_record_was_lost_is_followed_all_the_same() {
+    require_root();
+    require_command("nginx");
+    require_command("curl");
+    require_command("wrk");
+    let dir = TempDir::new("nginx-lost-fork");
+    let port = free_port();
+    let master = start_nginx_with(&dir, port, "master_process on;\nworker_processes 1;\nuser root;");
+    let workers = || -> Vec<u32> {
+        let children =
+            std::fs::read_to_string(format!("/proc/{}/task/{}/children", master.pid(), master.pid()))
+                .unwrap();
+        children.split_whitespace().map(|p| p.parse().unwrap()).collect()
+    };
+    wait_until("an nginx worker", std::time::Duration::from_secs(10), || workers().len() == 1);
+    let observer = Observer::attach_with(&[master.pid()], &["--ring-bytes", "4096"]);
+    let signal = |sig: &str, pid: u32| {
+        assert!(Command::new("kill").args([sig, &pid.to_string()]).status().unwrap().success())
+    };
+
+    // Freeze the daemon, fill its one-page ring with a second of requests, then have the master
+    // fork a new worker: the fork record finds the ring full.
+    signal("-STOP", observer.guard.pid());
+    let wrk = Command::new("wrk")
+        .args(["--threads", "1", "--connections", "8", "--duration", "1s"])
+        .arg(format!("http://127.0.0.1:{port}/files/small.txt"))
+        .stdout(Stdio::null())
+        .status()
+        .expect("wrk");
+    assert!(wrk.success());
+    let old = workers();
+    signal("-9", old[0]);
+    wait_until("a new nginx worker", std::time::Duration::from_secs(10), || {
+        workers().len() == 1 && workers() != old
+    });
+    let new = workers()[0];
+    signal("-CONT", observer.guard.pid());
+
+    wait_until("the daemon to find the new worker", std::time::Duration::from_secs(5), || {
+        observer.log().contains("following a child whose fork record was missed")
+    });
+    assert!(observer.scrape().sum("observer_events_lost_total", &[]) > 0.0, "the ring did overflow");
+    let mut last = -1.0;
+    let settled = observer.scrape_until("the count to settle", |s| {
+        let total = s.sum("http_requests_total", &[]);
+        let stable = total == last && s.sum("http_requests_in_flight", &[]) == 0.0;
+        last = total;
+        if !stable {
+            std::thread::sleep(std::time::Duration::from_millis(400));
+        }
+        stable
+    });
+    let before = settled.sum("http_requests_total", &[]);
+    let urls: Vec<String> =
+        (0..10).map(|i| format!("http://127.0.0.1:{port}/files/small.txt?n={i}")).collect();
+    assert_eq!(curl(&[], &urls), vec![200; 10]);
+    let after = observer.scrape_settled(before + 10.0);
+    assert_eq!(after.sum("http_requests_total", &[]), before + 10.0, "{}", after.0);
+
+    // Followed as a process of its own: its exit is noticed.
+    signal("-9", new);
+    wait_until("the daemon to notice the worker's exit", std::time::Duration::from_secs(5), || {
+        observer.log().lines().any(|l| l.contains("target process exited") && l.contains(&new.to_string()))
+    });
+}
+
 /// `--exe PATH`: processes of the program are observed from their start, a restarted server
 /// included, and the counters keep growing across the restart. (A copy of nginx under its own
 /// name, so that no other nginx on the machine matches.)
