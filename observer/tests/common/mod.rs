@@ -11,7 +11,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-/// Kills (SIGKILL) and reaps the child when dropped, whatever happened in the test.
+/// Stops and reaps the child when dropped, whatever happened in the test: SIGTERM first, so a
+/// server that has children of its own (an nginx master) takes them down with it, then
+/// SIGKILL if it is still there after two seconds.
 pub struct ChildGuard {
     pub child: Child,
     pub name: String,
@@ -41,6 +43,13 @@ impl ChildGuard {
 
 impl Drop for ChildGuard {
     fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+            let deadline = Instant::now() + Duration::from_secs(2);
+            while Instant::now() < deadline && matches!(self.child.try_wait(), Ok(None)) {
+                thread::sleep(Duration::from_millis(20));
+            }
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
