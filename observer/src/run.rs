@@ -217,13 +217,7 @@ fn descends_from(pid: u32, ancestors: &[u32]) -> bool {
 }
 
 fn parent_of(pid: u32) -> Option<u32> {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()?
-        .lines()
-        .find_map(|l| l.strip_prefix("PPid:"))?
-        .trim()
-        .parse()
-        .ok()
+    status_number(pid, "PPid:")
 }
 
 /// The benchmark floor: hooks attached, nothing done, until SIGTERM/SIGINT.
@@ -340,10 +334,15 @@ fn all_pids() -> Vec<u32> {
 
 /// The thread group a pid belongs to, from /proc.
 fn tgid_of(pid: u32) -> Option<u32> {
+    status_number(pid, "Tgid:")
+}
+
+/// A numeric field of /proc/PID/status (`field` with its colon).
+fn status_number(pid: u32, field: &str) -> Option<u32> {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()?
         .lines()
-        .find_map(|l| l.strip_prefix("Tgid:"))?
+        .find_map(|l| l.strip_prefix(field))?
         .trim()
         .parse()
         .ok()

@@ -10,6 +10,12 @@ use std::{
 
 use common::*;
 
+/// The processes `pid` has forked and not yet reaped (an nginx master's workers).
+fn children_of(pid: u32) -> Vec<u32> {
+    let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap();
+    children.split_whitespace().map(|p| p.parse().unwrap()).collect()
+}
+
 /// One nginx process (no master/worker split: `--pid` of it covers every connection).
 fn start_nginx(dir: &TempDir, port: u16) -> ChildGuard {
     start_nginx_with(dir, port, "master_process off;\nworker_processes 1;")
@@ -109,12 +115,7 @@ fn follows_nginx_workers_forked_by_the_master() {
     let dir = TempDir::new("nginx-workers");
     let port = free_port();
     let master = start_nginx_with(&dir, port, "master_process on;\nworker_processes 2;\nuser root;");
-    let workers = || -> Vec<u32> {
-        let children =
-            std::fs::read_to_string(format!("/proc/{}/task/{}/children", master.pid(), master.pid()))
-                .unwrap();
-        children.split_whitespace().map(|p| p.parse().unwrap()).collect()
-    };
+    let workers = || children_of(master.pid());
     wait_until("two nginx workers", std::time::Duration::from_secs(10), || workers().len() == 2);
     let observer = Observer::attach(&[master.pid()]);
 
@@ -140,12 +141,7 @@ fn a_worker_whose_fork_record_was_lost_is_followed_all_the_same() {
     let dir = TempDir::new("nginx-lost-fork");
     let port = free_port();
     let master = start_nginx_with(&dir, port, "master_process on;\nworker_processes 1;\nuser root;");
-    let workers = || -> Vec<u32> {
-        let children =
-            std::fs::read_to_string(format!("/proc/{}/task/{}/children", master.pid(), master.pid()))
-                .unwrap();
-        children.split_whitespace().map(|p| p.parse().unwrap()).collect()
-    };
+    let workers = || children_of(master.pid());
     wait_until("an nginx worker", std::time::Duration::from_secs(10), || workers().len() == 1);
     let observer = Observer::attach_with(&[master.pid()], &["--ring-bytes", "4096"]);
     let signal = |sig: &str, pid: u32| {
