@@ -67,7 +67,9 @@ fn connections_beyond_the_socket_table_are_counted_and_the_others_exactly() {
     require_root();
     let (server, addr) = start_demo_server();
     // Room for three connections beyond the sockets the server has open now (its listener
-    // and tokio's own), which the observer learns at attach.
+    // and tokio's own), which the observer learns at attach. Counted once the connection
+    // that checked the port is closed again, or a slot more would be free at attach.
+    std::thread::sleep(Duration::from_millis(300));
     let existing = std::fs::read_dir(format!("/proc/{}/fd", server.pid()))
         .unwrap()
         .filter(|fd| {
