@@ -8,9 +8,13 @@
 /// clients pipeline them: 100 pipelined GETs in one read must all be seen to be counted.
 pub const READ_HEAD_LEN: usize = 8192;
 
-/// Most bytes from the start of a write copied into a data event: a status line and the usual
-/// headers fit; longer heads are handled (and counted) as truncated captures.
+/// Most bytes from the start of a write copied into a data event when the write is not the
+/// first of a response (body writes): chunk-size lines sit at the start or the end.
 pub const WRITE_HEAD_LEN: usize = 512;
+
+/// Most bytes copied from the start of the first write after a read, which is where a
+/// response's head begins: heads with many headers (CSP, Set-Cookie, CORS) run to several KiB.
+pub const RESPONSE_HEAD_LEN: usize = READ_HEAD_LEN;
 
 /// The larger of the two head limits (a power of two).
 pub const HEAD_LEN: usize = READ_HEAD_LEN;
@@ -32,6 +36,18 @@ pub const TARGET_WORDS: u32 = 4_194_304 / 64;
 pub const fn target_bit(tgid: u32) -> (u32, u64) {
     (tgid / 64, 1 << (tgid % 64))
 }
+
+/// Words of the `PORTS` bitmap, one bit per TCP port: the ports the targets listen on.
+pub const PORT_WORDS: u32 = 65_536 / 64;
+
+/// Word and bit of `port` in the `PORTS` bitmap.
+pub const fn port_bit(port: u16) -> (u32, u64) {
+    (port as u32 / 64, 1 << (port % 64))
+}
+
+/// The daemon drains the ring on a timer and is woken early only once this fraction of the
+/// ring is pending (1/16: `WAKEUP_BYTES` in the kernel programs).
+pub const WAKEUP_DIVISOR: u32 = 16;
 
 /// Ring buffer size in bytes (power of two, multiple of the page size).
 pub const RING_BYTES: u32 = 8 << 20;
@@ -55,11 +71,20 @@ pub enum Syscall {
     Fork = 12,
     /// A process (any) executed a new program (the event's `tgid` is that process).
     Exec = 13,
+    /// `--hooks sock`: bytes read by a call without a user buffer we follow (splice,
+    /// recvmmsg, io_uring, ...): counted, not captured.
+    Recv = 14,
+    /// `--hooks sock`: bytes written the same way (sendmmsg, splice, io_uring, ...).
+    Send = 15,
+    /// `--hooks sock`: a target started listening (the event's `fd` carries the port).
+    Listen = 16,
+    /// `--hooks sock`: a target's listener closed (the event's `fd` carries the port).
+    Unlisten = 17,
 }
 
 impl Syscall {
     /// Every kind, for tables that map kinds to tracepoints.
-    pub const ALL: [Syscall; 13] = [
+    pub const ALL: [Syscall; 17] = [
         Syscall::Read,
         Syscall::Readv,
         Syscall::Recvfrom,
@@ -73,18 +98,28 @@ impl Syscall {
         Syscall::Close,
         Syscall::Fork,
         Syscall::Exec,
+        Syscall::Recv,
+        Syscall::Send,
+        Syscall::Listen,
+        Syscall::Unlisten,
     ];
 
     /// What the event means for the connection.
     pub const fn direction(self) -> Direction {
         match self {
-            Syscall::Read | Syscall::Readv | Syscall::Recvfrom | Syscall::Recvmsg => Direction::In,
-            Syscall::Write | Syscall::Writev | Syscall::Sendto | Syscall::Sendmsg | Syscall::Sendfile => {
-                Direction::Out
+            Syscall::Read | Syscall::Readv | Syscall::Recvfrom | Syscall::Recvmsg | Syscall::Recv => {
+                Direction::In
             }
+            Syscall::Write
+            | Syscall::Writev
+            | Syscall::Sendto
+            | Syscall::Sendmsg
+            | Syscall::Sendfile
+            | Syscall::Send => Direction::Out,
             Syscall::Accept => Direction::Open,
             Syscall::Close => Direction::Closed,
             Syscall::Fork | Syscall::Exec => Direction::Process,
+            Syscall::Listen | Syscall::Unlisten => Direction::Listener,
         }
     }
 
@@ -103,6 +138,10 @@ impl Syscall {
             Syscall::Close => "close",
             Syscall::Fork => "fork",
             Syscall::Exec => "exec",
+            Syscall::Recv => "recv",
+            Syscall::Send => "send",
+            Syscall::Listen => "listen",
+            Syscall::Unlisten => "unlisten",
         }
     }
 }
@@ -128,11 +167,41 @@ pub enum Direction {
     Closed,
     /// Not about a socket: the target's process tree changed.
     Process,
+    /// A listening socket of a target appeared or closed.
+    Listener,
 }
 
 /// Set on the first event of a socket after events of it were dropped (ring buffer full):
 /// userspace must resynchronise that connection.
 pub const FLAG_LOST_BEFORE: u32 = 1;
+
+/// Set on the first event of a connection the kernel saw open (its handshake completed after
+/// attach): its first bytes read begin a request. Without it a connection new to userspace is
+/// picked up mid-stream.
+pub const FLAG_NEW: u32 = 2;
+
+/// The `FLAG_*` bits that travel in records; higher bits of a socket's state are the kernel's own.
+pub const REPORTED_FLAGS: u32 = 0xffff;
+
+/// Kernel-side socket state: the last data record of the socket was a read, so its next write
+/// starts a response (and gets the larger head capture).
+pub const STATE_LAST_READ: u32 = 1 << 16;
+
+/// Kernel-side socket state (`--hooks sock`): its close was reported already.
+pub const STATE_CLOSE_SENT: u32 = 1 << 17;
+
+/// Value of the kernel's `CONNS` table (`--hooks sock`), keyed by socket cookie.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ConnState {
+    /// `bpf_ktime_get_ns` when the passive open completed (ESTABLISHED); 0 if before attach.
+    pub established_ns: u64,
+    /// The key, kept in the value so a program holding the entry need not ask for it again.
+    pub cookie: u64,
+    /// `FLAG_*` and `STATE_*` bits.
+    pub flags: u32,
+    pub reserved: u32,
+}
 
 /// One syscall on a socket of a target process. A ring-buffer record is this header, then
 /// `head_len` bytes from the start of what the syscall moved, then `tail_len` bytes from its
@@ -144,6 +213,9 @@ pub struct EventHeader {
     pub ts_ns: u64,
     /// Syscall return value: bytes moved, or the new fd for accept.
     pub ret: i64,
+    /// The connection: the socket cookie (`--hooks sock`, never reused within a boot), or
+    /// `socket_key(tgid, fd)` (the syscall hooks).
+    pub conn: u64,
     pub tgid: u32,
     pub tid: u32,
     pub fd: i32,
@@ -189,7 +261,8 @@ pub struct PendingCall {
     pub syscall: u32,
     /// `FLAG_*` bits taken from the socket table at entry.
     pub flags: u32,
-    pub reserved: u32,
+    /// Most bytes to copy from the start of what the call moves.
+    pub head_cap: u32,
 }
 
 /// Key of the socket table: `(tgid << 32) | fd`.
@@ -204,7 +277,8 @@ mod tests {
 
     #[test]
     fn event_has_no_padding() {
-        assert_eq!(HEADER_LEN, 8 + 8 + 4 * 8);
+        assert_eq!(HEADER_LEN, 3 * 8 + 4 * 8);
+        assert_eq!(core::mem::size_of::<ConnState>(), 24);
         assert_eq!(HEADER_LEN % 8, 0, "records stay 8-byte aligned");
         assert_eq!(core::mem::size_of::<PendingCall>(), 32);
     }

@@ -7,9 +7,9 @@
 use aya_ebpf::{
     bindings::BPF_F_MMAPABLE,
     helpers::bpf_get_current_pid_tgid,
-    macros::{map, raw_tracepoint, tracepoint},
+    macros::{btf_tracepoint, map, raw_tracepoint, tracepoint},
     maps::{Array, PerCpuArray},
-    programs::{RawTracePointContext, TracePointContext},
+    programs::{BtfTracePointContext, RawTracePointContext, TracePointContext},
 };
 use observer_common::{TARGET_WORDS, target_bit};
 
@@ -29,6 +29,19 @@ pub fn floor(_ctx: TracePointContext) -> u32 {
 /// The same for `--hooks raw`: one raw tracepoint at sys_exit.
 #[raw_tracepoint(tracepoint = "sys_exit")]
 pub fn floor_raw(_ctx: RawTracePointContext) -> i32 {
+    count_target();
+    0
+}
+
+/// The same for `--hooks sock`: the socket I/O tracepoints.
+#[btf_tracepoint(function = "sock_recv_length")]
+pub fn floor_sock_recv(_ctx: BtfTracePointContext) -> i32 {
+    count_target();
+    0
+}
+
+#[btf_tracepoint(function = "sock_send_length")]
+pub fn floor_sock_send(_ctx: BtfTracePointContext) -> i32 {
     count_target();
     0
 }

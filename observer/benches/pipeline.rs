@@ -21,10 +21,12 @@ fn event(syscall: Syscall, fd: i32, ts_ns: u64, bytes: &'static [u8]) -> Syscall
     SyscallEvent {
         ts_ns,
         ret: bytes.len() as i64,
+        conn: fd as u64,
         tgid: 1,
         fd,
         syscall,
         lost_before: false,
+        new_conn: false,
         head: bytes,
         tail: &[],
     }

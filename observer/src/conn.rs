@@ -33,12 +33,16 @@ const DEFAULT_CAPACITY: usize = observer_common::MAX_CONNECTIONS as usize;
 /// One followed connection.
 struct Entry {
     http: HttpConn<Tag>,
+    /// The process that last moved bytes on it (ends it if it exits), and its fd there.
+    tgid: u32,
+    fd: i32,
     /// `Connections::clock` when the connection last had an event.
     last_active: u64,
 }
 
 pub struct Connections<'m> {
-    table: FxHashMap<(u32, i32), Entry>,
+    /// Keyed by the kernel's connection key (socket cookie, or tgid and fd).
+    table: FxHashMap<u64, Entry>,
     router: Router,
     sink: Sink<Tag>,
     metrics: &'m Metrics,
@@ -89,8 +93,8 @@ impl<'m> Connections<'m> {
     }
 
     pub fn handle(&mut self, event: &SyscallEvent<'_>) {
-        let key = (event.tgid, event.fd);
-        let fresh = |http| Entry { http, last_active: self.clock };
+        let key = event.conn;
+        let fresh = |http| Entry { http, tgid: event.tgid, fd: event.fd, last_active: self.clock };
         match event.syscall.direction() {
             Direction::Open => {
                 if !self.table.contains_key(&key) && !self.has_room() {
@@ -105,13 +109,15 @@ impl<'m> Connections<'m> {
                     old.http.on_close(&mut self.sink);
                 }
             }
-            Direction::Process => {} // handled by the daemon, not a connection
+            Direction::Process | Direction::Listener => {} // handled by the daemon, not a connection
             Direction::In | Direction::Out => {
                 if !self.table.contains_key(&key) && !self.has_room() {
                     return;
                 }
-                let entry = self.table.entry(key).or_insert_with(|| fresh(HttpConn::mid_stream()));
+                let opened = if event.new_conn { HttpConn::new } else { HttpConn::mid_stream };
+                let entry = self.table.entry(key).or_insert_with(|| fresh(opened()));
                 entry.last_active = self.clock;
+                entry.tgid = event.tgid;
                 let conn = &mut entry.http;
                 let (sink, router, handles) = (&mut self.sink, &mut self.router, &mut self.handles);
                 if event.lost_before {
@@ -133,18 +139,18 @@ impl<'m> Connections<'m> {
     /// not be seen ends at its last write; a connection with nothing in flight is dropped from
     /// the table (if it is used again it is picked up at its next request); one whose socket
     /// is gone (its close event was lost) has its requests abandoned, so in-flight never
-    /// drifts. `still_open(tgid, fd)` says whether the socket exists.
-    pub fn sweep(&mut self, still_open: impl Fn(u32, i32) -> bool) {
+    /// drifts. `still_open(conn, tgid, fd)` says whether the socket exists.
+    pub fn sweep(&mut self, still_open: impl Fn(u64, u32, i32) -> bool) {
         self.clock += 1;
         let (clock, idle_after) = (self.clock, self.idle_after);
         let mut ended = Vec::new();
-        for (&(tgid, fd), entry) in self.table.iter_mut() {
+        for (&conn, entry) in self.table.iter_mut() {
             if clock - entry.last_active < idle_after {
                 continue;
             }
             entry.http.on_idle(&mut self.sink);
-            if !entry.http.has_waiting() || !still_open(tgid, fd) {
-                ended.push((tgid, fd));
+            if !entry.http.has_waiting() || !still_open(conn, entry.tgid, entry.fd) {
+                ended.push(conn);
             }
         }
         for key in ended {
@@ -157,7 +163,8 @@ impl<'m> Connections<'m> {
 
     /// Ends every connection of `tgid` (the process exited: its sockets closed without close()).
     pub fn forget_process(&mut self, tgid: u32) {
-        let keys: Vec<_> = self.table.keys().filter(|(t, _)| *t == tgid).copied().collect();
+        let keys: Vec<u64> =
+            self.table.iter().filter(|(_, entry)| entry.tgid == tgid).map(|(&key, _)| key).collect();
         for key in keys {
             if let Some(entry) = self.table.remove(&key) {
                 entry.http.on_close(&mut self.sink);
@@ -222,10 +229,12 @@ mod tests {
         SyscallEvent {
             ts_ns,
             ret: head.len() as i64,
+            conn: observer_common::socket_key(1, 5),
             tgid: 1,
             fd: 5,
             syscall,
             lost_before: false,
+            new_conn: false,
             head,
             tail: b"",
         }
@@ -272,9 +281,9 @@ mod sweep_tests {
         let metrics = Metrics::new();
         let mut conns = Connections::new(&metrics, Router::new(Rules::default(), 10, 2), 1);
         conns.handle(&event(Syscall::Read, 1, b"GET /v HTTP/1.1\r\n\r\n"));
-        conns.sweep(|_, _| true);
+        conns.sweep(|_, _, _| true);
         assert_eq!(conns.count(), 1, "still open, request still waiting: kept");
-        conns.sweep(|_, _| false);
+        conns.sweep(|_, _, _| false);
         assert_eq!(conns.count(), 0);
         assert_eq!(metrics.in_flight.get_or_create(&EndpointLabels { endpoint: "/v" }).get(), 0);
         assert_eq!(metrics.incomplete.get_or_create(&EndpointLabels { endpoint: "/v" }).get(), 1);
@@ -285,7 +294,7 @@ mod sweep_tests {
         let metrics = Metrics::new();
         let mut conns = Connections::new(&metrics, Router::new(Rules::default(), 10, 2), 30).with_capacity(3);
         for fd in 0..10 {
-            conns.handle(&SyscallEvent { fd, ..event(Syscall::Accept, 1, b"") });
+            conns.handle(&SyscallEvent { fd, conn: fd as u64, ..event(Syscall::Accept, 1, b"") });
         }
         assert_eq!(conns.count(), 3);
         assert_eq!(metrics.connections_dropped.get(), 7);
@@ -302,9 +311,9 @@ mod sweep_tests {
         let mut conns = Connections::new(&metrics, Router::new(Rules::default(), 10, 2), 2);
         conns.handle(&event(Syscall::Read, 1, b"GET /s HTTP/1.1\r\n\r\n"));
         conns.handle(&event(Syscall::Write, 2, b"HTTP/1.1 200 OK\r\n\r\nstream"));
-        conns.sweep(|_, _| true);
+        conns.sweep(|_, _, _| true);
         assert_eq!(conns.count(), 1, "not idle yet");
-        conns.sweep(|_, _| true);
+        conns.sweep(|_, _, _| true);
         assert_eq!(conns.count(), 0);
         let ok = RequestLabels { endpoint: "/s", method: "GET", status: 200 };
         assert_eq!(metrics.requests.get_or_create(&ok).get(), 1);

@@ -3,7 +3,7 @@
 
 use std::mem::offset_of;
 
-use observer_common::{EventHeader, FLAG_LOST_BEFORE, HEAD_LEN, HEADER_LEN, Syscall, TAIL_LEN};
+use observer_common::{EventHeader, FLAG_LOST_BEFORE, FLAG_NEW, HEAD_LEN, HEADER_LEN, Syscall, TAIL_LEN};
 
 /// One syscall of a target on one of its sockets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -11,11 +11,15 @@ pub struct SyscallEvent<'a> {
     pub ts_ns: u64,
     /// Bytes moved, or the accepted fd.
     pub ret: i64,
+    /// The connection (socket cookie, or tgid and fd): what the daemon's table is keyed by.
+    pub conn: u64,
     pub tgid: u32,
     pub fd: i32,
     pub syscall: Syscall,
     /// Events of this socket were dropped before this one.
     pub lost_before: bool,
+    /// The kernel saw this connection open: its first bytes read begin a request.
+    pub new_conn: bool,
     /// The first bytes moved.
     pub head: &'a [u8],
     /// The last bytes moved, after the head; what lies between was not captured.
@@ -50,10 +54,12 @@ pub fn decode(record: &[u8]) -> Result<SyscallEvent<'_>, DecodeError> {
     Ok(SyscallEvent {
         ts_ns: u64_at(offset_of!(EventHeader, ts_ns)),
         ret: u64_at(offset_of!(EventHeader, ret)) as i64,
+        conn: u64_at(offset_of!(EventHeader, conn)),
         tgid: u32_at(offset_of!(EventHeader, tgid)),
         fd: u32_at(offset_of!(EventHeader, fd)) as i32,
         syscall,
         lost_before: u32_at(offset_of!(EventHeader, flags)) & FLAG_LOST_BEFORE != 0,
+        new_conn: u32_at(offset_of!(EventHeader, flags)) & FLAG_NEW != 0,
         head: &data[..head_len],
         tail: &data[head_len..head_len + tail_len],
     })
@@ -67,6 +73,7 @@ mod tests {
         let header = [
             42u64.to_ne_bytes().to_vec(),
             (-5i64).to_ne_bytes().to_vec(),
+            99u64.to_ne_bytes().to_vec(),
             7u32.to_ne_bytes().to_vec(),
             8u32.to_ne_bytes().to_vec(),
             3i32.to_ne_bytes().to_vec(),
@@ -93,10 +100,12 @@ mod tests {
             SyscallEvent {
                 ts_ns: 42,
                 ret: -5,
+                conn: 99,
                 tgid: 7,
                 fd: 3,
                 syscall: Syscall::Recvfrom,
                 lost_before: true,
+                new_conn: false,
                 head: b"GET",
                 tail: b"\r\n"
             }
@@ -105,9 +114,10 @@ mod tests {
 
     #[test]
     fn header_only_records_decode() {
-        let r = record(Syscall::Close as u32, b"", b"", 0);
+        let r = record(Syscall::Close as u32, b"", b"", FLAG_NEW);
         let e = decode(&r).unwrap();
         assert_eq!((e.syscall, e.head, e.tail, e.lost_before), (Syscall::Close, &b""[..], &b""[..], false));
+        assert!(e.new_conn);
     }
 
     #[test]

@@ -10,6 +10,7 @@ pub mod events;
 pub mod http;
 pub mod metrics;
 pub mod probes;
+pub mod procfs;
 pub mod route;
 pub mod run;
 pub mod serve;

@@ -109,9 +109,10 @@ struct Common {
     /// Path segments kept in a label when no rule matches (ids become `{id}`).
     #[arg(long, default_value_t = 2)]
     path_depth: usize,
-    /// How to hook the syscalls: one tracepoint at sys_exit, BTF-typed (btf) or raw (raw;
-    /// both x86-64), or per-syscall tracepoints; auto is btf when the kernel has BTF, else
-    /// raw. docs/benchmarks.md has what each costs.
+    /// How to hook the targets' socket I/O: the socket tracepoints (sock: only socket I/O runs
+    /// a program, Linux ≥ 6.3 with BTF), one tracepoint at sys_exit, BTF-typed (btf) or raw
+    /// (raw), or per-syscall tracepoints; auto is sock where the kernel has it, else btf when
+    /// it has BTF, else raw. docs/benchmarks.md has what each costs.
     #[arg(long, value_enum, default_value = "auto")]
     hooks: Hooks,
     /// Observe only the given processes, not their children (by default an nginx master's
@@ -121,9 +122,9 @@ struct Common {
     /// Ring buffer size in bytes between the kernel programs and the daemon.
     #[arg(long, default_value_t = observer_common::RING_BYTES)]
     ring_bytes: u32,
-    /// Size of the kernel's table of followed sockets (accepted connections, plus the
-    /// targets' other sockets open at attach: listeners, upstreams) and of the daemon's
-    /// connection table; sockets beyond are counted in
+    /// Size of the kernel's table of followed connections (with the syscall hooks: of
+    /// followed sockets, the targets' other sockets open at attach included) and of the
+    /// daemon's connection table; connections beyond are counted in
     /// observer_kernel_map_full_total{map="sockets"} and not followed.
     #[arg(long, default_value_t = observer_common::MAX_CONNECTIONS)]
     max_connections: u32,
@@ -163,7 +164,10 @@ fn main() -> ExitCode {
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
-        .with_writer(writer);
+        .with_writer(writer)
+        // Colours only for a terminal: piped to a file, journald or a log shipper, escape
+        // codes are noise.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     match cli.log_format {
         LogFormat::Text => log.init(),
         LogFormat::Json => log.json().flatten_event(true).init(),

@@ -98,6 +98,7 @@ pub async fn run_with_metrics(config: RunConfig, metrics: Arc<Metrics>) -> anyho
     let mut drops_seen = KernelDrops::default();
     let mut forks: Vec<Fork> = Vec::new();
     let mut execs: Vec<u32> = Vec::new();
+    let mut listeners: Vec<Listener> = Vec::new();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     // The kernel wakes us only once a backlog builds up (see WAKEUP_BYTES in the eBPF
     // crate); below that, records are collected on this timer.
@@ -110,23 +111,26 @@ pub async fn run_with_metrics(config: RunConfig, metrics: Arc<Metrics>) -> anyho
         tokio::select! {
             guard = ring.readable_mut() => {
                 let mut guard = guard.context("waiting on the ring buffer")?;
-                drain_ring(guard.get_inner_mut(), &mut conns, &metrics, &mut forks, &mut execs);
+                drain_ring(guard.get_inner_mut(), &mut conns, &metrics, &mut forks, &mut execs, &mut listeners);
                 guard.clear_ready();
                 follow_forks(&mut forks, &mut probes, &mut live);
                 follow_execs(&mut execs, &config.exes, &mut probes, &mut live);
+                follow_listeners(&mut listeners, &mut probes, &live);
             }
             _ = drain.tick() => {
-                drain_ring(ring.get_mut(), &mut conns, &metrics, &mut forks, &mut execs);
+                drain_ring(ring.get_mut(), &mut conns, &metrics, &mut forks, &mut execs, &mut listeners);
                 follow_forks(&mut forks, &mut probes, &mut live);
                 follow_execs(&mut execs, &config.exes, &mut probes, &mut live);
+                follow_listeners(&mut listeners, &mut probes, &live);
             }
             _ = tick.tick() => {
                 // Whatever is in the ring first: a target found gone below must have had its
                 // last events handled, or they would open connections nobody ends.
-                drain_ring(ring.get_mut(), &mut conns, &metrics, &mut forks, &mut execs);
+                drain_ring(ring.get_mut(), &mut conns, &metrics, &mut forks, &mut execs, &mut listeners);
                 follow_forks(&mut forks, &mut probes, &mut live);
                 follow_execs(&mut execs, &config.exes, &mut probes, &mut live);
-                conns.sweep(|tgid, fd| Path::new(&format!("/proc/{tgid}/fd/{fd}")).exists());
+                follow_listeners(&mut listeners, &mut probes, &live);
+                conns.sweep(|conn, _, _| probes.still_open(conn));
                 metrics.connections.set(conns.count() as i64);
                 drops_seen = count_kernel_drops(&metrics, probes.drops(), drops_seen);
                 live.retain(|&pid| {
@@ -246,6 +250,7 @@ fn drain_ring(
     metrics: &Metrics,
     forks: &mut Vec<Fork>,
     execs: &mut Vec<u32>,
+    listeners: &mut Vec<Listener>,
 ) {
     let mut count = 0;
     while let Some(record) = ring.next() {
@@ -255,6 +260,12 @@ fn drain_ring(
                 forks.push(Fork { parent: event.tgid, child: event.fd as u32 })
             }
             Ok(event) if event.syscall == Syscall::Exec => execs.push(event.tgid),
+            Ok(event) if event.syscall == Syscall::Listen || event.syscall == Syscall::Unlisten => listeners
+                .push(Listener {
+                    pid: event.tgid,
+                    port: event.fd as u16,
+                    open: event.syscall == Syscall::Listen,
+                }),
             Ok(event) => conns.handle(&event),
             Err(e) => warn!("dropping a malformed kernel record: {e}"),
         }
@@ -267,6 +278,23 @@ fn drain_ring(
 struct Fork {
     parent: u32,
     child: u32,
+}
+
+/// `--hooks sock`: a target's listener opened (the kernel follows its port at once) or closed.
+struct Listener {
+    pid: u32,
+    port: u16,
+    open: bool,
+}
+
+fn follow_listeners(listeners: &mut Vec<Listener>, probes: &mut Probes, live: &[u32]) {
+    for Listener { pid, port, open } in listeners.drain(..) {
+        if open {
+            info!(pid, port, "following a new listener");
+        } else {
+            probes.listener_closed(port, live);
+        }
+    }
 }
 
 /// New children of targets, already targets in the kernel: threads are dropped again,

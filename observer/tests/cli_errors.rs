@@ -111,11 +111,13 @@ fn no_tracefs_and_no_right_to_mount_it_is_a_clear_error() {
 #[test]
 fn btf_hooks_without_kernel_btf_are_a_clear_error() {
     let me = std::process::id().to_string();
-    assert_one_line_error(
-        &observer_after(
-            "mount -t tmpfs none /sys/kernel/btf",
-            &["run", "--pid", &me, "--listen", "127.0.0.1:0", "--hooks", "btf"],
-        ),
-        "--hooks btf needs the kernel's BTF (/sys/kernel/btf/vmlinux)",
-    );
+    for hooks in ["btf", "sock"] {
+        assert_one_line_error(
+            &observer_after(
+                "mount -t tmpfs none /sys/kernel/btf",
+                &["run", "--pid", &me, "--listen", "127.0.0.1:0", "--hooks", hooks],
+            ),
+            &format!("--hooks {hooks} needs the kernel's BTF (/sys/kernel/btf/vmlinux)"),
+        );
+    }
 }

@@ -72,27 +72,35 @@ fn upload(addr: SocketAddr, method: &str, chunked: bool, file: &std::path::Path)
     curl(&args, &[format!("http://{addr}/upload/disk.img")])[0]
 }
 
-/// The default hooks on this machine: a BTF-typed tracepoint at sys_exit (the test fails
-/// loudly, rather than testing raw twice, if kernel BTF were missing).
+/// The default hooks on this machine: the socket tracepoints (the test fails loudly, rather
+/// than testing another strategy twice, if the kernel lacked them).
 #[test]
 fn observer_counts_equal_the_servers_own() {
+    let log = counts_equal_the_servers_own(None);
+    assert!(log.contains("hooks=sock"), "the default on this machine kind is sock:\n{log}");
+}
+
+/// The same with the BTF-typed sys_exit tracepoint (kernels before 6.3).
+#[test]
+fn observer_counts_equal_the_servers_own_with_the_btf_sys_exit_tracepoint() {
     assert!(std::path::Path::new("/sys/kernel/btf/vmlinux").exists(), "this machine kind has kernel BTF");
-    counts_equal_the_servers_own("btf");
+    counts_equal_the_servers_own(Some("btf"));
 }
 
 /// The same with the raw tracepoint (kernels without BTF).
 #[test]
 fn observer_counts_equal_the_servers_own_with_the_raw_tracepoint() {
-    counts_equal_the_servers_own("raw");
+    counts_equal_the_servers_own(Some("raw"));
 }
 
 /// The same with per-syscall tracepoints.
 #[test]
 fn observer_counts_equal_the_servers_own_with_syscall_tracepoints() {
-    counts_equal_the_servers_own("tracepoints");
+    counts_equal_the_servers_own(Some("tracepoints"));
 }
 
-fn counts_equal_the_servers_own(hooks: &str) {
+/// Runs the load and compares; returns the observer's log.
+fn counts_equal_the_servers_own(hooks: Option<&str>) -> String {
     require_root();
     require_command("wrk");
     require_command("curl");
@@ -105,8 +113,9 @@ fn counts_equal_the_servers_own(hooks: &str) {
         .map(|s| format!("[[route]]\npattern = \"/{s}/**\"\nendpoint = \"{s}\"\n"))
         .collect();
     std::fs::write(&routes, rules).unwrap();
-    let observer =
-        Observer::attach_with(&[server.pid()], &["--routes", routes.to_str().unwrap(), "--hooks", hooks]);
+    let mut args = vec!["--routes", routes.to_str().unwrap()];
+    args.extend(hooks.map(|h| ["--hooks", h]).into_iter().flatten());
+    let observer = Observer::attach_with(&[server.pid()], &args);
 
     // Load: 64 keep-alive connections for 2 s (bounded by time; a few thousand requests here).
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/servers/rotate.lua");
@@ -153,11 +162,22 @@ fn counts_equal_the_servers_own(hooks: &str) {
     let truth = server_stats(addr);
     let expected_total: f64 = truth.values().map(|(n, _)| n).sum();
     assert!(expected_total > 1000.0, "too little load to mean anything: {expected_total}");
-    let scrape = observer.scrape_until("the server's request count", |s| {
+    // Events arrive asynchronously: wait for the count (bounded), then compare whatever came,
+    // so a miss shows as a difference per endpoint rather than a timeout.
+    let settled = |s: &Scrape| {
         let seen =
             s.sum("http_requests_total", &[]) - s.sum("http_requests_total", &[("endpoint", "internal")]);
         seen >= expected_total && s.sum("http_requests_in_flight", &[]) == 0.0
-    });
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let mut scrape = observer.scrape();
+    while !settled(&scrape) && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+        scrape = observer.scrape();
+    }
+    if !settled(&scrape) {
+        eprintln!("not settled after 10 s:\n{}", scrape.0);
+    }
     let truth_counts: BTreeMap<_, _> = truth.iter().map(|(k, (n, _))| (k.clone(), *n)).collect();
     assert_eq!(observer_counts(&scrape), truth_counts, "observer vs the server's own counts");
     assert_eq!(scrape.sum("http_requests_in_flight", &[]), 0.0);
@@ -189,4 +209,5 @@ fn counts_equal_the_servers_own(hooks: &str) {
         "no other parse errors:\n{}",
         scrape.0
     );
+    observer.log()
 }

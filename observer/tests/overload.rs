@@ -62,8 +62,19 @@ fn counts_recover_after_the_ring_buffer_overflows() {
     assert_eq!(observer.scrape().sum("http_requests_total", &[]), before + 20.0, "nothing counted twice");
 }
 
+/// Socket hooks: the kernel's table holds connections only, so `--max-connections 3` is room
+/// for three.
 #[test]
 fn connections_beyond_the_socket_table_are_counted_and_the_others_exactly() {
+    require_root();
+    let (server, addr) = start_demo_server();
+    let observer = Observer::attach_with(&[server.pid()], &["--max-connections", "3"]);
+    three_fit_of_ten(&observer, addr);
+}
+
+/// Syscall hooks: the kernel's table also holds the sockets the server has open at attach.
+#[test]
+fn connections_beyond_the_socket_table_are_counted_and_the_others_exactly_with_syscall_hooks() {
     require_root();
     let (server, addr) = start_demo_server();
     // Room for three connections beyond the sockets the server has open now (its listener
@@ -77,7 +88,11 @@ fn connections_beyond_the_socket_table_are_counted_and_the_others_exactly() {
         })
         .count();
     let max = (existing + 3).to_string();
-    let observer = Observer::attach_with(&[server.pid()], &["--max-connections", &max]);
+    let observer = Observer::attach_with(&[server.pid()], &["--max-connections", &max, "--hooks", "btf"]);
+    three_fit_of_ten(&observer, addr);
+}
+
+fn three_fit_of_ten(observer: &Observer, addr: std::net::SocketAddr) {
     let refused = |s: &Scrape| s.sum("observer_kernel_map_full_total", &[("map", "sockets")]);
     // Ten connections open at once, one request each: every connection is either followed
     // (its request counted) or refused (counted as such), never both, never neither.

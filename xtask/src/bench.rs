@@ -14,6 +14,10 @@ use std::{
 
 use anyhow::{Context, bail, ensure};
 
+mod neighbours;
+
+use neighbours::{MiddlewareArm, middleware_arm, neighbour_redis, render_neighbours};
+
 /// What is attached to the server during a run.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Arm {
@@ -26,6 +30,7 @@ enum Arm {
 /// The observer's `--hooks`.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Hooks {
+    Sock,
     Btf,
     Raw,
     Tracepoints,
@@ -34,6 +39,7 @@ enum Hooks {
 impl Hooks {
     fn arg(self) -> &'static str {
         match self {
+            Hooks::Sock => "sock",
             Hooks::Btf => "btf",
             Hooks::Raw => "raw",
             Hooks::Tracepoints => "tracepoints",
@@ -41,17 +47,23 @@ impl Hooks {
     }
 }
 
-/// The default hooks (tp_btf at sys_exit) and their floor: the raw floor program, on the same
-/// hook attached the same way.
-const FLOOR: Arm = Arm::Floor(Hooks::Raw);
-const FULL: Arm = Arm::Full(Hooks::Btf);
+/// The default hooks (tp_btf on the socket tracepoints) and their floor: the floor program on
+/// the same tracepoints.
+const FLOOR: Arm = Arm::Floor(Hooks::Sock);
+const FULL: Arm = Arm::Full(Hooks::Sock);
+/// The previous default (tp_btf at sys_exit) and its floor: the raw floor program on the same
+/// hook, attached the same way.
+const SYS_EXIT_FLOOR: Arm = Arm::Floor(Hooks::Raw);
+const SYS_EXIT_FULL: Arm = Arm::Full(Hooks::Btf);
 
 impl Arm {
     fn name(self) -> &'static str {
         match self {
             Arm::Unobserved => "unobserved",
-            Arm::Floor(Hooks::Raw | Hooks::Btf) => "floor",
-            Arm::Full(Hooks::Btf) => "full",
+            Arm::Floor(Hooks::Sock) => "floor",
+            Arm::Full(Hooks::Sock) => "full",
+            Arm::Floor(Hooks::Raw | Hooks::Btf) => "floor (sys_exit)",
+            Arm::Full(Hooks::Btf) => "full (btf sys_exit)",
             Arm::Full(Hooks::Raw) => "full (raw)",
             Arm::Floor(Hooks::Tracepoints) => "floor (tracepoints)",
             Arm::Full(Hooks::Tracepoints) => "full (tracepoints)",
@@ -65,7 +77,7 @@ impl Arm {
     /// The floor arm with the same hooks.
     fn floor(self) -> Arm {
         match self {
-            Arm::Full(Hooks::Btf) | Arm::Floor(Hooks::Btf) => FLOOR,
+            Arm::Full(Hooks::Btf) | Arm::Floor(Hooks::Btf) => SYS_EXIT_FLOOR,
             Arm::Full(h) | Arm::Floor(h) => Arm::Floor(h),
             Arm::Unobserved => Arm::Unobserved,
         }
@@ -76,6 +88,8 @@ pub struct Options {
     pub reps: usize,
     pub seconds: u64,
     pub observer: PathBuf,
+    /// boot-server/: the axum server of the middleware arm.
+    pub boot_server: PathBuf,
     pub out: PathBuf,
 }
 
@@ -434,7 +448,7 @@ fn dd(records: u64) -> anyhow::Result<f64> {
 
 /// ns per syscall of a process nobody observes, while `arm` watches another process.
 fn unobserved_syscall_cost(opts: &Options, target: u32) -> anyhow::Result<Vec<(Arm, f64)>> {
-    let arms = [Arm::Unobserved, FLOOR, FULL];
+    let arms = NEIGHBOUR_ARMS;
     let mut samples: Vec<Vec<f64>> = vec![Vec::new(); arms.len()];
     for rep in 0..opts.reps {
         for k in 0..arms.len() {
@@ -444,6 +458,10 @@ fn unobserved_syscall_cost(opts: &Options, target: u32) -> anyhow::Result<Vec<(A
     }
     Ok(arms.iter().zip(samples).map(|(a, s)| (*a, median(s))).collect())
 }
+
+/// What a process nobody observes pays while the observer watches another: nothing attached,
+/// the floor and the observer on the socket hooks, and the observer on the syscall hook.
+const NEIGHBOUR_ARMS: [Arm; 4] = [Arm::Unobserved, FLOOR, FULL, SYS_EXIT_FULL];
 
 /// Time and runs of the kernel programs a process holds, summed over its BPF program fds
 /// (`/proc/PID/fdinfo`; the kernel counts them only while `kernel.bpf_stats_enabled` is 1).
@@ -570,7 +588,7 @@ fn idle_connections_rss(opts: &Options, nginx: &Nginx, n: usize) -> anyhow::Resu
 }
 
 pub fn bench(opts: &Options) -> anyhow::Result<()> {
-    for tool in ["wrk", "nginx", "dd"] {
+    for tool in ["wrk", "nginx", "dd", "redis-server", "redis-benchmark"] {
         if Command::new("sh")
             .arg("-c")
             .arg(format!("command -v {tool}"))
@@ -588,11 +606,12 @@ pub fn bench(opts: &Options) -> anyhow::Result<()> {
     let nginx_pid = nginx.guard.0.id();
     let axum_pid = axum.0.id();
     let all = [Arm::Unobserved, FLOOR, FULL];
-    let both = [
+    let every = [
         Arm::Unobserved,
         FLOOR,
         FULL,
-        Arm::Full(Hooks::Raw),
+        SYS_EXIT_FLOOR,
+        SYS_EXIT_FULL,
         Arm::Floor(Hooks::Tracepoints),
         Arm::Full(Hooks::Tracepoints),
     ];
@@ -600,7 +619,7 @@ pub fn bench(opts: &Options) -> anyhow::Result<()> {
 
     eprintln!("nginx `return 200`, wrk -t1 -c32, every hook strategy:");
     let url = format!("http://127.0.0.1:{}/hello", nginx.port);
-    summaries.push(summarize("nginx return 200 (saturation)", measure(opts, nginx_pid, &url, &both, 32)?));
+    summaries.push(summarize("nginx return 200 (saturation)", measure(opts, nginx_pid, &url, &every, 32)?));
 
     eprintln!("axum /api/status, wrk -t1 -c32:");
     let url = format!("http://127.0.0.1:{axum_port}/api/status");
@@ -617,6 +636,12 @@ pub fn bench(opts: &Options) -> anyhow::Result<()> {
     let url = format!("http://127.0.0.1:{}/big/image.raw", nginx.port);
     summaries.push(summarize("nginx 1 GiB file (sendfile)", measure(opts, nginx_pid, &url, &all, 2)?));
 
+    eprintln!("axum /boot/{{mac}}: bare, seed middleware, observed; wrk -t1 -c32:");
+    let middleware = middleware_arm(opts)?;
+
+    eprintln!("a redis nobody observes (redis-benchmark -c 32 -t set,get) while nginx is watched:");
+    let neighbour = neighbour_redis(opts, nginx_pid)?;
+
     eprintln!("syscalls of an unobserved process (dd bs=1):");
     let syscalls = unobserved_syscall_cost(opts, nginx_pid)?;
 
@@ -626,12 +651,13 @@ pub fn bench(opts: &Options) -> anyhow::Result<()> {
     eprintln!("10,000 idle keep-alive connections:");
     let (rss_kib, hwm_kib, conns) = idle_connections_rss(opts, &nginx, 10_000)?;
 
-    let report = render(&summaries, &syscalls, &kernel, (rss_kib, hwm_kib, conns), opts);
+    let mut report = render(&summaries, &syscalls, &kernel, (rss_kib, hwm_kib, conns), opts);
+    report.push_str(&render_neighbours(&neighbour, &middleware));
     println!("{report}");
     std::fs::write(opts.out.join("results.md"), &report)?;
     std::fs::write(
         opts.out.join("results.json"),
-        json(&summaries, &syscalls, &kernel, (rss_kib, hwm_kib, conns)),
+        json(&summaries, &syscalls, &kernel, (rss_kib, hwm_kib, conns), &neighbour, &middleware),
     )?;
     eprintln!("written: {}", opts.out.join("results.{md,json}").display());
     Ok(())
@@ -686,11 +712,14 @@ fn render(
     let ns = |a: Arm| syscalls.iter().find(|(x, _)| *x == a).map_or(0.0, |(_, n)| *n);
     let _ = writeln!(
         s,
-        "\nUnobserved process (dd bs=1), ns per syscall: none {:.1}, floor {:.1}, full {:.1}; full adds {:.1} ns beyond the floor.",
+        "\nUnobserved process (dd bs=1), ns per syscall: none {:.1}, floor {:.1}, full {:.1} (+{:.1} over none), \
+         full on the btf sys_exit hook {:.1} (+{:.1}).",
         ns(Arm::Unobserved),
         ns(FLOOR),
         ns(FULL),
-        ns(FULL) - ns(FLOOR)
+        ns(FULL) - ns(Arm::Unobserved),
+        ns(SYS_EXIT_FULL),
+        ns(SYS_EXIT_FULL) - ns(Arm::Unobserved)
     );
     let _ = writeln!(
         s,
@@ -721,6 +750,8 @@ fn json(
     syscalls: &[(Arm, f64)],
     kernel: &KernelCost,
     memory: (f64, f64, f64),
+    neighbour: &[(Arm, f64, f64)],
+    m: &MiddlewareArm,
 ) -> String {
     let mut s = String::from("{\n  \"workloads\": [\n");
     for (i, summary) in summaries.iter().enumerate() {
@@ -757,8 +788,22 @@ fn json(
     );
     let _ = writeln!(
         s,
-        "}},\n  \"idle_10k_connections\": {{\"rss_kib\": {:.0}, \"peak_rss_kib\": {:.0}, \"table\": {:.0}}}\n}}",
+        "}},\n  \"idle_10k_connections\": {{\"rss_kib\": {:.0}, \"peak_rss_kib\": {:.0}, \"table\": {:.0}}},",
         memory.0, memory.1, memory.2
+    );
+    let _ = write!(s, "  \"neighbour_redis\": {{");
+    for (j, (arm, rps, ratio)) in neighbour.iter().enumerate() {
+        let _ = write!(
+            s,
+            "{}\"{}\": {{\"rps\": {rps:.0}, \"ratio\": {ratio:.4}}}",
+            if j > 0 { ", " } else { "" },
+            arm.name()
+        );
+    }
+    let _ = writeln!(
+        s,
+        "}},\n  \"middleware\": {{\"bare_rps\": {:.0}, \"middleware_rps\": {:.0}, \"observed_rps\": {:.0}, \"middleware_ratio\": {:.4}, \"observed_ratio\": {:.4}}}\n}}",
+        m.bare_rps, m.middleware_rps, m.observed_rps, m.middleware_ratio, m.observed_ratio
     );
     s
 }

@@ -29,6 +29,8 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     ("nginx", "nginx"),
     ("node", "nodejs"),
     ("wrk", "wrk"),
+    ("redis-server", "redis-server"),
+    ("redis-benchmark", "redis-tools"),
     ("python3", "python3"),
     ("bpftool", "bpftool"),
     ("unshare", "util-linux"),
@@ -109,12 +111,15 @@ fn main() -> anyhow::Result<()> {
                 "--quiet",
                 "--package",
                 "observer",
+                "--package",
+                "boot-server",
             ]))?;
             let root = workspace_root();
             let opts = bench::Options {
                 reps,
                 seconds,
                 observer: root.join("target/release/observer"),
+                boot_server: root.join("target/release/boot-server"),
                 out: root.join("target/bench"),
             };
             with_path(|| bench::bench(&opts))?

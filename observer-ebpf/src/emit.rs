@@ -1,0 +1,147 @@
+//! Ring-buffer records: data records (header, head, tail) and header-only control records.
+
+use aya_ebpf::EbpfContext;
+use aya_log_ebpf::warn;
+use observer_common::{
+    Direction, EventHeader, FLAG_LOST_BEFORE, HEADER_LEN, READ_HEAD_LEN, REPORTED_FLAGS, RESPONSE_HEAD_LEN,
+    RING_BYTES, STATE_CLOSE_SENT, STATE_LAST_READ, Syscall, WAKEUP_DIVISOR, WRITE_HEAD_LEN, stat,
+};
+
+use crate::{
+    capture::{Buffer, DATA_CAP, Scratch, capture, scratch},
+    maps::{EVENTS, STATS},
+    target::{now, patched},
+};
+
+/// Who made a call, on which connection, and what it returned.
+#[derive(Clone, Copy)]
+pub struct Record {
+    pub conn: u64,
+    pub id: u64,
+    pub tgid: u32,
+    pub fd: i32,
+    pub syscall: Syscall,
+    /// `FLAG_*` bits to report.
+    pub flags: u32,
+    pub ret: i64,
+}
+
+impl Record {
+    #[inline(always)]
+    fn header(&self, head_len: u64, tail_len: u64) -> EventHeader {
+        EventHeader {
+            ts_ns: now(),
+            ret: self.ret,
+            conn: self.conn,
+            tgid: self.tgid,
+            tid: self.id as u32,
+            fd: self.fd,
+            syscall: self.syscall as u32,
+            flags: self.flags,
+            head_len: head_len as u32,
+            tail_len: tail_len as u32,
+            reserved: 0,
+        }
+    }
+}
+
+#[inline(always)]
+pub fn bump(index: u32) -> u64 {
+    match STATS.get_ptr_mut(index) {
+        // SAFETY: per-CPU slot; programs do not migrate while running.
+        Some(slot) => unsafe {
+            *slot += 1;
+            *slot
+        },
+        None => 0,
+    }
+}
+
+/// A socket's state word (`FLAG_*` to report, `STATE_*` kept) as a data record of
+/// `direction` passes: takes the flags to report, notes whether this was a read, and says
+/// how much of the call's start to copy. The first write after a read starts a response, so
+/// it gets room for a whole head (`RESPONSE_HEAD_LEN`); later writes are body writes, whose
+/// chunk-size lines sit at their start or end (`WRITE_HEAD_LEN`).
+///
+/// # Safety
+/// `state` points into a map value (the verifier checks it too).
+#[inline(always)]
+pub unsafe fn advance(state: *mut u32, direction: Direction) -> (u32, u64) {
+    // SAFETY: per the contract; a racing writer can only set FLAG_LOST_BEFORE, which at worst
+    // is reported one record late.
+    let old = unsafe { *state };
+    let reading = direction == Direction::In;
+    let cap = match direction {
+        Direction::In => READ_HEAD_LEN,
+        _ if old & STATE_LAST_READ != 0 => RESPONSE_HEAD_LEN,
+        _ => WRITE_HEAD_LEN,
+    } as u64;
+    let kept = old & !(REPORTED_FLAGS | STATE_LAST_READ | STATE_CLOSE_SENT);
+    let new = if reading { kept | STATE_LAST_READ } else { kept };
+    if new != old {
+        unsafe { *state = new };
+    }
+    (old & REPORTED_FLAGS, cap)
+}
+
+/// Emits the data record of a call that moved `record.ret > 0` bytes: the header, up to `cap`
+/// bytes from the start of `buffer` and up to `TAIL_LEN` from its end. `state` is the
+/// socket's state word, flagged if the record does not fit in the ring.
+#[inline(always)]
+pub fn emit_data<C: EbpfContext>(ctx: &C, record: &Record, buffer: Buffer, cap: u64, state: *mut u32) {
+    let (head_len, tail_len) = capture(buffer, record.ret as u64, cap);
+    let Some(scratch) = scratch() else {
+        return;
+    };
+    scratch.header = record.header(head_len, tail_len);
+    let mut size = HEADER_LEN as u64 + head_len + tail_len;
+    if size > (HEADER_LEN + DATA_CAP) as u64 {
+        size = (HEADER_LEN + DATA_CAP) as u64;
+    }
+    // SAFETY: `size` bytes from the start of the scratch slot, which is larger.
+    let bytes = unsafe { core::slice::from_raw_parts(scratch as *const Scratch as *const u8, size as usize) };
+    if EVENTS.output::<[u8]>(bytes, wakeup_flag()).is_err() {
+        ring_full(ctx, state);
+    }
+}
+
+/// A header-only record (accept, close, fork, exec, listen). `state`, if not null, is flagged
+/// when the record does not fit.
+#[inline(always)]
+pub fn emit_control<C: EbpfContext>(ctx: &C, record: &Record, state: *mut u32) {
+    let header = record.header(0, 0);
+    if EVENTS.output::<EventHeader>(&header, wakeup_flag()).is_err() {
+        ring_full(ctx, state);
+    }
+}
+
+/// Waking the reader for every record costs the daemon a context switch per call at
+/// saturation. Records are submitted without a wakeup until `WAKEUP_BYTES` are pending (a
+/// sixteenth of the ring; userspace sets it with the ring's size); the daemon also drains
+/// on a short timer (see `run.rs`), so nothing waits long.
+#[unsafe(no_mangle)]
+static WAKEUP_BYTES: u64 = (RING_BYTES / WAKEUP_DIVISOR) as u64;
+const BPF_RB_AVAIL_DATA: u64 = 0;
+const BPF_RB_NO_WAKEUP: u64 = 1;
+const BPF_RB_FORCE_WAKEUP: u64 = 2;
+
+#[inline(always)]
+fn wakeup_flag() -> u64 {
+    if EVENTS.query(BPF_RB_AVAIL_DATA) >= patched(&WAKEUP_BYTES) {
+        BPF_RB_FORCE_WAKEUP
+    } else {
+        BPF_RB_NO_WAKEUP
+    }
+}
+
+/// Counts a dropped record and flags its socket so userspace resyncs that connection.
+#[inline(always)]
+fn ring_full<C: EbpfContext>(ctx: &C, state: *mut u32) {
+    if bump(stat::RING_FULL) == 1 {
+        warn!(ctx, "ring buffer full: dropping events (see observer_events_lost_total)");
+    }
+    if !state.is_null() {
+        // SAFETY: a u32 in a map value; a racing writer can only set the same bit.
+        unsafe { *state |= FLAG_LOST_BEFORE };
+    }
+}

@@ -1,0 +1,62 @@
+//! Every map the programs share with each other and with userspace.
+
+use aya_ebpf::{
+    bindings::BPF_F_MMAPABLE,
+    macros::map,
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
+};
+use observer_common::{ConnState, MAX_CONNECTIONS, PORT_WORDS, PendingCall, RING_BYTES, TARGET_WORDS, stat};
+
+use crate::capture::Scratch;
+
+/// Target tgids, one bit each. Every program run on every hooked call of every process starts
+/// by testing a bit here: an array lookup the verifier inlines, where a hash map lookup cost
+/// ~33 ns a run. Userspace sets and clears bits with atomic operations on its mmap of the
+/// map; the fork hook sets a child's with an atomic OR, so neither loses the other's bits.
+#[map]
+pub static TARGETS: Array<u64> = Array::with_max_entries(TARGET_WORDS, BPF_F_MMAPABLE);
+
+/// `--hooks sock`: the local ports the targets listen on, one bit each. A connection is the
+/// server side of a target when its local port is one of them (in one network namespace an
+/// outbound connection is never given a port a listener holds). Set by userspace at attach
+/// (from /proc) and by the LISTEN transition of a target's socket.
+#[map]
+pub static PORTS: Array<u64> = Array::with_max_entries(PORT_WORDS, BPF_F_MMAPABLE);
+
+/// `--hooks sock`: followed connections by socket cookie (never reused within a boot, unlike
+/// a `struct sock *` or an fd). Entries come from the passive open's ESTABLISHED transition
+/// or the first data record, and go at the CLOSE transition or `tcp_destroy_sock`, which the
+/// kernel runs for every TCP socket, so nothing is left behind. A plain hash map, not an LRU:
+/// an LRU evicts live connections without a word (tried: 3 of 10 requests lost uncounted
+/// with a small table); this one refuses a connection when full, and says so
+/// (`stat::SOCKETS_FULL`). Userspace sets its size (`--max-connections`).
+#[map]
+pub static CONNS: HashMap<u64, ConnState> = HashMap::with_max_entries(MAX_CONNECTIONS, 0);
+
+/// Syscall hooks: known sockets of targets, `socket_key(tgid, fd)` → `FLAG_*`/`STATE_*` bits.
+/// Learned from accept and, at attach time, from /proc/PID/fd; forgotten at close.
+/// Userspace sets its size (`--max-connections`).
+#[map]
+pub static SOCKETS: HashMap<u64, u32> = HashMap::with_max_entries(MAX_CONNECTIONS, 0);
+
+/// `--hooks tracepoints`: arguments of syscalls in progress, keyed by pid_tgid (one syscall
+/// per thread at a time).
+#[map]
+pub static PENDING: HashMap<u64, PendingCall> = HashMap::with_max_entries(16384, 0);
+
+#[map]
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(RING_BYTES, 0);
+
+/// Per-CPU counters, indexed by `observer_common::stat`.
+#[map]
+pub static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(stat::COUNT, 0);
+
+/// Per-CPU work area where a record is assembled.
+#[map]
+pub static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
+
+/// Children of targets forked in a child PID namespace, by their pid in the initial namespace
+/// (the only one the fork record gives): each becomes a target, under its namespaced tgid, at
+/// its first hooked call. LRU: entries of threads (which never match) age out.
+#[map]
+pub static FORKED: LruHashMap<u32, u32> = LruHashMap::with_max_entries(4096, 0);

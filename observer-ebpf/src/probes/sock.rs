@@ -1,0 +1,266 @@
+//! `--hooks sock` (the default): BTF tracepoints that fire only for socket I/O and TCP state
+//! changes, so no syscall tracepoint is enabled and the rest of the host pays nothing.
+//!
+//! - `sock_recv_length` / `sock_send_length` (`sock_recvmsg_nosec` / `sock_sendmsg_nosec`,
+//!   Linux ≥ 6.3): every read, write, recv*, send*, sendfile and splice chunk on a socket,
+//!   after the bytes moved. Which syscall it was, and its buffer, come from the task's saved
+//!   user registers.
+//! - `inet_sock_set_state`: a passive open completing (the connection is new), the server
+//!   closing (FIN_WAIT1 / LAST_ACK), a target's listener appearing or closing.
+//! - `tcp_destroy_sock`: the end of every other connection (a reset among them), once the
+//!   server has let go of the socket.
+//!
+//! Connections are keyed by socket cookie; only the server side of a target's TCP
+//! connections is followed (its local port is one a target listens on).
+
+use core::ffi::c_void;
+
+use aya_ebpf::{
+    EbpfContext,
+    bindings::{BPF_NOEXIST, pt_regs},
+    helpers::generated::{bpf_get_current_task_btf, bpf_get_socket_cookie, bpf_task_pt_regs},
+    macros::btf_tracepoint,
+    programs::BtfTracePointContext,
+};
+use observer_common::{ConnState, Direction, FLAG_NEW, STATE_CLOSE_SENT, Syscall, stat};
+
+use super::sys_exit::data_syscall;
+use crate::{
+    capture::Buffer,
+    emit::{Record, advance, bump, emit_control, emit_data},
+    maps::CONNS,
+    target::{add_listened, current, is_listened, is_target, now, patched},
+};
+
+/// Byte offsets in the running kernel's structs, which differ between builds: the loader
+/// sets them from the kernel's BTF (aya does no CO-RE for Rust programs). The defaults are
+/// Linux 6.18's x86-64 layout, for reading only.
+#[unsafe(no_mangle)]
+static SK_NUM: u64 = 14; // sock.__sk_common.skc_num (u16, host order)
+#[unsafe(no_mangle)]
+static SK_FAMILY: u64 = 16; // sock.__sk_common.skc_family (u16)
+#[unsafe(no_mangle)]
+static SK_STATE: u64 = 18; // sock.__sk_common.skc_state (u8)
+#[unsafe(no_mangle)]
+static SK_COOKIE: u64 = 88; // sock.__sk_common.skc_cookie (atomic64_t)
+#[unsafe(no_mangle)]
+static SK_PROTOCOL: u64 = 532; // sock.sk_protocol (u16)
+#[unsafe(no_mangle)]
+static SK_SOCKET: u64 = 288; // sock.sk_socket (struct socket *)
+#[unsafe(no_mangle)]
+static SOCKET_FILE: u64 = 16; // socket.file (struct file *)
+
+const AF_INET: u16 = 2;
+const AF_INET6: u16 = 10;
+const IPPROTO_TCP: u16 = 6;
+const MSG_PEEK: u64 = 2;
+
+/// `include/net/tcp_states.h`.
+const TCP_ESTABLISHED: u64 = 1;
+const TCP_SYN_RECV: u64 = 3;
+const TCP_FIN_WAIT1: u64 = 4;
+const TCP_CLOSE: u64 = 7; // the socket reached CLOSE (reset, or done)
+const TCP_LAST_ACK: u64 = 9;
+const TCP_LISTEN: u64 = 10;
+
+/// A field of a BTF-typed kernel pointer at an offset the loader patched: a plain load, which
+/// the verifier checks against the struct's layout (the offset is a known constant to it:
+/// the patched globals live in a frozen read-only map).
+///
+/// # Safety
+/// `base` must be a BTF-typed pointer whose struct has a `T` at `offset`.
+#[inline(always)]
+unsafe fn field<T: Copy>(base: *const u8, offset: &'static u64) -> T {
+    unsafe { core::ptr::read_volatile(base.add(patched(offset) as usize) as *const T) }
+}
+
+#[btf_tracepoint(function = "sock_recv_length")]
+pub fn sock_recv_length(ctx: BtfTracePointContext) -> i32 {
+    socket_io(&ctx, Direction::In);
+    0
+}
+
+#[btf_tracepoint(function = "sock_send_length")]
+pub fn sock_send_length(ctx: BtfTracePointContext) -> i32 {
+    socket_io(&ctx, Direction::Out);
+    0
+}
+
+/// `(struct sock *sk, int ret, int flags)`: `ret` bytes moved on `sk`.
+#[inline(always)]
+fn socket_io(ctx: &BtfTracePointContext, direction: Direction) {
+    let (id, tgid) = current();
+    if !is_target(tgid) {
+        return;
+    }
+    let sk: *const u8 = ctx.arg(0);
+    let ret = ctx.arg::<u64>(1) as i32;
+    if ret <= 0 || (direction == Direction::In && ctx.arg::<u64>(2) & MSG_PEEK != 0) {
+        return; // EAGAIN, EOF, errors and peeks move no bytes
+    }
+    // SAFETY: `sk` is the tracepoint's `struct sock *`.
+    let Some(conn) = (unsafe { served_connection(sk) }) else {
+        return;
+    };
+    // SAFETY: a field of a map value.
+    let cookie = unsafe { (*conn).cookie };
+    // SAFETY: a field of a map value.
+    let state = unsafe { &raw mut (*conn).flags };
+    // SAFETY: as above.
+    let (flags, cap) = unsafe { advance(state, direction) };
+    let (syscall, fd, buffer) = the_call(direction);
+    let record = Record { conn: cookie, id, tgid, fd, syscall, flags, ret: i64::from(ret) };
+    emit_data(ctx, &record, buffer, cap, state);
+}
+
+/// The entry of `sk` if it is the server side of a target's connection: a user-space TCP
+/// socket (owned by a file) on a port a target listens on, or one already followed whose
+/// port is gone (a reset processed inside the server's own send unhashes the socket and
+/// zeroes its port before that send's tracepoint fires: seen ~25 in 12,000 responses when
+/// wrk closed its connections).
+///
+/// # Safety
+/// `sk` must be a BTF-typed `struct sock *`.
+#[inline(always)]
+unsafe fn served_connection(sk: *const u8) -> Option<*mut ConnState> {
+    let family: u16 = unsafe { field(sk, &SK_FAMILY) };
+    let protocol: u16 = unsafe { field(sk, &SK_PROTOCOL) };
+    if (family != AF_INET && family != AF_INET6) || protocol != IPPROTO_TCP {
+        return None;
+    }
+    let listened = is_listened(unsafe { field(sk, &SK_NUM) });
+    if !listened && unsafe { field::<u8>(sk, &SK_STATE) } != TCP_CLOSE as u8 {
+        return None; // an outbound connection of the target, or another's
+    }
+    let socket: *const u8 = unsafe { field(sk, &SK_SOCKET) };
+    if socket.is_null() || unsafe { field::<*const u8>(socket, &SOCKET_FILE) }.is_null() {
+        return None;
+    }
+    // SAFETY: the helper takes a socket pointer, which `sk` is.
+    let cookie = unsafe { bpf_get_socket_cookie(sk as *mut c_void) };
+    if listened { conn_state(cookie) } else { CONNS.get_ptr_mut(&cookie) }
+}
+
+/// The connection's entry, made on its first record if its open was not seen (it predates
+/// attach). One that does not fit is not followed; it was counted at its open if it opened
+/// after attach (a connection from before attach that does not fit is not counted: its
+/// every record would count again).
+#[inline(always)]
+fn conn_state(cookie: u64) -> Option<*mut ConnState> {
+    if let Some(conn) = CONNS.get_ptr_mut(&cookie) {
+        return Some(conn);
+    }
+    let _ = CONNS.insert(&cookie, &ConnState { cookie, ..ConnState::default() }, u64::from(BPF_NOEXIST));
+    CONNS.get_ptr_mut(&cookie)
+}
+
+/// Which call moved the bytes, on which fd, from which buffer: read from the syscall's saved
+/// registers. A call we do not know (splice, recvmmsg, io_uring, ...) counts bytes only.
+#[inline(always)]
+fn the_call(direction: Direction) -> (Syscall, i32, Buffer) {
+    let unknown = if direction == Direction::In { Syscall::Recv } else { Syscall::Send };
+    // SAFETY: helpers without arguments beyond the current task.
+    let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as *const pt_regs;
+    if regs.is_null() {
+        return (unknown, -1, Buffer::None);
+    }
+    // SAFETY: a BTF-typed pointer to the task's saved user registers.
+    let (nr, di, si, dx) = unsafe { ((*regs).orig_rax, (*regs).rdi, (*regs).rsi, (*regs).rdx) };
+    match data_syscall(nr) {
+        Some(syscall) if syscall.direction() == direction => {
+            (syscall, di as i32, Buffer::of(syscall, si, dx))
+        }
+        _ => (unknown, -1, Buffer::None),
+    }
+}
+
+/// `(const struct sock *sk, const int oldstate, const int newstate)`.
+#[btf_tracepoint(function = "inet_sock_set_state")]
+pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> i32 {
+    let sk: *const u8 = ctx.arg(0);
+    let old = ctx.arg::<u64>(1) & 0xffff_ffff;
+    let new = ctx.arg::<u64>(2) & 0xffff_ffff;
+    match new {
+        TCP_ESTABLISHED if old == TCP_SYN_RECV => opened(sk),
+        TCP_CLOSE if old == TCP_LISTEN => listener(&ctx, sk, Syscall::Unlisten),
+        // The server closed (or shut down writing), in its own context, after its last
+        // write: close-delimited responses end here.
+        TCP_FIN_WAIT1 | TCP_LAST_ACK => ended(&ctx, sk, false),
+        // A reset (CLOSE) is not an end yet: on loopback it is processed inside the
+        // server's own send, before that send's record (seen: ~50 answered requests of
+        // 12,000 taken for abandoned when wrk closed its connections). The server's
+        // next write fails, it closes, and `tcp_destroy_sock` ends the connection then.
+        TCP_LISTEN => listener(&ctx, sk, Syscall::Listen),
+        _ => {}
+    }
+    0
+}
+
+/// `(struct sock *sk)`: the socket is being destroyed (the kernel does this for every TCP
+/// socket, once no fd holds it): its entry goes, and its end is reported if it was not.
+#[btf_tracepoint(function = "tcp_destroy_sock")]
+pub fn tcp_destroy_sock(ctx: BtfTracePointContext) -> i32 {
+    ended(&ctx, ctx.arg(0), true);
+    0
+}
+
+/// A passive open on a port a target listens on completed (in softirq, no task to test):
+/// the connection is new, its first bytes begin a request.
+#[inline(always)]
+fn opened(sk: *const u8) {
+    // SAFETY: `sk` is the tracepoint's `struct sock *`.
+    if !is_listened(unsafe { field(sk, &SK_NUM) }) {
+        return;
+    }
+    // SAFETY: as above.
+    let cookie = unsafe { bpf_get_socket_cookie(sk as *mut c_void) };
+    let conn = ConnState { established_ns: now(), cookie, flags: FLAG_NEW, reserved: 0 };
+    if CONNS.insert(&cookie, &conn, 0).is_err() {
+        bump(stat::SOCKETS_FULL); // the table is full: this connection is not followed
+    }
+}
+
+/// The server closed (`last` false: FIN_WAIT1 / LAST_ACK) or the socket is destroyed
+/// (`last`): the end is reported once; the entry goes with the socket. A socket that never
+/// had a cookie was never followed, and none is made for it here.
+#[inline(always)]
+fn ended<C: EbpfContext>(ctx: &C, sk: *const u8, last: bool) {
+    // SAFETY: `sk` is the tracepoint's `struct sock *`; the cookie is its atomic64_t counter.
+    let cookie: u64 = unsafe { field(sk, &SK_COOKIE) };
+    if cookie == 0 {
+        return;
+    }
+    let Some(conn) = CONNS.get_ptr_mut(&cookie) else {
+        return;
+    };
+    // SAFETY: a field of a map value.
+    let state = unsafe { &raw mut (*conn).flags };
+    // SAFETY: as above.
+    if unsafe { *state } & STATE_CLOSE_SENT == 0 {
+        // SAFETY: as above.
+        unsafe { *state |= STATE_CLOSE_SENT };
+        let (id, tgid) = current();
+        let record = Record { conn: cookie, id, tgid, fd: -1, syscall: Syscall::Close, flags: 0, ret: 0 };
+        emit_control(ctx, &record, state);
+    }
+    if last {
+        let _ = CONNS.remove(&cookie);
+    }
+}
+
+/// A target's socket started listening (in the target's own `listen()`), or its listener
+/// closed: the port is followed from now on, and userspace is told.
+#[inline(always)]
+fn listener<C: EbpfContext>(ctx: &C, sk: *const u8, syscall: Syscall) {
+    let (id, tgid) = current();
+    if !is_target(tgid) {
+        return;
+    }
+    // SAFETY: `sk` is the tracepoint's `struct sock *`.
+    let port: u16 = unsafe { field(sk, &SK_NUM) };
+    if syscall == Syscall::Listen {
+        add_listened(port);
+    }
+    let record = Record { conn: 0, id, tgid, fd: i32::from(port), syscall, flags: 0, ret: 0 };
+    emit_control(ctx, &record, core::ptr::null_mut());
+}

@@ -1,0 +1,107 @@
+//! `--hooks raw` / `--hooks btf`: one program at `sys_exit` for every syscall, reading the
+//! arguments from the saved user registers, which the syscall leaves untouched. No entry
+//! programs, no PENDING map; but it runs for every syscall of every process (and enabling it
+//! puts every thread of the machine on the syscall slow path). close is taken at
+//! `sys_enter_close` (see `tracepoints::enter_close`). x86-64 numbers and `struct pt_regs`.
+
+use aya_ebpf::{
+    EbpfContext,
+    helpers::bpf_probe_read_kernel,
+    macros::{btf_tracepoint, raw_tracepoint},
+    programs::{BtfTracePointContext, RawTracePointContext},
+};
+use observer_common::{Syscall, socket_key};
+
+use super::{followed_socket, tracepoints::accepted};
+use crate::{
+    capture::Buffer,
+    emit::{Record, advance, emit_data},
+    target::{current, is_target},
+};
+
+/// x86-64 syscall numbers, shared with the socket hooks.
+pub mod x86_64 {
+    pub const READ: u64 = 0;
+    pub const WRITE: u64 = 1;
+    pub const READV: u64 = 19;
+    pub const WRITEV: u64 = 20;
+    pub const SENDFILE: u64 = 40;
+    pub const ACCEPT: u64 = 43;
+    pub const SENDTO: u64 = 44;
+    pub const RECVFROM: u64 = 45;
+    pub const SENDMSG: u64 = 46;
+    pub const RECVMSG: u64 = 47;
+    pub const ACCEPT4: u64 = 288;
+    /// `struct pt_regs` offsets of rdx, rsi, rdi and orig_ax.
+    pub const DX: usize = 96;
+    pub const SI: usize = 104;
+    pub const DI: usize = 112;
+    pub const ORIG_AX: usize = 120;
+}
+
+/// The data syscall an x86-64 syscall number names, if it is one.
+#[inline(always)]
+pub fn data_syscall(nr: u64) -> Option<Syscall> {
+    Some(match nr {
+        x86_64::READ => Syscall::Read,
+        x86_64::READV => Syscall::Readv,
+        x86_64::RECVFROM => Syscall::Recvfrom,
+        x86_64::RECVMSG => Syscall::Recvmsg,
+        x86_64::WRITE => Syscall::Write,
+        x86_64::WRITEV => Syscall::Writev,
+        x86_64::SENDTO => Syscall::Sendto,
+        x86_64::SENDMSG => Syscall::Sendmsg,
+        x86_64::SENDFILE => Syscall::Sendfile,
+        _ => return None,
+    })
+}
+
+#[raw_tracepoint(tracepoint = "sys_exit")]
+pub fn raw_sys_exit(ctx: RawTracePointContext) -> i32 {
+    let regs: *const u8 = ctx.arg(0);
+    let ret: i64 = ctx.arg(1);
+    // SAFETY: kernel reads of the saved registers through the helper; a fault returns 0.
+    let reg = |offset: usize| unsafe { bpf_probe_read_kernel(regs.add(offset) as *const u64) }.unwrap_or(0);
+    sys_exit(&ctx, ret, reg)
+}
+
+/// `--hooks btf`: the same hook as a BTF-typed tracepoint (tp_btf). The kernel knows the
+/// argument is a `struct pt_regs *`, so the registers are plain loads (checked against the
+/// struct's layout by the verifier, made fault-safe by the JIT) instead of helper calls.
+#[btf_tracepoint(function = "sys_exit")]
+pub fn btf_sys_exit(ctx: BtfTracePointContext) -> i32 {
+    let regs: *const u8 = ctx.arg(0);
+    let ret: i64 = ctx.arg(1);
+    // SAFETY: a BTF-typed pointer to the task's saved registers; offsets within the struct.
+    let reg = |offset: usize| unsafe { core::ptr::read_volatile(regs.add(offset) as *const u64) };
+    sys_exit(&ctx, ret, reg)
+}
+
+/// Both sys_exit hooks: which syscall finished (from `orig_ax`), on which fd, with which
+/// buffers, read through `reg(offset in struct pt_regs)`.
+#[inline(always)]
+fn sys_exit<C: EbpfContext>(ctx: &C, ret: i64, reg: impl Fn(usize) -> u64) -> i32 {
+    let (id, tgid) = current();
+    if !is_target(tgid) {
+        return 0;
+    }
+    let nr = reg(x86_64::ORIG_AX);
+    let Some(syscall) = data_syscall(nr) else {
+        if nr == x86_64::ACCEPT || nr == x86_64::ACCEPT4 {
+            accepted(ctx, id, tgid, ret);
+        }
+        return 0;
+    };
+    if ret <= 0 {
+        return 0; // EAGAIN, EOF and errors move no bytes: no socket lookup for them
+    }
+    let fd = reg(x86_64::DI) as i32;
+    let Some(state) = followed_socket(tgid, fd) else {
+        return 0;
+    };
+    // SAFETY: a state word in the socket table.
+    let (flags, cap) = unsafe { advance(state, syscall.direction()) };
+    let record = Record { conn: socket_key(tgid, fd), id, tgid, fd, syscall, flags, ret };
+    emit_data(ctx, &record, Buffer::of(syscall, reg(x86_64::SI), reg(x86_64::DX)), cap, state);
+    0
+}

@@ -1,0 +1,423 @@
+//! Loading and attaching the kernel programs, and the maps userspace talks to them through.
+
+mod attach;
+mod bitmap;
+mod layout;
+
+use std::{fs, io, path::Path};
+
+use aya::{
+    Btf, Ebpf,
+    maps::{HashMap, MapData, PerCpuArray, RingBuf},
+};
+use observer_common::{
+    ConnState, PORT_WORDS, TARGET_WORDS, WAKEUP_DIVISOR, port_bit, socket_key, stat, target_bit,
+};
+use tokio::io::unix::AsyncFd;
+use tracing::{debug, info, warn};
+
+use self::{
+    attach::{
+        SOCKET_HOOKS, attach_btf, attach_raw, attach_tracepoint, attach_tracepoints, ensure_tracefs,
+        fork_child_pid_offset,
+    },
+    bitmap::Bitmap,
+};
+use crate::procfs;
+
+pub use self::attach::Floor;
+
+/// The object built by build.rs from observer-ebpf.
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/observer"));
+
+/// The benchmark floor (observer-ebpf/src/floor.rs): same tracepoints, tgid filter only.
+static FLOOR_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/floor"));
+
+/// Where the kernel's BTF is.
+const KERNEL_BTF: &str = "/sys/kernel/btf/vmlinux";
+
+impl Hooks {
+    /// What `auto` means on this machine.
+    pub fn resolve(self) -> Hooks {
+        match self {
+            Hooks::Auto if has_socket_tracepoints() => Hooks::Sock,
+            Hooks::Auto if Path::new(KERNEL_BTF).exists() => Hooks::Btf,
+            Hooks::Auto => Hooks::Raw,
+            hooks => hooks,
+        }
+    }
+
+    /// Whether these hooks read x86-64 registers.
+    fn reads_x86_registers(self) -> bool {
+        matches!(self, Hooks::Sock | Hooks::Btf | Hooks::Raw)
+    }
+}
+
+impl std::fmt::Display for Hooks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use clap::ValueEnum;
+        let value = self.to_possible_value().expect("no hooks value is skipped");
+        f.write_str(value.get_name())
+    }
+}
+
+/// Whether the kernel's BTF has the socket I/O tracepoints (Linux ≥ 6.3).
+fn has_socket_tracepoints() -> bool {
+    let Ok(btf) = btf_rs::Btf::from_file_with_backend(KERNEL_BTF, btf_rs::Backend::Mmap) else {
+        return false;
+    };
+    ["btf_trace_sock_recv_length", "btf_trace_sock_send_length"]
+        .iter()
+        .all(|name| btf.resolve_ids_by_name(name).is_ok_and(|ids| !ids.is_empty()))
+}
+
+/// How the kernel programs hook the targets' socket I/O.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Hooks {
+    /// `sock` when the kernel's BTF has the socket tracepoints, else `btf` when the kernel
+    /// has BTF, else `raw`.
+    Auto,
+    /// BTF tracepoints on socket I/O (`sock_recv_length`, `sock_send_length`) and TCP state
+    /// changes: only socket I/O runs a program, no syscall tracepoint is enabled, the rest of
+    /// the host pays nothing. Linux ≥ 6.3 with BTF; x86-64.
+    Sock,
+    /// `syscalls:sys_enter_*`/`sys_exit_*` tracepoints on the hooked syscalls only (needs
+    /// tracefs); an entry and an exit program per call.
+    Tracepoints,
+    /// One raw tracepoint at `sys_exit`, for every syscall; arguments from the saved registers
+    /// (x86-64). close is still taken at `sys_enter_close` (see the eBPF crate for why).
+    Raw,
+    /// As `raw`, as a BTF-typed tracepoint (tp_btf): registers read with plain loads instead
+    /// of helper calls. Needs kernel BTF (/sys/kernel/btf/vmlinux).
+    Btf,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    #[error(
+        "not permitted to load eBPF programs ({0}): run as root, or with CAP_BPF, CAP_PERFMON and CAP_SYS_ADMIN (for tracefs)"
+    )]
+    NotPermitted(String),
+    #[error("--hooks {0} needs the kernel's BTF (/sys/kernel/btf/vmlinux): {1}")]
+    Btf(Hooks, aya::BtfError),
+    #[error("--hooks sock: {0}")]
+    Layout(String),
+    #[error("--hooks {0} reads x86-64 registers; on this architecture use --hooks tracepoints")]
+    Arch(Hooks),
+    #[error("tracefs is not mounted and mounting it on /sys/kernel/tracing failed: {0}")]
+    Tracefs(io::Error),
+    #[error("loading the eBPF object: {0}")]
+    Load(#[from] aya::EbpfError),
+    #[error(
+        "tracepoint {category}:{tracepoint} does not exist on this kernel (no {category}/{tracepoint} under tracefs' events/; syscall tracepoints need CONFIG_FTRACE_SYSCALLS)"
+    )]
+    MissingTracepoint { category: String, tracepoint: &'static str },
+    #[error("program {program} on {tracepoint}: {source}")]
+    Program { program: &'static str, tracepoint: &'static str, source: aya::programs::ProgramError },
+    #[error("map {0}: {1}")]
+    Map(&'static str, aya::maps::MapError),
+    #[error("this binary was built without its eBPF programs (OBSERVER_STUB_EBPF=1)")]
+    Stub,
+    #[error("map {0} missing from the object")]
+    MissingMap(&'static str),
+    #[error("mapping the {0} bitmap into memory: {1}")]
+    MapBitmap(&'static str, io::Error),
+    #[error("pid {0} is beyond the kernel's pid limit")]
+    PidOutOfRange(u32),
+    #[error("registering the ring buffer with tokio: {0}")]
+    Register(#[source] io::Error),
+}
+
+/// Loaded, attached programs; dropping this detaches them.
+pub struct Probes {
+    ebpf: Ebpf,
+    hooks: Hooks,
+    targets: Bitmap,
+    /// `--hooks sock`: the ports the targets listen on.
+    ports: Bitmap,
+    /// Syscall hooks: the targets' followed sockets.
+    sockets: HashMap<MapData, u64, u32>,
+    /// `--hooks sock`: the followed connections, by socket cookie (an LRU hash).
+    conns: HashMap<MapData, u64, Conn>,
+    /// Open sockets of new targets that did not fit in the socket table when learned.
+    sockets_refused: u64,
+}
+
+/// A `CONNS` value, as aya reads it.
+#[derive(Clone, Copy)]
+#[repr(transparent)]
+struct Conn(#[allow(dead_code)] ConnState);
+
+// SAFETY: a repr(C) struct of integers without padding (observer-common tests its size).
+unsafe impl aya::Pod for Conn {}
+
+impl Probes {
+    /// `follow_children`: targets' new child processes become targets (nginx master → workers).
+    /// `ring_bytes`: ring buffer size (a power of two, at least a page).
+    /// `watch_exec`: report every program start (for `--exe`).
+    /// `max_sockets`: size of the kernel's table of followed sockets (connections).
+    pub fn load_and_attach(
+        hooks: Hooks,
+        follow_children: bool,
+        watch_exec: bool,
+        ring_bytes: u32,
+        max_sockets: u32,
+    ) -> Result<Self, ProbeError> {
+        if OBJECT.is_empty() {
+            return Err(ProbeError::Stub);
+        }
+        let hooks = hooks.resolve();
+        if hooks.reads_x86_registers() && !cfg!(target_arch = "x86_64") {
+            return Err(ProbeError::Arch(hooks));
+        }
+        info!(hooks = %hooks, "hooking socket I/O");
+        // Classic tracepoints (the syscall hooks' close, fork and exec) need tracefs.
+        if hooks != Hooks::Sock || follow_children || watch_exec {
+            ensure_tracefs()?;
+        }
+        let child_pid_offset = if follow_children { fork_child_pid_offset()? } else { 0 };
+        let wakeup_bytes = u64::from(ring_bytes / WAKEUP_DIVISOR);
+        let (pidns_dev, pidns_ino) = child_pid_namespace().unwrap_or((0, 0));
+        if pidns_ino != 0 {
+            info!("running in a child PID namespace: pids are those seen in it");
+        }
+        let btf = match hooks {
+            Hooks::Sock | Hooks::Btf => Some(Btf::from_sys_fs().map_err(|e| ProbeError::Btf(hooks, e))?),
+            _ => None,
+        };
+        let offsets = if hooks == Hooks::Sock { layout::socket_offsets()? } else { Vec::new() };
+        // Each strategy's own tables get their size; the others' a single entry, so the
+        // memory (charged to our cgroup) goes where it is used.
+        let (sockets, conns) = if hooks == Hooks::Sock { (1, max_sockets) } else { (max_sockets, 1) };
+        let pending = if hooks == Hooks::Tracepoints { 16_384 } else { 1 };
+        let mut loader = aya::EbpfLoader::new();
+        loader
+            .override_global("PIDNS_DEV", &pidns_dev, true)
+            .override_global("PIDNS_INO", &pidns_ino, true)
+            .override_global("CHILD_PID_OFFSET", &child_pid_offset, true)
+            .override_global("WAKEUP_BYTES", &wakeup_bytes, true)
+            .map_max_entries("EVENTS", ring_bytes)
+            .map_max_entries("SOCKETS", sockets)
+            .map_max_entries("CONNS", conns)
+            .map_max_entries("PENDING", pending);
+        for (global, offset) in &offsets {
+            loader.override_global(global, offset, true);
+        }
+        let mut ebpf = loader.load(OBJECT).map_err(|e| permission_or(e, ProbeError::Load))?;
+        start_kernel_logger(&mut ebpf);
+        match hooks {
+            Hooks::Auto => unreachable!("resolved above"),
+            Hooks::Sock => {
+                for (program, tracepoint) in SOCKET_HOOKS {
+                    attach_btf(&mut ebpf, btf.as_ref().expect("read above"), program, tracepoint)?;
+                }
+            }
+            Hooks::Tracepoints => attach_tracepoints(&mut ebpf)?,
+            Hooks::Raw => {
+                attach_raw(&mut ebpf, "raw_sys_exit")?;
+                attach_tracepoint(&mut ebpf, "enter_close", "syscalls", "sys_enter_close")?;
+            }
+            Hooks::Btf => {
+                attach_btf(&mut ebpf, btf.as_ref().expect("read above"), "btf_sys_exit", "sys_exit")?;
+                attach_tracepoint(&mut ebpf, "enter_close", "syscalls", "sys_enter_close")?;
+            }
+        }
+        if watch_exec {
+            attach_tracepoint(&mut ebpf, "exec", "sched", "sched_process_exec")?;
+        }
+        if follow_children {
+            attach_tracepoint(&mut ebpf, "fork", "sched", "sched_process_fork")?;
+        }
+        let targets = Bitmap::map(&mut ebpf, "TARGETS", TARGET_WORDS)?;
+        let ports = Bitmap::map(&mut ebpf, "PORTS", PORT_WORDS)?;
+        let sockets = take_map(&mut ebpf, "SOCKETS")?;
+        let conns = take_map(&mut ebpf, "CONNS")?;
+        Ok(Probes { ebpf, hooks, targets, ports, sockets, conns, sockets_refused: 0 })
+    }
+
+    /// The hooks in use (`auto` resolved).
+    pub fn hooks(&self) -> Hooks {
+        self.hooks
+    }
+
+    /// Starts following `tgid`, including the sockets it already has open.
+    pub fn add_target(&mut self, tgid: u32) -> Result<(), ProbeError> {
+        if !self.targets.set(target_bit(tgid)) {
+            return Err(ProbeError::PidOutOfRange(tgid));
+        }
+        self.learn_sockets(tgid);
+        Ok(())
+    }
+
+    /// A pid the fork hook made a target turned out to be a thread of a target: its syscalls
+    /// are already followed under its process's tgid.
+    pub fn forget_thread(&mut self, tid: u32) {
+        self.targets.clear(target_bit(tid));
+    }
+
+    /// Learns what `tgid` has open now (inherited or opened before we attached): with the
+    /// socket hooks the ports it listens on, with the syscall hooks its sockets.
+    pub fn learn_sockets(&mut self, tgid: u32) {
+        if self.hooks == Hooks::Sock {
+            let ports = procfs::listening_ports(tgid);
+            for &port in &ports {
+                self.ports.set(port_bit(port));
+            }
+            if procfs::listens_on_unix(tgid) {
+                warn!(
+                    pid = tgid,
+                    "the process listens on a unix-domain socket, which --hooks sock does not follow (--hooks btf does)"
+                );
+            }
+            info!(pid = tgid, ?ports, "following process");
+            return;
+        }
+        let mut learned = 0;
+        for (fd, _) in procfs::socket_fds(tgid) {
+            // Sockets accepted meanwhile were learned by the accept hook; inserting again is harmless.
+            match self.sockets.insert(socket_key(tgid, fd), 0, 0) {
+                Ok(()) => learned += 1,
+                Err(_) => self.sockets_refused += 1, // the table is full
+            }
+        }
+        info!(pid = tgid, sockets = learned, "following process");
+    }
+
+    /// A target's listener on `port` closed: the port stops being followed unless a target in
+    /// `live` still listens on it (SO_REUSEPORT, another worker).
+    pub fn listener_closed(&mut self, port: u16, live: &[u32]) {
+        if !live.iter().any(|&pid| procfs::listening_ports(pid).contains(&port)) {
+            self.ports.clear(port_bit(port));
+        }
+    }
+
+    /// Whether the kernel still follows connection `conn` (`--hooks sock`: its socket has not
+    /// closed; syscall hooks: the fd is still a followed socket).
+    pub fn still_open(&self, conn: u64) -> bool {
+        match self.hooks {
+            Hooks::Sock => self.conns.get(&conn, 0).is_ok(),
+            _ => self.sockets.get(&conn, 0).is_ok(),
+        }
+    }
+
+    /// Tgids the kernel treats as targets now: those userspace added and those the fork hook
+    /// added on its own (children whose fork record may have been lost with a full ring).
+    pub fn targets(&self) -> Vec<u32> {
+        self.targets.all()
+    }
+
+    /// Stops following `tgid` (it exited) and forgets its sockets.
+    pub fn remove_target(&mut self, tgid: u32) {
+        self.targets.clear(target_bit(tgid));
+        if self.hooks == Hooks::Sock {
+            return; // its connections end at their CLOSE transitions
+        }
+        let stale: Vec<u64> =
+            self.sockets.keys().filter_map(Result::ok).filter(|k| (k >> 32) as u32 == tgid).collect();
+        for key in stale {
+            let _ = self.sockets.remove(&key);
+        }
+    }
+
+    /// The ring buffer, registered with tokio for readiness.
+    pub fn take_events(&mut self) -> Result<AsyncFd<RingBuf<MapData>>, ProbeError> {
+        let ring: RingBuf<MapData> = take_map(&mut self.ebpf, "EVENTS")?;
+        // SAFETY: the ring buffer owns its fd and moves into the AsyncFd, which deregisters it
+        // before dropping it, so the registered fd stays open while registered.
+        unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
+            .map_err(|e| ProbeError::Register(io::Error::other(e.to_string())))
+    }
+
+    /// Sum over CPUs of one `STATS` counter.
+    pub fn stat(&self, index: u32) -> u64 {
+        let Some(map) = self.ebpf.map("STATS") else {
+            return 0;
+        };
+        let Ok(stats) = PerCpuArray::<_, u64>::try_from(map) else {
+            return 0;
+        };
+        stats.get(&index, 0).map(|per_cpu| per_cpu.iter().sum()).unwrap_or(0)
+    }
+
+    /// What the kernel programs dropped so far.
+    pub fn drops(&self) -> KernelDrops {
+        KernelDrops {
+            ring_full: self.stat(stat::RING_FULL),
+            sockets_full: self.stat(stat::SOCKETS_FULL) + self.sockets_refused,
+            pending_full: self.stat(stat::PENDING_FULL),
+        }
+    }
+}
+
+/// Running totals of what the kernel programs could not record.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct KernelDrops {
+    /// Events: the ring buffer was full.
+    pub ring_full: u64,
+    /// Accepted connections not followed: the socket table was full.
+    pub sockets_full: u64,
+    /// Syscalls not seen (`--hooks tracepoints`): the in-flight syscall table was full.
+    pub pending_full: u64,
+}
+
+fn take_map<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, ProbeError>
+where
+    T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
+{
+    let map = ebpf.take_map(name).ok_or(ProbeError::MissingMap(name))?;
+    T::try_from(map).map_err(|e| ProbeError::Map(name, e))
+}
+
+/// Inode of the initial PID namespace (`PROC_PID_INIT_INO`), the same on every kernel.
+const INITIAL_PID_NAMESPACE: u64 = 0xEFFF_FFFC;
+
+/// (device, inode) of our PID namespace when it is not the initial one (a container with its
+/// own PID namespace): the kernel programs then give pids as seen in it.
+fn child_pid_namespace() -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let ns = fs::metadata("/proc/self/ns/pid").ok()?;
+    (ns.ino() != INITIAL_PID_NAMESPACE).then(|| (ns.dev(), ns.ino()))
+}
+
+/// aya-log records from the kernel programs go to this process's log.
+fn start_kernel_logger(ebpf: &mut Ebpf) {
+    let logger = match aya_log::EbpfLogger::init(ebpf) {
+        Ok(logger) => logger,
+        Err(e) => {
+            warn!("kernel-side logging unavailable: {e}");
+            return;
+        }
+    };
+    // SAFETY: the logger owns its fd and moves into the AsyncFd, which outlives the registration.
+    let logger = match unsafe { AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE) } {
+        Ok(logger) => logger,
+        Err(e) => {
+            warn!("kernel-side logging unavailable: {e}");
+            return;
+        }
+    };
+    tokio::spawn(async move {
+        let mut logger = logger;
+        loop {
+            let Ok(mut guard) = logger.readable_mut().await else {
+                return;
+            };
+            guard.get_inner_mut().flush();
+            guard.clear_ready();
+        }
+    });
+    debug!("kernel-side logging started");
+}
+
+fn is_permission(text: &str) -> bool {
+    text.contains("Operation not permitted") || text.contains("Permission denied") || text.contains("EPERM")
+}
+
+fn permission(e: ProbeError) -> ProbeError {
+    let text = format!("{e}: {:?}", e);
+    if is_permission(&text) { ProbeError::NotPermitted(e.to_string()) } else { e }
+}
+
+fn permission_or(e: aya::EbpfError, wrap: fn(aya::EbpfError) -> ProbeError) -> ProbeError {
+    permission(wrap(e))
+}

@@ -1,0 +1,139 @@
+//! What observing costs the rest of the host and what it replaces: a redis nobody observes
+//! while the observer watches an nginx, and the seed's in-process middleware against
+//! observing from outside, on the same axum server.
+
+use std::{
+    fmt::Write as _,
+    net::TcpStream,
+    process::{Command, Stdio},
+};
+
+use anyhow::{Context, ensure};
+
+use super::{Arm, FULL, Guard, NEIGHBOUR_ARMS, Options, free_port, median, wait_for, with_arm, wrk};
+
+/// Debian's redis-server on a free loopback port, persisting nothing.
+fn start_redis() -> anyhow::Result<(Guard, u16)> {
+    let port = free_port();
+    let child = Command::new("redis-server")
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting redis-server")?;
+    let guard = Guard(child);
+    wait_for("redis-server", || TcpStream::connect(("127.0.0.1", port)).is_ok())?;
+    Ok((guard, port))
+}
+
+/// redis-benchmark SET and GET, 32 clients, bounded by count: mean requests/s of the two.
+fn redis_benchmark(port: u16, requests: u32) -> anyhow::Result<f64> {
+    let out = Command::new("redis-benchmark")
+        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-c", "32", "-t", "set,get"])
+        .args(["-n", &requests.to_string(), "--csv"])
+        .output()
+        .context("running redis-benchmark")?;
+    ensure!(out.status.success(), "redis-benchmark: {}", String::from_utf8_lossy(&out.stderr));
+    let rates: Vec<f64> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.starts_with("\"SET\"") || l.starts_with("\"GET\""))
+        .filter_map(|l| l.split(',').nth(1)?.trim_matches('"').parse().ok())
+        .collect();
+    ensure!(rates.len() == 2, "redis-benchmark printed no SET/GET rates");
+    Ok(rates.iter().sum::<f64>() / 2.0)
+}
+
+/// Throughput of a redis nobody observes while each arm watches `target` (an idle nginx):
+/// per arm, the median over rounds of (rate with the arm) / (rate in the same round with
+/// nothing attached).
+pub fn neighbour_redis(opts: &Options, target: u32) -> anyhow::Result<Vec<(Arm, f64, f64)>> {
+    let (_redis, port) = start_redis()?;
+    redis_benchmark(port, 50_000)?; // warm-up
+    let mut rates: Vec<Vec<f64>> = vec![Vec::new(); NEIGHBOUR_ARMS.len()];
+    for rep in 0..opts.reps {
+        for k in 0..NEIGHBOUR_ARMS.len() {
+            let i = (k + rep) % NEIGHBOUR_ARMS.len();
+            let rate = with_arm(opts, NEIGHBOUR_ARMS[i], target, |_| redis_benchmark(port, 200_000))??;
+            eprintln!("  {:<20} rep {}: {:>10.0} req/s", NEIGHBOUR_ARMS[i].name(), rep + 1, rate);
+            rates[i].push(rate);
+        }
+    }
+    let base = rates[0].clone();
+    Ok(NEIGHBOUR_ARMS
+        .iter()
+        .zip(&rates)
+        .map(|(arm, r)| (*arm, median(r.clone()), median(r.iter().zip(&base).map(|(x, b)| x / b).collect())))
+        .collect())
+}
+
+/// The same axum `/boot/{mac}` server three ways, in each round: bare, with the seed's
+/// in-process middleware, and bare but observed. Medians of the within-round ratios to bare.
+pub struct MiddlewareArm {
+    pub bare_rps: f64,
+    pub middleware_rps: f64,
+    pub observed_rps: f64,
+    pub middleware_ratio: f64,
+    pub observed_ratio: f64,
+}
+
+fn start_boot_server(opts: &Options, middleware: bool) -> anyhow::Result<(Guard, u16)> {
+    let port = free_port();
+    let mut cmd = Command::new(&opts.boot_server);
+    cmd.args(["--listen", &format!("127.0.0.1:{port}")]);
+    if middleware {
+        cmd.arg("--middleware");
+    }
+    let guard =
+        Guard(cmd.stdout(Stdio::null()).stderr(Stdio::null()).spawn().context("starting boot-server")?);
+    wait_for("boot-server", || TcpStream::connect(("127.0.0.1", port)).is_ok())?;
+    Ok((guard, port))
+}
+
+pub fn middleware_arm(opts: &Options) -> anyhow::Result<MiddlewareArm> {
+    let (bare, bare_port) = start_boot_server(opts, false)?;
+    let (_instrumented, instrumented_port) = start_boot_server(opts, true)?;
+    let url = |port: u16| format!("http://127.0.0.1:{port}/boot/52:54:00:12:34:56");
+    let mut rps: [Vec<f64>; 3] = Default::default();
+    for rep in 0..opts.reps {
+        for k in 0..3 {
+            let i = (k + rep) % 3;
+            let run = match i {
+                0 => wrk(&url(bare_port), 32, opts.seconds)?,
+                1 => wrk(&url(instrumented_port), 32, opts.seconds)?,
+                _ => with_arm(opts, FULL, bare.0.id(), |_| wrk(&url(bare_port), 32, opts.seconds))??,
+            };
+            eprintln!(
+                "  {:<20} rep {}: {:>10.0} req/s",
+                ["bare", "middleware", "observed"][i],
+                rep + 1,
+                run.rps
+            );
+            rps[i].push(run.rps);
+        }
+    }
+    let ratio = |i: usize| median(rps[i].iter().zip(&rps[0]).map(|(x, b)| x / b).collect());
+    Ok(MiddlewareArm {
+        bare_rps: median(rps[0].clone()),
+        middleware_rps: median(rps[1].clone()),
+        observed_rps: median(rps[2].clone()),
+        middleware_ratio: ratio(1),
+        observed_ratio: ratio(2),
+    })
+}
+
+pub fn render_neighbours(neighbour: &[(Arm, f64, f64)], m: &MiddlewareArm) -> String {
+    let mut s = String::from(
+        "\nA redis-server nobody observes, redis-benchmark -c 32 -t set,get (mean of the two), while the arm watches an idle nginx:\n\n\
+         | arm | req/s | with arm / nothing attached |\n|---|---|---|\n",
+    );
+    for (arm, rps, ratio) in neighbour {
+        let _ = writeln!(s, "| {} | {rps:.0} | {ratio:.3} |", arm.name());
+    }
+    let _ = writeln!(
+        s,
+        "\naxum /boot/{{mac}} (one tokio thread), wrk -t1 -c32: bare {:.0} req/s; with the seed's middleware \
+         (metrics + metrics-exporter-prometheus) {:.0} req/s, {:.3} of bare; bare but observed {:.0} req/s, {:.3} of bare.",
+        m.bare_rps, m.middleware_rps, m.middleware_ratio, m.observed_rps, m.observed_ratio
+    );
+    s
+}
