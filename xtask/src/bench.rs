@@ -16,7 +16,7 @@ use anyhow::{Context, bail, ensure};
 
 mod neighbours;
 
-use neighbours::{MiddlewareArm, middleware_arm, neighbour_redis, render_neighbours};
+use neighbours::{MiddlewareArm, Neighbour, middleware_arm, neighbour_redis, render_neighbours};
 
 /// What is attached to the server during a run.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -521,49 +521,49 @@ impl Drop for BpfStats {
     }
 }
 
-/// What the kernel programs themselves cost, from the kernel's own accounting, for the floor
-/// and the full arm: ns per program run while an unobserved process (dd) makes syscalls,
-/// and ns of program time per request while nginx is saturated (every process's syscalls
-/// included: the load generator's run the programs too).
-#[derive(Clone, Copy, Default, Debug)]
-struct KernelCost {
-    floor_unobserved_ns_per_run: f64,
-    full_unobserved_ns_per_run: f64,
-    floor_ns_per_request: f64,
-    full_ns_per_request: f64,
+/// What the kernel programs themselves cost, from the kernel's own accounting, for the
+/// floor and full arms of both hook families: ns of program time per syscall of an
+/// unobserved process (dd; the socket hooks never run for it), and ns of program time per
+/// request while nginx is saturated (every process's runs included: the load generator's
+/// run the programs too).
+#[derive(Clone, Debug, Default)]
+pub(crate) struct KernelCost {
+    /// (arm, ns per dd syscall, ns per nginx request), medians over rounds.
+    arms: Vec<(Arm, f64, f64)>,
 }
+
+const KERNEL_COST_ARMS: [Arm; 4] = [FLOOR, FULL, SYS_EXIT_FLOOR, SYS_EXIT_FULL];
 
 fn kernel_cost(opts: &Options, nginx_pid: u32, url: &str) -> anyhow::Result<KernelCost> {
     let _stats = BpfStats::enable()?;
-    let arms = [FLOOR, FULL];
-    let mut per_run: [Vec<f64>; 2] = Default::default();
-    let mut per_request: [Vec<f64>; 2] = Default::default();
+    const DD_RECORDS: u64 = 200_000;
+    let mut per_syscall: Vec<Vec<f64>> = vec![Vec::new(); KERNEL_COST_ARMS.len()];
+    let mut per_request: Vec<Vec<f64>> = vec![Vec::new(); KERNEL_COST_ARMS.len()];
     for rep in 0..opts.reps {
-        for k in 0..arms.len() {
-            let i = (k + rep) % arms.len();
-            let (run, request) =
-                with_arm(opts, arms[i], nginx_pid, |attached| -> anyhow::Result<(f64, f64)> {
+        for k in 0..KERNEL_COST_ARMS.len() {
+            let i = (k + rep) % KERNEL_COST_ARMS.len();
+            let (syscall, request) =
+                with_arm(opts, KERNEL_COST_ARMS[i], nginx_pid, |attached| -> anyhow::Result<(f64, f64)> {
                     let pid = attached.expect("floor and full arms hold programs").pid;
                     let before = ProgramTime::of(pid);
-                    dd(200_000)?;
+                    dd(DD_RECORDS)?;
                     let during_dd = ProgramTime::of(pid).since(before);
                     let before = ProgramTime::of(pid);
                     let load = wrk(url, 32, opts.seconds.min(3))?;
                     let during_load = ProgramTime::of(pid).since(before);
-                    ensure!(during_dd.runs > 0.0 && load.requests > 0.0, "no program runs were counted");
-                    Ok((during_dd.ns / during_dd.runs, during_load.ns / load.requests))
+                    ensure!(during_load.runs > 0.0 && load.requests > 0.0, "no program runs were counted");
+                    Ok((during_dd.ns / (2 * DD_RECORDS) as f64, during_load.ns / load.requests))
                 })??;
-            per_run[i].push(run);
+            per_syscall[i].push(syscall);
             per_request[i].push(request);
         }
     }
-    let [floor_run, full_run] = per_run.map(median);
-    let [floor_request, full_request] = per_request.map(median);
     Ok(KernelCost {
-        floor_unobserved_ns_per_run: floor_run,
-        full_unobserved_ns_per_run: full_run,
-        floor_ns_per_request: floor_request,
-        full_ns_per_request: full_request,
+        arms: KERNEL_COST_ARMS
+            .iter()
+            .zip(per_syscall.into_iter().zip(per_request))
+            .map(|(arm, (s, r))| (*arm, median(s), median(r)))
+            .collect(),
     })
 }
 
@@ -723,16 +723,13 @@ fn render(
     );
     let _ = writeln!(
         s,
-        "\nKernel programs, by the kernel's own accounting (kernel.bpf_stats_enabled, medians of {} rounds):\n\
-         - per run while an unobserved process (dd) makes syscalls: floor {:.1} ns, full {:.1} ns; full adds {:.1} ns beyond the floor;\n\
-         - per request under nginx saturation, every process's runs included: floor {:.0} ns, full {:.0} ns.",
-        opts.reps,
-        kernel.floor_unobserved_ns_per_run,
-        kernel.full_unobserved_ns_per_run,
-        kernel.full_unobserved_ns_per_run - kernel.floor_unobserved_ns_per_run,
-        kernel.floor_ns_per_request,
-        kernel.full_ns_per_request
+        "\nKernel programs, by the kernel's own accounting (kernel.bpf_stats_enabled, medians of {} rounds):\n\n\
+         | arm | ns per syscall of an unobserved process (dd) | ns per nginx request at saturation |\n|---|---|---|",
+        opts.reps
     );
+    for (arm, syscall, request) in &kernel.arms {
+        let _ = writeln!(s, "| {} | {syscall:.1} | {request:.0} |", arm.name());
+    }
     let _ = writeln!(
         s,
         "\nDaemon with 10,000 idle keep-alive connections: RSS {:.1} MB (peak {:.1} MB), {} connections in its table.",
@@ -750,7 +747,7 @@ fn json(
     syscalls: &[(Arm, f64)],
     kernel: &KernelCost,
     memory: (f64, f64, f64),
-    neighbour: &[(Arm, f64, f64)],
+    neighbour: &[Neighbour],
     m: &MiddlewareArm,
 ) -> String {
     let mut s = String::from("{\n  \"workloads\": [\n");
@@ -778,26 +775,30 @@ fn json(
     for (j, (arm, ns)) in syscalls.iter().enumerate() {
         let _ = write!(s, "{}\"{}\": {:.2}", if j > 0 { ", " } else { "" }, arm.name(), ns);
     }
-    let _ = write!(
-        s,
-        "}},\n  \"kernel_program_ns\": {{\"floor_unobserved_per_run\": {:.2}, \"full_unobserved_per_run\": {:.2}, \"floor_per_request\": {:.1}, \"full_per_request\": {:.1}",
-        kernel.floor_unobserved_ns_per_run,
-        kernel.full_unobserved_ns_per_run,
-        kernel.floor_ns_per_request,
-        kernel.full_ns_per_request
-    );
+    let _ = write!(s, "}},\n  \"kernel_program_ns\": {{");
+    for (j, (arm, syscall, request)) in kernel.arms.iter().enumerate() {
+        let _ = write!(
+            s,
+            "{}\"{}\": {{\"per_unobserved_syscall\": {syscall:.2}, \"per_nginx_request\": {request:.1}}}",
+            if j > 0 { ", " } else { "" },
+            arm.name()
+        );
+    }
     let _ = writeln!(
         s,
         "}},\n  \"idle_10k_connections\": {{\"rss_kib\": {:.0}, \"peak_rss_kib\": {:.0}, \"table\": {:.0}}},",
         memory.0, memory.1, memory.2
     );
     let _ = write!(s, "  \"neighbour_redis\": {{");
-    for (j, (arm, rps, ratio)) in neighbour.iter().enumerate() {
+    for (j, n) in neighbour.iter().enumerate() {
         let _ = write!(
             s,
-            "{}\"{}\": {{\"rps\": {rps:.0}, \"ratio\": {ratio:.4}}}",
+            "{}\"{}\": {{\"rps\": {:.0}, \"ratio\": {:.4}, \"program_ns_per_request\": {:.2}}}",
             if j > 0 { ", " } else { "" },
-            arm.name()
+            n.arm.name(),
+            n.rps,
+            n.ratio,
+            n.program_ns_per_request
         );
     }
     let _ = writeln!(
