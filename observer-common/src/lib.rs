@@ -228,7 +228,9 @@ pub struct EventHeader {
     /// Bytes of the tail that follow the head (≤ `TAIL_LEN`). The bytes between head and tail
     /// (`ret - head_len - tail_len`) were not captured.
     pub tail_len: u32,
-    pub reserved: u32,
+    /// On a `FLAG_NEW` read: microseconds from the completion of the connection's handshake
+    /// (the kernel's ESTABLISHED transition) to this read, saturating; else 0.
+    pub wait_us: u32,
 }
 
 /// Size of [`EventHeader`] on the wire.

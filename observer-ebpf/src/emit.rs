@@ -24,6 +24,8 @@ pub struct Record {
     /// `FLAG_*` bits to report.
     pub flags: u32,
     pub ret: i64,
+    /// See `EventHeader::wait_us`.
+    pub wait_us: u32,
 }
 
 impl Record {
@@ -40,7 +42,7 @@ impl Record {
             flags: self.flags,
             head_len: head_len as u32,
             tail_len: tail_len as u32,
-            reserved: 0,
+            wait_us: self.wait_us,
         }
     }
 }

@@ -27,6 +27,7 @@ fn event(syscall: Syscall, fd: i32, ts_ns: u64, bytes: &'static [u8]) -> Syscall
         syscall,
         lost_before: false,
         new_conn: false,
+        wait_ns: None,
         head: bytes,
         tail: &[],
     }

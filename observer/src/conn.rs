@@ -38,6 +38,9 @@ struct Entry {
     fd: i32,
     /// `Connections::clock` when the connection last had an event.
     last_active: u64,
+    /// Seconds the connection waited for its first read (the kernel saw it open), until its
+    /// first request is labelled and the wait recorded under that request's endpoint.
+    wait: Option<f64>,
 }
 
 pub struct Connections<'m> {
@@ -94,7 +97,13 @@ impl<'m> Connections<'m> {
 
     pub fn handle(&mut self, event: &SyscallEvent<'_>) {
         let key = event.conn;
-        let fresh = |http| Entry { http, tgid: event.tgid, fd: event.fd, last_active: self.clock };
+        let fresh = |http| Entry {
+            http,
+            tgid: event.tgid,
+            fd: event.fd,
+            last_active: self.clock,
+            wait: event.wait_ns.map(|ns| ns as f64 / 1e9),
+        };
         match event.syscall.direction() {
             Direction::Open => {
                 if !self.table.contains_key(&key) && !self.has_room() {
@@ -125,8 +134,19 @@ impl<'m> Connections<'m> {
                 }
                 let moved = Moved { head: event.head, tail: event.tail, len: event.ret.max(0) as u64 };
                 if event.syscall.direction() == Direction::In {
-                    let mut start = |head: RequestHead<'_>| start_request(router, handles, head);
+                    let mut first: Option<Tag> = None;
+                    let mut start = |head: RequestHead<'_>| {
+                        let tag = start_request(router, handles, head);
+                        first.get_or_insert(tag);
+                        tag
+                    };
                     conn.on_read(event.ts_ns, moved, sink, &mut start);
+                    if let Some(tag) = first
+                        && let Some(wait) = entry.wait.take()
+                        && let Some(endpoint) = tag.endpoint
+                    {
+                        handles.endpoint(endpoint).connection_wait.observe(wait);
+                    }
                 } else {
                     conn.on_write(event.ts_ns, moved, sink);
                 }
@@ -235,6 +255,7 @@ mod tests {
             syscall,
             lost_before: false,
             new_conn: false,
+            wait_ns: None,
             head,
             tail: b"",
         }

@@ -20,6 +20,9 @@ pub struct SyscallEvent<'a> {
     pub lost_before: bool,
     /// The kernel saw this connection open: its first bytes read begin a request.
     pub new_conn: bool,
+    /// On the first read of a connection the kernel saw open: how long it waited, from the
+    /// handshake's completion to this read.
+    pub wait_ns: Option<u64>,
     /// The first bytes moved.
     pub head: &'a [u8],
     /// The last bytes moved, after the head; what lies between was not captured.
@@ -60,6 +63,10 @@ pub fn decode(record: &[u8]) -> Result<SyscallEvent<'_>, DecodeError> {
         syscall,
         lost_before: u32_at(offset_of!(EventHeader, flags)) & FLAG_LOST_BEFORE != 0,
         new_conn: u32_at(offset_of!(EventHeader, flags)) & FLAG_NEW != 0,
+        wait_ns: match u32_at(offset_of!(EventHeader, wait_us)) {
+            0 => None,
+            us => Some(u64::from(us) * 1000),
+        },
         head: &data[..head_len],
         tail: &data[head_len..head_len + tail_len],
     })
@@ -81,7 +88,7 @@ mod tests {
             flags.to_ne_bytes().to_vec(),
             (head.len() as u32).to_ne_bytes().to_vec(),
             (tail.len() as u32).to_ne_bytes().to_vec(),
-            0u32.to_ne_bytes().to_vec(),
+            250u32.to_ne_bytes().to_vec(),
         ];
         let mut r: Vec<u8> = header.concat();
         assert_eq!(r.len(), HEADER_LEN);
@@ -106,6 +113,7 @@ mod tests {
                 syscall: Syscall::Recvfrom,
                 lost_before: true,
                 new_conn: false,
+                wait_ns: Some(250_000),
                 head: b"GET",
                 tail: b"\r\n"
             }

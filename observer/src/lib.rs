@@ -8,6 +8,7 @@ pub mod demo;
 pub mod demo_server;
 pub mod events;
 pub mod http;
+pub mod listen;
 pub mod metrics;
 pub mod probes;
 pub mod procfs;

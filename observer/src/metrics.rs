@@ -33,6 +33,20 @@ pub const SIZE_BUCKETS: [f64; 15] = [
     17179869184.0,
 ];
 
+/// Connection wait buckets, in seconds: ×4 steps from 10 µs (a server that reads at once, on
+/// loopback) to 11 minutes. The long end is where a boot storm goes: a connection can sit in
+/// a full accept queue for seconds, and the firmware's SYN retries (1, 3, 7, 15, 31 s after
+/// a dropped attempt) only start the clock once a handshake completes.
+pub const WAIT_BUCKETS: [f64; 14] = [
+    0.00001, 0.00004, 0.00016, 0.00064, 0.00256, 0.01024, 0.04096, 0.16384, 0.65536, 2.62144, 10.48576,
+    41.94304, 167.77216, 671.08864,
+];
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PortLabels {
+    pub port: u16,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct EndpointLabels {
     pub endpoint: &'static str,
@@ -65,6 +79,10 @@ fn size_histogram() -> Histogram {
     Histogram::new(SIZE_BUCKETS)
 }
 
+fn wait_histogram() -> Histogram {
+    Histogram::new(WAIT_BUCKETS)
+}
+
 /// Every family the daemon exports, registered once in `registry`.
 pub struct Metrics {
     pub registry: Registry,
@@ -73,6 +91,10 @@ pub struct Metrics {
     pub duration: HistogramFamily,
     pub first_byte: HistogramFamily,
     pub response_size: HistogramFamily,
+    pub connection_wait: HistogramFamily,
+    pub listen_queue_length: Family<PortLabels, Gauge>,
+    pub listen_queue_limit: Family<PortLabels, Gauge>,
+    pub listen_drops: Family<PortLabels, Counter>,
     pub incomplete: Family<EndpointLabels, Counter>,
     pub parse_errors: Family<ReasonLabels, Counter>,
     pub events: Counter,
@@ -115,6 +137,30 @@ impl Metrics {
             "http_response_size_bytes",
             "Bytes of the response written, head and body",
             response_size.clone(),
+        );
+        let connection_wait: HistogramFamily = Family::new_with_constructor(wait_histogram);
+        registry.register(
+            "http_connection_wait_seconds",
+            "From the completion of the connection's handshake to the server's first read of it, by the endpoint of its first request",
+            connection_wait.clone(),
+        );
+        let listen_queue_length = Family::default();
+        registry.register(
+            "tcp_listen_queue_length",
+            "Connections whose handshake completed that wait for the server's accept, by listening port",
+            listen_queue_length.clone(),
+        );
+        let listen_queue_limit = Family::default();
+        registry.register(
+            "tcp_listen_queue_limit",
+            "The accept queue's limit (the listen backlog in force), by listening port",
+            listen_queue_limit.clone(),
+        );
+        let listen_drops = Family::default();
+        registry.register(
+            "tcp_listen_drops",
+            "Connection attempts the kernel dropped at the listener (accept or SYN queue full, no memory), by listening port",
+            listen_drops.clone(),
         );
         let incomplete = Family::default();
         registry.register(
@@ -165,6 +211,10 @@ impl Metrics {
             duration,
             first_byte,
             response_size,
+            connection_wait,
+            listen_queue_length,
+            listen_queue_limit,
+            listen_drops,
             incomplete,
             parse_errors,
             events,
@@ -196,6 +246,7 @@ pub struct EndpointMetrics {
     pub duration: Histogram,
     pub first_byte: Histogram,
     pub response_size: Histogram,
+    pub connection_wait: Histogram,
     pub incomplete: Counter,
 }
 
@@ -227,6 +278,7 @@ impl<'m> Handles<'m> {
                 duration: metrics.duration.get_or_create(&labels).clone(),
                 first_byte: metrics.first_byte.get_or_create(&labels).clone(),
                 response_size: metrics.response_size.get_or_create(&labels).clone(),
+                connection_wait: metrics.connection_wait.get_or_create(&labels).clone(),
                 incomplete: metrics.incomplete.get_or_create(&labels).clone(),
             }
         })

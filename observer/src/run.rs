@@ -4,7 +4,7 @@
 use std::{
     net::SocketAddr,
     path::{Path, PathBuf},
-    sync::Arc,
+    sync::{Arc, Mutex},
     time::Duration,
 };
 
@@ -17,6 +17,7 @@ use tracing::{info, warn};
 use crate::{
     conn::Connections,
     events,
+    listen::ListenQueues,
     metrics::{MapLabels, Metrics},
     probes::{Hooks, KernelDrops, Probes},
     route::{Router, Rules},
@@ -78,18 +79,31 @@ pub async fn run_with_metrics(config: RunConfig, metrics: Arc<Metrics>) -> anyho
         config.max_connections,
     )?;
     let mut ring = probes.take_events()?;
+    let listen = Arc::new(Mutex::new(ListenQueues::new()));
     let mut live: Vec<u32> = Vec::new();
     let running = all_pids().into_iter().filter(|&pid| runs_one_of(pid, &config.exes));
     for pid in config.pids.iter().copied().chain(running) {
         let tree = if config.follow_children { descendants(pid) } else { Vec::new() };
         for pid in std::iter::once(pid).chain(tree) {
             probes.add_target(pid)?;
+            follow_listen_queues(&listen, pid);
             live.push(pid);
         }
     }
     drop_privileges()?;
+    // Loading parsed the kernel's BTF and the object (~10 MB of allocations, freed by now):
+    // give the pages back instead of carrying them as RSS for the daemon's lifetime.
+    // SAFETY: malloc_trim only releases free heap memory.
+    unsafe { libc::malloc_trim(0) };
     let addr = listener.local_addr()?;
-    serve_on_own_thread(listener.into_std()?, metrics.clone())?;
+    let sampler = listen.clone();
+    let before_scrape: serve::BeforeScrape = Arc::new(move |metrics: &Metrics| {
+        if let Ok(mut queues) = sampler.lock() {
+            queues.sample(metrics);
+        }
+    });
+    before_scrape(&metrics);
+    serve_on_own_thread(listener.into_std()?, metrics.clone(), before_scrape.clone())?;
     info!("serving metrics on http://{addr}/metrics");
 
     let router = Router::new(rules, config.max_endpoints, config.path_depth);
@@ -113,23 +127,18 @@ pub async fn run_with_metrics(config: RunConfig, metrics: Arc<Metrics>) -> anyho
                 let mut guard = guard.context("waiting on the ring buffer")?;
                 drain_ring(guard.get_inner_mut(), &mut conns, &metrics, &mut forks, &mut execs, &mut listeners);
                 guard.clear_ready();
-                follow_forks(&mut forks, &mut probes, &mut live);
-                follow_execs(&mut execs, &config.exes, &mut probes, &mut live);
-                follow_listeners(&mut listeners, &mut probes, &live);
+                follow_targets(&mut forks, &mut execs, &mut listeners, &config.exes, &mut probes, &mut live, &listen);
             }
             _ = drain.tick() => {
                 drain_ring(ring.get_mut(), &mut conns, &metrics, &mut forks, &mut execs, &mut listeners);
-                follow_forks(&mut forks, &mut probes, &mut live);
-                follow_execs(&mut execs, &config.exes, &mut probes, &mut live);
-                follow_listeners(&mut listeners, &mut probes, &live);
+                follow_targets(&mut forks, &mut execs, &mut listeners, &config.exes, &mut probes, &mut live, &listen);
             }
             _ = tick.tick() => {
                 // Whatever is in the ring first: a target found gone below must have had its
                 // last events handled, or they would open connections nobody ends.
                 drain_ring(ring.get_mut(), &mut conns, &metrics, &mut forks, &mut execs, &mut listeners);
-                follow_forks(&mut forks, &mut probes, &mut live);
-                follow_execs(&mut execs, &config.exes, &mut probes, &mut live);
-                follow_listeners(&mut listeners, &mut probes, &live);
+                follow_targets(&mut forks, &mut execs, &mut listeners, &config.exes, &mut probes, &mut live, &listen);
+                before_scrape(&metrics);
                 conns.sweep(|conn, _, _| probes.still_open(conn));
                 metrics.connections.set(conns.count() as i64);
                 drops_seen = count_kernel_drops(&metrics, probes.drops(), drops_seen);
@@ -287,13 +296,50 @@ struct Listener {
     open: bool,
 }
 
-fn follow_listeners(listeners: &mut Vec<Listener>, probes: &mut Probes, live: &[u32]) {
+fn follow_listeners(
+    listeners: &mut Vec<Listener>,
+    probes: &mut Probes,
+    live: &[u32],
+    listen: &Mutex<ListenQueues>,
+) {
     for Listener { pid, port, open } in listeners.drain(..) {
         if open {
             info!(pid, port, "following a new listener");
+            if let Ok(mut queues) = listen.lock() {
+                queues.add_port(port);
+            }
         } else {
             probes.listener_closed(port, live);
         }
+    }
+}
+
+/// Everything the kernel said about the targets' process trees and listeners since the
+/// last drain; new targets' listen queues are sampled too.
+fn follow_targets(
+    forks: &mut Vec<Fork>,
+    execs: &mut Vec<u32>,
+    listeners: &mut Vec<Listener>,
+    exes: &[String],
+    probes: &mut Probes,
+    live: &mut Vec<u32>,
+    listen: &Mutex<ListenQueues>,
+) {
+    let known = live.len();
+    follow_forks(forks, probes, live);
+    follow_execs(execs, exes, probes, live);
+    for &pid in &live[known..] {
+        follow_listen_queues(listen, pid);
+    }
+    follow_listeners(listeners, probes, live, listen);
+}
+
+/// Samples `pid`'s listeners: its network namespace, and the ports it listens on now.
+fn follow_listen_queues(listen: &Mutex<ListenQueues>, pid: u32) {
+    let Ok(mut queues) = listen.lock() else { return };
+    queues.add_namespace_of(pid);
+    for port in crate::procfs::listening_ports(pid) {
+        queues.add_port(port);
     }
 }
 
@@ -414,13 +460,17 @@ const KEPT_CAPABILITIES: [caps::Capability; 2] =
 
 /// The scrape endpoint on a thread of its own (started after the capabilities were dropped,
 /// so it inherits none): scrapes stay fast while the event loop is busy.
-fn serve_on_own_thread(listener: std::net::TcpListener, metrics: Arc<Metrics>) -> anyhow::Result<()> {
+fn serve_on_own_thread(
+    listener: std::net::TcpListener,
+    metrics: Arc<Metrics>,
+    before_scrape: serve::BeforeScrape,
+) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     std::thread::Builder::new().name("serve".into()).spawn(move || {
         runtime.block_on(async move {
             match tokio::net::TcpListener::from_std(listener) {
                 Ok(listener) => {
-                    if let Err(e) = serve::serve(listener, metrics).await {
+                    if let Err(e) = serve::serve(listener, metrics, before_scrape).await {
                         warn!("the /metrics server stopped: {e}");
                     }
                 }

@@ -19,15 +19,30 @@ use crate::metrics::Metrics;
 const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
 
-pub async fn serve(listener: tokio::net::TcpListener, metrics: Arc<Metrics>) -> std::io::Result<()> {
+/// Runs before each scrape is encoded: samples what is read rather than counted (listen
+/// queues), so a scrape sees them as they are.
+pub type BeforeScrape = Arc<dyn Fn(&Metrics) + Send + Sync>;
+
+#[derive(Clone)]
+struct Scraped {
+    metrics: Arc<Metrics>,
+    before: BeforeScrape,
+}
+
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    metrics: Arc<Metrics>,
+    before: BeforeScrape,
+) -> std::io::Result<()> {
     let app = Router::new()
         .route("/metrics", get(scrape))
         .route("/", get(|| async { "observer: metrics at /metrics\n" }))
-        .with_state(metrics);
+        .with_state(Scraped { metrics, before });
     axum::serve(listener, app).await
 }
 
-async fn scrape(State(metrics): State<Arc<Metrics>>, headers: HeaderMap) -> impl IntoResponse {
+async fn scrape(State(Scraped { metrics, before }): State<Scraped>, headers: HeaderMap) -> impl IntoResponse {
+    before(&metrics);
     let openmetrics = headers
         .get_all(ACCEPT)
         .iter()

@@ -81,8 +81,10 @@ fn row(screen: &str, endpoint: &str) -> Option<Vec<String>> {
     Some(line.split_whitespace().map(str::to_owned).collect())
 }
 
+/// The endpoint of the row under the header (listener lines come above the header).
 fn first_row(screen: &str) -> String {
-    screen.lines().nth(2).and_then(|l| l.split_whitespace().next()).unwrap_or_default().to_owned()
+    let mut lines = screen.lines().skip_while(|l| !l.contains("ENDPOINT"));
+    lines.nth(1).and_then(|l| l.split_whitespace().next()).unwrap_or_default().to_owned()
 }
 
 /// Keep-alive requests until stopped (bounded: 60 s).
@@ -135,8 +137,12 @@ fn top_shows_a_running_daemons_endpoints_sorts_and_quits() {
             .all(|e| row(s, e).is_some_and(|r| r[1].parse::<f64>().is_ok_and(|rate| rate > 0.0)))
     });
     // Every column fits in 80: the last one's title is on screen.
-    let header = screen.lines().nth(1).unwrap();
-    assert!(header.contains("ENDPOINT") && header.contains("BYTES/S"), "{screen}");
+    let header = screen.lines().find(|l| l.contains("ENDPOINT")).unwrap();
+    assert!(header.contains("BYTES/S") && header.contains("WAIT99"), "{screen}");
+    // The server's listener, above the endpoints.
+    let listener = screen.lines().position(|l| l.starts_with(&format!("listener :{}", addr.port())));
+    let header_at = screen.lines().position(|l| l.contains("ENDPOINT"));
+    assert!(listener.is_some_and(|at| Some(at) < header_at), "{screen}");
     assert!(header.contains("REQ/S▼"), "sorted by rate first: {screen}");
     assert!(screen.lines().all(|l| l.chars().count() <= 80));
     assert_eq!(row(&screen, "/fail/{id}").unwrap()[5], "100.0", "{screen}");

@@ -20,7 +20,7 @@ static CHILD_PID_OFFSET: u32 = 20;
 /// A record about a process, not a connection.
 #[inline(always)]
 fn process_record(id: u64, tgid: u32, fd: i32, syscall: Syscall) -> Record {
-    Record { conn: 0, id, tgid, fd, syscall, flags: 0, ret: 0 }
+    Record { conn: 0, id, tgid, fd, syscall, flags: 0, ret: 0, wait_us: 0 }
 }
 
 /// sched_process_fork, in the parent's context: a target's child becomes a target at once, so

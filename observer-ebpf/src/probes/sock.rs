@@ -108,9 +108,23 @@ fn socket_io(ctx: &BtfTracePointContext, direction: Direction) {
     let state = unsafe { &raw mut (*conn).flags };
     // SAFETY: as above.
     let (flags, cap) = unsafe { advance(state, direction) };
+    let wait_us = if flags & FLAG_NEW != 0 && direction == Direction::In {
+        // SAFETY: a field of a map value.
+        waited_us(unsafe { (*conn).established_ns })
+    } else {
+        0
+    };
     let (syscall, fd, buffer) = the_call(direction);
-    let record = Record { conn: cookie, id, tgid, fd, syscall, flags, ret: i64::from(ret) };
+    let record = Record { conn: cookie, id, tgid, fd, syscall, flags, ret: i64::from(ret), wait_us };
     emit_data(ctx, &record, buffer, cap, state);
+}
+
+/// Microseconds since `since_ns`, from 1 up to `u32::MAX` (71 minutes).
+#[inline(always)]
+fn waited_us(since_ns: u64) -> u32 {
+    let us = now().saturating_sub(since_ns) / 1000;
+    // At least 1: 0 means "no wait reported".
+    us.clamp(1, u64::from(u32::MAX)) as u32
 }
 
 /// The entry of `sk` if it is the server side of a target's connection: a user-space TCP
@@ -240,7 +254,8 @@ fn ended<C: EbpfContext>(ctx: &C, sk: *const u8, last: bool) {
         // SAFETY: as above.
         unsafe { *state |= STATE_CLOSE_SENT };
         let (id, tgid) = current();
-        let record = Record { conn: cookie, id, tgid, fd: -1, syscall: Syscall::Close, flags: 0, ret: 0 };
+        let record =
+            Record { conn: cookie, id, tgid, fd: -1, syscall: Syscall::Close, flags: 0, ret: 0, wait_us: 0 };
         emit_control(ctx, &record, state);
     }
     if last {
@@ -261,6 +276,6 @@ fn listener<C: EbpfContext>(ctx: &C, sk: *const u8, syscall: Syscall) {
     if syscall == Syscall::Listen {
         add_listened(port);
     }
-    let record = Record { conn: 0, id, tgid, fd: i32::from(port), syscall, flags: 0, ret: 0 };
+    let record = Record { conn: 0, id, tgid, fd: i32::from(port), syscall, flags: 0, ret: 0, wait_us: 0 };
     emit_control(ctx, &record, core::ptr::null_mut());
 }

@@ -87,8 +87,16 @@ fn finish_call(ctx: &TracePointContext) -> Result<(), i64> {
     let Ok(syscall) = Syscall::try_from(call.syscall) else {
         return Ok(());
     };
-    let record =
-        Record { conn: socket_key(tgid, call.fd), id, tgid, fd: call.fd, syscall, flags: call.flags, ret };
+    let record = Record {
+        conn: socket_key(tgid, call.fd),
+        id,
+        tgid,
+        fd: call.fd,
+        syscall,
+        flags: call.flags,
+        ret,
+        wait_us: 0,
+    };
     let state = followed_socket(tgid, call.fd).unwrap_or(core::ptr::null_mut());
     emit_data(ctx, &record, Buffer::of(syscall, call.buf, call.count), u64::from(call.head_cap), state);
     Ok(())
@@ -120,7 +128,7 @@ pub fn accepted<C: aya_ebpf::EbpfContext>(ctx: &C, id: u64, tgid: u32, ret: i64)
         bump(stat::SOCKETS_FULL);
         return;
     }
-    let record = Record { conn: key, id, tgid, fd, syscall: Syscall::Accept, flags: 0, ret };
+    let record = Record { conn: key, id, tgid, fd, syscall: Syscall::Accept, flags: 0, ret, wait_us: 0 };
     emit_control(ctx, &record, followed_socket(tgid, fd).unwrap_or(core::ptr::null_mut()));
 }
 
@@ -141,7 +149,8 @@ pub fn enter_close(ctx: TracePointContext) -> u32 {
     let fd = fd as i32;
     let key = socket_key(tgid, fd);
     if SOCKETS.remove(&key).is_ok() {
-        let record = Record { conn: key, id, tgid, fd, syscall: Syscall::Close, flags: 0, ret: 0 };
+        let record =
+            Record { conn: key, id, tgid, fd, syscall: Syscall::Close, flags: 0, ret: 0, wait_us: 0 };
         emit_control(&ctx, &record, core::ptr::null_mut());
     }
     0

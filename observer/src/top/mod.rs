@@ -59,6 +59,7 @@ struct View {
     sort: SortBy,
     reverse: bool,
     rows: Vec<table::Row>,
+    listeners: Vec<table::ListenerRow>,
     /// The last refresh's failure, shown until one succeeds.
     problem: Option<String>,
 }
@@ -78,8 +79,15 @@ pub async fn show(source: Source, interval: Duration, sort: SortBy) -> anyhow::R
     let mut before = source.snapshot()?;
     let mut terminal = ratatui::try_init().context("setting up the terminal")?;
     let _guard = TerminalGuard;
-    let mut view =
-        View { source: source.describe(), interval, sort, reverse: false, rows: Vec::new(), problem: None };
+    let mut view = View {
+        source: source.describe(),
+        interval,
+        sort,
+        reverse: false,
+        rows: Vec::new(),
+        listeners: Vec::new(),
+        problem: None,
+    };
     let mut next_refresh = Instant::now() + interval;
     let mut ticker = tokio::time::interval(Duration::from_millis(50));
     let mut dirty = true;
@@ -98,7 +106,7 @@ pub async fn show(source: Source, interval: Duration, sort: SortBy) -> anyhow::R
                 KeyCode::Char('c') if key.modifiers.contains(KeyModifiers::CONTROL) => return Ok(()),
                 KeyCode::Char('s') | KeyCode::Right | KeyCode::Tab => view.sort = view.sort.next(),
                 KeyCode::Char('r') => view.reverse = !view.reverse,
-                KeyCode::Char(digit @ '1'..='7') => {
+                KeyCode::Char(digit @ '1'..='8') => {
                     view.sort = SortBy::ALL[digit as usize - '1' as usize];
                 }
                 _ => {}
@@ -110,6 +118,7 @@ pub async fn show(source: Source, interval: Duration, sort: SortBy) -> anyhow::R
             match source.snapshot() {
                 Ok(now) => {
                     view.rows = table::rows(&before, &now);
+                    view.listeners = table::listener_rows(&before, &now);
                     view.problem = None;
                     before = now;
                 }
@@ -130,14 +139,28 @@ fn draw(terminal: &mut DefaultTerminal, view: &View) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Column titles, in `SortBy::ALL` order, and their widths (80 columns in all).
-const COLUMNS: [(&str, u16); 7] =
-    [("ENDPOINT", 26), ("REQ/S", 8), ("INFL", 5), ("P50", 8), ("P99", 8), ("ERR%", 6), ("BYTES/S", 9)];
+/// Column titles, in `SortBy::ALL` order, and their widths (80 columns in all). WAIT99: the
+/// p99 of how long new connections waited, from handshake to the server's first read.
+const COLUMNS: [(&str, u16); 8] = [
+    ("ENDPOINT", 19),
+    ("REQ/S", 7),
+    ("INFL", 5),
+    ("P50", 7),
+    ("P99", 7),
+    ("ERR%", 6),
+    ("BYTES/S", 8),
+    ("WAIT99", 7),
+];
 
 fn render(frame: &mut Frame, view: &View) {
-    let [top, body, bottom] =
-        Layout::vertical([Constraint::Length(1), Constraint::Fill(1), Constraint::Length(1)])
-            .areas(frame.area());
+    let listener_lines = view.listeners.len() as u16;
+    let [top, listeners, body, bottom] = Layout::vertical([
+        Constraint::Length(1),
+        Constraint::Length(listener_lines),
+        Constraint::Fill(1),
+        Constraint::Length(1),
+    ])
+    .areas(frame.area());
     let total: f64 = view.rows.iter().map(|r| r.rate).sum();
     let in_flight: f64 = view.rows.iter().map(|r| r.in_flight).sum();
     let summary = format!(
@@ -147,6 +170,21 @@ fn render(frame: &mut Frame, view: &View) {
         view.interval.as_secs_f64()
     );
     frame.render_widget(Paragraph::new(summary).style(Style::new().add_modifier(Modifier::BOLD)), top);
+    let lines: Vec<ratatui::text::Line> = view
+        .listeners
+        .iter()
+        .map(|l| {
+            format!(
+                "listener :{:<6} queue {:>5} / {:<5} drops {}/s",
+                l.port,
+                l.queued,
+                l.limit,
+                rate(l.drops_rate)
+            )
+            .into()
+        })
+        .collect();
+    frame.render_widget(Paragraph::new(lines), listeners);
 
     let header = Row::new(COLUMNS.iter().zip(SortBy::ALL).map(|(&(title, _), column)| {
         let marker = match (column == view.sort, view.reverse) {
@@ -168,6 +206,7 @@ fn render(frame: &mut Frame, view: &View) {
             row.p99.map_or("-".into(), seconds),
             row.error_ratio.map_or("-".into(), |r| format!("{:.1}", 100.0 * r)),
             bytes(row.bytes_rate),
+            row.wait_p99.map_or("-".into(), seconds),
         ])
     });
     let widths = COLUMNS.map(|(_, width)| Constraint::Length(width));
@@ -175,7 +214,7 @@ fn render(frame: &mut Frame, view: &View) {
 
     let keys = match &view.problem {
         Some(problem) => format!("! {problem}"),
-        None => "s/→ sort column · 1-7 pick · r reverse · q quit".into(),
+        None => "s/→ sort column · 1-8 pick · r reverse · q quit".into(),
     };
     frame.render_widget(Paragraph::new(keys), bottom);
 }

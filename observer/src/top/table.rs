@@ -14,6 +14,16 @@ struct Totals {
     bytes: f64,
     /// Cumulative duration buckets: (upper bound, count), ascending.
     buckets: Vec<(f64, f64)>,
+    /// Cumulative connection-wait buckets, the same way.
+    wait_buckets: Vec<(f64, f64)>,
+}
+
+/// One listening port at one moment.
+#[derive(Debug, Default, Clone, Copy)]
+struct ListenTotals {
+    queued: f64,
+    limit: f64,
+    drops: f64,
 }
 
 /// The daemon's metrics at one moment, by endpoint.
@@ -21,12 +31,24 @@ struct Totals {
 pub struct Snapshot {
     at: Instant,
     endpoints: BTreeMap<String, Totals>,
+    listeners: BTreeMap<String, ListenTotals>,
 }
 
 impl Snapshot {
     pub fn new(samples: &[Sample], at: Instant) -> Self {
         let mut endpoints: BTreeMap<String, Totals> = BTreeMap::new();
+        let mut listeners: BTreeMap<String, ListenTotals> = BTreeMap::new();
         for sample in samples {
+            if let Some(port) = sample.label("port") {
+                let totals = listeners.entry(port.to_owned()).or_default();
+                match sample.name.as_str() {
+                    "tcp_listen_queue_length" => totals.queued = sample.value,
+                    "tcp_listen_queue_limit" => totals.limit = sample.value,
+                    "tcp_listen_drops_total" => totals.drops = sample.value,
+                    _ => {}
+                }
+                continue;
+            }
             let Some(endpoint) = sample.label("endpoint") else { continue };
             let totals = endpoints.entry(endpoint.to_owned()).or_default();
             match sample.name.as_str() {
@@ -43,13 +65,19 @@ impl Snapshot {
                         totals.buckets.push((le, sample.value));
                     }
                 }
+                "http_connection_wait_seconds_bucket" => {
+                    if let Some(le) = sample.label("le").and_then(|le| le.parse().ok()) {
+                        totals.wait_buckets.push((le, sample.value));
+                    }
+                }
                 _ => {}
             }
         }
         for totals in endpoints.values_mut() {
             totals.buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+            totals.wait_buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
         }
-        Snapshot { at, endpoints }
+        Snapshot { at, endpoints, listeners }
     }
 }
 
@@ -63,6 +91,44 @@ pub struct Row {
     pub p99: Option<f64>,
     pub error_ratio: Option<f64>,
     pub bytes_rate: f64,
+    /// p99 of how long new connections waited for their first read.
+    pub wait_p99: Option<f64>,
+}
+
+/// One listening port over one interval.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ListenerRow {
+    pub port: String,
+    pub queued: f64,
+    pub limit: f64,
+    pub drops_rate: f64,
+}
+
+/// Listener rows for the interval from `before` to `now`, by port.
+pub fn listener_rows(before: &Snapshot, now: &Snapshot) -> Vec<ListenerRow> {
+    let seconds = now.at.duration_since(before.at).as_secs_f64().max(1e-3);
+    now.listeners
+        .iter()
+        .map(|(port, totals)| {
+            let old = before.listeners.get(port).copied().unwrap_or_default();
+            ListenerRow {
+                port: port.clone(),
+                queued: totals.queued,
+                limit: totals.limit,
+                drops_rate: increase(old.drops, totals.drops) / seconds,
+            }
+        })
+        .collect()
+}
+
+/// Per-bucket increases of cumulative buckets between two snapshots.
+fn bucket_increase(old: &[(f64, f64)], now: &[(f64, f64)]) -> Vec<(f64, f64)> {
+    now.iter()
+        .map(|&(le, count)| {
+            let was = old.iter().find(|(l, _)| *l == le).map_or(0.0, |b| b.1);
+            (le, increase(was, count))
+        })
+        .collect()
 }
 
 /// Rows for the interval from `before` to `now`.
@@ -73,14 +139,8 @@ pub fn rows(before: &Snapshot, now: &Snapshot) -> Vec<Row> {
         .map(|(endpoint, totals)| {
             let old = before.endpoints.get(endpoint).cloned().unwrap_or_default();
             let requests = increase(old.requests, totals.requests);
-            let buckets: Vec<(f64, f64)> = totals
-                .buckets
-                .iter()
-                .map(|&(le, count)| {
-                    let was = old.buckets.iter().find(|(l, _)| *l == le).map_or(0.0, |b| b.1);
-                    (le, increase(was, count))
-                })
-                .collect();
+            let buckets = bucket_increase(&old.buckets, &totals.buckets);
+            let wait_buckets = bucket_increase(&old.wait_buckets, &totals.wait_buckets);
             Row {
                 endpoint: endpoint.clone(),
                 rate: requests / seconds,
@@ -89,6 +149,7 @@ pub fn rows(before: &Snapshot, now: &Snapshot) -> Vec<Row> {
                 p99: quantile(0.99, &buckets),
                 error_ratio: (requests > 0.0).then(|| increase(old.errors, totals.errors) / requests),
                 bytes_rate: increase(old.bytes, totals.bytes) / seconds,
+                wait_p99: quantile(0.99, &wait_buckets),
             }
         })
         .collect()
@@ -132,10 +193,11 @@ pub enum SortBy {
     P99,
     Errors,
     Bytes,
+    Wait,
 }
 
 impl SortBy {
-    pub const ALL: [SortBy; 7] = [
+    pub const ALL: [SortBy; 8] = [
         SortBy::Endpoint,
         SortBy::Rate,
         SortBy::InFlight,
@@ -143,6 +205,7 @@ impl SortBy {
         SortBy::P99,
         SortBy::Errors,
         SortBy::Bytes,
+        SortBy::Wait,
     ];
 
     /// The next column to the right, wrapping.
@@ -162,6 +225,7 @@ impl SortBy {
                 SortBy::P99 => row.p99.unwrap_or(-1.0),
                 SortBy::Errors => row.error_ratio.unwrap_or(-1.0),
                 SortBy::Bytes => row.bytes_rate,
+                SortBy::Wait => row.wait_p99.unwrap_or(-1.0),
             }
         };
         rows.sort_by(|a, b| {
@@ -234,6 +298,35 @@ http_requests_total{endpoint="/idle",method="GET",status="200"} 7
     }
 
     #[test]
+    fn listeners_show_their_queue_and_drops_per_second_and_endpoints_their_wait() {
+        let at = Instant::now();
+        let before = snapshot(
+            "tcp_listen_drops_total{port=\"8080\"} 10\n\
+             http_connection_wait_seconds_bucket{le=\"0.01\",endpoint=\"/a\"} 0\n\
+             http_connection_wait_seconds_bucket{le=\"1\",endpoint=\"/a\"} 0\n\
+             http_connection_wait_seconds_bucket{le=\"+Inf\",endpoint=\"/a\"} 0\n",
+            at,
+        );
+        let now = snapshot(
+            "tcp_listen_queue_length{port=\"8080\"} 3\n\
+             tcp_listen_queue_limit{port=\"8080\"} 4\n\
+             tcp_listen_drops_total{port=\"8080\"} 30\n\
+             http_connection_wait_seconds_bucket{le=\"0.01\",endpoint=\"/a\"} 0\n\
+             http_connection_wait_seconds_bucket{le=\"1\",endpoint=\"/a\"} 10\n\
+             http_connection_wait_seconds_bucket{le=\"+Inf\",endpoint=\"/a\"} 10\n",
+            at + Duration::from_secs(2),
+        );
+        let listeners = listener_rows(&before, &now);
+        assert_eq!(
+            listeners,
+            [ListenerRow { port: "8080".into(), queued: 3.0, limit: 4.0, drops_rate: 10.0 }]
+        );
+        let rows = rows(&before, &now);
+        let wait = rows.iter().find(|r| r.endpoint == "/a").unwrap().wait_p99.unwrap();
+        assert!((0.01..=1.0).contains(&wait), "{wait}");
+    }
+
+    #[test]
     fn sorts_biggest_first_names_a_to_z_and_cycles() {
         let row = |endpoint: &str, rate: f64| Row {
             endpoint: endpoint.into(),
@@ -243,12 +336,14 @@ http_requests_total{endpoint="/idle",method="GET",status="200"} 7
             p99: None,
             error_ratio: None,
             bytes_rate: 0.0,
+            wait_p99: None,
         };
         let mut rows = vec![row("/b", 1.0), row("/a", 5.0), row("/c", 3.0)];
         SortBy::Rate.sort(&mut rows, false);
         assert_eq!(rows.iter().map(|r| r.rate).collect::<Vec<_>>(), [5.0, 3.0, 1.0]);
         SortBy::Endpoint.sort(&mut rows, true);
         assert_eq!(rows[0].endpoint, "/c");
-        assert_eq!(SortBy::Bytes.next(), SortBy::Endpoint);
+        assert_eq!(SortBy::Bytes.next(), SortBy::Wait);
+        assert_eq!(SortBy::Wait.next(), SortBy::Endpoint);
     }
 }
