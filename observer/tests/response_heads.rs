@@ -20,45 +20,18 @@ fn policy_headers(count: usize) -> String {
 }
 
 fn start_nginx(dir: &TempDir, port: u16) -> ChildGuard {
-    let root = dir.path();
-    let conf = format!(
-        r#"
-daemon off;
-master_process off;
-pid {root}/nginx.pid;
-error_log {root}/error.log;
-events {{ worker_connections 64; }}
-http {{
-    access_log off;
-    keepalive_timeout 60;
-    client_body_temp_path {root}/body;
-    proxy_temp_path {root}/proxy;
-    fastcgi_temp_path {root}/fastcgi;
-    uwsgi_temp_path {root}/uwsgi;
-    scgi_temp_path {root}/scgi;
-    server {{
-        listen 127.0.0.1:{port};
-        location = /head-1k7 {{
-{small}            return 200 "ok\n";
-        }}
-        location = /head-6k {{
-{large}            return 200 "ok\n";
-        }}
-    }}
-}}
-"#,
-        root = root.display(),
+    let locations = format!(
+        "        location = /head-1k7 {{\n{small}            return 200 \"ok\\n\";\n        }}\n\
+         location = /head-6k {{\n{large}            return 200 \"ok\\n\";\n        }}",
         small = policy_headers(13),
         large = policy_headers(50),
     );
-    let path = root.join("nginx.conf");
-    std::fs::write(&path, conf).unwrap();
-    let nginx = ChildGuard::spawn(
-        "nginx",
-        Command::new("nginx").arg("-c").arg(&path).stdout(Stdio::null()).stderr(Stdio::piped()),
+    let conf = write_nginx_conf_with(
+        dir,
+        port,
+        NginxConf { processes: "master_process off;", access_log: false, locations: &locations },
     );
-    wait_for_port(port);
-    nginx
+    start_nginx_conf(&conf, port)
 }
 
 #[test]

@@ -19,42 +19,16 @@ use common::*;
 /// `upstream` (a fresh upstream connection per request), `/files/` from `dir/www/files`,
 /// every request logged to `dir/access.log`.
 fn start_nginx(dir: &TempDir, port: u16, upstream: u16) -> ChildGuard {
-    let root = dir.path();
-    std::fs::create_dir_all(root.join("www/files")).unwrap();
-    let conf = format!(
-        r#"
-daemon off;
-master_process off;
-pid {root}/nginx.pid;
-error_log {root}/error.log;
-events {{ worker_connections 1024; }}
-http {{
-    access_log {root}/access.log;
-    sendfile on;
-    keepalive_timeout 30;
-    client_body_temp_path {root}/body;
-    proxy_temp_path {root}/proxy;
-    fastcgi_temp_path {root}/fastcgi;
-    uwsgi_temp_path {root}/uwsgi;
-    scgi_temp_path {root}/scgi;
-    server {{
-        listen 127.0.0.1:{port};
-        root {root}/www;
-        location = /local {{ return 200 "local\n"; }}
-        location /up/ {{ proxy_pass http://127.0.0.1:{upstream}/; }}
-    }}
-}}
-"#,
-        root = root.display()
+    let locations = format!(
+        "        location = /local {{ return 200 \"local\\n\"; }}\n\
+         location /up/ {{ proxy_pass http://127.0.0.1:{upstream}/; }}"
     );
-    let path = root.join("nginx.conf");
-    std::fs::write(&path, conf).unwrap();
-    let nginx = ChildGuard::spawn(
-        "nginx",
-        Command::new("nginx").arg("-c").arg(&path).stdout(Stdio::null()).stderr(Stdio::piped()),
+    let conf = write_nginx_conf_with(
+        dir,
+        port,
+        NginxConf { processes: "master_process off;", access_log: true, locations: &locations },
     );
-    wait_for_port(port);
-    nginx
+    start_nginx_conf(&conf, port)
 }
 
 fn access_log_lines(dir: &TempDir) -> usize {

@@ -367,24 +367,40 @@ impl Drop for TempDir {
     }
 }
 
+/// What an nginx configuration holds beyond the parts every test shares.
+pub struct NginxConf<'a> {
+    /// The master/worker split, e.g. `master_process off;`.
+    pub processes: &'a str,
+    /// Log every request to `dir/access.log` (the server's own count).
+    pub access_log: bool,
+    /// `location` blocks of the server.
+    pub locations: &'a str,
+}
+
 /// An nginx configuration in `dir` serving `dir/www` (with `files/small.txt` and
 /// `files/empty.txt`) on loopback `port`, in the foreground; `processes` sets the
 /// master/worker split. Returns its path.
 pub fn write_nginx_conf(dir: &TempDir, port: u16, processes: &str) -> std::path::PathBuf {
+    write_nginx_conf_with(dir, port, NginxConf { processes, access_log: false, locations: "" })
+}
+
+pub fn write_nginx_conf_with(dir: &TempDir, port: u16, extra: NginxConf<'_>) -> std::path::PathBuf {
     let root = dir.path();
     let www = root.join("www");
     std::fs::create_dir_all(www.join("files")).unwrap();
     std::fs::write(www.join("files/small.txt"), "hello from nginx\n").unwrap();
     std::fs::write(www.join("files/empty.txt"), "").unwrap();
+    let access_log =
+        if extra.access_log { format!("{}/access.log", root.display()) } else { "off".to_owned() };
     let conf = format!(
         r#"
 daemon off;
 {processes}
 pid {root}/nginx.pid;
 error_log {root}/error.log;
-events {{ worker_connections 256; }}
+events {{ worker_connections 1024; }}
 http {{
-    access_log off;
+    access_log {access_log};
     sendfile on;
     keepalive_timeout 30;
     keepalive_requests 10000;
@@ -397,14 +413,27 @@ http {{
     server {{
         listen 127.0.0.1:{port};
         root {root}/www;
+{locations}
     }}
 }}
 "#,
+        processes = extra.processes,
+        locations = extra.locations,
         root = root.display()
     );
     let path = root.join("nginx.conf");
     std::fs::write(&path, conf).unwrap();
     path
+}
+
+/// Debian's nginx in the foreground with the configuration at `conf`, once it accepts on `port`.
+pub fn start_nginx_conf(conf: &Path, port: u16) -> ChildGuard {
+    let nginx = ChildGuard::spawn(
+        "nginx",
+        Command::new("nginx").arg("-c").arg(conf).stdout(Stdio::null()).stderr(Stdio::null()),
+    );
+    wait_for_port(port);
+    nginx
 }
 
 /// Kills (SIGKILL) the nginx workers `workers` lists, waits until the master has forked as
