@@ -14,6 +14,12 @@ pub const WRITE_HEAD_LEN: usize = 512;
 
 /// Most bytes copied from the start of the first write after a read, which is where a
 /// response's head begins: heads with many headers (CSP, Set-Cookie, CORS) run to several KiB.
+/// What it costs, measured with the kernel's accounting (axum demo server, wrk -c8, two runs
+/// each): a small response (`/api/status`, ~130 bytes) copies what it copied with 512, 2.7
+/// vs 2.4–2.6 µs of program time a request, within noise; a response whose first write
+/// carries 64 KiB of body after its head (`/images/…`) copies 7.7 KiB more into a record
+/// 7.7 KiB longer: 5.3–5.5 vs 3.8–3.9 µs a request. Later writes of a response keep
+/// `WRITE_HEAD_LEN`, so bodies written on their own stay cheap.
 pub const RESPONSE_HEAD_LEN: usize = READ_HEAD_LEN;
 
 /// The larger of the two head limits (a power of two).
