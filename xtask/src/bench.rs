@@ -408,30 +408,29 @@ fn start_nginx(dir: &Path) -> anyhow::Result<Nginx> {
          location = /hello {{ return 200 \"hello\\n\"; }}\n }}\n}}\n"
     );
     std::fs::write(dir.join("nginx.conf"), conf)?;
-    let child = Command::new("nginx")
-        .arg("-c")
-        .arg(dir.join("nginx.conf"))
-        .arg("-e")
-        .arg(dir.join("error.log"))
+    let mut nginx = Command::new("nginx");
+    nginx.arg("-c").arg(dir.join("nginx.conf")).arg("-e").arg(dir.join("error.log"));
+    let guard = start_server("nginx", &mut nginx, port)?;
+    Ok(Nginx { guard, port })
+}
+
+/// Starts `cmd` (output discarded) and waits until it accepts on loopback `port`.
+fn start_server(what: &str, cmd: &mut Command, port: u16) -> anyhow::Result<Guard> {
+    let child = cmd
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
-        .context("starting nginx")?;
+        .with_context(|| format!("starting {what}"))?;
     let guard = Guard(child);
-    wait_for("nginx", || TcpStream::connect(("127.0.0.1", port)).is_ok())?;
-    Ok(Nginx { guard, port })
+    wait_for(what, || TcpStream::connect(("127.0.0.1", port)).is_ok())?;
+    Ok(guard)
 }
 
 fn start_axum(observer: &Path) -> anyhow::Result<(Guard, u16)> {
     let port = free_port();
-    let child = Command::new(observer)
-        .args(["demo-server", "--listen", &format!("127.0.0.1:{port}")])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()?;
-    let guard = Guard(child);
-    wait_for("the axum server", || TcpStream::connect(("127.0.0.1", port)).is_ok())?;
-    Ok((guard, port))
+    let mut axum = Command::new(observer);
+    axum.args(["demo-server", "--listen", &format!("127.0.0.1:{port}")]);
+    Ok((start_server("the axum server", &mut axum, port)?, port))
 }
 
 /// Runs `dd` moving `records` 1-byte records (a read and a write each): a process nobody

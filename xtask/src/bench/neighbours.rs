@@ -2,31 +2,21 @@
 //! while the observer watches an nginx, and the seed's in-process middleware against
 //! observing from outside, on the same axum server.
 
-use std::{
-    fmt::Write as _,
-    net::TcpStream,
-    process::{Command, Stdio},
-};
+use std::{fmt::Write as _, process::Command};
 
 use anyhow::{Context, ensure};
 
 use super::{
-    Arm, BpfStats, FULL, Guard, NEIGHBOUR_ARMS, Options, ProgramTime, free_port, median, wait_for, with_arm,
-    wrk,
+    Arm, BpfStats, FULL, Guard, NEIGHBOUR_ARMS, Options, ProgramTime, free_port, median, start_server,
+    with_arm, wrk,
 };
 
 /// Debian's redis-server on a free loopback port, persisting nothing.
 fn start_redis() -> anyhow::Result<(Guard, u16)> {
     let port = free_port();
-    let child = Command::new("redis-server")
-        .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .context("starting redis-server")?;
-    let guard = Guard(child);
-    wait_for("redis-server", || TcpStream::connect(("127.0.0.1", port)).is_ok())?;
-    Ok((guard, port))
+    let mut redis = Command::new("redis-server");
+    redis.args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]);
+    Ok((start_server("redis-server", &mut redis, port)?, port))
 }
 
 /// redis-benchmark SET and GET, 32 clients, bounded by count: mean requests/s of the two.
@@ -115,10 +105,7 @@ fn start_boot_server(opts: &Options, middleware: bool) -> anyhow::Result<(Guard,
     if middleware {
         cmd.arg("--middleware");
     }
-    let guard =
-        Guard(cmd.stdout(Stdio::null()).stderr(Stdio::null()).spawn().context("starting boot-server")?);
-    wait_for("boot-server", || TcpStream::connect(("127.0.0.1", port)).is_ok())?;
-    Ok((guard, port))
+    Ok((start_server("boot-server", &mut cmd, port)?, port))
 }
 
 pub fn middleware_arm(opts: &Options) -> anyhow::Result<MiddlewareArm> {
