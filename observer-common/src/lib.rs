@@ -86,11 +86,15 @@ pub enum Syscall {
     Listen = 16,
     /// `--hooks sock`: a target's listener closed (the event's `fd` carries the port).
     Unlisten = 17,
+    /// Plaintext an OpenSSL `SSL_read`/`SSL_read_ex` of a target returned (uretprobe).
+    TlsRead = 18,
+    /// Plaintext a target handed to `SSL_write`/`SSL_write_ex` and the call took.
+    TlsWrite = 19,
 }
 
 impl Syscall {
     /// Every kind, for tables that map kinds to tracepoints.
-    pub const ALL: [Syscall; 17] = [
+    pub const ALL: [Syscall; 19] = [
         Syscall::Read,
         Syscall::Readv,
         Syscall::Recvfrom,
@@ -108,20 +112,26 @@ impl Syscall {
         Syscall::Send,
         Syscall::Listen,
         Syscall::Unlisten,
+        Syscall::TlsRead,
+        Syscall::TlsWrite,
     ];
 
     /// What the event means for the connection.
     pub const fn direction(self) -> Direction {
         match self {
-            Syscall::Read | Syscall::Readv | Syscall::Recvfrom | Syscall::Recvmsg | Syscall::Recv => {
-                Direction::In
-            }
+            Syscall::Read
+            | Syscall::Readv
+            | Syscall::Recvfrom
+            | Syscall::Recvmsg
+            | Syscall::Recv
+            | Syscall::TlsRead => Direction::In,
             Syscall::Write
             | Syscall::Writev
             | Syscall::Sendto
             | Syscall::Sendmsg
             | Syscall::Sendfile
-            | Syscall::Send => Direction::Out,
+            | Syscall::Send
+            | Syscall::TlsWrite => Direction::Out,
             Syscall::Accept => Direction::Open,
             Syscall::Close => Direction::Closed,
             Syscall::Fork | Syscall::Exec => Direction::Process,
@@ -148,6 +158,8 @@ impl Syscall {
             Syscall::Send => "send",
             Syscall::Listen => "listen",
             Syscall::Unlisten => "unlisten",
+            Syscall::TlsRead => "SSL_read",
+            Syscall::TlsWrite => "SSL_write",
         }
     }
 }
@@ -195,6 +207,67 @@ pub const STATE_LAST_READ: u32 = 1 << 16;
 
 /// Kernel-side socket state (`--hooks sock`): its close was reported already.
 pub const STATE_CLOSE_SENT: u32 = 1 << 17;
+
+/// Kernel-side socket state (`--hooks sock`): the socket carries TLS records for a hooked
+/// TLS library, whose plaintext is reported instead (its own records are not sent).
+pub const STATE_TLS: u32 = 1 << 18;
+
+/// Set in the connection key of a TLS session not tied to a socket (see [`tls_key`]);
+/// socket cookies and `socket_key`s never have it (cookies count up from 1, tgids < 2^22).
+pub const TLS_KEY_BIT: u64 = 1 << 63;
+
+/// Connection key of OpenSSL session `ssl` (an `SSL *`) of process `tgid`, for a session whose
+/// socket is not known (a memory BIO, as node uses, or syscall hooks). Forked workers share
+/// heap addresses, so the pointer alone is not unique: it is mixed with the tgid (collisions
+/// of the 63-bit mix are as likely as a random 63-bit clash).
+pub const fn tls_key(tgid: u32, ssl: u64) -> u64 {
+    let mixed = ssl.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (tgid as u64).wrapping_mul(0xC2B2_AE3D_27D4_EB4F);
+    TLS_KEY_BIT | (mixed >> 1)
+}
+
+/// What an OpenSSL call of a target was asked to do, from its uprobe to its uretprobe: the
+/// kernel's `TLS_CALLS` value, keyed by pid_tgid (one call per thread at a time).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TlsCall {
+    /// The `SSL *`.
+    pub ssl: u64,
+    /// The plaintext buffer.
+    pub buf: u64,
+    /// `SSL_read_ex`/`SSL_write_ex`: where the call stores the bytes it moved; 0 otherwise
+    /// (the return value is the count).
+    pub moved_ptr: u64,
+    /// Cookie of the served socket the call read or wrote while inside it; 0 if none yet.
+    pub cookie: u64,
+    /// A [`TlsOp`] discriminant.
+    pub op: u32,
+    /// The call moved bytes on a socket that is not a served one (the target as a TLS client).
+    pub outbound: u32,
+}
+
+/// Which OpenSSL call a [`TlsCall`] is.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TlsOp {
+    Read = 1,
+    Write = 2,
+    /// `SSL_do_handshake`: moves no plaintext, but ties the session to its socket early.
+    Handshake = 3,
+}
+
+/// Value of the kernel's `TLS_CONNS` table: an OpenSSL session of a target, keyed by
+/// [`tls_key`], from its first call to `SSL_free`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TlsConn {
+    /// Cookie of its served socket once a call was seen moving bytes on it (then the
+    /// plaintext is reported as that connection's); 0 before, or never (memory BIOs).
+    pub cookie: u64,
+    /// The process, to forget its sessions when it exits without freeing them.
+    pub tgid: u32,
+    /// `FLAG_*` and `STATE_*` bits, as a socket's.
+    pub flags: u32,
+}
 
 /// Value of the kernel's `CONNS` table (`--hooks sock`), keyed by socket cookie.
 #[repr(C)]
@@ -254,7 +327,9 @@ pub mod stat {
     pub const PENDING_FULL: u32 = 1;
     /// Sockets not followed because the socket table was full.
     pub const SOCKETS_FULL: u32 = 2;
-    pub const COUNT: u32 = 3;
+    /// OpenSSL calls or sessions not followed because their table was full.
+    pub const TLS_FULL: u32 = 3;
+    pub const COUNT: u32 = 4;
 }
 
 /// Syscall arguments remembered between a syscall's entry and its exit, keyed by pid_tgid.
@@ -289,6 +364,8 @@ mod tests {
         assert_eq!(core::mem::size_of::<ConnState>(), 24);
         assert_eq!(HEADER_LEN % 8, 0, "records stay 8-byte aligned");
         assert_eq!(core::mem::size_of::<PendingCall>(), 32);
+        assert_eq!(core::mem::size_of::<TlsCall>(), 40);
+        assert_eq!(core::mem::size_of::<TlsConn>(), 16);
     }
 
     #[test]
@@ -298,6 +375,15 @@ mod tests {
         }
         assert_eq!(Syscall::try_from(0), Err(0));
         assert_eq!(Syscall::try_from(99), Err(99));
+    }
+
+    #[test]
+    fn tls_keys_differ_by_process_and_never_look_like_sockets() {
+        let ssl = 0x5555_5555_a000;
+        assert_ne!(tls_key(100, ssl), tls_key(101, ssl), "forked workers share heap addresses");
+        assert_ne!(tls_key(100, ssl), tls_key(100, ssl + 16));
+        assert_ne!(tls_key(100, ssl) & TLS_KEY_BIT, 0);
+        assert_eq!(socket_key(4_194_303, -1) & TLS_KEY_BIT, 0);
     }
 
     #[test]

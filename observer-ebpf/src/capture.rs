@@ -57,7 +57,12 @@ impl Buffer {
     #[inline(always)]
     pub fn of(syscall: Syscall, arg1: u64, arg2: u64) -> Buffer {
         match syscall {
-            Syscall::Read | Syscall::Recvfrom | Syscall::Write | Syscall::Sendto => Buffer::Plain(arg1),
+            Syscall::Read
+            | Syscall::Recvfrom
+            | Syscall::Write
+            | Syscall::Sendto
+            | Syscall::TlsRead
+            | Syscall::TlsWrite => Buffer::Plain(arg1),
             Syscall::Readv | Syscall::Writev => Buffer::Iovecs { iov: arg1, count: arg2 },
             Syscall::Recvmsg | Syscall::Sendmsg => Buffer::Msghdr(arg1),
             Syscall::Sendfile

@@ -3,7 +3,8 @@
 //!
 //! `probes::sock` (the default) hooks socket I/O itself; `probes::sys_exit` and
 //! `probes::tracepoints` hook syscalls, for kernels without the socket tracepoints;
-//! `probes::process` follows the targets' process trees.
+//! `probes::process` follows the targets' process trees; `probes::tls` reads plaintext at
+//! OpenSSL's calls (uprobes).
 #![no_std]
 #![no_main]
 // `atomic_or`: the target has no compare-and-swap, so core's atomics offer no fetch_or; the

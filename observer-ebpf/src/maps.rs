@@ -5,7 +5,9 @@ use aya_ebpf::{
     macros::map,
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
-use observer_common::{ConnState, MAX_CONNECTIONS, PORT_WORDS, PendingCall, RING_BYTES, TARGET_WORDS, stat};
+use observer_common::{
+    ConnState, MAX_CONNECTIONS, PORT_WORDS, PendingCall, RING_BYTES, TARGET_WORDS, TlsCall, TlsConn, stat,
+};
 
 use crate::capture::Scratch;
 
@@ -43,6 +45,16 @@ pub static SOCKETS: HashMap<u64, u32> = HashMap::with_max_entries(MAX_CONNECTION
 /// per thread at a time).
 #[map]
 pub static PENDING: HashMap<u64, PendingCall> = HashMap::with_max_entries(16384, 0);
+
+/// OpenSSL calls of targets in progress (`probes::tls`), keyed by pid_tgid: one per thread.
+#[map]
+pub static TLS_CALLS: HashMap<u64, TlsCall> = HashMap::with_max_entries(4096, 0);
+
+/// OpenSSL sessions of targets by `tls_key`, from their first call seen to `SSL_free`; those
+/// of a process that exits without freeing them are removed by userspace. A plain hash map
+/// for the reason CONNS is one. Userspace sets its size (`--max-connections`).
+#[map]
+pub static TLS_CONNS: HashMap<u64, TlsConn> = HashMap::with_max_entries(MAX_CONNECTIONS, 0);
 
 #[map]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(RING_BYTES, 0);

@@ -194,6 +194,9 @@ impl<'m> Connections<'m> {
     }
 
     fn flush(&mut self) {
+        if self.sink.encrypted > 0 {
+            self.metrics.encrypted_connections.inc_by(std::mem::take(&mut self.sink.encrypted));
+        }
         for anomaly in self.sink.anomalies.drain(..) {
             self.metrics.parse_errors.get_or_create(&ReasonLabels { reason: anomaly.reason() }).inc();
         }

@@ -77,6 +77,8 @@ pub enum Anomaly {
     LostEvents,
     /// The connection switched protocols (101, CONNECT); it is no longer followed.
     Upgraded,
+    /// HTTP/2 (the client preface, after ALPN `h2` or with prior knowledge): not followed.
+    Http2,
 }
 
 impl Anomaly {
@@ -89,6 +91,7 @@ impl Anomaly {
             Anomaly::UnexpectedResponse => "unexpected_response",
             Anomaly::LostEvents => "lost_events",
             Anomaly::Upgraded => "upgraded",
+            Anomaly::Http2 => "http2",
         }
     }
 }
@@ -98,11 +101,14 @@ impl Anomaly {
 pub struct Sink<T> {
     pub finished: Vec<Finished<T>>,
     pub anomalies: Vec<Anomaly>,
+    /// Connections found to carry TLS records (ciphertext, not an error: the plaintext is
+    /// followed where the server's TLS library is hooked).
+    pub encrypted: u64,
 }
 
 impl<T> Default for Sink<T> {
     fn default() -> Self {
-        Sink { finished: Vec::new(), anomalies: Vec::new() }
+        Sink { finished: Vec::new(), anomalies: Vec::new(), encrypted: 0 }
     }
 }
 
@@ -198,6 +204,17 @@ impl<T> HttpConn<T> {
         let mut rest = Bytes::new(moved);
         if matches!(self.inbound, Framing::OutOfSync) && looks_like_request(rest.seen) {
             self.inbound = Framing::Head(Vec::new());
+        }
+        if matches!(&self.inbound, Framing::Head(buf) if buf.is_empty())
+            && let Some(other) = Other::starting(rest.seen)
+        {
+            match other {
+                Other::Tls => sink.encrypted += 1,
+                Other::Http2 => sink.anomalies.push(Anomaly::Http2),
+            }
+            self.inbound = Framing::Upgraded;
+            self.outbound = Framing::Upgraded;
+            return;
         }
         while !rest.is_empty() {
             match &mut self.inbound {
@@ -317,6 +334,16 @@ impl<T> HttpConn<T> {
             && rest.seen.starts_with(b"HTTP/1.")
         {
             self.outbound = Framing::Head(Vec::new());
+        }
+        // An HTTP/2 server speaks first: its SETTINGS frame, before the client's preface.
+        if self.waiting.is_empty()
+            && matches!(&self.outbound, Framing::Head(buf) if buf.is_empty())
+            && is_http2_settings(rest.seen)
+        {
+            sink.anomalies.push(Anomaly::Http2);
+            self.inbound = Framing::Upgraded;
+            self.outbound = Framing::Upgraded;
+            return;
         }
         while !rest.is_empty() {
             match &mut self.outbound {
@@ -567,6 +594,37 @@ impl<'a> Bytes<'a> {
             self.promote_tail();
         }
         dropped
+    }
+}
+
+/// Protocols a connection may speak instead of HTTP/1.x, told by their first bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Other {
+    /// A TLS record: handshake (22), version 3.x (SSL 3.0 to TLS 1.3 all say 3.0–3.4).
+    Tls,
+    /// The HTTP/2 client connection preface (RFC 9113 §3.4).
+    Http2,
+}
+
+impl Other {
+    fn starting(data: &[u8]) -> Option<Other> {
+        match data {
+            [0x16, 0x03, minor, ..] if *minor <= 0x04 => Some(Other::Tls),
+            _ if data.starts_with(b"PRI * HTTP/2.0") => Some(Other::Http2),
+            _ => None,
+        }
+    }
+}
+
+/// Whether `data` begins with an HTTP/2 SETTINGS frame on stream 0 (RFC 9113 §6.5): a
+/// 24-bit length that is a multiple of 6, type 4, flags 0, stream id 0. A response head
+/// starts with `HTTP/`, so the two are never confused.
+fn is_http2_settings(data: &[u8]) -> bool {
+    match data {
+        [l0, l1, l2, 0x04, 0x00, 0, 0, 0, 0, ..] => {
+            (u32::from_be_bytes([0, *l0, *l1, *l2])).is_multiple_of(6)
+        }
+        _ => false,
     }
 }
 

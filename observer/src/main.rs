@@ -132,6 +132,11 @@ struct Common {
     /// seen is ended at its last write, and the connection leaves the table.
     #[arg(long, default_value_t = 30)]
     idle_timeout: u64,
+    /// Do not hook OpenSSL (uprobes on SSL_read/SSL_write in each libssl the targets map, and
+    /// in their executables when OpenSSL is linked in): HTTPS served by the targets is then
+    /// not seen.
+    #[arg(long)]
+    no_tls: bool,
 }
 
 impl Common {
@@ -149,6 +154,7 @@ impl Common {
             max_connections: self.max_connections,
             idle_timeout_secs: self.idle_timeout,
             exit_with_targets,
+            tls: !self.no_tls,
         }
     }
 }

@@ -103,6 +103,7 @@ pub struct Metrics {
     pub endpoints_overflowed: Counter,
     pub connections: Gauge,
     pub connections_dropped: Counter,
+    pub encrypted_connections: Counter,
 }
 
 impl Metrics {
@@ -185,7 +186,7 @@ impl Metrics {
         let kernel_map_full = Family::default();
         registry.register(
             "observer_kernel_map_full",
-            "Kernel table inserts refused because the table was full, by map: sockets (a connection not followed), pending_calls (a syscall not seen)",
+            "Kernel table inserts refused because the table was full, by map: sockets (a connection not followed), pending_calls (a syscall not seen), tls (an OpenSSL call or session not followed)",
             kernel_map_full.clone(),
         );
         let endpoints_overflowed = Counter::default();
@@ -202,8 +203,15 @@ impl Metrics {
             "Connections not followed because the connection table was full",
             connections_dropped.clone(),
         );
+        let encrypted_connections = Counter::default();
+        registry.register(
+            "observer_encrypted_connections",
+            "Connections whose bytes at the socket were TLS records (not HTTP parse errors); their requests are counted from the server's OpenSSL calls where those are hooked",
+            encrypted_connections.clone(),
+        );
         Metrics {
             registry,
+            encrypted_connections,
             connections,
             connections_dropped,
             in_flight,

@@ -43,6 +43,8 @@ pub struct RunConfig {
     pub idle_timeout_secs: u64,
     /// Exit once every target has exited, instead of serving what was counted.
     pub exit_with_targets: bool,
+    /// Hook the OpenSSL copies the targets use, for the plaintext of HTTPS servers.
+    pub tls: bool,
 }
 
 pub async fn run(config: RunConfig) -> anyhow::Result<()> {
@@ -77,6 +79,7 @@ pub async fn run_with_metrics(config: RunConfig, metrics: Arc<Metrics>) -> anyho
         watch_exec,
         config.ring_bytes,
         config.max_connections,
+        config.tls,
     )?;
     let mut ring = probes.take_events()?;
     let listen = Arc::new(Mutex::new(ListenQueues::new()));
@@ -184,6 +187,7 @@ fn count_kernel_drops(metrics: &Metrics, now: KernelDrops, seen: KernelDrops) ->
     for (map, now, seen) in [
         ("sockets", now.sockets_full, seen.sockets_full),
         ("pending_calls", now.pending_full, seen.pending_full),
+        ("tls", now.tls_full, seen.tls_full),
     ] {
         metrics.kernel_map_full.get_or_create(&MapLabels { map }).inc_by(now.saturating_sub(seen));
     }
@@ -191,6 +195,7 @@ fn count_kernel_drops(metrics: &Metrics, now: KernelDrops, seen: KernelDrops) ->
         ring_full: now.ring_full.max(seen.ring_full),
         sockets_full: now.sockets_full.max(seen.sockets_full),
         pending_full: now.pending_full.max(seen.pending_full),
+        tls_full: now.tls_full.max(seen.tls_full),
     }
 }
 
@@ -359,6 +364,9 @@ fn follow_forks(forks: &mut Vec<Fork>, probes: &mut Probes, live: &mut Vec<u32>)
         match tgid_of(child) {
             Some(tgid) if tgid == child => {
                 probes.learn_sockets(child);
+                if let Err(e) = probes.follow_tls(child) {
+                    warn!(pid = child, "cannot hook the OpenSSL of a new child: {e}");
+                }
                 if !live.contains(&child) {
                     live.push(child);
                 }

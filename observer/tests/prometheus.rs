@@ -156,8 +156,9 @@ fn prometheus_scrapes_the_observer_and_the_dashboard_queries_return_data() {
     let stop = Arc::new(AtomicBool::new(false));
     let fast = traffic(addr, &["/boot/52:54:00:12:34:56", "/api/status", "/fail/503"], stop.clone());
     let slow = traffic(addr, &["/slow/150"], stop.clone());
-    // Bytes that are not HTTP (a TLS ClientHello's start), for the parse-error panel.
-    TcpStream::connect(addr).unwrap().write_all(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01]).unwrap();
+    // Bytes that are not HTTP (a SOCKS5 greeting), for the parse-error panel. (TLS records
+    // are set aside as encrypted, not counted as errors.)
+    TcpStream::connect(addr).unwrap().write_all(&[0x05, 0x01, 0x00, 0x00, 0x01, 0x7f, 0x00, 0x01]).unwrap();
     observer.scrape_until("requests counted", |s| s.sum("http_requests_total", &[]) > 0.0);
 
     // The observer's own output, as curl or a node exporter textfile would see it.

@@ -29,7 +29,12 @@ fn start_nginx(dir: &TempDir, port: u16) -> ChildGuard {
     let conf = write_nginx_conf_with(
         dir,
         port,
-        NginxConf { processes: "master_process off;", access_log: false, locations: &locations },
+        NginxConf {
+            processes: "master_process off;",
+            access_log: false,
+            locations: &locations,
+            ..Default::default()
+        },
     );
     start_nginx_conf(&conf, port)
 }

@@ -25,6 +25,7 @@ const FUZZ_SMOKE_SECONDS: u64 = 15;
 /// Debian packages the integration tests drive: (command that proves it is there, package).
 const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     ("curl", "curl"),
+    ("openssl", "openssl"),
     ("setpriv", "util-linux"),
     ("nginx", "nginx"),
     ("node", "nodejs"),

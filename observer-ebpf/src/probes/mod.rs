@@ -3,6 +3,7 @@
 pub mod process;
 pub mod sock;
 pub mod sys_exit;
+pub mod tls;
 pub mod tracepoints;
 
 use observer_common::socket_key;

@@ -22,13 +22,16 @@ use aya_ebpf::{
     macros::btf_tracepoint,
     programs::BtfTracePointContext,
 };
-use observer_common::{ConnState, Direction, FLAG_NEW, STATE_CLOSE_SENT, Syscall, stat};
+use observer_common::{ConnState, Direction, FLAG_NEW, STATE_CLOSE_SENT, STATE_TLS, Syscall, stat};
 
-use super::sys_exit::data_syscall;
+use super::{
+    sys_exit::{MSG_PEEK, data_syscall},
+    tls::socket_io_inside,
+};
 use crate::{
     capture::Buffer,
     emit::{Record, advance, bump, emit_control, emit_data},
-    maps::CONNS,
+    maps::{CONNS, TLS_CALLS},
     target::{add_listened, current, is_listened, is_target, now, patched},
 };
 
@@ -53,7 +56,6 @@ static SOCKET_FILE: u64 = 16; // socket.file (struct file *)
 const AF_INET: u16 = 2;
 const AF_INET6: u16 = 10;
 const IPPROTO_TCP: u16 = 6;
-const MSG_PEEK: u64 = 2;
 
 /// `include/net/tcp_states.h`.
 const TCP_ESTABLISHED: u64 = 1;
@@ -98,10 +100,20 @@ fn socket_io(ctx: &BtfTracePointContext, direction: Direction) {
     if ret <= 0 || (direction == Direction::In && ctx.arg::<u64>(2) & MSG_PEEK != 0) {
         return; // EAGAIN, EOF, errors and peeks move no bytes
     }
+    // Socket I/O inside an OpenSSL call is ciphertext: it only ties the call to its socket.
+    if let Some(call) = TLS_CALLS.get_ptr_mut(&id) {
+        // SAFETY: `sk` is the tracepoint's `struct sock *`; both pointers are map values.
+        unsafe { socket_io_inside(call, served_connection(sk)) };
+        return;
+    }
     // SAFETY: `sk` is the tracepoint's `struct sock *`.
     let Some(conn) = (unsafe { served_connection(sk) }) else {
         return;
     };
+    // SAFETY: a field of a map value.
+    if unsafe { (*conn).flags } & STATE_TLS != 0 {
+        return; // ciphertext outside the calls (SSL_shutdown's close_notify)
+    }
     // SAFETY: a field of a map value.
     let cookie = unsafe { (*conn).cookie };
     // SAFETY: a field of a map value.

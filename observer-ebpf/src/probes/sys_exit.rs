@@ -32,11 +32,27 @@ pub mod x86_64 {
     pub const SENDMSG: u64 = 46;
     pub const RECVMSG: u64 = 47;
     pub const ACCEPT4: u64 = 288;
-    /// `struct pt_regs` offsets of rdx, rsi, rdi and orig_ax.
+    /// `struct pt_regs` offsets of r10 (the 4th argument), rdx, rsi, rdi and orig_ax.
+    pub const R10: usize = 56;
     pub const DX: usize = 96;
     pub const SI: usize = 104;
     pub const DI: usize = 112;
     pub const ORIG_AX: usize = 120;
+}
+
+pub const MSG_PEEK: u64 = 2;
+
+/// Whether a receive only peeked (MSG_PEEK): its bytes are read again by the next call, so
+/// they are not reported twice. nginx peeks at the first byte of every connection on a TLS
+/// listener to tell TLS from plaintext. `recvfrom` takes its flags as argument 4, `recvmsg`
+/// as argument 3.
+#[inline(always)]
+pub fn peeks(syscall: Syscall, arg3: u64, arg4: u64) -> bool {
+    match syscall {
+        Syscall::Recvfrom => arg4 & MSG_PEEK != 0,
+        Syscall::Recvmsg => arg3 & MSG_PEEK != 0,
+        _ => false,
+    }
 }
 
 /// The data syscall an x86-64 syscall number names, if it is one.
@@ -92,7 +108,7 @@ fn sys_exit<C: EbpfContext>(ctx: &C, ret: i64, reg: impl Fn(usize) -> u64) -> i3
         }
         return 0;
     };
-    if ret <= 0 {
+    if ret <= 0 || peeks(syscall, reg(x86_64::DX), reg(x86_64::R10)) {
         return 0; // EAGAIN, EOF and errors move no bytes: no socket lookup for them
     }
     let fd = reg(x86_64::DI) as i32;

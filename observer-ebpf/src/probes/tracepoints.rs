@@ -5,7 +5,7 @@
 use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
 use observer_common::{PendingCall, Syscall, socket_key, stat};
 
-use super::followed_socket;
+use super::{followed_socket, sys_exit::peeks};
 use crate::{
     capture::Buffer,
     emit::{Record, advance, bump, emit_control, emit_data},
@@ -18,6 +18,7 @@ use crate::{
 const ARG0: usize = 16;
 const ARG1: usize = 24;
 const ARG2: usize = 32;
+const ARG3: usize = 40;
 const RET: usize = 16;
 
 macro_rules! enter_program {
@@ -53,6 +54,13 @@ fn remember_call(ctx: &TracePointContext, syscall: Syscall) -> Result<(), i64> {
     };
     // SAFETY: as above; arg 1 is the buffer / iovec / msghdr pointer, arg 2 the iovec count.
     let (buf, count) = unsafe { (ctx.read_at::<u64>(ARG1)?, ctx.read_at::<u64>(ARG2)?) };
+    if syscall == Syscall::Recvfrom || syscall == Syscall::Recvmsg {
+        // SAFETY: as above: the flags argument of either call.
+        let arg3 = unsafe { ctx.read_at::<u64>(ARG3) }.unwrap_or(0);
+        if peeks(syscall, count, arg3) {
+            return Ok(());
+        }
+    }
     // SAFETY: a state word in the socket table.
     let (flags, cap) = unsafe { advance(state, syscall.direction()) };
     let call = PendingCall { buf, count, fd, syscall: syscall as u32, flags, head_cap: cap as u32 };

@@ -187,11 +187,43 @@ fn any_method_token_is_accepted() {
 #[test]
 fn non_http_bytes_are_counted_and_the_connection_recovers() {
     let mut h = Harness::default();
-    h.read(1, b"\x16\x03\x01\x02\x00garbage");
+    h.read(1, b"\x05\x01\x00garbage"); // a SOCKS5 greeting
     assert_eq!(h.sink.anomalies, [Anomaly::NotHttpRequest]);
     assert_eq!(h.conn.in_flight(), 0);
     h.read(2, b"GET /ok HTTP/1.1\r\n\r\n").write(3, OK_5);
     assert_eq!(h.done(), [("GET /ok", Some(200), 2, 3)]);
+}
+
+#[test]
+fn tls_records_are_ciphertext_not_errors() {
+    let mut h = Harness::default();
+    h.read(1, b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03") // a ClientHello
+        .write(2, b"\x16\x03\x03\x00\x7a\x02\x00\x00\x76")
+        .read(3, b"\x17\x03\x03\x00\x20GET / HTTP/1.1\r\n\r\n")
+        .close();
+    assert!(h.sink.anomalies.is_empty(), "{:?}", h.sink.anomalies);
+    assert!(h.done().is_empty());
+    assert_eq!(h.sink.encrypted, 1);
+}
+
+#[test]
+fn http2_is_counted_under_its_own_reason() {
+    let mut h = Harness::default();
+    h.read(1, b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x12\x04")
+        .write(2, b"\x00\x00\x06\x04\x00\x00\x00\x00\x00")
+        .read(3, b"GET / HTTP/1.1\r\n\r\n");
+    assert_eq!(h.sink.anomalies, [Anomaly::Http2]);
+    assert!(h.done().is_empty());
+}
+
+#[test]
+fn http2_server_speaking_first_is_counted_once() {
+    let mut h = Harness::default();
+    h.write(1, b"\x00\x00\x12\x04\x00\x00\x00\x00\x00\x00\x03\x00\x00\x00\x80")
+        .read(2, b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+        .write(3, b"\x00\x00\x00\x04\x01\x00\x00\x00\x00");
+    assert_eq!(h.sink.anomalies, [Anomaly::Http2]);
+    assert!(h.done().is_empty());
 }
 
 #[test]

@@ -3,6 +3,7 @@
 mod attach;
 mod bitmap;
 mod layout;
+mod tls;
 
 use std::{fs, io, path::Path};
 
@@ -11,7 +12,8 @@ use aya::{
     maps::{HashMap, MapData, PerCpuArray, RingBuf},
 };
 use observer_common::{
-    ConnState, PORT_WORDS, TARGET_WORDS, WAKEUP_DIVISOR, port_bit, socket_key, stat, target_bit,
+    ConnState, PORT_WORDS, TARGET_WORDS, TLS_KEY_BIT, TlsConn, WAKEUP_DIVISOR, port_bit, socket_key, stat,
+    target_bit,
 };
 use tokio::io::unix::AsyncFd;
 use tracing::{debug, info, warn};
@@ -22,6 +24,7 @@ use self::{
         fork_child_pid_offset,
     },
     bitmap::Bitmap,
+    tls::TlsAttach,
 };
 use crate::procfs;
 
@@ -139,9 +142,21 @@ pub struct Probes {
     sockets: HashMap<MapData, u64, u32>,
     /// `--hooks sock`: the followed connections, by socket cookie (an LRU hash).
     conns: HashMap<MapData, u64, Conn>,
+    /// OpenSSL sessions of the targets (`tls_key` → session).
+    tls_conns: HashMap<MapData, u64, Session>,
+    /// The OpenSSL copies hooked so far; `None` with `--no-tls`.
+    tls: Option<TlsAttach>,
     /// Open sockets of new targets that did not fit in the socket table when learned.
     sockets_refused: u64,
 }
+
+/// A `TLS_CONNS` value, as aya reads it.
+#[derive(Clone, Copy)]
+#[repr(transparent)]
+struct Session(TlsConn);
+
+// SAFETY: a repr(C) struct of integers without padding (observer-common tests its size).
+unsafe impl aya::Pod for Session {}
 
 /// A `CONNS` value, as aya reads it.
 #[derive(Clone, Copy)]
@@ -156,12 +171,14 @@ impl Probes {
     /// `ring_bytes`: ring buffer size (a power of two, at least a page).
     /// `watch_exec`: report every program start (for `--exe`).
     /// `max_sockets`: size of the kernel's table of followed sockets (connections).
+    /// `tls`: hook the OpenSSL copies the targets use (uprobes), as targets are added.
     pub fn load_and_attach(
         hooks: Hooks,
         follow_children: bool,
         watch_exec: bool,
         ring_bytes: u32,
         max_sockets: u32,
+        tls: bool,
     ) -> Result<Self, ProbeError> {
         if OBJECT.is_empty() {
             return Err(ProbeError::Stub);
@@ -199,7 +216,9 @@ impl Probes {
             .map_max_entries("EVENTS", ring_bytes)
             .map_max_entries("SOCKETS", sockets)
             .map_max_entries("CONNS", conns)
-            .map_max_entries("PENDING", pending);
+            .map_max_entries("PENDING", pending)
+            .map_max_entries("TLS_CONNS", if tls { max_sockets } else { 1 })
+            .map_max_entries("TLS_CALLS", if tls { 4096 } else { 1 });
         for (global, offset) in &offsets {
             loader.override_global(global, offset, true);
         }
@@ -232,7 +251,9 @@ impl Probes {
         let ports = Bitmap::map(&mut ebpf, "PORTS", PORT_WORDS)?;
         let sockets = take_map(&mut ebpf, "SOCKETS")?;
         let conns = take_map(&mut ebpf, "CONNS")?;
-        Ok(Probes { ebpf, hooks, targets, ports, sockets, conns, sockets_refused: 0 })
+        let tls_conns = take_map(&mut ebpf, "TLS_CONNS")?;
+        let tls = tls.then(TlsAttach::default);
+        Ok(Probes { ebpf, hooks, targets, ports, sockets, conns, tls_conns, tls, sockets_refused: 0 })
     }
 
     /// The hooks in use (`auto` resolved).
@@ -240,13 +261,28 @@ impl Probes {
         self.hooks
     }
 
-    /// Starts following `tgid`, including the sockets it already has open.
+    /// Starts following `tgid`, including the sockets it already has open and the OpenSSL
+    /// it maps.
     pub fn add_target(&mut self, tgid: u32) -> Result<(), ProbeError> {
         if !self.targets.set(target_bit(tgid)) {
             return Err(ProbeError::PidOutOfRange(tgid));
         }
         self.learn_sockets(tgid);
-        Ok(())
+        self.follow_tls(tgid)
+    }
+
+    /// Hooks the OpenSSL copies `tgid` maps that are not hooked yet (a new program, or a
+    /// library loaded late).
+    pub fn follow_tls(&mut self, tgid: u32) -> Result<(), ProbeError> {
+        match &mut self.tls {
+            Some(tls) => tls.follow(&mut self.ebpf, tgid),
+            None => Ok(()),
+        }
+    }
+
+    /// The OpenSSL files hooked so far.
+    pub fn tls_libraries(&self) -> &[std::path::PathBuf] {
+        self.tls.as_ref().map_or(&[], |tls| &tls.libraries)
     }
 
     /// A pid the fork hook made a target turned out to be a thread of a target: its syscalls
@@ -294,6 +330,9 @@ impl Probes {
     /// Whether the kernel still follows connection `conn` (`--hooks sock`: its socket has not
     /// closed; syscall hooks: the fd is still a followed socket).
     pub fn still_open(&self, conn: u64) -> bool {
+        if conn & TLS_KEY_BIT != 0 {
+            return self.tls_conns.get(&conn, 0).is_ok(); // an OpenSSL session not tied to a socket
+        }
         match self.hooks {
             Hooks::Sock => self.conns.get(&conn, 0).is_ok(),
             _ => self.sockets.get(&conn, 0).is_ok(),
@@ -309,6 +348,16 @@ impl Probes {
     /// Stops following `tgid` (it exited) and forgets its sockets.
     pub fn remove_target(&mut self, tgid: u32) {
         self.targets.clear(target_bit(tgid));
+        let sessions: Vec<u64> = self
+            .tls_conns
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(_, Session(session))| session.tgid == tgid)
+            .map(|(key, _)| key)
+            .collect();
+        for key in sessions {
+            let _ = self.tls_conns.remove(&key);
+        }
         if self.hooks == Hooks::Sock {
             return; // its connections end at their CLOSE transitions
         }
@@ -345,6 +394,7 @@ impl Probes {
             ring_full: self.stat(stat::RING_FULL),
             sockets_full: self.stat(stat::SOCKETS_FULL) + self.sockets_refused,
             pending_full: self.stat(stat::PENDING_FULL),
+            tls_full: self.stat(stat::TLS_FULL),
         }
     }
 }
@@ -358,6 +408,8 @@ pub struct KernelDrops {
     pub sockets_full: u64,
     /// Syscalls not seen (`--hooks tracepoints`): the in-flight syscall table was full.
     pub pending_full: u64,
+    /// OpenSSL calls or sessions not followed: their table was full.
+    pub tls_full: u64,
 }
 
 fn take_map<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, ProbeError>

@@ -368,6 +368,7 @@ impl Drop for TempDir {
 }
 
 /// What an nginx configuration holds beyond the parts every test shares.
+#[derive(Default)]
 pub struct NginxConf<'a> {
     /// The master/worker split, e.g. `master_process off;`.
     pub processes: &'a str,
@@ -375,13 +376,18 @@ pub struct NginxConf<'a> {
     pub access_log: bool,
     /// `location` blocks of the server.
     pub locations: &'a str,
+    /// A second listener on this loopback port, with TLS (a self-signed certificate made in
+    /// the directory, see `self_signed_cert`).
+    pub tls_port: Option<u16>,
+    /// The TLS listener offers HTTP/2 by ALPN.
+    pub http2: bool,
 }
 
 /// An nginx configuration in `dir` serving `dir/www` (with `files/small.txt` and
 /// `files/empty.txt`) on loopback `port`, in the foreground; `processes` sets the
 /// master/worker split. Returns its path.
 pub fn write_nginx_conf(dir: &TempDir, port: u16, processes: &str) -> std::path::PathBuf {
-    write_nginx_conf_with(dir, port, NginxConf { processes, access_log: false, locations: "" })
+    write_nginx_conf_with(dir, port, NginxConf { processes, ..Default::default() })
 }
 
 pub fn write_nginx_conf_with(dir: &TempDir, port: u16, extra: NginxConf<'_>) -> std::path::PathBuf {
@@ -392,6 +398,18 @@ pub fn write_nginx_conf_with(dir: &TempDir, port: u16, extra: NginxConf<'_>) -> 
     std::fs::write(www.join("files/empty.txt"), "").unwrap();
     let access_log =
         if extra.access_log { format!("{}/access.log", root.display()) } else { "off".to_owned() };
+    let tls = match extra.tls_port {
+        Some(port) => {
+            let (cert, key) = self_signed_cert(dir);
+            format!(
+                "        listen 127.0.0.1:{port} ssl{};\n        ssl_certificate {};\n        ssl_certificate_key {};\n",
+                if extra.http2 { " http2" } else { "" },
+                cert.display(),
+                key.display()
+            )
+        }
+        None => String::new(),
+    };
     let conf = format!(
         r#"
 daemon off;
@@ -412,7 +430,7 @@ http {{
     scgi_temp_path {root}/scgi;
     server {{
         listen 127.0.0.1:{port};
-        root {root}/www;
+{tls}        root {root}/www;
 {locations}
     }}
 }}
@@ -424,6 +442,24 @@ http {{
     let path = root.join("nginx.conf");
     std::fs::write(&path, conf).unwrap();
     path
+}
+
+/// A self-signed certificate for `localhost` and its key, made with openssl in `dir`:
+/// (certificate, key).
+pub fn self_signed_cert(dir: &TempDir) -> (std::path::PathBuf, std::path::PathBuf) {
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    let status = Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=localhost"])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .expect("running openssl");
+    assert!(status.success(), "openssl could not make a certificate");
+    (cert, key)
 }
 
 /// Debian's nginx in the foreground with the configuration at `conf`, once it accepts on `port`.
