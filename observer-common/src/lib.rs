@@ -225,8 +225,9 @@ pub const fn tls_key(tgid: u32, ssl: u64) -> u64 {
     TLS_KEY_BIT | (mixed >> 1)
 }
 
-/// What an OpenSSL call of a target was asked to do, from its uprobe to its uretprobe: the
-/// kernel's `TLS_CALLS` value, keyed by pid_tgid (one call per thread at a time).
+/// What an OpenSSL call of a target was asked to do, and which socket it was seen moving
+/// bytes on, from its uprobe to its uretprobe: the kernel's `TLS_CALLS` value, keyed by
+/// pid_tgid (one call per thread at a time).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct TlsCall {
@@ -237,13 +238,24 @@ pub struct TlsCall {
     /// `SSL_read_ex`/`SSL_write_ex`: where the call stores the bytes it moved; 0 otherwise
     /// (the return value is the count).
     pub moved_ptr: u64,
-    /// Cookie of the served socket the call read or wrote while inside it; 0 if none yet.
-    pub cookie: u64,
+    /// The served connection (socket cookie, or `socket_key`) the call moved bytes on.
+    pub conn: u64,
+    /// When that connection's handshake completed (`--hooks sock`), for its wait; 0 if unknown.
+    pub established_ns: u64,
     /// A [`TlsOp`] discriminant.
     pub op: u32,
-    /// The call moved bytes on a socket that is not a served one (the target as a TLS client).
-    pub outbound: u32,
+    /// `TIE_*`: what the call was seen doing on a socket.
+    pub tie: u32,
 }
+
+/// [`TlsCall::tie`]: no socket I/O seen inside the call (a memory BIO, or data buffered).
+pub const TIE_NONE: u32 = 0;
+/// Socket I/O on a socket that is not a served one: the target is a TLS client there.
+pub const TIE_OUTBOUND: u32 = 1;
+/// Socket I/O on a served connection already in progress.
+pub const TIE_SERVED: u32 = 2;
+/// Socket I/O on a served connection the kernel saw open, whose first bytes were these.
+pub const TIE_SERVED_NEW: u32 = 3;
 
 /// Which OpenSSL call a [`TlsCall`] is.
 #[repr(u32)]
@@ -260,9 +272,11 @@ pub enum TlsOp {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct TlsConn {
-    /// Cookie of its served socket once a call was seen moving bytes on it (then the
-    /// plaintext is reported as that connection's); 0 before, or never (memory BIOs).
-    pub cookie: u64,
+    /// The served connection the session was seen on (then its plaintext is reported as that
+    /// connection's); 0 before, or never (memory BIOs).
+    pub conn: u64,
+    /// When that connection's handshake completed, if the kernel saw it; else 0.
+    pub established_ns: u64,
     /// The process, to forget its sessions when it exits without freeing them.
     pub tgid: u32,
     /// `FLAG_*` and `STATE_*` bits, as a socket's.
@@ -364,8 +378,8 @@ mod tests {
         assert_eq!(core::mem::size_of::<ConnState>(), 24);
         assert_eq!(HEADER_LEN % 8, 0, "records stay 8-byte aligned");
         assert_eq!(core::mem::size_of::<PendingCall>(), 32);
-        assert_eq!(core::mem::size_of::<TlsCall>(), 40);
-        assert_eq!(core::mem::size_of::<TlsConn>(), 16);
+        assert_eq!(core::mem::size_of::<TlsCall>(), 48);
+        assert_eq!(core::mem::size_of::<TlsConn>(), 24);
     }
 
     #[test]

@@ -7,9 +7,11 @@
 use aya_ebpf::{
     bindings::BPF_F_MMAPABLE,
     helpers::bpf_get_current_pid_tgid,
-    macros::{btf_tracepoint, map, raw_tracepoint, tracepoint},
+    macros::{btf_tracepoint, map, raw_tracepoint, tracepoint, uprobe, uretprobe},
     maps::{Array, PerCpuArray},
-    programs::{BtfTracePointContext, RawTracePointContext, TracePointContext},
+    programs::{
+        BtfTracePointContext, ProbeContext, RawTracePointContext, RetProbeContext, TracePointContext,
+    },
 };
 use observer_common::{TARGET_WORDS, target_bit};
 
@@ -42,6 +44,20 @@ pub fn floor_sock_recv(_ctx: BtfTracePointContext) -> i32 {
 
 #[btf_tracepoint(function = "sock_send_length")]
 pub fn floor_sock_send(_ctx: BtfTracePointContext) -> i32 {
+    count_target();
+    0
+}
+
+/// The same for the OpenSSL uprobes (every entry point; the return program on all but
+/// `SSL_free`): what the traps cost before the observer does anything.
+#[uprobe]
+pub fn floor_uprobe(_ctx: ProbeContext) -> u32 {
+    count_target();
+    0
+}
+
+#[uretprobe]
+pub fn floor_uretprobe(_ctx: RetProbeContext) -> u32 {
     count_target();
     0
 }

@@ -205,7 +205,8 @@ impl<T> HttpConn<T> {
         if matches!(self.inbound, Framing::OutOfSync) && looks_like_request(rest.seen) {
             self.inbound = Framing::Head(Vec::new());
         }
-        if matches!(&self.inbound, Framing::Head(buf) if buf.is_empty())
+        if self.waiting.is_empty()
+            && matches!(&self.inbound, Framing::Head(buf) if buf.is_empty())
             && let Some(other) = Other::starting(rest.seen)
         {
             match other {

@@ -93,7 +93,7 @@ pub async fn run_with_metrics(config: RunConfig, metrics: Arc<Metrics>) -> anyho
             live.push(pid);
         }
     }
-    drop_privileges()?;
+    drop_privileges(config.tls)?;
     // Loading parsed the kernel's BTF and the object (~10 MB of allocations, freed by now):
     // give the pages back instead of carrying them as RSS for the daemon's lifetime.
     // SAFETY: malloc_trim only releases free heap memory.
@@ -211,6 +211,7 @@ fn adopt_stray_targets(probes: &mut Probes, live: &mut Vec<u32>) {
         if tgid_of(pid) == Some(pid) && descends_from(pid, live) {
             info!(pid, "following a child whose fork record was missed");
             probes.learn_sockets(pid);
+            probes.follow_tls(pid);
             live.push(pid);
         } else {
             probes.forget_thread(pid);
@@ -364,9 +365,7 @@ fn follow_forks(forks: &mut Vec<Fork>, probes: &mut Probes, live: &mut Vec<u32>)
         match tgid_of(child) {
             Some(tgid) if tgid == child => {
                 probes.learn_sockets(child);
-                if let Err(e) = probes.follow_tls(child) {
-                    warn!(pid = child, "cannot hook the OpenSSL of a new child: {e}");
-                }
+                probes.follow_tls(child);
                 if !live.contains(&child) {
                     live.push(child);
                 }
@@ -489,16 +488,25 @@ fn serve_on_own_thread(
     Ok(())
 }
 
-/// Capabilities are per thread: this must run before any other thread is started.
-fn drop_privileges() -> anyhow::Result<()> {
-    use caps::{CapSet, CapsHashSet};
-    let keep: CapsHashSet = KEPT_CAPABILITIES.into_iter().collect();
+/// Capabilities are per thread: this must run before any other thread is started. With
+/// `tls`, CAP_SYS_ADMIN is kept if held: the OpenSSL uprobes are attached per process, so
+/// each new worker or restarted server needs its own, and the kernel wants CAP_SYS_ADMIN
+/// for a uprobe perf event (EACCES with CAP_PERFMON alone, Linux 6.18). CAP_PERFMON goes
+/// with it for the same reason.
+fn drop_privileges(tls: bool) -> anyhow::Result<()> {
+    use caps::{CapSet, Capability, CapsHashSet};
+    let mut keep: CapsHashSet = KEPT_CAPABILITIES.into_iter().collect();
+    if tls && caps::has_cap(None, CapSet::Effective, Capability::CAP_SYS_ADMIN).unwrap_or(false) {
+        keep.extend([Capability::CAP_SYS_ADMIN, Capability::CAP_PERFMON]);
+    }
     for set in [CapSet::Effective, CapSet::Permitted, CapSet::Inheritable] {
         let now = caps::read(None, set).context("reading capabilities")?;
         caps::set(None, set, &now.intersection(&keep).copied().collect()).context("dropping capabilities")?;
     }
     let _ = caps::clear(None, CapSet::Ambient);
-    info!(kept = ?KEPT_CAPABILITIES, "dropped every other capability");
+    let mut kept: Vec<String> = keep.iter().map(|c| c.to_string()).collect();
+    kept.sort();
+    info!(?kept, "dropped every other capability");
     Ok(())
 }
 

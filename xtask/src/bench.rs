@@ -15,6 +15,7 @@ use std::{
 use anyhow::{Context, bail, ensure};
 
 mod neighbours;
+mod tls;
 
 use neighbours::{MiddlewareArm, Neighbour, middleware_arm, neighbour_redis, render_neighbours};
 
@@ -25,6 +26,8 @@ enum Arm {
     /// observer-ebpf/src/floor.rs on the same hooks: tgid filter and a counter.
     Floor(Hooks),
     Full(Hooks),
+    /// The default hooks with `--no-tls`: no OpenSSL uprobes.
+    FullNoTls,
 }
 
 /// The observer's `--hooks`.
@@ -67,11 +70,12 @@ impl Arm {
             Arm::Full(Hooks::Raw) => "full (raw)",
             Arm::Floor(Hooks::Tracepoints) => "floor (tracepoints)",
             Arm::Full(Hooks::Tracepoints) => "full (tracepoints)",
+            Arm::FullNoTls => "full --no-tls",
         }
     }
 
     fn is_full(self) -> bool {
-        matches!(self, Arm::Full(_))
+        matches!(self, Arm::Full(_) | Arm::FullNoTls)
     }
 
     /// The floor arm with the same hooks.
@@ -79,6 +83,7 @@ impl Arm {
         match self {
             Arm::Full(Hooks::Btf) | Arm::Floor(Hooks::Btf) => SYS_EXIT_FLOOR,
             Arm::Full(h) | Arm::Floor(h) => Arm::Floor(h),
+            Arm::FullNoTls => FLOOR,
             Arm::Unobserved => Arm::Unobserved,
         }
     }
@@ -197,8 +202,12 @@ fn with_arm<T>(
             drop(guard);
             Ok(result)
         }
-        Arm::Full(hooks) => {
+        Arm::Full(_) | Arm::FullNoTls => {
             let addr: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+            let (hooks, tls) = match arm {
+                Arm::Full(hooks) => (hooks, None),
+                _ => (Hooks::Sock, Some("--no-tls")),
+            };
             let child = Command::new(&opts.observer)
                 .args([
                     "run",
@@ -209,6 +218,7 @@ fn with_arm<T>(
                     "--hooks",
                     hooks.arg(),
                 ])
+                .args(tls)
                 .env("RUST_LOG", "warn")
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
@@ -388,30 +398,36 @@ impl Summary {
     }
 }
 
-/// nginx, one process, `return 200` on /hello and a sparse 1 GiB file on /big.
+/// nginx, one process, `return 200` on /hello and a sparse 1 GiB file on /big, in clear text
+/// on `port` and over TLS on `tls_port`.
 struct Nginx {
     guard: Guard,
     port: u16,
+    tls_port: u16,
 }
 
 fn start_nginx(dir: &Path) -> anyhow::Result<Nginx> {
     std::fs::create_dir_all(dir.join("www/big"))?;
     std::fs::File::create(dir.join("www/big/image.raw"))?.set_len(1 << 30)?;
     let port = free_port();
+    let tls_port = free_port();
+    tls::self_signed_cert(dir)?;
     let root = dir.display();
     let conf = format!(
         "daemon off;\nmaster_process off;\nworker_processes 1;\nworker_rlimit_nofile 20000;\npid {root}/nginx.pid;\n\
          error_log {root}/error.log;\nevents {{ worker_connections 16384; }}\nhttp {{\n access_log off;\n sendfile on;\n\
          keepalive_timeout 120;\n keepalive_requests 1000000;\n client_body_temp_path {root}/body;\n\
          proxy_temp_path {root}/proxy;\n fastcgi_temp_path {root}/fastcgi;\n uwsgi_temp_path {root}/uwsgi;\n\
-         scgi_temp_path {root}/scgi;\n server {{\n  listen 127.0.0.1:{port} backlog=16384;\n  root {root}/www;\n\
+         scgi_temp_path {root}/scgi;\n server {{\n  listen 127.0.0.1:{port} backlog=16384;\n\
+         listen 127.0.0.1:{tls_port} ssl backlog=16384;\n  ssl_certificate {root}/cert.pem;\n\
+         ssl_certificate_key {root}/key.pem;\n  root {root}/www;\n\
          location = /hello {{ return 200 \"hello\\n\"; }}\n }}\n}}\n"
     );
     std::fs::write(dir.join("nginx.conf"), conf)?;
     let mut nginx = Command::new("nginx");
     nginx.arg("-c").arg(dir.join("nginx.conf")).arg("-e").arg(dir.join("error.log"));
     let guard = start_server("nginx", &mut nginx, port)?;
-    Ok(Nginx { guard, port })
+    Ok(Nginx { guard, port, tls_port })
 }
 
 /// Starts `cmd` (output discarded) and waits until it accepts on loopback `port`.
@@ -587,7 +603,7 @@ fn idle_connections_rss(opts: &Options, nginx: &Nginx, n: usize) -> anyhow::Resu
 }
 
 pub fn bench(opts: &Options) -> anyhow::Result<()> {
-    for tool in ["wrk", "nginx", "dd", "redis-server", "redis-benchmark"] {
+    for tool in ["wrk", "nginx", "dd", "redis-server", "redis-benchmark", "openssl"] {
         if Command::new("sh")
             .arg("-c")
             .arg(format!("command -v {tool}"))
@@ -631,6 +647,10 @@ pub fn bench(opts: &Options) -> anyhow::Result<()> {
         measure(opts, axum_pid, &url, &[Arm::Unobserved, FULL], 32)?,
     ));
 
+    eprintln!("nginx https `return 200`, wrk -t1 -c32 (keep-alive):");
+    let https = tls::https_workload(opts, nginx_pid, nginx.tls_port)?;
+    summaries.push(https.summary);
+
     eprintln!("nginx 1 GiB sendfile download, wrk -t1 -c2:");
     let url = format!("http://127.0.0.1:{}/big/image.raw", nginx.port);
     summaries.push(summarize("nginx 1 GiB file (sendfile)", measure(opts, nginx_pid, &url, &all, 2)?));
@@ -651,6 +671,7 @@ pub fn bench(opts: &Options) -> anyhow::Result<()> {
     let (rss_kib, hwm_kib, conns) = idle_connections_rss(opts, &nginx, 10_000)?;
 
     let mut report = render(&summaries, &syscalls, &kernel, (rss_kib, hwm_kib, conns), opts);
+    report.push_str(&tls::render(&https.kernel));
     report.push_str(&render_neighbours(&neighbour, &middleware));
     println!("{report}");
     std::fs::write(opts.out.join("results.md"), &report)?;

@@ -26,7 +26,7 @@ use observer_common::{ConnState, Direction, FLAG_NEW, STATE_CLOSE_SENT, STATE_TL
 
 use super::{
     sys_exit::{MSG_PEEK, data_syscall},
-    tls::socket_io_inside,
+    tls::{Served, socket_io_inside},
 };
 use crate::{
     capture::Buffer,
@@ -102,8 +102,16 @@ fn socket_io(ctx: &BtfTracePointContext, direction: Direction) {
     }
     // Socket I/O inside an OpenSSL call is ciphertext: it only ties the call to its socket.
     if let Some(call) = TLS_CALLS.get_ptr_mut(&id) {
-        // SAFETY: `sk` is the tracepoint's `struct sock *`; both pointers are map values.
-        unsafe { socket_io_inside(call, served_connection(sk)) };
+        // SAFETY: `sk` is the tracepoint's `struct sock *`; the pointers are map values.
+        let served = unsafe { served_connection(sk) }.map(|conn| unsafe {
+            Served {
+                state: &raw mut (*conn).flags,
+                conn: (*conn).cookie,
+                established_ns: (*conn).established_ns,
+            }
+        });
+        // SAFETY: as above.
+        unsafe { socket_io_inside(call, served) };
         return;
     }
     // SAFETY: `sk` is the tracepoint's `struct sock *`.
@@ -133,7 +141,7 @@ fn socket_io(ctx: &BtfTracePointContext, direction: Direction) {
 
 /// Microseconds since `since_ns`, from 1 up to `u32::MAX` (71 minutes).
 #[inline(always)]
-fn waited_us(since_ns: u64) -> u32 {
+pub fn waited_us(since_ns: u64) -> u32 {
     let us = now().saturating_sub(since_ns) / 1000;
     // At least 1: 0 means "no wait reported".
     us.clamp(1, u64::from(u32::MAX)) as u32

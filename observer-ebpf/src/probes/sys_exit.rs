@@ -10,12 +10,17 @@ use aya_ebpf::{
     macros::{btf_tracepoint, raw_tracepoint},
     programs::{BtfTracePointContext, RawTracePointContext},
 };
-use observer_common::{Syscall, socket_key};
+use observer_common::{STATE_TLS, Syscall, socket_key};
 
-use super::{followed_socket, tracepoints::accepted};
+use super::{
+    followed_socket,
+    tls::{Served, socket_io_inside},
+    tracepoints::accepted,
+};
 use crate::{
     capture::Buffer,
     emit::{Record, advance, emit_data},
+    maps::TLS_CALLS,
     target::{current, is_target},
 };
 
@@ -112,9 +117,21 @@ fn sys_exit<C: EbpfContext>(ctx: &C, ret: i64, reg: impl Fn(usize) -> u64) -> i3
         return 0; // EAGAIN, EOF and errors move no bytes: no socket lookup for them
     }
     let fd = reg(x86_64::DI) as i32;
-    let Some(state) = followed_socket(tgid, fd) else {
+    let state = followed_socket(tgid, fd);
+    if let Some(call) = TLS_CALLS.get_ptr_mut(&id) {
+        // Inside an OpenSSL call: ciphertext, which only ties the call to its socket.
+        let served = state.map(|state| Served { state, conn: socket_key(tgid, fd), established_ns: 0 });
+        // SAFETY: map values.
+        unsafe { socket_io_inside(call, served) };
+        return 0;
+    }
+    let Some(state) = state else {
         return 0;
     };
+    // SAFETY: a state word in the socket table.
+    if unsafe { *state } & STATE_TLS != 0 {
+        return 0; // ciphertext outside the calls (SSL_shutdown's close_notify)
+    }
     // SAFETY: a state word in the socket table.
     let (flags, cap) = unsafe { advance(state, syscall.direction()) };
     let record = Record { conn: socket_key(tgid, fd), id, tgid, fd, syscall, flags, ret, wait_us: 0 };

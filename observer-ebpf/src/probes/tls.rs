@@ -17,10 +17,11 @@ use aya_ebpf::{
     programs::{ProbeContext, RetProbeContext},
 };
 use observer_common::{
-    ConnState, Direction, FLAG_NEW, STATE_CLOSE_SENT, STATE_TLS, Syscall, TlsCall, TlsConn, TlsOp, stat,
-    tls_key,
+    Direction, FLAG_NEW, STATE_TLS, Syscall, TIE_NONE, TIE_OUTBOUND, TIE_SERVED, TIE_SERVED_NEW, TlsCall,
+    TlsConn, TlsOp, stat, tls_key,
 };
 
+use super::sock::waited_us;
 use crate::{
     capture::Buffer,
     emit::{Record, advance, bump, emit_control, emit_data},
@@ -31,6 +32,10 @@ use crate::{
 /// Kernel-side session state: the session's socket is not a served one (the target is a TLS
 /// client there, e.g. to an upstream): nothing of it is reported.
 const STATE_OUTBOUND: u32 = 1 << 19;
+
+/// Kernel-side session state: records of it went out under its `tls_key` (it was not tied to
+/// a socket then), so that connection must be ended if it is tied later or freed.
+const STATE_KEYED: u32 = 1 << 20;
 
 /// `int SSL_read(SSL *ssl, void *buf, int num)`.
 #[uprobe]
@@ -92,61 +97,119 @@ fn enter(ctx: &ProbeContext, op: TlsOp, ex: bool) {
         return;
     };
     let moved_ptr = if ex { ctx.arg::<u64>(3).unwrap_or(0) } else { 0 };
-    let call = TlsCall { ssl, buf, moved_ptr, cookie: 0, op: op as u32, outbound: 0 };
+    let call = TlsCall { ssl, buf, moved_ptr, conn: 0, established_ns: 0, op: op as u32, tie: TIE_NONE };
     // Overwrites a call whose return was never seen (the thread was killed inside it).
     if TLS_CALLS.insert(&id, &call, 0).is_err() {
         bump(stat::TLS_FULL);
     }
 }
 
-/// Called by the socket hooks for socket I/O a target's thread does inside an OpenSSL call:
-/// ties the call's session to the socket (the socket's own records stop: they are
-/// ciphertext), or marks the call as a client's if the socket is not a served one.
+/// A served connection as the socket hooks see it: its state word, its key, when its
+/// handshake completed (0 if unknown).
+pub struct Served {
+    pub state: *mut u32,
+    pub conn: u64,
+    pub established_ns: u64,
+}
+
+/// Called by the socket and syscall hooks for socket I/O a target's thread does inside an
+/// OpenSSL call: ties the call to the served connection (whose own records stop: they are
+/// ciphertext; a new connection's `FLAG_NEW` passes to the session), or marks the call as a
+/// client's if the socket is not a served one.
 ///
 /// # Safety
-/// `call` and `conn` point into map values.
+/// `call` and `served.state` point into map values.
 #[inline(always)]
-pub unsafe fn socket_io_inside(call: *mut TlsCall, conn: Option<*mut ConnState>) {
-    match conn {
-        Some(conn) => unsafe {
-            (*conn).flags |= STATE_TLS;
-            (*call).cookie = (*conn).cookie;
-        },
-        None => unsafe { (*call).outbound = 1 },
+pub unsafe fn socket_io_inside(call: *mut TlsCall, served: Option<Served>) {
+    let Some(served) = served else {
+        // SAFETY: per the contract.
+        unsafe {
+            if (*call).tie == TIE_NONE {
+                (*call).tie = TIE_OUTBOUND;
+            }
+        }
+        return;
+    };
+    // SAFETY: per the contract.
+    unsafe {
+        let old = *served.state;
+        *served.state = (old | STATE_TLS) & !FLAG_NEW;
+        let tie = if old & FLAG_NEW != 0 { TIE_SERVED_NEW } else { TIE_SERVED };
+        if tie > (*call).tie || (*call).tie == TIE_OUTBOUND {
+            (*call).tie = tie;
+        }
+        (*call).conn = served.conn;
+        (*call).established_ns = served.established_ns;
     }
 }
 
 #[inline(always)]
 fn returned(ctx: &RetProbeContext) {
     let (id, tgid) = current();
-    if !is_target(tgid) {
-        return;
-    }
+    // No target test first: the uprobes are attached per target process, and an entry made
+    // before a target stopped being one must still go.
     // SAFETY: copied out of the map value before it is removed.
     let Some(call) = (unsafe { TLS_CALLS.get(&id) }).copied() else {
         return;
     };
     let _ = TLS_CALLS.remove(&id);
-    let ret = ctx.ret::<i64>() as i32;
-    let moved = moved_bytes(&call, ret);
+    let moved = moved_bytes(&call, ctx.ret::<i64>() as i32);
     let handshake = call.op == TlsOp::Handshake as u32;
-    // A session first seen in its handshake (or in a read that only drove it) is new: its
-    // first plaintext begins a request. One first seen moving plaintext predates attach.
-    let Some(session) = session(tls_key(tgid, call.ssl), tgid, handshake || moved == 0) else {
+    let key = tls_key(tgid, call.ssl);
+    // New: seen opening on its socket, or (without a socket: memory BIOs) first seen in its
+    // handshake or in a call that only drove it. One first seen moving plaintext predates
+    // attach and is picked up mid-stream.
+    let new = match call.tie {
+        TIE_SERVED_NEW => true,
+        TIE_SERVED => false,
+        _ => handshake || moved == 0,
+    };
+    let Some(session) = session(key, tgid, new) else {
         return;
     };
     // SAFETY: fields of a map value.
     unsafe {
-        if call.outbound != 0 {
+        if call.tie == TIE_OUTBOUND {
             (*session).flags |= STATE_OUTBOUND;
         }
-        if call.cookie != 0 && (*session).cookie == 0 {
-            (*session).cookie = call.cookie;
+        if call.tie >= TIE_SERVED && (*session).conn != call.conn {
+            tie(ctx, session, &call, key, new);
         }
         if moved == 0 || handshake || (*session).flags & STATE_OUTBOUND != 0 {
             return;
         }
     }
+    emit_plaintext(ctx, session, &call, key, moved);
+}
+
+/// The session is (now) carried by `call.conn`: what went out under its key ends, and a
+/// session whose `SSL *` was reused for another connection without a free we saw starts over.
+///
+/// # Safety
+/// `session` points into a map value.
+#[inline(always)]
+unsafe fn tie(ctx: &RetProbeContext, session: *mut TlsConn, call: &TlsCall, key: u64, new: bool) {
+    // SAFETY: per the contract.
+    unsafe {
+        if (*session).flags & STATE_KEYED != 0 {
+            close_key(ctx, key, (*session).tgid);
+        }
+        if (*session).conn != 0 {
+            (*session).flags = if new { FLAG_NEW } else { 0 };
+        } else {
+            (*session).flags &= !STATE_KEYED;
+            if new {
+                (*session).flags |= FLAG_NEW;
+            }
+        }
+        (*session).conn = call.conn;
+        (*session).established_ns = call.established_ns;
+    }
+}
+
+#[inline(always)]
+fn emit_plaintext(ctx: &RetProbeContext, session: *mut TlsConn, call: &TlsCall, key: u64, moved: i32) {
+    let (id, tgid) = current();
     let (syscall, direction) = if call.op == TlsOp::Read as u32 {
         (Syscall::TlsRead, Direction::In)
     } else {
@@ -154,10 +217,23 @@ fn returned(ctx: &RetProbeContext) {
     };
     // SAFETY: fields of a map value.
     let state = unsafe { &raw mut (*session).flags };
+    // SAFETY: as above.
     let (flags, cap) = unsafe { advance(state, direction) };
-    let cookie = unsafe { (*session).cookie };
-    let conn = if cookie != 0 { cookie } else { tls_key(tgid, call.ssl) };
-    let record = Record { conn, id, tgid, fd: -1, syscall, flags, ret: i64::from(moved), wait_us: 0 };
+    // SAFETY: as above.
+    let (tied, established_ns) = unsafe { ((*session).conn, (*session).established_ns) };
+    let conn = if tied != 0 {
+        tied
+    } else {
+        // SAFETY: as above.
+        unsafe { *state |= STATE_KEYED };
+        key
+    };
+    let wait_us = if flags & FLAG_NEW != 0 && direction == Direction::In && established_ns != 0 {
+        waited_us(established_ns)
+    } else {
+        0
+    };
+    let record = Record { conn, id, tgid, fd: -1, syscall, flags, ret: i64::from(moved), wait_us };
     emit_data(ctx, &record, Buffer::Plain(call.buf), cap, state);
 }
 
@@ -183,18 +259,28 @@ fn session(key: u64, tgid: u32, new: bool) -> Option<*mut TlsConn> {
         return Some(session);
     }
     let flags = if new { FLAG_NEW } else { 0 };
-    if TLS_CONNS.insert(&key, &TlsConn { cookie: 0, tgid, flags }, 0).is_err() {
+    let session = TlsConn { conn: 0, established_ns: 0, tgid, flags };
+    if TLS_CONNS.insert(&key, &session, 0).is_err() {
         bump(stat::TLS_FULL);
         return None;
     }
     TLS_CONNS.get_ptr_mut(&key)
 }
 
-/// The session ends: one never tied to a socket reports its end (a tied one ends with its
-/// socket's close); its entry goes.
+/// The end of the connection reported under a session's own key.
+#[inline(always)]
+fn close_key<C: aya_ebpf::EbpfContext>(ctx: &C, key: u64, tgid: u32) {
+    let (id, _) = current();
+    let record =
+        Record { conn: key, id, tgid, fd: -1, syscall: Syscall::Close, flags: 0, ret: 0, wait_us: 0 };
+    emit_control(ctx, &record, core::ptr::null_mut());
+}
+
+/// The session ends: one reported under its own key reports its end (a tied one ends with
+/// its socket's close); its entry goes.
 #[inline(always)]
 fn freed(ctx: &ProbeContext) {
-    let (id, tgid) = current();
+    let (_, tgid) = current();
     if !is_target(tgid) {
         return;
     }
@@ -207,10 +293,7 @@ fn freed(ctx: &ProbeContext) {
         return;
     };
     let _ = TLS_CONNS.remove(&key);
-    if session.cookie != 0 || session.flags & (STATE_OUTBOUND | STATE_CLOSE_SENT) != 0 {
-        return;
+    if session.flags & STATE_KEYED != 0 {
+        close_key(ctx, key, tgid);
     }
-    let record =
-        Record { conn: key, id, tgid, fd: -1, syscall: Syscall::Close, flags: 0, ret: 0, wait_us: 0 };
-    emit_control(ctx, &record, core::ptr::null_mut());
 }

@@ -3,13 +3,17 @@
 //! exit program emits the record once the return value says how many bytes moved.
 
 use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
-use observer_common::{PendingCall, Syscall, socket_key, stat};
+use observer_common::{PendingCall, STATE_TLS, Syscall, socket_key, stat};
 
-use super::{followed_socket, sys_exit::peeks};
+use super::{
+    followed_socket,
+    sys_exit::peeks,
+    tls::{Served, socket_io_inside},
+};
 use crate::{
     capture::Buffer,
     emit::{Record, advance, bump, emit_control, emit_data},
-    maps::{PENDING, SOCKETS},
+    maps::{PENDING, SOCKETS, TLS_CALLS},
     target::{current, is_target},
 };
 
@@ -49,9 +53,21 @@ fn remember_call(ctx: &TracePointContext, syscall: Syscall) -> Result<(), i64> {
     }
     // SAFETY: offsets of the syscall tracepoint record, checked against its format file.
     let fd = unsafe { ctx.read_at::<u64>(ARG0) }? as i32;
-    let Some(state) = followed_socket(tgid, fd) else {
+    let state = followed_socket(tgid, fd);
+    if let Some(call) = TLS_CALLS.get_ptr_mut(&id) {
+        // Inside an OpenSSL call: ciphertext, which only ties the call to its socket.
+        let served = state.map(|state| Served { state, conn: socket_key(tgid, fd), established_ns: 0 });
+        // SAFETY: map values.
+        unsafe { socket_io_inside(call, served) };
+        return Ok(());
+    }
+    let Some(state) = state else {
         return Ok(());
     };
+    // SAFETY: a state word in the socket table.
+    if unsafe { *state } & STATE_TLS != 0 {
+        return Ok(()); // ciphertext outside the calls (SSL_shutdown's close_notify)
+    }
     // SAFETY: as above; arg 1 is the buffer / iovec / msghdr pointer, arg 2 the iovec count.
     let (buf, count) = unsafe { (ctx.read_at::<u64>(ARG1)?, ctx.read_at::<u64>(ARG2)?) };
     if syscall == Syscall::Recvfrom || syscall == Syscall::Recvmsg {

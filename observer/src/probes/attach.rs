@@ -53,6 +53,7 @@ pub const SOCKET_HOOKS: [(&str, &str); 4] = [
 /// The benchmark floor: one do-nothing program on every tracepoint the observer uses.
 pub struct Floor {
     _ebpf: Ebpf,
+    _tls: Option<super::tls::TlsAttach>,
 }
 
 impl Floor {
@@ -96,7 +97,18 @@ impl Floor {
             let old = targets.get(&word, 0).map_err(|_| ProbeError::PidOutOfRange(pid))?;
             targets.set(word, old | bit, 0).map_err(|e| ProbeError::Map("TARGETS", e))?;
         }
-        Ok(Floor { _ebpf: ebpf })
+        // The default hooks' floor has the OpenSSL uprobes too, as the observer has them.
+        let tls = match hooks.resolve() {
+            Hooks::Sock => {
+                let mut tls = super::tls::TlsAttach::load_floor(&mut ebpf)?;
+                for &pid in pids {
+                    tls.follow(&mut ebpf, pid);
+                }
+                Some(tls)
+            }
+            _ => None,
+        };
+        Ok(Floor { _ebpf: ebpf, _tls: tls })
     }
 }
 

@@ -12,8 +12,8 @@ use aya::{
     maps::{HashMap, MapData, PerCpuArray, RingBuf},
 };
 use observer_common::{
-    ConnState, PORT_WORDS, TARGET_WORDS, TLS_KEY_BIT, TlsConn, WAKEUP_DIVISOR, port_bit, socket_key, stat,
-    target_bit,
+    ConnState, PORT_WORDS, TARGET_WORDS, TLS_KEY_BIT, TlsCall, TlsConn, WAKEUP_DIVISOR, port_bit, socket_key,
+    stat, target_bit,
 };
 use tokio::io::unix::AsyncFd;
 use tracing::{debug, info, warn};
@@ -144,6 +144,8 @@ pub struct Probes {
     conns: HashMap<MapData, u64, Conn>,
     /// OpenSSL sessions of the targets (`tls_key` → session).
     tls_conns: HashMap<MapData, u64, Session>,
+    /// OpenSSL calls of the targets in progress (pid_tgid → call).
+    tls_calls: HashMap<MapData, u64, Call>,
     /// The OpenSSL copies hooked so far; `None` with `--no-tls`.
     tls: Option<TlsAttach>,
     /// Open sockets of new targets that did not fit in the socket table when learned.
@@ -157,6 +159,14 @@ struct Session(TlsConn);
 
 // SAFETY: a repr(C) struct of integers without padding (observer-common tests its size).
 unsafe impl aya::Pod for Session {}
+
+/// A `TLS_CALLS` value, as aya reads it.
+#[derive(Clone, Copy)]
+#[repr(transparent)]
+struct Call(#[allow(dead_code)] TlsCall);
+
+// SAFETY: as above.
+unsafe impl aya::Pod for Call {}
 
 /// A `CONNS` value, as aya reads it.
 #[derive(Clone, Copy)]
@@ -252,8 +262,20 @@ impl Probes {
         let sockets = take_map(&mut ebpf, "SOCKETS")?;
         let conns = take_map(&mut ebpf, "CONNS")?;
         let tls_conns = take_map(&mut ebpf, "TLS_CONNS")?;
-        let tls = tls.then(TlsAttach::default);
-        Ok(Probes { ebpf, hooks, targets, ports, sockets, conns, tls_conns, tls, sockets_refused: 0 })
+        let tls_calls = take_map(&mut ebpf, "TLS_CALLS")?;
+        let tls = if tls { Some(TlsAttach::load(&mut ebpf)?) } else { None };
+        Ok(Probes {
+            ebpf,
+            hooks,
+            targets,
+            ports,
+            sockets,
+            conns,
+            tls_conns,
+            tls_calls,
+            tls,
+            sockets_refused: 0,
+        })
     }
 
     /// The hooks in use (`auto` resolved).
@@ -268,15 +290,15 @@ impl Probes {
             return Err(ProbeError::PidOutOfRange(tgid));
         }
         self.learn_sockets(tgid);
-        self.follow_tls(tgid)
+        self.follow_tls(tgid);
+        Ok(())
     }
 
-    /// Hooks the OpenSSL copies `tgid` maps that are not hooked yet (a new program, or a
-    /// library loaded late).
-    pub fn follow_tls(&mut self, tgid: u32) -> Result<(), ProbeError> {
-        match &mut self.tls {
-            Some(tls) => tls.follow(&mut self.ebpf, tgid),
-            None => Ok(()),
+    /// Hooks the OpenSSL copies `tgid` maps (for it: uprobes are per process). Failures are
+    /// logged; the process is followed all the same.
+    pub fn follow_tls(&mut self, tgid: u32) {
+        if let Some(tls) = &mut self.tls {
+            tls.follow(&mut self.ebpf, tgid);
         }
     }
 
@@ -348,6 +370,9 @@ impl Probes {
     /// Stops following `tgid` (it exited) and forgets its sockets.
     pub fn remove_target(&mut self, tgid: u32) {
         self.targets.clear(target_bit(tgid));
+        if let Some(tls) = &mut self.tls {
+            tls.forget(&mut self.ebpf, tgid);
+        }
         let sessions: Vec<u64> = self
             .tls_conns
             .iter()
@@ -357,6 +382,12 @@ impl Probes {
             .collect();
         for key in sessions {
             let _ = self.tls_conns.remove(&key);
+        }
+        // Calls its threads never returned from (killed inside them).
+        let calls: Vec<u64> =
+            self.tls_calls.keys().filter_map(Result::ok).filter(|id| (id >> 32) as u32 == tgid).collect();
+        for id in calls {
+            let _ = self.tls_calls.remove(&id);
         }
         if self.hooks == Hooks::Sock {
             return; // its connections end at their CLOSE transitions
