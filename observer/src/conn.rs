@@ -1,7 +1,7 @@
 //! The connection table: routes each socket event to its connection's HTTP state and turns
 //! what comes out into metric updates.
 
-use observer_common::Direction;
+use observer_common::{Direction, Syscall};
 use rustc_hash::FxHashMap;
 
 use crate::{
@@ -125,6 +125,12 @@ impl<'m> Connections<'m> {
                 }
                 let opened = if event.new_conn { HttpConn::new } else { HttpConn::mid_stream };
                 let entry = self.table.entry(key).or_insert_with(|| fresh(opened()));
+                if is_plaintext(event.syscall) && entry.http.is_encrypted() {
+                    // Ciphertext of this connection got out before its session was tied to
+                    // it (a call already under way when the uprobes were attached): the
+                    // plaintext starts the connection over.
+                    entry.http = opened();
+                }
                 entry.last_active = self.clock;
                 entry.tgid = event.tgid;
                 let conn = &mut entry.http;
@@ -206,6 +212,11 @@ impl<'m> Connections<'m> {
     }
 }
 
+/// Plaintext from a TLS library's calls (not the socket's bytes).
+fn is_plaintext(syscall: Syscall) -> bool {
+    matches!(syscall, Syscall::TlsRead | Syscall::TlsWrite)
+}
+
 fn start_request(router: &mut Router, handles: &mut Handles<'_>, head: RequestHead<'_>) -> Tag {
     let method = method_label(head.method);
     let (endpoint, overflowed) = router.classify(head.method, head.target);
@@ -282,6 +293,22 @@ mod tests {
         let text = metrics.encode();
         assert!(text.contains(r#"http_request_duration_seconds_count{endpoint="/boot/aa"} 1"#), "{text}");
         assert!(!text.contains("x=1"));
+    }
+
+    #[test]
+    fn plaintext_after_escaped_ciphertext_starts_the_connection_over() {
+        let metrics = Metrics::new();
+        let mut conns = Connections::new(&metrics, Router::new(Rules::default(), 10, 2), 30);
+        conns
+            .handle(&SyscallEvent { new_conn: true, ..event(Syscall::Recv, 1, b"\x16\x03\x01\x02\x00\x01") });
+        assert_eq!(metrics.encrypted_connections.get(), 1);
+        conns.handle(&SyscallEvent {
+            new_conn: true,
+            ..event(Syscall::TlsRead, 2, b"GET /t HTTP/1.1\r\n\r\n")
+        });
+        conns.handle(&event(Syscall::TlsWrite, 3, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"));
+        let ok = RequestLabels { endpoint: "/t", method: "GET", status: 200 };
+        assert_eq!(metrics.requests.get_or_create(&ok).get(), 1);
     }
 
     #[test]

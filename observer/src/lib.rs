@@ -3,16 +3,24 @@
 //! Data flow: probes (kernel programs) → events (decode) → conn (per-connection table)
 //! → http (request/response framing) → route (endpoint label) → metrics → serve.
 
+// `unsafe` only where the kernel's interfaces need it, each module named here: `probes`
+// (mmapped bitmaps, fds registered with tokio, mount(2) for tracefs), `listen` (setns(2) into a
+// target's network namespace), `run` (malloc_trim(3) after loading).
+#![deny(unsafe_code)]
+
 pub mod conn;
 pub mod demo;
 pub mod demo_server;
 pub mod events;
 pub mod http;
+#[allow(unsafe_code)]
 pub mod listen;
 pub mod metrics;
+#[allow(unsafe_code)]
 pub mod probes;
 pub mod procfs;
 pub mod route;
+#[allow(unsafe_code)]
 pub mod run;
 pub mod serve;
 pub mod top;

@@ -120,13 +120,13 @@ struct Common {
     #[arg(long)]
     no_children: bool,
     /// Ring buffer size in bytes between the kernel programs and the daemon.
-    #[arg(long, default_value_t = observer_common::RING_BYTES)]
+    #[arg(long, default_value_t = observer_common::RING_BYTES, value_parser = ring_bytes)]
     ring_bytes: u32,
     /// Size of the kernel's table of followed connections (with the syscall hooks: of
     /// followed sockets, the targets' other sockets open at attach included) and of the
     /// daemon's connection table; connections beyond are counted in
     /// observer_kernel_map_full_total{map="sockets"} and not followed.
-    #[arg(long, default_value_t = observer_common::MAX_CONNECTIONS)]
+    #[arg(long, default_value_t = observer_common::MAX_CONNECTIONS, value_parser = clap::value_parser!(u32).range(1..))]
     max_connections: u32,
     /// Seconds without traffic after which a connection is idle: a response whose end was not
     /// seen is ended at its last write, and the connection leaves the table.
@@ -137,6 +137,16 @@ struct Common {
     /// not seen.
     #[arg(long)]
     no_tls: bool,
+}
+
+/// `--ring-bytes`: the kernel takes a power of two of at least a page.
+fn ring_bytes(value: &str) -> Result<u32, String> {
+    let bytes: u32 = value.parse().map_err(|e| format!("{e}"))?;
+    if bytes.is_power_of_two() && bytes >= 4096 {
+        Ok(bytes)
+    } else {
+        Err(format!("must be a power of two of at least 4096, not {bytes}"))
+    }
 }
 
 impl Common {

@@ -1,7 +1,8 @@
-//! What /proc says about a process's sockets: which fds are sockets, which of them listen on
-//! which TCP ports, whether it listens on unix sockets.
+//! What /proc says about processes: which exist, their parents, children and threads, which
+//! program they run; and about their sockets: which fds are sockets, which of them listen
+//! on which TCP ports, whether they listen on unix sockets.
 
-use std::{collections::BTreeSet, fs};
+use std::{collections::BTreeSet, fs, path::Path};
 
 /// Socket fds of `tgid` now, with their inodes, from /proc/PID/fd (`socket:[inode]` links).
 pub fn socket_fds(tgid: u32) -> Vec<(i32, u64)> {
@@ -61,6 +62,87 @@ pub fn listens_on_unix(tgid: u32) -> bool {
         let flags = fields.get(3).and_then(|f| u32::from_str_radix(f, 16).ok()).unwrap_or(0);
         let inode = fields.get(6).and_then(|i| i.parse::<u64>().ok());
         flags & UNIX_ACCEPTCON != 0 && inode.is_some_and(|i| inodes.contains(&i))
+    })
+}
+
+/// Whether one of `pid`'s ancestors is in `ancestors`.
+pub fn descends_from(pid: u32, ancestors: &[u32]) -> bool {
+    let mut pid = pid;
+    for _ in 0..64 {
+        let Some(parent) = parent_of(pid) else { return false };
+        if ancestors.contains(&parent) {
+            return true;
+        }
+        if parent <= 1 {
+            return false;
+        }
+        pid = parent;
+    }
+    false
+}
+
+fn parent_of(pid: u32) -> Option<u32> {
+    status_number(pid, "PPid:")
+}
+
+/// Every pid in /proc now.
+pub fn all_pids() -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .map(|dir| dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok()).collect())
+        .unwrap_or_default()
+}
+
+/// The thread group a pid belongs to, from /proc.
+pub fn tgid_of(pid: u32) -> Option<u32> {
+    status_number(pid, "Tgid:")
+}
+
+/// A numeric field of /proc/PID/status (`field` with its colon).
+fn status_number(pid: u32, field: &str) -> Option<u32> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix(field))?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// Every process below `pid` now (children of all its threads, recursively).
+pub fn descendants(pid: u32) -> Vec<u32> {
+    let mut found = Vec::new();
+    let mut queue = vec![pid];
+    while let Some(p) = queue.pop() {
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{p}/task")) else { continue };
+        for task in tasks.filter_map(Result::ok) {
+            let children = std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
+            for child in children.split_whitespace().filter_map(|c| c.parse::<u32>().ok()) {
+                if !found.contains(&child) && child != pid {
+                    found.push(child);
+                    queue.push(child);
+                }
+            }
+        }
+    }
+    found
+}
+
+pub fn process_exists(pid: u32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// Whether `pid` runs one of `exes`: a path is compared with /proc/PID/exe, a name with its
+/// file name (and with the process name, for interpreters started through a wrapper).
+pub fn runs_one_of(pid: u32, exes: &[String]) -> bool {
+    if exes.is_empty() || pid == std::process::id() {
+        return false;
+    }
+    let exe = std::fs::read_link(format!("/proc/{pid}/exe")).ok();
+    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+    exes.iter().any(|want| match &exe {
+        _ if want.contains('/') => exe.as_deref() == Some(Path::new(want)),
+        Some(path) => path.file_name().is_some_and(|n| n == want.as_str()) || comm.trim() == want,
+        None => comm.trim() == want,
     })
 }
 

@@ -20,6 +20,7 @@ use crate::{
     listen::ListenQueues,
     metrics::{MapLabels, Metrics},
     probes::{Hooks, KernelDrops, Probes},
+    procfs::{all_pids, descendants, descends_from, process_exists, runs_one_of, tgid_of},
     route::{Router, Rules},
     serve,
 };
@@ -66,13 +67,7 @@ pub async fn run_with_metrics(config: RunConfig, metrics: Arc<Metrics>) -> anyho
         }
         _ => anyhow::Error::new(e).context(format!("binding {}", config.listen)),
     })?;
-    if !config.ring_bytes.is_power_of_two() || config.ring_bytes < 4096 {
-        bail!("--ring-bytes must be a power of two of at least 4096, not {}", config.ring_bytes);
-    }
     let watch_exec = !config.exes.is_empty();
-    if config.max_connections == 0 {
-        bail!("--max-connections must be at least 1");
-    }
     let mut probes = Probes::load_and_attach(
         config.hooks,
         config.follow_children,
@@ -125,22 +120,25 @@ pub async fn run_with_metrics(config: RunConfig, metrics: Arc<Metrics>) -> anyho
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let mut sighup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
     loop {
-        tokio::select! {
+        let wake = tokio::select! {
             guard = ring.readable_mut() => {
-                let mut guard = guard.context("waiting on the ring buffer")?;
-                drain_ring(guard.get_inner_mut(), &mut conns, &metrics, &mut forks, &mut execs, &mut listeners);
-                guard.clear_ready();
-                follow_targets(&mut forks, &mut execs, &mut listeners, &config.exes, &mut probes, &mut live, &listen);
+                // Cleared before the drain below: records that land after it wake us again.
+                guard.context("waiting on the ring buffer")?.clear_ready();
+                Wake::Events
             }
-            _ = drain.tick() => {
-                drain_ring(ring.get_mut(), &mut conns, &metrics, &mut forks, &mut execs, &mut listeners);
-                follow_targets(&mut forks, &mut execs, &mut listeners, &config.exes, &mut probes, &mut live, &listen);
-            }
-            _ = tick.tick() => {
-                // Whatever is in the ring first: a target found gone below must have had its
-                // last events handled, or they would open connections nobody ends.
-                drain_ring(ring.get_mut(), &mut conns, &metrics, &mut forks, &mut execs, &mut listeners);
-                follow_targets(&mut forks, &mut execs, &mut listeners, &config.exes, &mut probes, &mut live, &listen);
+            _ = drain.tick() => Wake::Events,
+            _ = tick.tick() => Wake::Second,
+            _ = sighup.recv() => Wake::Reload,
+            _ = sigterm.recv() => break,
+            _ = sigint.recv() => break,
+        };
+        // Whatever is in the ring first: a target found gone below must have had its last
+        // events handled, or they would open connections nobody ends.
+        drain_ring(ring.get_mut(), &mut conns, &metrics, &mut forks, &mut execs, &mut listeners);
+        follow_targets(&mut forks, &mut execs, &mut listeners, &config.exes, &mut probes, &mut live, &listen);
+        match wake {
+            Wake::Events => {}
+            Wake::Second => {
                 before_scrape(&metrics);
                 conns.sweep(|conn, _, _| probes.still_open(conn));
                 metrics.connections.set(conns.count() as i64);
@@ -163,20 +161,28 @@ pub async fn run_with_metrics(config: RunConfig, metrics: Arc<Metrics>) -> anyho
                     break;
                 }
             }
-            _ = sighup.recv() => match load_rules(config.routes.as_deref()) {
+            Wake::Reload => match load_rules(config.routes.as_deref()) {
                 Ok(rules) => {
                     info!(rules = rules.count(), "reloaded the routes file");
                     conns.set_rules(rules);
                 }
                 Err(e) => warn!("keeping the previous routes: {e:#}"),
             },
-            _ = sigterm.recv() => break,
-            _ = sigint.recv() => break,
         }
     }
     drop(probes); // detaches every program
     info!("detached; bye");
     Ok(())
+}
+
+/// What woke the event loop.
+enum Wake {
+    /// Records may be pending (the ring's readiness, or the drain timer).
+    Events,
+    /// The once-a-second tick: sweeps, drops, target exits.
+    Second,
+    /// SIGHUP: reload the routes.
+    Reload,
 }
 
 /// Adds what the kernel dropped since `seen` to the metrics; returns the new totals. The
@@ -217,26 +223,6 @@ fn adopt_stray_targets(probes: &mut Probes, live: &mut Vec<u32>) {
             probes.forget_thread(pid);
         }
     }
-}
-
-/// Whether one of `pid`'s ancestors is in `ancestors`.
-fn descends_from(pid: u32, ancestors: &[u32]) -> bool {
-    let mut pid = pid;
-    for _ in 0..64 {
-        let Some(parent) = parent_of(pid) else { return false };
-        if ancestors.contains(&parent) {
-            return true;
-        }
-        if parent <= 1 {
-            return false;
-        }
-        pid = parent;
-    }
-    false
-}
-
-fn parent_of(pid: u32) -> Option<u32> {
-    status_number(pid, "PPid:")
 }
 
 /// The benchmark floor: hooks attached, nothing done, until SIGTERM/SIGINT.
@@ -391,72 +377,11 @@ fn follow_execs(execs: &mut Vec<u32>, exes: &[String], probes: &mut Probes, live
     }
 }
 
-/// Whether `pid` runs one of `exes`: a path is compared with /proc/PID/exe, a name with its
-/// file name (and with the process name, for interpreters started through a wrapper).
-fn runs_one_of(pid: u32, exes: &[String]) -> bool {
-    if exes.is_empty() || pid == std::process::id() {
-        return false;
-    }
-    let exe = std::fs::read_link(format!("/proc/{pid}/exe")).ok();
-    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
-    exes.iter().any(|want| match &exe {
-        _ if want.contains('/') => exe.as_deref() == Some(Path::new(want)),
-        Some(path) => path.file_name().is_some_and(|n| n == want.as_str()) || comm.trim() == want,
-        None => comm.trim() == want,
-    })
-}
-
-/// Every pid in /proc now.
-fn all_pids() -> Vec<u32> {
-    std::fs::read_dir("/proc")
-        .map(|dir| dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok()).collect())
-        .unwrap_or_default()
-}
-
-/// The thread group a pid belongs to, from /proc.
-fn tgid_of(pid: u32) -> Option<u32> {
-    status_number(pid, "Tgid:")
-}
-
-/// A numeric field of /proc/PID/status (`field` with its colon).
-fn status_number(pid: u32, field: &str) -> Option<u32> {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()?
-        .lines()
-        .find_map(|l| l.strip_prefix(field))?
-        .trim()
-        .parse()
-        .ok()
-}
-
-/// Every process below `pid` now (children of all its threads, recursively).
-fn descendants(pid: u32) -> Vec<u32> {
-    let mut found = Vec::new();
-    let mut queue = vec![pid];
-    while let Some(p) = queue.pop() {
-        let Ok(tasks) = std::fs::read_dir(format!("/proc/{p}/task")) else { continue };
-        for task in tasks.filter_map(Result::ok) {
-            let children = std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
-            for child in children.split_whitespace().filter_map(|c| c.parse::<u32>().ok()) {
-                if !found.contains(&child) && child != pid {
-                    found.push(child);
-                    queue.push(child);
-                }
-            }
-        }
-    }
-    found
-}
-
 fn load_rules(path: Option<&Path>) -> anyhow::Result<Rules> {
     match path {
         Some(path) => Ok(Rules::load(path).context("bad routes file")?),
         None => Ok(Rules::default()),
     }
-}
-
-fn process_exists(pid: u32) -> bool {
-    Path::new(&format!("/proc/{pid}")).exists()
 }
 
 /// What the daemon keeps once its programs are attached and its port bound: CAP_BPF for the

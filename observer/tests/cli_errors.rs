@@ -121,3 +121,20 @@ fn btf_hooks_without_kernel_btf_are_a_clear_error() {
         );
     }
 }
+
+#[test]
+fn bad_sizes_are_refused_before_anything_is_bound() {
+    // The listen address is taken: had the values been checked after binding, that would be
+    // the error.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let listen = taken.local_addr().unwrap().to_string();
+    for (flag, value, expected) in
+        [("--ring-bytes", "1000", "power of two"), ("--max-connections", "0", "--max-connections")]
+    {
+        let out = observer(&["run", "--pid", "1", "--listen", &listen, flag, value]);
+        assert_eq!(out.status.code(), Some(2), "a usage error");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(flag) && stderr.contains(expected), "{stderr}");
+        assert!(!stderr.contains("in use"), "{stderr}");
+    }
+}

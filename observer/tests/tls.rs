@@ -413,7 +413,11 @@ fn an_https_server_started_after_the_observer_is_hooked() {
     let dir = TempDir::new("tls-late");
     let (port, tls_port) = (free_port(), free_port());
     let _nginx = start_nginx(&dir, port, tls_port, "");
-    observer.scrape_until("nginx's listeners followed", |s| s.sum("tcp_listen_queue_limit", &[]) > 0.0);
+    // The master and its 2 workers each get their uprobes once their exec or fork is seen;
+    // a worker serving in the moment before that is not seen (README, HTTPS): wait for all 3.
+    wait_until("the uprobes of nginx's 3 processes", Duration::from_secs(10), || {
+        observer.log().matches("hooked OpenSSL").count() >= 3
+    });
     let https: Vec<String> =
         (0..15).map(|_| format!("https://127.0.0.1:{tls_port}/files/small.txt")).collect();
     assert_eq!(statuses(&curl_timed(&[], &https)), vec![200; 15]);

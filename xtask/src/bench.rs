@@ -3,7 +3,6 @@
 //! interleaved and repeated, reporting medians.
 
 use std::{
-    fmt::Write as _,
     io::{Read, Write},
     net::{SocketAddr, TcpListener, TcpStream},
     path::{Path, PathBuf},
@@ -14,10 +13,13 @@ use std::{
 
 use anyhow::{Context, bail, ensure};
 
+mod kernel;
 mod neighbours;
+mod report;
 mod tls;
 
-use neighbours::{MiddlewareArm, Neighbour, middleware_arm, neighbour_redis, render_neighbours};
+use kernel::{BpfStats, NEIGHBOUR_ARMS, ProgramTime, kernel_cost, unobserved_syscall_cost};
+use neighbours::{middleware_arm, neighbour_redis, render_neighbours};
 
 /// What is attached to the server during a run.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -319,36 +321,49 @@ fn measure(
     arms: &[Arm],
     connections: u32,
 ) -> anyhow::Result<Vec<(Arm, Vec<Run>)>> {
-    let mut runs: Vec<(Arm, Vec<Run>)> = arms.iter().map(|a| (*a, Vec::new())).collect();
-    for rep in 0..opts.reps {
+    let runs = interleaved(opts.reps, arms, |rep, arm| {
+        let run = with_arm(opts, arm, pid, |attached| -> anyhow::Result<Run> {
+            let observer = attached.and_then(Attached::observer);
+            let cpu_before = observer.map(|(p, _)| cpu_seconds(p)).unwrap_or(0.0);
+            let mut run = wrk(url, connections, opts.seconds)?;
+            if let Some((p, addr)) = observer {
+                run.observer_cpu_s = cpu_seconds(p) - cpu_before;
+                run.observer_hwm_kib = status_kib(p, "VmHWM:");
+                thread::sleep(Duration::from_millis(300)); // let the last events drain
+                run.events_lost =
+                    http_get(addr, "/metrics").map_or(0.0, |m| metric(&m, "observer_events_lost_total"));
+            }
+            Ok(run)
+        })??;
+        eprintln!(
+            "  {:<20} rep {}: {:>10.0} req/s  p50 {:>8.0}µs  p99 {:>8.0}µs",
+            arm.name(),
+            rep + 1,
+            run.rps,
+            run.p50_us,
+            run.p99_us
+        );
+        Ok(run)
+    })?;
+    Ok(arms.iter().copied().zip(runs).collect())
+}
+
+/// Runs `run(round, arm)` for every arm in each of `reps` rounds, the arms' order rotated each
+/// round so none always runs first (or right after the same neighbour) on a shared machine;
+/// returns each arm's results in round order, in the order of `arms`.
+fn interleaved<A: Copy, T>(
+    reps: usize,
+    arms: &[A],
+    mut run: impl FnMut(usize, A) -> anyhow::Result<T>,
+) -> anyhow::Result<Vec<Vec<T>>> {
+    let mut results: Vec<Vec<T>> = arms.iter().map(|_| Vec::new()).collect();
+    for rep in 0..reps {
         for k in 0..arms.len() {
             let i = (k + rep) % arms.len();
-            let arm = arms[i];
-            let run = with_arm(opts, arm, pid, |attached| -> anyhow::Result<Run> {
-                let observer = attached.and_then(Attached::observer);
-                let cpu_before = observer.map(|(p, _)| cpu_seconds(p)).unwrap_or(0.0);
-                let mut run = wrk(url, connections, opts.seconds)?;
-                if let Some((p, addr)) = observer {
-                    run.observer_cpu_s = cpu_seconds(p) - cpu_before;
-                    run.observer_hwm_kib = status_kib(p, "VmHWM:");
-                    thread::sleep(Duration::from_millis(300)); // let the last events drain
-                    run.events_lost =
-                        http_get(addr, "/metrics").map_or(0.0, |m| metric(&m, "observer_events_lost_total"));
-                }
-                Ok(run)
-            })??;
-            eprintln!(
-                "  {:<20} rep {}: {:>10.0} req/s  p50 {:>8.0}µs  p99 {:>8.0}µs",
-                arm.name(),
-                rep + 1,
-                run.rps,
-                run.p50_us,
-                run.p99_us
-            );
-            runs[i].1.push(run);
+            results[i].push(run(rep, arms[i])?);
         }
     }
-    Ok(runs)
+    Ok(results)
 }
 
 struct Summary {
@@ -449,139 +464,6 @@ fn start_axum(observer: &Path) -> anyhow::Result<(Guard, u16)> {
     Ok((start_server("the axum server", &mut axum, port)?, port))
 }
 
-/// Runs `dd` moving `records` 1-byte records (a read and a write each): a process nobody
-/// observes making syscalls as fast as it can. Returns ns per syscall.
-fn dd(records: u64) -> anyhow::Result<f64> {
-    let started = Instant::now();
-    let status = Command::new("dd")
-        .args(["if=/dev/zero", "of=/dev/null", "bs=1", &format!("count={records}")])
-        .stderr(Stdio::null())
-        .status()?;
-    ensure!(status.success(), "dd failed");
-    Ok(started.elapsed().as_nanos() as f64 / (2 * records) as f64)
-}
-
-/// ns per syscall of a process nobody observes, while `arm` watches another process.
-fn unobserved_syscall_cost(opts: &Options, target: u32) -> anyhow::Result<Vec<(Arm, f64)>> {
-    let arms = NEIGHBOUR_ARMS;
-    let mut samples: Vec<Vec<f64>> = vec![Vec::new(); arms.len()];
-    for rep in 0..opts.reps {
-        for k in 0..arms.len() {
-            let i = (k + rep) % arms.len();
-            samples[i].push(with_arm(opts, arms[i], target, |_| dd(1_000_000))??);
-        }
-    }
-    Ok(arms.iter().zip(samples).map(|(a, s)| (*a, median(s))).collect())
-}
-
-/// What a process nobody observes pays while the observer watches another: nothing attached,
-/// the floor and the observer on the socket hooks, and the observer on the syscall hook.
-const NEIGHBOUR_ARMS: [Arm; 4] = [Arm::Unobserved, FLOOR, FULL, SYS_EXIT_FULL];
-
-/// Time and runs of the kernel programs a process holds, summed over its BPF program fds
-/// (`/proc/PID/fdinfo`; the kernel counts them only while `kernel.bpf_stats_enabled` is 1).
-#[derive(Clone, Copy, Default, Debug)]
-struct ProgramTime {
-    ns: f64,
-    runs: f64,
-}
-
-impl ProgramTime {
-    fn of(pid: u32) -> ProgramTime {
-        let mut seen = std::collections::HashSet::new();
-        let mut total = ProgramTime::default();
-        let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fdinfo")) else {
-            return total;
-        };
-        for entry in dir.flatten() {
-            let info = std::fs::read_to_string(entry.path()).unwrap_or_default();
-            let field =
-                |name: &str| info.lines().find_map(|l| l.strip_prefix(name)?.trim().parse::<f64>().ok());
-            // Program fds only (links have prog_id but no run_time_ns), each program once.
-            let (Some(id), Some(ns), Some(runs)) =
-                (field("prog_id:"), field("run_time_ns:"), field("run_cnt:"))
-            else {
-                continue;
-            };
-            if seen.insert(id as u64) {
-                total.ns += ns;
-                total.runs += runs;
-            }
-        }
-        total
-    }
-
-    fn since(self, before: ProgramTime) -> ProgramTime {
-        ProgramTime { ns: self.ns - before.ns, runs: self.runs - before.runs }
-    }
-}
-
-/// `kernel.bpf_stats_enabled` set while this lives. It adds two clock reads to every program
-/// run, so only the runs that measure program time have it on.
-struct BpfStats(String);
-
-const BPF_STATS: &str = "/proc/sys/kernel/bpf_stats_enabled";
-
-impl BpfStats {
-    fn enable() -> anyhow::Result<BpfStats> {
-        let before = std::fs::read_to_string(BPF_STATS).context("reading kernel.bpf_stats_enabled")?;
-        std::fs::write(BPF_STATS, "1").context("enabling kernel.bpf_stats_enabled")?;
-        Ok(BpfStats(before.trim().to_owned()))
-    }
-}
-
-impl Drop for BpfStats {
-    fn drop(&mut self) {
-        let _ = std::fs::write(BPF_STATS, &self.0);
-    }
-}
-
-/// What the kernel programs themselves cost, from the kernel's own accounting, for the
-/// floor and full arms of both hook families: ns of program time per syscall of an
-/// unobserved process (dd; the socket hooks never run for it), and ns of program time per
-/// request while nginx is saturated (every process's runs included: the load generator's
-/// run the programs too).
-#[derive(Clone, Debug, Default)]
-pub(crate) struct KernelCost {
-    /// (arm, ns per dd syscall, ns per nginx request), medians over rounds.
-    arms: Vec<(Arm, f64, f64)>,
-}
-
-const KERNEL_COST_ARMS: [Arm; 4] = [FLOOR, FULL, SYS_EXIT_FLOOR, SYS_EXIT_FULL];
-
-fn kernel_cost(opts: &Options, nginx_pid: u32, url: &str) -> anyhow::Result<KernelCost> {
-    let _stats = BpfStats::enable()?;
-    const DD_RECORDS: u64 = 200_000;
-    let mut per_syscall: Vec<Vec<f64>> = vec![Vec::new(); KERNEL_COST_ARMS.len()];
-    let mut per_request: Vec<Vec<f64>> = vec![Vec::new(); KERNEL_COST_ARMS.len()];
-    for rep in 0..opts.reps {
-        for k in 0..KERNEL_COST_ARMS.len() {
-            let i = (k + rep) % KERNEL_COST_ARMS.len();
-            let (syscall, request) =
-                with_arm(opts, KERNEL_COST_ARMS[i], nginx_pid, |attached| -> anyhow::Result<(f64, f64)> {
-                    let pid = attached.expect("floor and full arms hold programs").pid;
-                    let before = ProgramTime::of(pid);
-                    dd(DD_RECORDS)?;
-                    let during_dd = ProgramTime::of(pid).since(before);
-                    let before = ProgramTime::of(pid);
-                    let load = wrk(url, 32, opts.seconds.min(3))?;
-                    let during_load = ProgramTime::of(pid).since(before);
-                    ensure!(during_load.runs > 0.0 && load.requests > 0.0, "no program runs were counted");
-                    Ok((during_dd.ns / (2 * DD_RECORDS) as f64, during_load.ns / load.requests))
-                })??;
-            per_syscall[i].push(syscall);
-            per_request[i].push(request);
-        }
-    }
-    Ok(KernelCost {
-        arms: KERNEL_COST_ARMS
-            .iter()
-            .zip(per_syscall.into_iter().zip(per_request))
-            .map(|(arm, (s, r))| (*arm, median(s), median(r)))
-            .collect(),
-    })
-}
-
 /// Daemon RSS with `n` idle keep-alive connections open to the observed nginx.
 fn idle_connections_rss(opts: &Options, nginx: &Nginx, n: usize) -> anyhow::Result<(f64, f64, f64)> {
     with_arm(opts, FULL, nginx.guard.0.id(), |attached| -> anyhow::Result<(f64, f64, f64)> {
@@ -670,161 +552,21 @@ pub fn bench(opts: &Options) -> anyhow::Result<()> {
     eprintln!("10,000 idle keep-alive connections:");
     let (rss_kib, hwm_kib, conns) = idle_connections_rss(opts, &nginx, 10_000)?;
 
-    let mut report = render(&summaries, &syscalls, &kernel, (rss_kib, hwm_kib, conns), opts);
-    report.push_str(&tls::render(&https.kernel));
-    report.push_str(&render_neighbours(&neighbour, &middleware));
-    println!("{report}");
-    std::fs::write(opts.out.join("results.md"), &report)?;
-    std::fs::write(
-        opts.out.join("results.json"),
-        json(&summaries, &syscalls, &kernel, (rss_kib, hwm_kib, conns), &neighbour, &middleware),
-    )?;
+    let results = report::Results {
+        summaries: &summaries,
+        syscalls: &syscalls,
+        kernel: &kernel,
+        https_kernel: &https.kernel,
+        memory: (rss_kib, hwm_kib, conns),
+        neighbour: &neighbour,
+        middleware: &middleware,
+    };
+    let mut text = report::render(&results, opts);
+    text.push_str(&tls::render(&https.kernel));
+    text.push_str(&render_neighbours(&neighbour, &middleware));
+    println!("{text}");
+    std::fs::write(opts.out.join("results.md"), &text)?;
+    std::fs::write(opts.out.join("results.json"), report::json(&results)?)?;
     eprintln!("written: {}", opts.out.join("results.{md,json}").display());
     Ok(())
-}
-
-fn render(
-    summaries: &[Summary],
-    syscalls: &[(Arm, f64)],
-    kernel: &KernelCost,
-    memory: (f64, f64, f64),
-    opts: &Options,
-) -> String {
-    let mut s = String::new();
-    let _ = writeln!(
-        s,
-        "Medians of {} interleaved runs of {} s each; ratios are medians of the ratios within each round.\n",
-        opts.reps, opts.seconds
-    );
-    let _ = writeln!(
-        s,
-        "| workload | arm | req/s | MB/s | p50 µs | p99 µs | full/unobserved | full/floor | p99 full/floor | daemon µs CPU/req | events lost |"
-    );
-    let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|---|---|");
-    for summary in summaries {
-        for (arm, r) in &summary.arms {
-            let ratio = |b: Arm, f: fn(&Run) -> f64| {
-                summary.ratio(*arm, b, f).map_or("-".into(), |x| format!("{x:.3}"))
-            };
-            let (vs_base, vs_floor, p99_floor, cpu) = if arm.is_full() {
-                (
-                    ratio(Arm::Unobserved, |r| r.rps),
-                    ratio(arm.floor(), |r| r.rps),
-                    ratio(arm.floor(), |r| r.p99_us),
-                    format!("{:.2}", r.observer_cpu_s * 1e6 / r.requests.max(1.0)),
-                )
-            } else {
-                ("-".into(), "-".into(), "-".into(), "-".into())
-            };
-            let lost = if arm.is_full() { format!("{}", r.events_lost) } else { "-".into() };
-            let _ = writeln!(
-                s,
-                "| {} | {} | {:.0} | {:.1} | {:.0} | {:.0} | {vs_base} | {vs_floor} | {p99_floor} | {cpu} | {lost} |",
-                summary.name,
-                arm.name(),
-                r.rps,
-                r.bytes_per_sec / 1048576.0,
-                r.p50_us,
-                r.p99_us
-            );
-        }
-    }
-    let ns = |a: Arm| syscalls.iter().find(|(x, _)| *x == a).map_or(0.0, |(_, n)| *n);
-    let _ = writeln!(
-        s,
-        "\nUnobserved process (dd bs=1), ns per syscall: none {:.1}, floor {:.1}, full {:.1} (+{:.1} over none), \
-         full on the btf sys_exit hook {:.1} (+{:.1}).",
-        ns(Arm::Unobserved),
-        ns(FLOOR),
-        ns(FULL),
-        ns(FULL) - ns(Arm::Unobserved),
-        ns(SYS_EXIT_FULL),
-        ns(SYS_EXIT_FULL) - ns(Arm::Unobserved)
-    );
-    let _ = writeln!(
-        s,
-        "\nKernel programs, by the kernel's own accounting (kernel.bpf_stats_enabled, medians of {} rounds):\n\n\
-         | arm | ns per syscall of an unobserved process (dd) | ns per nginx request at saturation |\n|---|---|---|",
-        opts.reps
-    );
-    for (arm, syscall, request) in &kernel.arms {
-        let _ = writeln!(s, "| {} | {syscall:.1} | {request:.0} |", arm.name());
-    }
-    let _ = writeln!(
-        s,
-        "\nDaemon with 10,000 idle keep-alive connections: RSS {:.1} MB (peak {:.1} MB), {} connections in its table.",
-        memory.0 / 1024.0,
-        memory.1 / 1024.0,
-        memory.2
-    );
-    let peak = summaries.iter().flat_map(|x| x.arm(FULL)).map(|r| r.observer_hwm_kib).fold(0.0, f64::max);
-    let _ = writeln!(s, "Daemon peak RSS across the load runs: {:.1} MB.", peak / 1024.0);
-    s
-}
-
-fn json(
-    summaries: &[Summary],
-    syscalls: &[(Arm, f64)],
-    kernel: &KernelCost,
-    memory: (f64, f64, f64),
-    neighbour: &[Neighbour],
-    m: &MiddlewareArm,
-) -> String {
-    let mut s = String::from("{\n  \"workloads\": [\n");
-    for (i, summary) in summaries.iter().enumerate() {
-        let _ = write!(s, "    {{\"name\": {:?}, \"arms\": {{", summary.name);
-        for (j, (arm, r)) in summary.arms.iter().enumerate() {
-            let _ = write!(
-                s,
-                "{}\"{}\": {{\"rps\": {:.1}, \"bytes_per_sec\": {:.0}, \"p50_us\": {:.1}, \"p99_us\": {:.1}, \"requests\": {:.0}, \"observer_cpu_s\": {:.3}, \"observer_peak_rss_kib\": {:.0}, \"events_lost\": {:.0}}}",
-                if j > 0 { ", " } else { "" },
-                arm.name(),
-                r.rps,
-                r.bytes_per_sec,
-                r.p50_us,
-                r.p99_us,
-                r.requests,
-                r.observer_cpu_s,
-                r.observer_hwm_kib,
-                r.events_lost
-            );
-        }
-        let _ = writeln!(s, "}}}}{}", if i + 1 < summaries.len() { "," } else { "" });
-    }
-    let _ = write!(s, "  ],\n  \"unobserved_syscall_ns\": {{");
-    for (j, (arm, ns)) in syscalls.iter().enumerate() {
-        let _ = write!(s, "{}\"{}\": {:.2}", if j > 0 { ", " } else { "" }, arm.name(), ns);
-    }
-    let _ = write!(s, "}},\n  \"kernel_program_ns\": {{");
-    for (j, (arm, syscall, request)) in kernel.arms.iter().enumerate() {
-        let _ = write!(
-            s,
-            "{}\"{}\": {{\"per_unobserved_syscall\": {syscall:.2}, \"per_nginx_request\": {request:.1}}}",
-            if j > 0 { ", " } else { "" },
-            arm.name()
-        );
-    }
-    let _ = writeln!(
-        s,
-        "}},\n  \"idle_10k_connections\": {{\"rss_kib\": {:.0}, \"peak_rss_kib\": {:.0}, \"table\": {:.0}}},",
-        memory.0, memory.1, memory.2
-    );
-    let _ = write!(s, "  \"neighbour_redis\": {{");
-    for (j, n) in neighbour.iter().enumerate() {
-        let _ = write!(
-            s,
-            "{}\"{}\": {{\"rps\": {:.0}, \"ratio\": {:.4}, \"program_ns_per_request\": {:.2}}}",
-            if j > 0 { ", " } else { "" },
-            n.arm.name(),
-            n.rps,
-            n.ratio,
-            n.program_ns_per_request
-        );
-    }
-    let _ = writeln!(
-        s,
-        "}},\n  \"middleware\": {{\"bare_rps\": {:.0}, \"middleware_rps\": {:.0}, \"observed_rps\": {:.0}, \"middleware_ratio\": {:.4}, \"observed_ratio\": {:.4}}}\n}}",
-        m.bare_rps, m.middleware_rps, m.observed_rps, m.middleware_ratio, m.observed_ratio
-    );
-    s
 }

@@ -372,3 +372,21 @@ fn requests_in_the_uncaptured_middle_of_a_read_are_counted_as_lost_not_looped_on
     assert_eq!(w.done().len(), 1);
     assert_eq!(w.sink.anomalies, [Anomaly::TruncatedCapture]);
 }
+
+#[test]
+fn a_malformed_chunked_request_body_is_counted_as_a_request_error() {
+    let mut h = Harness::default();
+    h.read(1, b"POST /up HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n").write(2, OK_5);
+    assert_eq!(h.sink.anomalies, [Anomaly::NotHttpRequest], "the request's body, not a response");
+    assert_eq!(h.done(), [("POST /up", Some(200), 1, 2)], "the request itself still counts");
+}
+
+#[test]
+fn a_malformed_chunked_response_body_is_counted_as_a_response_error() {
+    let mut h = Harness::default();
+    h.read(1, b"GET /c HTTP/1.1\r\n\r\n")
+        .write(2, b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n")
+        .close();
+    assert_eq!(h.sink.anomalies, [Anomaly::NotHttpResponse]);
+    assert_eq!(h.done(), [("GET /c", Some(200), 1, 2)], "ends at close, at its last write");
+}

@@ -492,13 +492,23 @@ fn start_kernel_logger(ebpf: &mut Ebpf) {
     debug!("kernel-side logging started");
 }
 
-fn is_permission(text: &str) -> bool {
-    text.contains("Operation not permitted") || text.contains("Permission denied") || text.contains("EPERM")
+/// Whether the kernel refused for want of privilege: EPERM or EACCES anywhere in the chain
+/// of sources (aya keeps the syscall's io::Error as one).
+fn is_permission(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(e);
+    while let Some(err) = cause {
+        if let Some(io) = err.downcast_ref::<io::Error>()
+            && matches!(io.raw_os_error(), Some(libc::EPERM | libc::EACCES))
+        {
+            return true;
+        }
+        cause = err.source();
+    }
+    false
 }
 
 fn permission(e: ProbeError) -> ProbeError {
-    let text = format!("{e}: {:?}", e);
-    if is_permission(&text) { ProbeError::NotPermitted(e.to_string()) } else { e }
+    if is_permission(&e) { ProbeError::NotPermitted(e.to_string()) } else { e }
 }
 
 fn permission_or(e: aya::EbpfError, wrap: fn(aya::EbpfError) -> ProbeError) -> ProbeError {

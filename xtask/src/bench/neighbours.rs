@@ -7,8 +7,8 @@ use std::{fmt::Write as _, process::Command};
 use anyhow::{Context, ensure};
 
 use super::{
-    Arm, BpfStats, FULL, Guard, NEIGHBOUR_ARMS, Options, ProgramTime, free_port, median, start_server,
-    with_arm, wrk,
+    Arm, BpfStats, FULL, Guard, NEIGHBOUR_ARMS, Options, ProgramTime, free_port, interleaved, median,
+    start_server, with_arm, wrk,
 };
 
 /// Debian's redis-server on a free loopback port, persisting nothing.
@@ -51,15 +51,11 @@ pub struct Neighbour {
 pub fn neighbour_redis(opts: &Options, target: u32) -> anyhow::Result<Vec<Neighbour>> {
     let (_redis, port) = start_redis()?;
     redis_benchmark(port, 50_000)?; // warm-up
-    let mut rates: Vec<Vec<f64>> = vec![Vec::new(); NEIGHBOUR_ARMS.len()];
-    for rep in 0..opts.reps {
-        for k in 0..NEIGHBOUR_ARMS.len() {
-            let i = (k + rep) % NEIGHBOUR_ARMS.len();
-            let rate = with_arm(opts, NEIGHBOUR_ARMS[i], target, |_| redis_benchmark(port, 200_000))??;
-            eprintln!("  {:<20} rep {}: {:>10.0} req/s", NEIGHBOUR_ARMS[i].name(), rep + 1, rate);
-            rates[i].push(rate);
-        }
-    }
+    let rates = interleaved(opts.reps, &NEIGHBOUR_ARMS, |rep, arm| {
+        let rate = with_arm(opts, arm, target, |_| redis_benchmark(port, 200_000))??;
+        eprintln!("  {:<20} rep {}: {:>10.0} req/s", arm.name(), rep + 1, rate);
+        Ok(rate)
+    })?;
     const REQUESTS: u32 = 100_000;
     let mut program_ns = vec![Vec::new(); NEIGHBOUR_ARMS.len()];
     let _stats = BpfStats::enable()?;
@@ -112,24 +108,15 @@ pub fn middleware_arm(opts: &Options) -> anyhow::Result<MiddlewareArm> {
     let (bare, bare_port) = start_boot_server(opts, false)?;
     let (_instrumented, instrumented_port) = start_boot_server(opts, true)?;
     let url = |port: u16| format!("http://127.0.0.1:{port}/boot/52:54:00:12:34:56");
-    let mut rps: [Vec<f64>; 3] = Default::default();
-    for rep in 0..opts.reps {
-        for k in 0..3 {
-            let i = (k + rep) % 3;
-            let run = match i {
-                0 => wrk(&url(bare_port), 32, opts.seconds)?,
-                1 => wrk(&url(instrumented_port), 32, opts.seconds)?,
-                _ => with_arm(opts, FULL, bare.0.id(), |_| wrk(&url(bare_port), 32, opts.seconds))??,
-            };
-            eprintln!(
-                "  {:<20} rep {}: {:>10.0} req/s",
-                ["bare", "middleware", "observed"][i],
-                rep + 1,
-                run.rps
-            );
-            rps[i].push(run.rps);
-        }
-    }
+    let rps = interleaved(opts.reps, &[0, 1, 2], |rep, i| {
+        let run = match i {
+            0 => wrk(&url(bare_port), 32, opts.seconds)?,
+            1 => wrk(&url(instrumented_port), 32, opts.seconds)?,
+            _ => with_arm(opts, FULL, bare.0.id(), |_| wrk(&url(bare_port), 32, opts.seconds))??,
+        };
+        eprintln!("  {:<20} rep {}: {:>10.0} req/s", ["bare", "middleware", "observed"][i], rep + 1, run.rps);
+        Ok(run.rps)
+    })?;
     let ratio = |i: usize| median(rps[i].iter().zip(&rps[0]).map(|(x, b)| x / b).collect());
     Ok(MiddlewareArm {
         bare_rps: median(rps[0].clone()),

@@ -6,7 +6,9 @@ use std::{fmt::Write as _, path::Path, process::Command};
 
 use anyhow::ensure;
 
-use super::{Arm, BpfStats, FLOOR, FULL, ProgramTime, Summary, measure, median, summarize, with_arm, wrk};
+use super::{
+    Arm, BpfStats, FLOOR, FULL, ProgramTime, Summary, interleaved, measure, median, summarize, with_arm, wrk,
+};
 
 /// A self-signed certificate and key (`cert.pem`, `key.pem`) in `dir`.
 pub(super) fn self_signed_cert(dir: &Path) -> anyhow::Result<()> {
@@ -36,21 +38,16 @@ pub(super) fn https_workload(opts: &super::Options, nginx_pid: u32, tls_port: u1
         summarize("nginx https return 200 (saturation)", measure(opts, nginx_pid, &url, &ARMS, 32)?);
     let _stats = BpfStats::enable()?;
     let observed = [Arm::FullNoTls, FULL];
-    let mut per_request: Vec<Vec<f64>> = vec![Vec::new(); observed.len()];
-    for rep in 0..opts.reps {
-        for k in 0..observed.len() {
-            let i = (k + rep) % observed.len();
-            let ns = with_arm(opts, observed[i], nginx_pid, |attached| -> anyhow::Result<f64> {
-                let pid = attached.expect("observed arms hold programs").pid;
-                let before = ProgramTime::of(pid);
-                let load = wrk(&url, 32, opts.seconds.min(3))?;
-                let during = ProgramTime::of(pid).since(before);
-                ensure!(during.runs > 0.0 && load.requests > 0.0, "no program runs were counted");
-                Ok(during.ns / load.requests)
-            })??;
-            per_request[i].push(ns);
-        }
-    }
+    let per_request = interleaved(opts.reps, &observed, |_, arm| {
+        with_arm(opts, arm, nginx_pid, |attached| -> anyhow::Result<f64> {
+            let pid = attached.expect("observed arms hold programs").pid;
+            let before = ProgramTime::of(pid);
+            let load = wrk(&url, 32, opts.seconds.min(3))?;
+            let during = ProgramTime::of(pid).since(before);
+            ensure!(during.runs > 0.0 && load.requests > 0.0, "no program runs were counted");
+            Ok(during.ns / load.requests)
+        })?
+    })?;
     let kernel = observed.iter().zip(per_request).map(|(arm, ns)| (*arm, median(ns))).collect();
     Ok(Https { summary, kernel })
 }

@@ -4,29 +4,22 @@
 //! ([`Moved`]): how many bytes, and the captured first and last of them. Lengths always come
 //! from the byte count, so bodies larger than the capture are followed exactly; only heads and
 //! chunk-size lines need to be seen, and those sit at the start or the end of a syscall.
+//!
+//! `head` parses heads (requests and responses alike), `body` decodes bodies (one decoder
+//! for both directions), `bytes` is the cursor over one call's bytes; this module keeps the
+//! queue of requests waiting for their responses, and the timings.
 
-use std::{collections::VecDeque, mem::MaybeUninit};
+mod body;
+mod bytes;
+mod head;
 
-/// Largest request or response head we buffer before declaring the connection out of sync.
-const MAX_HEAD: usize = 64 * 1024;
-const MAX_HEADERS: usize = 64;
+use std::collections::VecDeque;
 
-/// Room for a head's headers. Left uninitialised: filling 64 empty headers (2 KiB) before
-/// every parse was most of the parse's cost; httparse writes those it returns.
-fn header_room<'b>() -> [MaybeUninit<httparse::Header<'b>>; MAX_HEADERS] {
-    [const { MaybeUninit::uninit() }; MAX_HEADERS]
-}
-
-/// The head bytes to parse: those already buffered plus the new ones, or, when nothing is
-/// buffered (a head that arrives in one syscall, the usual case), the new ones where they
-/// lie, without a copy.
-fn head_bytes<'d>(buf: &'d mut Vec<u8>, seen: &'d [u8]) -> &'d [u8] {
-    if buf.is_empty() {
-        return seen;
-    }
-    buf.extend_from_slice(seen);
-    buf
-}
+use self::{
+    body::{BodyError, BodyKind, Decoder, request_body, response_body},
+    bytes::{Bytes, counted},
+    head::{HeadLoss, Other, Outcome, head_bytes, header_room, is_http2_settings, looks_like_request},
+};
 
 /// The parts of a request head that callers may label it by.
 #[derive(Debug, Clone, Copy)]
@@ -112,27 +105,63 @@ impl<T> Default for Sink<T> {
     }
 }
 
-/// How a message body ends.
+/// Which side of the exchange bytes belong to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum BodyKind {
-    Length(u64),
-    Chunked,
-    /// Until the connection closes (responses only).
-    Eof,
+enum Side {
+    Request,
+    Response,
 }
 
-/// Bytes of a message the connection is in the middle of.
+impl Side {
+    fn not_http(self) -> Anomaly {
+        match self {
+            Side::Request => Anomaly::NotHttpRequest,
+            Side::Response => Anomaly::NotHttpResponse,
+        }
+    }
+
+    fn head_lost(self, loss: HeadLoss) -> Anomaly {
+        match loss {
+            HeadLoss::NotHttp => self.not_http(),
+            HeadLoss::TooLarge => Anomaly::HeadTooLarge,
+            HeadLoss::Truncated => Anomaly::TruncatedCapture,
+        }
+    }
+
+    fn body_lost(self, error: BodyError) -> Anomaly {
+        match error {
+            BodyError::BadChunkSize => self.not_http(),
+            BodyError::Truncated => Anomaly::TruncatedCapture,
+            BodyError::LineTooLong => Anomaly::HeadTooLarge,
+        }
+    }
+}
+
+/// Where one direction of the connection is.
 #[derive(Debug)]
 enum Framing {
     /// At a message boundary or inside a head: buffered head bytes so far.
     Head(Vec<u8>),
-    Length(u64),
-    Chunked(Chunked),
-    Eof,
+    /// Inside a message's body.
+    Body(Decoder),
     /// Lost track; waiting for something that starts a message.
     OutOfSync,
-    /// Protocol switched: nothing more is HTTP.
+    /// Protocol switched (or never was HTTP/1.x): nothing more is followed.
     Upgraded,
+}
+
+impl Framing {
+    /// What follows a head whose body is `kind`.
+    fn after_head(kind: BodyKind) -> Framing {
+        match kind {
+            BodyKind::Length(0) => Framing::Head(Vec::new()),
+            kind => Framing::Body(Decoder::new(kind)),
+        }
+    }
+
+    fn is_close_delimited(&self) -> bool {
+        matches!(self, Framing::Body(Decoder::Eof))
+    }
 }
 
 /// A request waiting for (the rest of) its response.
@@ -154,6 +183,8 @@ pub struct HttpConn<T> {
     outbound: Framing,
     /// Requests in arrival order; responses answer them in the same order (RFC 9112 §9.3.2).
     waiting: VecDeque<Outstanding<T>>,
+    /// Its bytes were found to be TLS records (set aside, not followed).
+    encrypted: bool,
     last_write_ns: u64,
     /// The response being written (to the front of `waiting`): when its first byte went out,
     /// and how many bytes so far.
@@ -167,6 +198,11 @@ impl<T> Default for HttpConn<T> {
     }
 }
 
+enum Step {
+    Continue,
+    Stop,
+}
+
 impl<T> HttpConn<T> {
     /// A connection seen from its start (accept): the first bytes read begin a request.
     pub fn new() -> Self {
@@ -175,6 +211,7 @@ impl<T> HttpConn<T> {
             inbound_start_ns: 0,
             outbound: Framing::Head(Vec::new()),
             waiting: VecDeque::new(),
+            encrypted: false,
             last_write_ns: 0,
             response_first_ns: None,
             response_bytes: 0,
@@ -185,6 +222,11 @@ impl<T> HttpConn<T> {
     /// nothing is trusted until a read starts a request.
     pub fn mid_stream() -> Self {
         HttpConn { inbound: Framing::OutOfSync, outbound: Framing::OutOfSync, ..Self::new() }
+    }
+
+    /// Whether its bytes were TLS records, set aside.
+    pub fn is_encrypted(&self) -> bool {
+        self.encrypted
     }
 
     pub fn has_waiting(&self) -> bool {
@@ -210,11 +252,13 @@ impl<T> HttpConn<T> {
             && let Some(other) = Other::starting(rest.seen)
         {
             match other {
-                Other::Tls => sink.encrypted += 1,
+                Other::Tls => {
+                    sink.encrypted += 1;
+                    self.encrypted = true;
+                }
                 Other::Http2 => sink.anomalies.push(Anomaly::Http2),
             }
-            self.inbound = Framing::Upgraded;
-            self.outbound = Framing::Upgraded;
+            self.upgraded();
             return;
         }
         while !rest.is_empty() {
@@ -228,22 +272,16 @@ impl<T> HttpConn<T> {
                         Step::Stop => return,
                     }
                 }
-                Framing::Length(remaining) => {
-                    *remaining -= rest.skip(*remaining);
-                    if *remaining == 0 {
-                        self.inbound = Framing::Head(Vec::new());
-                    }
-                }
-                Framing::Chunked(chunked) => match chunked.advance(&mut rest) {
+                Framing::Body(decoder) => match decoder.decode(&mut rest) {
                     Ok(true) => self.inbound = Framing::Head(Vec::new()),
                     Ok(false) => {}
-                    Err(anomaly) => {
-                        sink.anomalies.push(anomaly);
+                    Err(error) => {
+                        sink.anomalies.push(Side::Request.body_lost(error));
                         self.inbound = Framing::OutOfSync;
                         return;
                     }
                 },
-                Framing::Eof | Framing::OutOfSync | Framing::Upgraded => return,
+                Framing::OutOfSync | Framing::Upgraded => return,
             }
         }
     }
@@ -260,21 +298,11 @@ impl<T> HttpConn<T> {
         let mut headers = header_room();
         let mut req = httparse::Request::new(&mut []);
         let parsed = req.parse_with_uninit_headers(data, &mut headers);
-        let (head_len, truncated) = match parsed {
-            Ok(httparse::Status::Complete(n)) => (n, false),
-            Ok(httparse::Status::Partial)
-                if rest.unseen > 0 && req.method.is_some() && req.path.is_some() =>
-            {
-                // The head goes on past the capture: the uncaptured bytes are taken as the
-                // rest of this head, with no body.
-                (data.len(), true)
-            }
-            // The head goes on into bytes we cannot see, and not even its request line is
-            // known: nothing to count; resync at the next request.
-            Ok(httparse::Status::Partial) if rest.unseen > 0 => {
-                return self.inbound_lost(sink, Anomaly::TruncatedCapture);
-            }
-            Ok(httparse::Status::Partial) if data.len() <= MAX_HEAD => {
+        let first_line = req.method.is_some() && req.path.is_some();
+        let (head_len, truncated) = match head::outcome(parsed, data.len(), rest.unseen, first_line) {
+            Outcome::Complete(n) => (n, false),
+            Outcome::Truncated => (data.len(), true),
+            Outcome::Partial => {
                 // Wait for more bytes: the captured tail, or the next read.
                 if before == 0 {
                     buf.extend_from_slice(rest.seen);
@@ -282,11 +310,10 @@ impl<T> HttpConn<T> {
                 rest.skip(rest.seen.len() as u64);
                 return if rest.is_empty() { Step::Stop } else { Step::Continue };
             }
-            Ok(httparse::Status::Partial) => return self.inbound_lost(sink, Anomaly::HeadTooLarge),
-            Err(_) => return self.inbound_lost(sink, Anomaly::NotHttpRequest),
+            Outcome::Lost(loss) => return self.lose(Side::Request, sink, Side::Request.head_lost(loss)),
         };
         let (Some(method), Some(target)) = (req.method, req.path) else {
-            return self.inbound_lost(sink, Anomaly::NotHttpRequest);
+            return self.lose(Side::Request, sink, Anomaly::NotHttpRequest);
         };
         let body = if truncated {
             sink.anomalies.push(Anomaly::TruncatedCapture);
@@ -294,36 +321,21 @@ impl<T> HttpConn<T> {
         } else {
             match request_body(req.headers) {
                 Some(body) => body,
-                None => return self.inbound_lost(sink, Anomaly::NotHttpRequest),
+                None => return self.lose(Side::Request, sink, Anomaly::NotHttpRequest),
             }
         };
         let no_body = method == "HEAD" || method == "CONNECT";
         let upgrade = method == "CONNECT";
         let tag = start(RequestHead { method, target });
         // A close-delimited response still being written ends where the next request begins.
-        if matches!(self.outbound, Framing::Eof) {
+        if self.outbound.is_close_delimited() {
             self.finish_front(self.last_write_ns, sink);
             self.outbound = Framing::Head(Vec::new());
         }
         self.waiting.push_back(Outstanding { tag, start_ns: self.inbound_start_ns, no_body, status: None });
         rest.skip(if truncated { rest.len() } else { (head_len - before) as u64 });
-        self.inbound = if upgrade {
-            Framing::Upgraded
-        } else {
-            match body {
-                BodyKind::Length(0) => Framing::Head(Vec::new()),
-                BodyKind::Length(n) => Framing::Length(n),
-                BodyKind::Chunked => Framing::Chunked(Chunked::default()),
-                BodyKind::Eof => Framing::Head(Vec::new()),
-            }
-        };
+        self.inbound = if upgrade { Framing::Upgraded } else { Framing::after_head(body) };
         Step::Continue
-    }
-
-    fn inbound_lost(&mut self, sink: &mut Sink<T>, anomaly: Anomaly) -> Step {
-        sink.anomalies.push(anomaly);
-        self.inbound = Framing::OutOfSync;
-        Step::Stop
     }
 
     /// The server wrote bytes (write family or sendfile).
@@ -342,8 +354,7 @@ impl<T> HttpConn<T> {
             && is_http2_settings(rest.seen)
         {
             sink.anomalies.push(Anomaly::Http2);
-            self.inbound = Framing::Upgraded;
-            self.outbound = Framing::Upgraded;
+            self.upgraded();
             return;
         }
         while !rest.is_empty() {
@@ -352,33 +363,20 @@ impl<T> HttpConn<T> {
                     Step::Continue => {}
                     Step::Stop => return,
                 },
-                Framing::Length(remaining) => {
-                    let n = rest.skip(*remaining);
-                    *remaining -= n;
-                    self.response_bytes += n;
-                    if *remaining == 0 {
-                        self.finish_front(ts_ns, sink);
-                        self.outbound = Framing::Head(Vec::new());
-                    }
-                }
-                Framing::Chunked(chunked) => {
-                    match counted(&mut self.response_bytes, &mut rest, |r| chunked.advance(r)) {
+                Framing::Body(decoder) => {
+                    match counted(&mut self.response_bytes, &mut rest, |r| decoder.decode(r)) {
                         Ok(true) => {
                             self.finish_front(ts_ns, sink);
                             self.outbound = Framing::Head(Vec::new());
                         }
                         Ok(false) => {}
-                        Err(anomaly) => {
-                            sink.anomalies.push(anomaly);
+                        Err(error) => {
+                            sink.anomalies.push(Side::Response.body_lost(error));
                             // The response ends at close or at the next request, whichever first.
-                            self.outbound = Framing::Eof;
+                            self.outbound = Framing::Body(Decoder::Eof);
                             return;
                         }
                     }
-                }
-                Framing::Eof => {
-                    self.response_bytes += rest.len();
-                    return;
                 }
                 Framing::OutOfSync | Framing::Upgraded => return,
             }
@@ -403,13 +401,11 @@ impl<T> HttpConn<T> {
             data,
             &mut headers,
         );
-        let (head_len, truncated) = match parsed {
-            Ok(httparse::Status::Complete(n)) => (n, false),
-            Ok(httparse::Status::Partial) if rest.unseen > 0 && resp.code.is_some() => (data.len(), true),
-            Ok(httparse::Status::Partial) if rest.unseen > 0 => {
-                return self.outbound_lost(sink, Anomaly::TruncatedCapture);
-            }
-            Ok(httparse::Status::Partial) if data.len() <= MAX_HEAD => {
+        let (head_len, truncated) = match head::outcome(parsed, data.len(), rest.unseen, resp.code.is_some())
+        {
+            Outcome::Complete(n) => (n, false),
+            Outcome::Truncated => (data.len(), true),
+            Outcome::Partial => {
                 if before == 0 {
                     buf.extend_from_slice(rest.seen);
                 }
@@ -417,13 +413,10 @@ impl<T> HttpConn<T> {
                 self.response_bytes += rest.skip(rest.seen.len() as u64);
                 return if rest.is_empty() { Step::Stop } else { Step::Continue };
             }
-            Ok(httparse::Status::Partial) => {
-                return self.outbound_lost(sink, Anomaly::HeadTooLarge);
-            }
-            Err(_) => return self.outbound_lost(sink, Anomaly::NotHttpResponse),
+            Outcome::Lost(loss) => return self.lose(Side::Response, sink, Side::Response.head_lost(loss)),
         };
         let Some(code) = resp.code else {
-            return self.outbound_lost(sink, Anomaly::NotHttpResponse);
+            return self.lose(Side::Response, sink, Anomaly::NotHttpResponse);
         };
         let framing = if truncated { Some(BodyKind::Eof) } else { response_body(resp.headers) };
         self.response_first_ns.get_or_insert(ts_ns);
@@ -435,8 +428,7 @@ impl<T> HttpConn<T> {
             self.set_front_status(code);
             self.finish_front(ts_ns, sink);
             sink.anomalies.push(Anomaly::Upgraded);
-            self.inbound = Framing::Upgraded;
-            self.outbound = Framing::Upgraded;
+            self.upgraded();
             return Step::Stop;
         }
         if (100..200).contains(&code) {
@@ -446,30 +438,32 @@ impl<T> HttpConn<T> {
         }
         self.set_front_status(code);
         let no_body = self.waiting.front().is_some_and(|w| w.no_body) || code == 204 || code == 304;
-        let body = if no_body {
-            BodyKind::Length(0)
-        } else {
-            match framing {
-                Some(body) => body,
-                None => return self.outbound_lost(sink, Anomaly::NotHttpResponse),
-            }
+        let body = match (no_body, framing) {
+            (true, _) => BodyKind::Length(0),
+            (false, Some(body)) => body,
+            (false, None) => return self.lose(Side::Response, sink, Anomaly::NotHttpResponse),
         };
-        self.outbound = match body {
-            BodyKind::Length(0) => {
-                self.finish_front(ts_ns, sink);
-                Framing::Head(Vec::new())
-            }
-            BodyKind::Length(n) => Framing::Length(n),
-            BodyKind::Chunked => Framing::Chunked(Chunked::default()),
-            BodyKind::Eof => Framing::Eof,
-        };
+        if body == BodyKind::Length(0) {
+            self.finish_front(ts_ns, sink);
+        }
+        self.outbound = Framing::after_head(body);
         Step::Continue
     }
 
-    fn outbound_lost(&mut self, sink: &mut Sink<T>, anomaly: Anomaly) -> Step {
+    /// `side` lost track (counted as `anomaly`) until something starts a message again.
+    fn lose(&mut self, side: Side, sink: &mut Sink<T>, anomaly: Anomaly) -> Step {
         sink.anomalies.push(anomaly);
-        self.outbound = Framing::OutOfSync;
+        match side {
+            Side::Request => self.inbound = Framing::OutOfSync,
+            Side::Response => self.outbound = Framing::OutOfSync,
+        }
         Step::Stop
+    }
+
+    /// Nothing more on this connection is HTTP/1.x.
+    fn upgraded(&mut self) {
+        self.inbound = Framing::Upgraded;
+        self.outbound = Framing::Upgraded;
     }
 
     fn set_front_status(&mut self, code: u16) {
@@ -494,7 +488,7 @@ impl<T> HttpConn<T> {
     /// The connection is gone (closed, fd reused, or dropped from the table): a close-delimited
     /// response ends with its last write; every other waiting request is abandoned.
     pub fn on_close(mut self, sink: &mut Sink<T>) {
-        if matches!(self.outbound, Framing::Eof) {
+        if self.outbound.is_close_delimited() {
             self.finish_front(self.last_write_ns, sink);
         }
         self.abandon_all(sink);
@@ -527,236 +521,11 @@ impl<T> HttpConn<T> {
     /// The connection has been quiet for the idle timeout: a response whose end could not be
     /// seen (close-delimited, or framing lost) is taken to have ended with its last write.
     pub fn on_idle(&mut self, sink: &mut Sink<T>) {
-        if matches!(self.outbound, Framing::Eof) {
+        if self.outbound.is_close_delimited() {
             self.finish_front(self.last_write_ns, sink);
             self.outbound = Framing::Head(Vec::new());
         }
     }
-}
-
-enum Step {
-    Continue,
-    Stop,
-}
-
-/// Runs `step` and adds the bytes it consumed from `rest` to `counter`.
-fn counted<R>(counter: &mut u64, rest: &mut Bytes<'_>, step: impl FnOnce(&mut Bytes<'_>) -> R) -> R {
-    let before = rest.len();
-    let result = step(rest);
-    *counter += before - rest.len();
-    result
-}
-
-/// The rest of one syscall's bytes: a captured prefix (`seen`), bytes known only by count
-/// (`unseen`), then the captured tail. Once the prefix and the gap are consumed, the tail
-/// becomes `seen`.
-struct Bytes<'a> {
-    seen: &'a [u8],
-    unseen: u64,
-    tail: &'a [u8],
-}
-
-impl<'a> Bytes<'a> {
-    fn new(moved: Moved<'a>) -> Self {
-        let limit =
-            |data: &'a [u8], max: u64| &data[..data.len().min(usize::try_from(max).unwrap_or(usize::MAX))];
-        let seen = limit(moved.head, moved.len);
-        let tail = limit(moved.tail, moved.len - seen.len() as u64);
-        let unseen = moved.len - seen.len() as u64 - tail.len() as u64;
-        let mut bytes = Bytes { seen, unseen, tail };
-        bytes.promote_tail();
-        bytes
-    }
-
-    fn len(&self) -> u64 {
-        (self.seen.len() + self.tail.len()) as u64 + self.unseen
-    }
-
-    fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    fn promote_tail(&mut self) {
-        if self.seen.is_empty() && self.unseen == 0 {
-            self.seen = std::mem::take(&mut self.tail);
-        }
-    }
-
-    /// Drops up to `n` bytes from the front; returns how many were dropped.
-    fn skip(&mut self, n: u64) -> u64 {
-        let mut dropped = 0;
-        while dropped < n && !self.is_empty() {
-            let want = n - dropped;
-            let from_seen = want.min(self.seen.len() as u64);
-            self.seen = &self.seen[from_seen as usize..];
-            let from_unseen = if self.seen.is_empty() { (want - from_seen).min(self.unseen) } else { 0 };
-            self.unseen -= from_unseen;
-            dropped += from_seen + from_unseen;
-            self.promote_tail();
-        }
-        dropped
-    }
-}
-
-/// Protocols a connection may speak instead of HTTP/1.x, told by their first bytes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Other {
-    /// A TLS record: handshake (22), version 3.x (SSL 3.0 to TLS 1.3 all say 3.0–3.4).
-    Tls,
-    /// The HTTP/2 client connection preface (RFC 9113 §3.4).
-    Http2,
-}
-
-impl Other {
-    fn starting(data: &[u8]) -> Option<Other> {
-        match data {
-            [0x16, 0x03, minor, ..] if *minor <= 0x04 => Some(Other::Tls),
-            _ if data.starts_with(b"PRI * HTTP/2.0") => Some(Other::Http2),
-            _ => None,
-        }
-    }
-}
-
-/// Whether `data` begins with an HTTP/2 SETTINGS frame on stream 0 (RFC 9113 §6.5): a
-/// 24-bit length that is a multiple of 6, type 4, flags 0, stream id 0. A response head
-/// starts with `HTTP/`, so the two are never confused.
-fn is_http2_settings(data: &[u8]) -> bool {
-    match data {
-        [l0, l1, l2, 0x04, 0x00, 0, 0, 0, 0, ..] => {
-            (u32::from_be_bytes([0, *l0, *l1, *l2])).is_multiple_of(6)
-        }
-        _ => false,
-    }
-}
-
-/// Whether `data` begins like a request line (at least `TOKEN SP`, with nothing invalid
-/// after it), to resync a connection we lost track of. Clients may send the method alone
-/// in a first segment, so the whole request line is not required.
-fn looks_like_request(data: &[u8]) -> bool {
-    let mut headers = header_room();
-    let mut req = httparse::Request::new(&mut []);
-    match req.parse_with_uninit_headers(data, &mut headers) {
-        Ok(httparse::Status::Complete(_)) => true,
-        Ok(httparse::Status::Partial) => req.method.is_some(),
-        Err(_) => false,
-    }
-}
-
-/// RFC 9112 §6.3 for requests: chunked if it is the final coding, else Content-Length, else
-/// no body. `None` for a malformed or conflicting framing.
-fn request_body(headers: &[httparse::Header<'_>]) -> Option<BodyKind> {
-    match message_body(headers)? {
-        BodyKind::Eof => Some(BodyKind::Length(0)),
-        body => Some(body),
-    }
-}
-
-/// RFC 9112 §6.3 for responses: as for requests, but with neither header the body runs to
-/// the connection's close.
-fn response_body(headers: &[httparse::Header<'_>]) -> Option<BodyKind> {
-    message_body(headers)
-}
-
-fn message_body(headers: &[httparse::Header<'_>]) -> Option<BodyKind> {
-    let mut length: Option<u64> = None;
-    let mut chunked = false;
-    for h in headers {
-        if h.name.eq_ignore_ascii_case("transfer-encoding") {
-            let value = std::str::from_utf8(h.value).ok()?;
-            chunked = value.rsplit(',').next().is_some_and(|c| c.trim().eq_ignore_ascii_case("chunked"));
-        } else if h.name.eq_ignore_ascii_case("content-length") {
-            let n = std::str::from_utf8(h.value).ok()?.trim().parse::<u64>().ok()?;
-            if length.is_some_and(|old| old != n) {
-                return None;
-            }
-            length = Some(n);
-        }
-    }
-    Some(match (chunked, length) {
-        (true, _) => BodyKind::Chunked,
-        (false, Some(n)) => BodyKind::Length(n),
-        (false, None) => BodyKind::Eof,
-    })
-}
-
-/// Chunked transfer coding (RFC 9112 §7.1), followed by count where bytes were not captured.
-#[derive(Debug, Default)]
-struct Chunked {
-    state: ChunkState,
-    /// Partial size or trailer line carried over from the previous syscall.
-    line: Vec<u8>,
-}
-
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-enum ChunkState {
-    #[default]
-    Size,
-    /// Chunk data still to come, then its CRLF.
-    Data(u64),
-    /// Trailer section after the last chunk, line by line; ends at an empty line.
-    Trailer,
-}
-
-impl Chunked {
-    /// Consumes bytes; `Ok(true)` once the message's last byte was consumed.
-    fn advance(&mut self, rest: &mut Bytes<'_>) -> Result<bool, Anomaly> {
-        while !rest.is_empty() {
-            match self.state {
-                ChunkState::Data(remaining) => {
-                    let left = remaining - rest.skip(remaining);
-                    self.state = if left == 0 { ChunkState::Size } else { ChunkState::Data(left) };
-                }
-                ChunkState::Size | ChunkState::Trailer => {
-                    let Some(line) = self.take_line(rest)? else {
-                        return Ok(false);
-                    };
-                    match self.state {
-                        ChunkState::Size => {
-                            let size = parse_chunk_size(&line).ok_or(Anomaly::NotHttpResponse)?;
-                            // The data's CRLF is skipped by count, like the data.
-                            self.state =
-                                if size == 0 { ChunkState::Trailer } else { ChunkState::Data(size + 2) };
-                        }
-                        _ if line.is_empty() => return Ok(true),
-                        _ => {} // a trailer field
-                    }
-                }
-            }
-        }
-        Ok(false)
-    }
-
-    /// The next CRLF-terminated line without its CRLF, or `None` if it is not complete yet.
-    fn take_line(&mut self, rest: &mut Bytes<'_>) -> Result<Option<Vec<u8>>, Anomaly> {
-        match rest.seen.iter().position(|&b| b == b'\n') {
-            Some(i) => {
-                self.line.extend_from_slice(&rest.seen[..i]);
-                rest.skip(i as u64 + 1);
-                let mut line = std::mem::take(&mut self.line);
-                if line.last() == Some(&b'\r') {
-                    line.pop();
-                }
-                Ok(Some(line))
-            }
-            None if rest.unseen > 0 => Err(Anomaly::TruncatedCapture),
-            None if self.line.len() + rest.seen.len() > 4096 => Err(Anomaly::HeadTooLarge),
-            None => {
-                self.line.extend_from_slice(rest.seen);
-                rest.skip(rest.seen.len() as u64);
-                Ok(None)
-            }
-        }
-    }
-}
-
-/// `1*HEXDIG [ chunk-ext ]`.
-fn parse_chunk_size(line: &[u8]) -> Option<u64> {
-    let hex = line.split(|&b| b == b';').next()?;
-    let hex = std::str::from_utf8(hex).ok()?.trim();
-    if hex.is_empty() || hex.len() > 15 {
-        return None;
-    }
-    u64::from_str_radix(hex, 16).ok()
 }
 
 #[cfg(test)]
