@@ -128,8 +128,8 @@ impl<'m> Connections<'m> {
                 if is_plaintext(event.syscall) && entry.http.is_encrypted() {
                     // Ciphertext of this connection got out before its session was tied to
                     // it (a call already under way when the uprobes were attached): the
-                    // plaintext starts the connection over.
-                    entry.http = opened();
+                    // plaintext starts the connection over (whatever was waiting, abandoned).
+                    std::mem::replace(&mut entry.http, opened()).on_close(&mut self.sink);
                 }
                 entry.last_active = self.clock;
                 entry.tgid = event.tgid;
