@@ -7,7 +7,7 @@ use rustc_hash::FxHashMap;
 use crate::{
     events::SyscallEvent,
     http::{Finished, HttpConn, Moved, RequestHead, Sink},
-    metrics::{Handles, Metrics, ReasonLabels, RequestLabels},
+    metrics::{Answered, Handles, Metrics},
     route::{Endpoint, Router, Rules},
 };
 
@@ -48,7 +48,6 @@ pub struct Connections<'m> {
     table: FxHashMap<u64, Entry>,
     router: Router,
     sink: Sink<Tag>,
-    metrics: &'m Metrics,
     handles: Handles<'m>,
     /// Seconds-ish: advanced by `sweep`, which the daemon calls once a second.
     clock: u64,
@@ -64,7 +63,6 @@ impl<'m> Connections<'m> {
             table: FxHashMap::default(),
             router,
             sink: Sink::default(),
-            metrics,
             handles: Handles::new(metrics),
             clock: 0,
             idle_after,
@@ -82,7 +80,7 @@ impl<'m> Connections<'m> {
         if self.table.len() < self.capacity {
             return true;
         }
-        self.metrics.connections_dropped.inc();
+        self.handles.connection_dropped();
         false
     }
 
@@ -151,7 +149,7 @@ impl<'m> Connections<'m> {
                         && let Some(wait) = entry.wait.take()
                         && let Some(endpoint) = tag.endpoint
                     {
-                        handles.endpoint(endpoint).connection_wait.observe(wait);
+                        handles.waited(endpoint, wait);
                     }
                 } else {
                     conn.on_write(event.ts_ns, moved, sink);
@@ -201,10 +199,10 @@ impl<'m> Connections<'m> {
 
     fn flush(&mut self) {
         if self.sink.encrypted > 0 {
-            self.metrics.encrypted_connections.inc_by(std::mem::take(&mut self.sink.encrypted));
+            self.handles.encrypted_connections(std::mem::take(&mut self.sink.encrypted));
         }
         for anomaly in self.sink.anomalies.drain(..) {
-            self.metrics.parse_errors.get_or_create(&ReasonLabels { reason: anomaly.reason() }).inc();
+            self.handles.parse_error(anomaly.reason());
         }
         for finished in self.sink.finished.drain(..) {
             record(&mut self.handles, finished);
@@ -221,12 +219,12 @@ fn start_request(router: &mut Router, handles: &mut Handles<'_>, head: RequestHe
     let method = method_label(head.method);
     let (endpoint, overflowed) = router.classify(head.method, head.target);
     if overflowed {
-        handles.metrics().endpoints_overflowed.inc();
+        handles.endpoint_overflowed();
     }
     let Endpoint::Label(endpoint) = endpoint else {
         return Tag { endpoint: None, method };
     };
-    handles.endpoint(endpoint).in_flight.inc();
+    handles.started(endpoint);
     Tag { endpoint: Some(endpoint), method }
 }
 
@@ -234,21 +232,19 @@ fn record(handles: &mut Handles<'_>, finished: Finished<Tag>) {
     let Tag { endpoint: Some(endpoint), method } = finished.tag else {
         return; // ignored
     };
-    let seconds = |from: u64, to: u64| to.saturating_sub(from) as f64 / 1e9;
     let Some(status) = finished.status else {
-        let metrics = handles.endpoint(endpoint);
-        metrics.in_flight.dec();
-        metrics.incomplete.inc();
+        handles.abandoned(endpoint);
         return;
     };
-    handles.requests(RequestLabels { endpoint, method, status }).inc();
-    let metrics = handles.endpoint(endpoint);
-    metrics.in_flight.dec();
-    metrics.duration.observe(seconds(finished.start_ns, finished.end_ns));
-    if let Some(first) = finished.first_byte_ns {
-        metrics.first_byte.observe(seconds(finished.start_ns, first));
-    }
-    metrics.response_size.observe(finished.response_bytes as f64);
+    let seconds = |from: u64, to: u64| to.saturating_sub(from) as f64 / 1e9;
+    handles.answered(Answered {
+        endpoint,
+        method,
+        status,
+        seconds: seconds(finished.start_ns, finished.end_ns),
+        first_byte_seconds: finished.first_byte_ns.map(|first| seconds(finished.start_ns, first)),
+        response_bytes: finished.response_bytes,
+    });
 }
 
 #[cfg(test)]
@@ -256,7 +252,7 @@ mod tests {
     use observer_common::Syscall;
 
     use super::*;
-    use crate::metrics::EndpointLabels;
+    use crate::metrics::{EndpointLabels, RequestLabels};
 
     /// A fully captured event on fd 5 of process 1.
     pub(super) fn event(syscall: Syscall, ts_ns: u64, head: &[u8]) -> SyscallEvent<'_> {
@@ -281,14 +277,17 @@ mod tests {
         let mut conns = Connections::new(&metrics, Router::new(Rules::default(), 10, 2), 30);
         conns.handle(&SyscallEvent { ret: 5, ..event(Syscall::Accept, 0, b"") });
         conns.handle(&event(Syscall::Recvfrom, 1_000, b"GET /boot/aa?x=1 HTTP/1.1\r\n\r\n"));
-        assert_eq!(metrics.in_flight.get_or_create(&EndpointLabels { endpoint: "/boot/aa" }).get(), 1);
+        assert_eq!(metrics.http.in_flight.get_or_create(&EndpointLabels { endpoint: "/boot/aa" }).get(), 1);
         conns.handle(&event(Syscall::Sendto, 2_000, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"));
         conns.handle(&event(Syscall::Recvfrom, 3_000, b"BREW /boot/aa HTTP/1.1\r\n\r\n"));
         conns.handle(&event(Syscall::Close, 4_000, b""));
-        assert_eq!(metrics.in_flight.get_or_create(&EndpointLabels { endpoint: "/boot/aa" }).get(), 0);
+        assert_eq!(metrics.http.in_flight.get_or_create(&EndpointLabels { endpoint: "/boot/aa" }).get(), 0);
         let ok = RequestLabels { endpoint: "/boot/aa", method: "GET", status: 200 };
-        assert_eq!(metrics.requests.get_or_create(&ok).get(), 1);
-        assert_eq!(metrics.incomplete.get_or_create(&EndpointLabels { endpoint: "/boot/aa" }).get(), 1);
+        assert_eq!(metrics.http.requests.get_or_create(&ok).get(), 1);
+        assert_eq!(
+            metrics.health.incomplete.get_or_create(&EndpointLabels { endpoint: "/boot/aa" }).get(),
+            1
+        );
         assert_eq!(conns.count(), 0);
         let text = metrics.encode();
         assert!(text.contains(r#"http_request_duration_seconds_count{endpoint="/boot/aa"} 1"#), "{text}");
@@ -301,14 +300,14 @@ mod tests {
         let mut conns = Connections::new(&metrics, Router::new(Rules::default(), 10, 2), 30);
         conns
             .handle(&SyscallEvent { new_conn: true, ..event(Syscall::Recv, 1, b"\x16\x03\x01\x02\x00\x01") });
-        assert_eq!(metrics.encrypted_connections.get(), 1);
+        assert_eq!(metrics.health.encrypted_connections.get(), 1);
         conns.handle(&SyscallEvent {
             new_conn: true,
             ..event(Syscall::TlsRead, 2, b"GET /t HTTP/1.1\r\n\r\n")
         });
         conns.handle(&event(Syscall::TlsWrite, 3, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"));
         let ok = RequestLabels { endpoint: "/t", method: "GET", status: 200 };
-        assert_eq!(metrics.requests.get_or_create(&ok).get(), 1);
+        assert_eq!(metrics.http.requests.get_or_create(&ok).get(), 1);
     }
 
     #[test]
@@ -319,7 +318,7 @@ mod tests {
         assert_eq!(conns.count(), 1);
         conns.forget_process(1);
         assert_eq!(conns.count(), 0);
-        assert_eq!(metrics.in_flight.get_or_create(&EndpointLabels { endpoint: "/a" }).get(), 0);
+        assert_eq!(metrics.http.in_flight.get_or_create(&EndpointLabels { endpoint: "/a" }).get(), 0);
     }
 }
 
@@ -336,8 +335,8 @@ mod sweep_tests {
         assert_eq!(conns.count(), 1, "still open, request still waiting: kept");
         conns.sweep(|_, _, _| false);
         assert_eq!(conns.count(), 0);
-        assert_eq!(metrics.in_flight.get_or_create(&EndpointLabels { endpoint: "/v" }).get(), 0);
-        assert_eq!(metrics.incomplete.get_or_create(&EndpointLabels { endpoint: "/v" }).get(), 1);
+        assert_eq!(metrics.http.in_flight.get_or_create(&EndpointLabels { endpoint: "/v" }).get(), 0);
+        assert_eq!(metrics.health.incomplete.get_or_create(&EndpointLabels { endpoint: "/v" }).get(), 1);
     }
 
     #[test]
@@ -348,13 +347,13 @@ mod sweep_tests {
             conns.handle(&SyscallEvent { fd, conn: fd as u64, ..event(Syscall::Accept, 1, b"") });
         }
         assert_eq!(conns.count(), 3);
-        assert_eq!(metrics.connections_dropped.get(), 7);
+        assert_eq!(metrics.health.connections_dropped.get(), 7);
     }
 
     use observer_common::Syscall;
 
     use super::*;
-    use crate::metrics::EndpointLabels;
+    use crate::metrics::{EndpointLabels, RequestLabels};
 
     #[test]
     fn idle_connections_leave_the_table_and_close_delimited_responses_end() {
@@ -367,7 +366,7 @@ mod sweep_tests {
         conns.sweep(|_, _, _| true);
         assert_eq!(conns.count(), 0);
         let ok = RequestLabels { endpoint: "/s", method: "GET", status: 200 };
-        assert_eq!(metrics.requests.get_or_create(&ok).get(), 1);
-        assert_eq!(metrics.in_flight.get_or_create(&EndpointLabels { endpoint: "/s" }).get(), 0);
+        assert_eq!(metrics.http.requests.get_or_create(&ok).get(), 1);
+        assert_eq!(metrics.http.in_flight.get_or_create(&EndpointLabels { endpoint: "/s" }).get(), 0);
     }
 }

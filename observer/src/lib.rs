@@ -23,4 +23,5 @@ pub mod route;
 #[allow(unsafe_code)]
 pub mod run;
 pub mod serve;
+pub mod targets;
 pub mod top;

@@ -104,15 +104,15 @@ impl ListenQueues {
                 let seen = self.drops.entry((ns, l.inode)).or_insert((l.port, 0));
                 let added = l.drops.saturating_sub(seen.1);
                 seen.1 = seen.1.max(l.drops);
-                metrics.listen_drops.get_or_create(&PortLabels { port: l.port }).inc_by(u64::from(added));
+                metrics.listen.drops.get_or_create(&PortLabels { port: l.port }).inc_by(u64::from(added));
             }
         }
         for (port, (length, limit)) in queued {
             let labels = PortLabels { port };
-            metrics.listen_queue_length.get_or_create(&labels).set(length);
-            metrics.listen_queue_limit.get_or_create(&labels).set(limit);
+            metrics.listen.queue_length.get_or_create(&labels).set(length);
+            metrics.listen.queue_limit.get_or_create(&labels).set(limit);
             // A counter for every followed port, zero until something is dropped.
-            let _ = metrics.listen_drops.get_or_create(&labels);
+            let _ = metrics.listen.drops.get_or_create(&labels);
         }
     }
 }

@@ -83,18 +83,33 @@ fn wait_histogram() -> Histogram {
     Histogram::new(WAIT_BUCKETS)
 }
 
-/// Every family the daemon exports, registered once in `registry`.
+/// Every family the daemon exports, in three groups, each registered once in `registry`.
 pub struct Metrics {
     pub registry: Registry,
+    pub http: HttpMetrics,
+    pub listen: ListenMetrics,
+    pub health: HealthMetrics,
+}
+
+/// The seed's request metrics and the per-request detail beside them.
+pub struct HttpMetrics {
     pub in_flight: Family<EndpointLabels, Gauge>,
     pub requests: Family<RequestLabels, Counter>,
     pub duration: HistogramFamily,
     pub first_byte: HistogramFamily,
     pub response_size: HistogramFamily,
     pub connection_wait: HistogramFamily,
-    pub listen_queue_length: Family<PortLabels, Gauge>,
-    pub listen_queue_limit: Family<PortLabels, Gauge>,
-    pub listen_drops: Family<PortLabels, Counter>,
+}
+
+/// The targets' accept queues, sampled from the kernel at each scrape.
+pub struct ListenMetrics {
+    pub queue_length: Family<PortLabels, Gauge>,
+    pub queue_limit: Family<PortLabels, Gauge>,
+    pub drops: Family<PortLabels, Counter>,
+}
+
+/// The observer's own health: what it could not follow, and why (`observer_*`).
+pub struct HealthMetrics {
     pub incomplete: Family<EndpointLabels, Counter>,
     pub parse_errors: Family<ReasonLabels, Counter>,
     pub events: Counter,
@@ -106,130 +121,155 @@ pub struct Metrics {
     pub encrypted_connections: Counter,
 }
 
+/// Registers `metric` under `name` and hands it back: the registry keeps a clone sharing its
+/// values, the caller records into the original.
+fn registered<M: prometheus_client::registry::Metric + Clone>(
+    registry: &mut Registry,
+    name: &str,
+    help: &str,
+    metric: M,
+) -> M {
+    registry.register(name, help, metric.clone());
+    metric
+}
+
+impl HttpMetrics {
+    pub fn register(registry: &mut Registry) -> Self {
+        let histogram =
+            |constructor: fn() -> Histogram| -> HistogramFamily { Family::new_with_constructor(constructor) };
+        HttpMetrics {
+            in_flight: registered(
+                registry,
+                "http_requests_in_flight",
+                "HTTP requests read but not yet fully answered",
+                Family::default(),
+            ),
+            requests: registered(
+                registry,
+                "http_requests",
+                "HTTP requests answered, by endpoint, method and status",
+                Family::default(),
+            ),
+            duration: registered(
+                registry,
+                "http_request_duration_seconds",
+                "From the first byte of the request read to the last byte of its response written",
+                histogram(duration_histogram),
+            ),
+            first_byte: registered(
+                registry,
+                "http_response_first_byte_seconds",
+                "From the first byte of the request read to the first byte of its response written",
+                histogram(duration_histogram),
+            ),
+            response_size: registered(
+                registry,
+                "http_response_size_bytes",
+                "Bytes of the response written, head and body",
+                histogram(size_histogram),
+            ),
+            connection_wait: registered(
+                registry,
+                "http_connection_wait_seconds",
+                "From the completion of the connection's handshake to the server's first read of it, by the endpoint of its first request",
+                histogram(wait_histogram),
+            ),
+        }
+    }
+}
+
+impl ListenMetrics {
+    /// Under `registry`'s `tcp_listen_` prefix.
+    pub fn register(registry: &mut Registry) -> Self {
+        let registry = registry.sub_registry_with_prefix("tcp_listen");
+        ListenMetrics {
+            queue_length: registered(
+                registry,
+                "queue_length",
+                "Connections whose handshake completed that wait for the server's accept, by listening port",
+                Family::default(),
+            ),
+            queue_limit: registered(
+                registry,
+                "queue_limit",
+                "The accept queue's limit (the listen backlog in force), by listening port",
+                Family::default(),
+            ),
+            drops: registered(
+                registry,
+                "drops",
+                "Connection attempts the kernel dropped at the listener (accept or SYN queue full, no memory), by listening port",
+                Family::default(),
+            ),
+        }
+    }
+}
+
+impl HealthMetrics {
+    /// Under `registry`'s `observer_` prefix.
+    pub fn register(registry: &mut Registry) -> Self {
+        let registry = registry.sub_registry_with_prefix("observer");
+        HealthMetrics {
+            incomplete: registered(
+                registry,
+                "requests_incomplete",
+                "Requests whose response was never completed (connection closed, events lost)",
+                Family::default(),
+            ),
+            parse_errors: registered(
+                registry,
+                "parse_errors",
+                "Bytes that could not be followed as HTTP/1.x, by reason",
+                Family::default(),
+            ),
+            events: registered(registry, "events", "Kernel events received", Counter::default()),
+            events_lost: registered(
+                registry,
+                "events_lost",
+                "Kernel events dropped because the ring buffer was full",
+                Counter::default(),
+            ),
+            kernel_map_full: registered(
+                registry,
+                "kernel_map_full",
+                "Kernel table inserts refused because the table was full, by map: sockets (a connection not followed), pending_calls (a syscall not seen), tls (an OpenSSL call or session not followed)",
+                Family::default(),
+            ),
+            endpoints_overflowed: registered(
+                registry,
+                "endpoints_overflowed",
+                "Requests labelled endpoint=\"other\" because the endpoint label cap was reached",
+                Counter::default(),
+            ),
+            connections: registered(
+                registry,
+                "connections",
+                "Connections in the observer's table",
+                Gauge::default(),
+            ),
+            connections_dropped: registered(
+                registry,
+                "connections_dropped",
+                "Connections not followed because the connection table was full",
+                Counter::default(),
+            ),
+            encrypted_connections: registered(
+                registry,
+                "encrypted_connections",
+                "Connections whose bytes at the socket were TLS records (not HTTP parse errors); their requests are counted from the server's OpenSSL calls where those are hooked",
+                Counter::default(),
+            ),
+        }
+    }
+}
+
 impl Metrics {
     pub fn new() -> Self {
         let mut registry = Registry::default();
-        let in_flight = Family::default();
-        registry.register(
-            "http_requests_in_flight",
-            "HTTP requests read but not yet fully answered",
-            in_flight.clone(),
-        );
-        let requests = Family::default();
-        registry.register(
-            "http_requests",
-            "HTTP requests answered, by endpoint, method and status",
-            requests.clone(),
-        );
-        let duration: HistogramFamily = Family::new_with_constructor(duration_histogram);
-        registry.register(
-            "http_request_duration_seconds",
-            "From the first byte of the request read to the last byte of its response written",
-            duration.clone(),
-        );
-        let first_byte: HistogramFamily = Family::new_with_constructor(duration_histogram);
-        registry.register(
-            "http_response_first_byte_seconds",
-            "From the first byte of the request read to the first byte of its response written",
-            first_byte.clone(),
-        );
-        let response_size: HistogramFamily = Family::new_with_constructor(size_histogram);
-        registry.register(
-            "http_response_size_bytes",
-            "Bytes of the response written, head and body",
-            response_size.clone(),
-        );
-        let connection_wait: HistogramFamily = Family::new_with_constructor(wait_histogram);
-        registry.register(
-            "http_connection_wait_seconds",
-            "From the completion of the connection's handshake to the server's first read of it, by the endpoint of its first request",
-            connection_wait.clone(),
-        );
-        let listen_queue_length = Family::default();
-        registry.register(
-            "tcp_listen_queue_length",
-            "Connections whose handshake completed that wait for the server's accept, by listening port",
-            listen_queue_length.clone(),
-        );
-        let listen_queue_limit = Family::default();
-        registry.register(
-            "tcp_listen_queue_limit",
-            "The accept queue's limit (the listen backlog in force), by listening port",
-            listen_queue_limit.clone(),
-        );
-        let listen_drops = Family::default();
-        registry.register(
-            "tcp_listen_drops",
-            "Connection attempts the kernel dropped at the listener (accept or SYN queue full, no memory), by listening port",
-            listen_drops.clone(),
-        );
-        let incomplete = Family::default();
-        registry.register(
-            "observer_requests_incomplete",
-            "Requests whose response was never completed (connection closed, events lost)",
-            incomplete.clone(),
-        );
-        let parse_errors = Family::default();
-        registry.register(
-            "observer_parse_errors",
-            "Bytes that could not be followed as HTTP/1.x, by reason",
-            parse_errors.clone(),
-        );
-        let events = Counter::default();
-        registry.register("observer_events", "Kernel events received", events.clone());
-        let events_lost = Counter::default();
-        registry.register(
-            "observer_events_lost",
-            "Kernel events dropped because the ring buffer was full",
-            events_lost.clone(),
-        );
-        let kernel_map_full = Family::default();
-        registry.register(
-            "observer_kernel_map_full",
-            "Kernel table inserts refused because the table was full, by map: sockets (a connection not followed), pending_calls (a syscall not seen), tls (an OpenSSL call or session not followed)",
-            kernel_map_full.clone(),
-        );
-        let endpoints_overflowed = Counter::default();
-        registry.register(
-            "observer_endpoints_overflowed",
-            "Requests labelled endpoint=\"other\" because the endpoint label cap was reached",
-            endpoints_overflowed.clone(),
-        );
-        let connections = Gauge::default();
-        registry.register("observer_connections", "Connections in the observer's table", connections.clone());
-        let connections_dropped = Counter::default();
-        registry.register(
-            "observer_connections_dropped",
-            "Connections not followed because the connection table was full",
-            connections_dropped.clone(),
-        );
-        let encrypted_connections = Counter::default();
-        registry.register(
-            "observer_encrypted_connections",
-            "Connections whose bytes at the socket were TLS records (not HTTP parse errors); their requests are counted from the server's OpenSSL calls where those are hooked",
-            encrypted_connections.clone(),
-        );
-        Metrics {
-            registry,
-            encrypted_connections,
-            connections,
-            connections_dropped,
-            in_flight,
-            requests,
-            duration,
-            first_byte,
-            response_size,
-            connection_wait,
-            listen_queue_length,
-            listen_queue_limit,
-            listen_drops,
-            incomplete,
-            parse_errors,
-            events,
-            events_lost,
-            kernel_map_full,
-            endpoints_overflowed,
-        }
+        let http = HttpMetrics::register(&mut registry);
+        let listen = ListenMetrics::register(&mut registry);
+        let health = HealthMetrics::register(&mut registry);
+        Metrics { registry, http, listen, health }
     }
 
     /// The registry in the text exposition format.
@@ -249,19 +289,32 @@ impl Default for Metrics {
 
 /// The per-endpoint metrics of one endpoint.
 #[derive(Clone)]
-pub struct EndpointMetrics {
-    pub in_flight: Gauge,
-    pub duration: Histogram,
-    pub first_byte: Histogram,
-    pub response_size: Histogram,
-    pub connection_wait: Histogram,
-    pub incomplete: Counter,
+struct EndpointMetrics {
+    in_flight: Gauge,
+    duration: Histogram,
+    first_byte: Histogram,
+    response_size: Histogram,
+    connection_wait: Histogram,
+    incomplete: Counter,
 }
 
-/// Metric handles by label set, fetched from their families once and kept: a family lookup
-/// hashes the labels and takes a lock, six of them per request. Handles share their value
-/// with the family, so what is recorded through them is what `/metrics` shows. Bounded like
-/// the families themselves (endpoints × methods × statuses).
+/// A request answered in full, as recorded.
+pub struct Answered {
+    pub endpoint: &'static str,
+    pub method: &'static str,
+    pub status: u16,
+    /// First byte of the request read → last byte of the response written.
+    pub seconds: f64,
+    /// First byte of the request read → first byte of the response written.
+    pub first_byte_seconds: Option<f64>,
+    pub response_bytes: u64,
+}
+
+/// Where requests are recorded: metric handles by label set, fetched from their families
+/// once and kept, because a family lookup hashes the labels and takes a lock, six of them per
+/// request. Handles share their value with the family, so what is recorded through them is
+/// what `/metrics` shows. Bounded like the families themselves (endpoints × methods ×
+/// statuses).
 pub struct Handles<'m> {
     metrics: &'m Metrics,
     endpoints: FxHashMap<&'static str, EndpointMetrics>,
@@ -273,29 +326,69 @@ impl<'m> Handles<'m> {
         Handles { metrics, endpoints: FxHashMap::default(), requests: FxHashMap::default() }
     }
 
-    pub fn metrics(&self) -> &'m Metrics {
-        self.metrics
+    /// A request's head was read: it is in flight.
+    pub fn started(&mut self, endpoint: &'static str) {
+        self.endpoint(endpoint).in_flight.inc();
     }
 
-    pub fn endpoint(&mut self, endpoint: &'static str) -> &EndpointMetrics {
+    pub fn answered(&mut self, answered: Answered) {
+        let Answered { endpoint, method, status, seconds, first_byte_seconds, response_bytes } = answered;
         let metrics = self.metrics;
+        self.requests
+            .entry(RequestLabels { endpoint, method, status })
+            .or_insert_with_key(|labels| metrics.http.requests.get_or_create(labels).clone())
+            .inc();
+        let metrics = self.endpoint(endpoint);
+        metrics.in_flight.dec();
+        metrics.duration.observe(seconds);
+        if let Some(first) = first_byte_seconds {
+            metrics.first_byte.observe(first);
+        }
+        metrics.response_size.observe(response_bytes as f64);
+    }
+
+    /// A request whose response was never completed.
+    pub fn abandoned(&mut self, endpoint: &'static str) {
+        let metrics = self.endpoint(endpoint);
+        metrics.in_flight.dec();
+        metrics.incomplete.inc();
+    }
+
+    /// A connection waited `seconds` for its first read; `endpoint` is its first request's.
+    pub fn waited(&mut self, endpoint: &'static str, seconds: f64) {
+        self.endpoint(endpoint).connection_wait.observe(seconds);
+    }
+
+    pub fn parse_error(&self, reason: &'static str) {
+        self.metrics.health.parse_errors.get_or_create(&ReasonLabels { reason }).inc();
+    }
+
+    pub fn encrypted_connections(&self, count: u64) {
+        self.metrics.health.encrypted_connections.inc_by(count);
+    }
+
+    /// A connection not followed: the table was full.
+    pub fn connection_dropped(&self) {
+        self.metrics.health.connections_dropped.inc();
+    }
+
+    /// A request labelled `other`: the endpoint cap was reached.
+    pub fn endpoint_overflowed(&self) {
+        self.metrics.health.endpoints_overflowed.inc();
+    }
+
+    fn endpoint(&mut self, endpoint: &'static str) -> &EndpointMetrics {
+        let (http, health) = (&self.metrics.http, &self.metrics.health);
         self.endpoints.entry(endpoint).or_insert_with(|| {
             let labels = EndpointLabels { endpoint };
             EndpointMetrics {
-                in_flight: metrics.in_flight.get_or_create(&labels).clone(),
-                duration: metrics.duration.get_or_create(&labels).clone(),
-                first_byte: metrics.first_byte.get_or_create(&labels).clone(),
-                response_size: metrics.response_size.get_or_create(&labels).clone(),
-                connection_wait: metrics.connection_wait.get_or_create(&labels).clone(),
-                incomplete: metrics.incomplete.get_or_create(&labels).clone(),
+                in_flight: http.in_flight.get_or_create(&labels).clone(),
+                duration: http.duration.get_or_create(&labels).clone(),
+                first_byte: http.first_byte.get_or_create(&labels).clone(),
+                response_size: http.response_size.get_or_create(&labels).clone(),
+                connection_wait: http.connection_wait.get_or_create(&labels).clone(),
+                incomplete: health.incomplete.get_or_create(&labels).clone(),
             }
         })
-    }
-
-    pub fn requests(&mut self, labels: RequestLabels) -> &Counter {
-        let metrics = self.metrics;
-        self.requests
-            .entry(labels)
-            .or_insert_with_key(|labels| metrics.requests.get_or_create(labels).clone())
     }
 }

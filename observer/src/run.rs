@@ -10,7 +10,6 @@ use std::{
 
 use anyhow::{Context, bail};
 use aya::maps::{MapData, RingBuf};
-use observer_common::Syscall;
 use tokio::signal::unix::{SignalKind, signal};
 use tracing::{info, warn};
 
@@ -20,9 +19,10 @@ use crate::{
     listen::ListenQueues,
     metrics::{MapLabels, Metrics},
     probes::{Hooks, KernelDrops, Probes},
-    procfs::{all_pids, descendants, descends_from, process_exists, runs_one_of, tgid_of},
+    procfs::process_exists,
     route::{Router, Rules},
     serve,
+    targets::Targets,
 };
 
 pub struct RunConfig {
@@ -78,16 +78,8 @@ pub async fn run_with_metrics(config: RunConfig, metrics: Arc<Metrics>) -> anyho
     )?;
     let mut ring = probes.take_events()?;
     let listen = Arc::new(Mutex::new(ListenQueues::new()));
-    let mut live: Vec<u32> = Vec::new();
-    let running = all_pids().into_iter().filter(|&pid| runs_one_of(pid, &config.exes));
-    for pid in config.pids.iter().copied().chain(running) {
-        let tree = if config.follow_children { descendants(pid) } else { Vec::new() };
-        for pid in std::iter::once(pid).chain(tree) {
-            probes.add_target(pid)?;
-            follow_listen_queues(&listen, pid);
-            live.push(pid);
-        }
-    }
+    let mut targets = Targets::new(&config.exes, config.follow_children, &listen);
+    targets.attach(&config.pids, &mut probes)?;
     drop_privileges(config.tls)?;
     // Loading parsed the kernel's BTF and the object (~10 MB of allocations, freed by now):
     // give the pages back instead of carrying them as RSS for the daemon's lifetime.
@@ -108,14 +100,10 @@ pub async fn run_with_metrics(config: RunConfig, metrics: Arc<Metrics>) -> anyho
     let mut conns = Connections::new(&metrics, router, config.idle_timeout_secs)
         .with_capacity(config.max_connections as usize);
     let mut drops_seen = KernelDrops::default();
-    let mut forks: Vec<Fork> = Vec::new();
-    let mut execs: Vec<u32> = Vec::new();
-    let mut listeners: Vec<Listener> = Vec::new();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     // The kernel wakes us only once a backlog builds up (see WAKEUP_BYTES in the eBPF
-    // crate); below that, records are collected on this timer.
-    let mut drain = tokio::time::interval(DRAIN_EVERY);
-    drain.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // crate); below that, records are collected on a timer paced by the traffic.
+    let mut pace = DrainPace::default();
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let mut sighup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
@@ -126,7 +114,7 @@ pub async fn run_with_metrics(config: RunConfig, metrics: Arc<Metrics>) -> anyho
                 guard.context("waiting on the ring buffer")?.clear_ready();
                 Wake::Events
             }
-            _ = drain.tick() => Wake::Events,
+            _ = tokio::time::sleep(pace.every()) => Wake::Events,
             _ = tick.tick() => Wake::Second,
             _ = sighup.recv() => Wake::Reload,
             _ = sigterm.recv() => break,
@@ -134,29 +122,17 @@ pub async fn run_with_metrics(config: RunConfig, metrics: Arc<Metrics>) -> anyho
         };
         // Whatever is in the ring first: a target found gone below must have had its last
         // events handled, or they would open connections nobody ends.
-        drain_ring(ring.get_mut(), &mut conns, &metrics, &mut forks, &mut execs, &mut listeners);
-        follow_targets(&mut forks, &mut execs, &mut listeners, &config.exes, &mut probes, &mut live, &listen);
+        pace.drained(drain_ring(ring.get_mut(), &mut conns, &mut targets, &metrics));
+        targets.follow(&mut probes);
         match wake {
             Wake::Events => {}
             Wake::Second => {
                 before_scrape(&metrics);
                 conns.sweep(|conn, _, _| probes.still_open(conn));
-                metrics.connections.set(conns.count() as i64);
+                metrics.health.connections.set(conns.count() as i64);
                 drops_seen = count_kernel_drops(&metrics, probes.drops(), drops_seen);
-                live.retain(|&pid| {
-                    if process_exists(pid) {
-                        return true;
-                    }
-                    warn!(pid, "target process exited; its metrics stay served");
-                    probes.remove_target(pid);
-                    conns.forget_process(pid);
-                    false
-                });
-                if config.follow_children {
-                    adopt_stray_targets(&mut probes, &mut live);
-                }
-                // With --exe a watched program may start again: keep waiting for it.
-                if live.is_empty() && config.exit_with_targets && config.exes.is_empty() {
+                targets.sweep(&mut probes, &mut conns);
+                if config.exit_with_targets && targets.all_gone() {
                     info!("every target exited; stopping");
                     break;
                 }
@@ -189,39 +165,19 @@ enum Wake {
 /// totals only grow: a reading that failed (0) is not taken as a reset, or the next good one
 /// would be counted twice.
 fn count_kernel_drops(metrics: &Metrics, now: KernelDrops, seen: KernelDrops) -> KernelDrops {
-    metrics.events_lost.inc_by(now.ring_full.saturating_sub(seen.ring_full));
+    metrics.health.events_lost.inc_by(now.ring_full.saturating_sub(seen.ring_full));
     for (map, now, seen) in [
         ("sockets", now.sockets_full, seen.sockets_full),
         ("pending_calls", now.pending_full, seen.pending_full),
         ("tls", now.tls_full, seen.tls_full),
     ] {
-        metrics.kernel_map_full.get_or_create(&MapLabels { map }).inc_by(now.saturating_sub(seen));
+        metrics.health.kernel_map_full.get_or_create(&MapLabels { map }).inc_by(now.saturating_sub(seen));
     }
     KernelDrops {
         ring_full: now.ring_full.max(seen.ring_full),
         sockets_full: now.sockets_full.max(seen.sockets_full),
         pending_full: now.pending_full.max(seen.pending_full),
         tls_full: now.tls_full.max(seen.tls_full),
-    }
-}
-
-/// Targets the kernel has that the daemon does not know of: a fork whose record was lost
-/// (ring full) left its child's bit set, or a thread's. A child process of a live target is
-/// followed (its inherited sockets learned); anything else is cleared, so a pid reused later
-/// by an unrelated process is not observed.
-fn adopt_stray_targets(probes: &mut Probes, live: &mut Vec<u32>) {
-    for pid in probes.targets() {
-        if live.contains(&pid) {
-            continue;
-        }
-        if tgid_of(pid) == Some(pid) && descends_from(pid, live) {
-            info!(pid, "following a child whose fork record was missed");
-            probes.learn_sockets(pid);
-            probes.follow_tls(pid);
-            live.push(pid);
-        } else {
-            probes.forget_thread(pid);
-        }
     }
 }
 
@@ -240,141 +196,66 @@ pub async fn floor(pids: &[u32], hooks: Hooks) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// How often the ring buffer is drained when the kernel did not wake us. Short, so each batch
-/// is short: under saturation on few cores a 10 ms batch (about 1,000 requests) stalled the
-/// server for its length when the daemon ran on the server's core (p99 ~1 ms vs ~0.7 ms).
-const DRAIN_EVERY: Duration = Duration::from_millis(2);
+/// How long the daemon sleeps between drains when the kernel did not wake it, from the size
+/// of the last batch. Busy, it drains every `MIN`: short batches, because under saturation on
+/// few cores a 10 ms batch (about 1,000 requests) stalled the server for its length when the
+/// daemon ran on the server's core (p99 ~1 ms vs ~0.7 ms). Quiet, it backs off to `MAX`: a
+/// fixed 2 ms timer cost an idle daemon 2 % of a core (500 wakeups a second, ~40 µs each on
+/// this VM), taken from whatever else runs on the host. A burst after a quiet spell is
+/// caught by the kernel's wakeup at a sixteenth of the ring, and every duration comes from
+/// the kernel's timestamps, so a later drain changes no figure.
+struct DrainPace {
+    every: Duration,
+}
 
+impl DrainPace {
+    const MIN: Duration = Duration::from_millis(2);
+    const MAX: Duration = Duration::from_millis(50);
+    /// A batch below this many records: the next drain can wait twice as long.
+    const SMALL_BATCH: u64 = 64;
+    /// A batch above this many (about 0.5 ms of daemon work): back to `MIN`.
+    const LARGE_BATCH: u64 = 512;
+
+    fn every(&self) -> Duration {
+        self.every
+    }
+
+    fn drained(&mut self, records: u64) {
+        self.every = if records > Self::LARGE_BATCH {
+            Self::MIN
+        } else if records < Self::SMALL_BATCH {
+            (self.every * 2).min(Self::MAX)
+        } else {
+            self.every
+        };
+    }
+}
+
+impl Default for DrainPace {
+    fn default() -> Self {
+        DrainPace { every: Self::MIN }
+    }
+}
+
+/// Hands every pending record to the targets (fork, exec, listen) or the connections; returns
+/// how many there were.
 fn drain_ring(
     ring: &mut RingBuf<MapData>,
     conns: &mut Connections<'_>,
+    targets: &mut Targets<'_>,
     metrics: &Metrics,
-    forks: &mut Vec<Fork>,
-    execs: &mut Vec<u32>,
-    listeners: &mut Vec<Listener>,
-) {
+) -> u64 {
     let mut count = 0;
     while let Some(record) = ring.next() {
         count += 1;
         match events::decode(&record) {
-            Ok(event) if event.syscall == Syscall::Fork => {
-                forks.push(Fork { parent: event.tgid, child: event.fd as u32 })
-            }
-            Ok(event) if event.syscall == Syscall::Exec => execs.push(event.tgid),
-            Ok(event) if event.syscall == Syscall::Listen || event.syscall == Syscall::Unlisten => listeners
-                .push(Listener {
-                    pid: event.tgid,
-                    port: event.fd as u16,
-                    open: event.syscall == Syscall::Listen,
-                }),
+            Ok(event) if targets.take(&event) => {}
             Ok(event) => conns.handle(&event),
             Err(e) => warn!("dropping a malformed kernel record: {e}"),
         }
     }
-    metrics.events.inc_by(count);
-}
-
-/// A target forked (a process or a thread). `child` is 0 in a child PID namespace, where the
-/// kernel knows only the child's pid in the initial namespace.
-struct Fork {
-    parent: u32,
-    child: u32,
-}
-
-/// `--hooks sock`: a target's listener opened (the kernel follows its port at once) or closed.
-struct Listener {
-    pid: u32,
-    port: u16,
-    open: bool,
-}
-
-fn follow_listeners(
-    listeners: &mut Vec<Listener>,
-    probes: &mut Probes,
-    live: &[u32],
-    listen: &Mutex<ListenQueues>,
-) {
-    for Listener { pid, port, open } in listeners.drain(..) {
-        if open {
-            info!(pid, port, "following a new listener");
-            if let Ok(mut queues) = listen.lock() {
-                queues.add_port(port);
-            }
-        } else {
-            probes.listener_closed(port, live);
-        }
-    }
-}
-
-/// Everything the kernel said about the targets' process trees and listeners since the
-/// last drain; new targets' listen queues are sampled too.
-fn follow_targets(
-    forks: &mut Vec<Fork>,
-    execs: &mut Vec<u32>,
-    listeners: &mut Vec<Listener>,
-    exes: &[String],
-    probes: &mut Probes,
-    live: &mut Vec<u32>,
-    listen: &Mutex<ListenQueues>,
-) {
-    let known = live.len();
-    follow_forks(forks, probes, live);
-    follow_execs(execs, exes, probes, live);
-    for &pid in &live[known..] {
-        follow_listen_queues(listen, pid);
-    }
-    follow_listeners(listeners, probes, live, listen);
-}
-
-/// Samples `pid`'s listeners: its network namespace, and the ports it listens on now.
-fn follow_listen_queues(listen: &Mutex<ListenQueues>, pid: u32) {
-    let Ok(mut queues) = listen.lock() else { return };
-    queues.add_namespace_of(pid);
-    for port in crate::procfs::listening_ports(pid) {
-        queues.add_port(port);
-    }
-}
-
-/// New children of targets, already targets in the kernel: threads are dropped again,
-/// processes get their inherited sockets learned and join the live set.
-fn follow_forks(forks: &mut Vec<Fork>, probes: &mut Probes, live: &mut Vec<u32>) {
-    for Fork { parent, child } in forks.drain(..) {
-        if child == 0 {
-            // The kernel adopts the child at its first syscall; find it here to learn its sockets.
-            for child in descendants(parent) {
-                if !live.contains(&child) && probes.add_target(child).is_ok() {
-                    live.push(child);
-                }
-            }
-            continue;
-        }
-        match tgid_of(child) {
-            Some(tgid) if tgid == child => {
-                probes.learn_sockets(child);
-                probes.follow_tls(child);
-                if !live.contains(&child) {
-                    live.push(child);
-                }
-            }
-            Some(_) => probes.forget_thread(child),
-            None => probes.forget_thread(child), // already gone
-        }
-    }
-}
-
-/// Processes that started a program named by `--exe` become targets (a restarted server).
-fn follow_execs(execs: &mut Vec<u32>, exes: &[String], probes: &mut Probes, live: &mut Vec<u32>) {
-    for pid in execs.drain(..) {
-        if live.contains(&pid) || !runs_one_of(pid, exes) {
-            continue;
-        }
-        if let Err(e) = probes.add_target(pid) {
-            warn!(pid, "cannot follow a new process of a watched program: {e}");
-            continue;
-        }
-        info!(pid, "a watched program started");
-        live.push(pid);
-    }
+    metrics.health.events.inc_by(count);
+    count
 }
 
 fn load_rules(path: Option<&Path>) -> anyhow::Result<Rules> {
@@ -450,4 +331,25 @@ fn check_privileges() -> anyhow::Result<()> {
         bail!("not permitted: observer needs root, or CAP_BPF and CAP_PERFMON, to load its eBPF programs");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::DrainPace;
+
+    #[test]
+    fn the_drain_backs_off_when_quiet_and_returns_at_once_under_load() {
+        let mut pace = DrainPace::default();
+        assert_eq!(pace.every(), DrainPace::MIN);
+        for _ in 0..10 {
+            pace.drained(0);
+        }
+        assert_eq!(pace.every(), DrainPace::MAX, "quiet: capped back-off");
+        pace.drained(100);
+        assert_eq!(pace.every(), DrainPace::MAX, "a middling batch keeps the pace");
+        pace.drained(DrainPace::LARGE_BATCH + 1);
+        assert_eq!(pace.every(), DrainPace::MIN, "a large batch: straight back to the shortest wait");
+        pace.drained(DrainPace::SMALL_BATCH - 1);
+        assert_eq!(pace.every(), DrainPace::MIN * 2);
+    }
 }
