@@ -117,6 +117,18 @@ pub fn emit_control<C: EbpfContext>(ctx: &C, record: &Record, state: *mut u32) {
     }
 }
 
+/// A fork or exec record, which wakes the daemon at once: what it does with one races the
+/// process (a `--exe` program found only after it forked its workers leaves them unfollowed;
+/// a new worker's OpenSSL uprobes come from the daemon). Data records wait for the drain,
+/// which backs off to 50 ms when the targets are quiet.
+#[inline(always)]
+pub fn emit_process<C: EbpfContext>(ctx: &C, record: &Record) {
+    let header = record.header(0, 0);
+    if EVENTS.output::<EventHeader>(&header, BPF_RB_FORCE_WAKEUP).is_err() {
+        ring_full(ctx, core::ptr::null_mut());
+    }
+}
+
 /// Waking the reader for every record costs the daemon a context switch per call at
 /// saturation. Records are submitted without a wakeup until `WAKEUP_BYTES` are pending (a
 /// sixteenth of the ring; userspace sets it with the ring's size); the daemon also drains

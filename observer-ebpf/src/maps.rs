@@ -6,7 +6,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use observer_common::{
-    ConnState, MAX_CONNECTIONS, PORT_WORDS, PendingCall, RING_BYTES, TARGET_WORDS, TlsCall, TlsConn, stat,
+    ConnState, MAX_CONNECTIONS, MAX_TLS_CALLS, PORT_WORDS, PendingCall, RING_BYTES, TARGET_WORDS, TlsCall,
+    TlsConn, stat,
 };
 
 use crate::capture::Scratch;
@@ -48,7 +49,7 @@ pub static PENDING: HashMap<u64, PendingCall> = HashMap::with_max_entries(16384,
 
 /// OpenSSL calls of targets in progress (`probes::tls`), keyed by pid_tgid: one per thread.
 #[map]
-pub static TLS_CALLS: HashMap<u64, TlsCall> = HashMap::with_max_entries(4096, 0);
+pub static TLS_CALLS: HashMap<u64, TlsCall> = HashMap::with_max_entries(MAX_TLS_CALLS, 0);
 
 /// OpenSSL sessions of targets by `tls_key`, from their first call seen to `SSL_free`; those
 /// of a process that exits without freeing them are removed by userspace. A plain hash map

@@ -139,13 +139,16 @@ struct Common {
     no_tls: bool,
 }
 
+/// A page: the smallest ring the kernel takes.
+const MIN_RING_BYTES: u32 = 4096;
+
 /// `--ring-bytes`: the kernel takes a power of two of at least a page.
 fn ring_bytes(value: &str) -> Result<u32, String> {
     let bytes: u32 = value.parse().map_err(|e| format!("{e}"))?;
-    if bytes.is_power_of_two() && bytes >= 4096 {
+    if bytes.is_power_of_two() && bytes >= MIN_RING_BYTES {
         Ok(bytes)
     } else {
-        Err(format!("must be a power of two of at least 4096, not {bytes}"))
+        Err(format!("must be a power of two of at least {MIN_RING_BYTES}, not {bytes}"))
     }
 }
 

@@ -65,10 +65,14 @@ pub fn listens_on_unix(tgid: u32) -> bool {
     })
 }
 
+/// Generations walked up at most: a loop in a racing /proc read (a pid reused mid-walk)
+/// cannot spin, and no real process tree is this deep.
+const MAX_ANCESTRY: usize = 64;
+
 /// Whether one of `pid`'s ancestors is in `ancestors`.
 pub fn descends_from(pid: u32, ancestors: &[u32]) -> bool {
     let mut pid = pid;
-    for _ in 0..64 {
+    for _ in 0..MAX_ANCESTRY {
         let Some(parent) = parent_of(pid) else { return false };
         if ancestors.contains(&parent) {
             return true;

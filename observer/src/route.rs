@@ -169,9 +169,20 @@ fn matches(pattern: &[Piece], segments: &[&str]) -> bool {
 
 /// Labels are metric label values people type in PromQL: printable, short.
 fn valid_label(label: &str) -> Result<&str, String> {
-    let ok = !label.is_empty() && label.len() <= 64 && label.bytes().all(|b| b.is_ascii_graphic());
-    if ok { Ok(label) } else { Err(format!("endpoint {label:?} must be 1-64 printable ASCII characters")) }
+    let ok = !label.is_empty() && label.len() <= MAX_LABEL_LEN && label.bytes().all(|b| b.is_ascii_graphic());
+    if ok {
+        Ok(label)
+    } else {
+        Err(format!("endpoint {label:?} must be 1-{MAX_LABEL_LEN} printable ASCII characters"))
+    }
 }
+
+/// Longest endpoint label a rule may name.
+const MAX_LABEL_LEN: usize = 64;
+
+/// Longest path segment the heuristic keeps as it is; a longer one (a token, a hash, a file
+/// name) becomes `{other}`, so one client cannot mint labels by the length of its paths.
+const MAX_KEPT_SEGMENT: usize = 48;
 
 /// Labels are interned as `&'static str`: they are few (rules, plus at most the cap of
 /// heuristic ones), and metrics label sets then need no allocation per request.
@@ -362,7 +373,7 @@ fn heuristic_label(segments: &[&str], depth: usize, label: &mut String) {
         label.push('/');
         if looks_like_id(segment) {
             label.push_str("{id}");
-        } else if segment.chars().all(|c| c.is_ascii_graphic()) && segment.len() <= 48 {
+        } else if segment.chars().all(|c| c.is_ascii_graphic()) && segment.len() <= MAX_KEPT_SEGMENT {
             label.push_str(segment);
         } else {
             label.push_str("{other}"); // control or non-ASCII characters, or very long

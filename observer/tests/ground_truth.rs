@@ -115,7 +115,7 @@ fn counts_equal_the_servers_own(hooks: Option<&str>) -> String {
     std::fs::write(&routes, rules).unwrap();
     let mut args = vec!["--routes", routes.to_str().unwrap()];
     args.extend(hooks.map(|h| ["--hooks", h]).into_iter().flatten());
-    let observer = Observer::attach_with(&[server.pid()], &args);
+    let observer = Observer::on(&[server.pid()]).args(&args).start();
 
     // Load: 64 keep-alive connections for 2 s (bounded by time; a few thousand requests here).
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/servers/rotate.lua");

@@ -89,7 +89,7 @@ fn exit_with_targets_stops_once_the_last_target_exits() {
     require_root();
     let (mut first, _) = start_demo_server();
     let (mut second, _) = start_demo_server();
-    let mut observer = Observer::attach_with(&[first.pid(), second.pid()], &["--exit-with-targets"]);
+    let mut observer = Observer::on(&[first.pid(), second.pid()]).args(&["--exit-with-targets"]).start();
     first.child.kill().unwrap();
     first.child.wait().unwrap();
     wait_until("the observer to notice the first exit", Duration::from_secs(5), || {
@@ -115,7 +115,7 @@ fn secrets_in_queries_headers_and_bodies_never_reach_metrics_or_logs() {
     require_root();
     require_command("curl");
     let (server, addr) = start_demo_server();
-    let observer = Observer::attach_logging(&[server.pid()], &[], "trace");
+    let observer = Observer::on(&[server.pid()]).log_level("trace").start();
     let secrets = ["QUERYSECRET4242", "BEARERSECRET4242", "COOKIESECRET4242", "BODYSECRET4242"];
     let status = curl(
         &[
@@ -245,12 +245,9 @@ fn needs_no_kernel_btf() {
     // tracepoint to the raw one. Hidden here by a private mount.
     let (server, addr) = start_demo_server();
     let hide_btf = "mount -t tmpfs none /sys/kernel/btf\ntest ! -e /sys/kernel/btf/vmlinux\nexec \"$@\"";
-    let observer = Observer::attach_wrapped(
-        &["unshare", "--mount", "sh", "-ec", hide_btf, "sh"],
-        &[server.pid()],
-        &[],
-        "info",
-    );
+    let observer = Observer::on(&[server.pid()])
+        .wrapped_in(&["unshare", "--mount", "sh", "-ec", hide_btf, "sh"])
+        .start();
     let urls: Vec<String> = (0..10).map(|_| format!("http://{addr}/api/status")).collect();
     assert_eq!(curl(&[], &urls), vec![200; 10]);
     let scrape = observer.scrape_settled(10.0);
@@ -262,7 +259,7 @@ fn json_logs_are_one_object_per_line_errors_included() {
     require_root();
     require_command("curl");
     let (server, addr) = start_demo_server();
-    let observer = Observer::attach_logging(&[server.pid()], &["--log-format", "json"], "info");
+    let observer = Observer::on(&[server.pid()]).args(&["--log-format", "json"]).start();
     assert_eq!(curl(&[], &[format!("http://{addr}/api/status")]), vec![200]);
     observer.scrape_settled(1.0);
     let log = observer.log();

@@ -126,7 +126,11 @@ fn follows_nginx_workers_forked_by_the_master() {
     assert_eq!(scrape.sum("http_requests_total", &[("status", "200")]), 20.0, "{}", scrape.0);
 
     // Kill both workers: the master forks new ones, which must be followed from their start.
-    respawn_workers_and_count(&observer, workers, url, 20.0);
+    kill_workers_and_wait_for_new(workers);
+    let more: Vec<String> = (100..130).map(url).collect();
+    assert_eq!(curl(&[], &more), vec![200; 30]);
+    let scrape = observer.scrape_settled(50.0);
+    assert_eq!(scrape.sum("http_requests_total", &[("status", "200")]), 50.0, "{}", scrape.0);
 }
 
 /// A worker forked while the ring buffer is full: its fork record is lost, but the kernel made
@@ -143,7 +147,7 @@ fn a_worker_whose_fork_record_was_lost_is_followed_all_the_same() {
     let master = start_nginx_with(&dir, port, "master_process on;\nworker_processes 1;\nuser root;");
     let workers = || children_of(master.pid());
     wait_until("an nginx worker", std::time::Duration::from_secs(10), || workers().len() == 1);
-    let observer = Observer::attach_with(&[master.pid()], &["--ring-bytes", "4096"]);
+    let observer = Observer::on(&[master.pid()]).args(&["--ring-bytes", "4096"]).start();
     let signal = |sig: &str, pid: u32| {
         assert!(Command::new("kill").args([sig, &pid.to_string()]).status().unwrap().success())
     };
@@ -208,7 +212,7 @@ fn follows_a_restarted_server_by_program_name() {
     let binary = dir.path().join("nginx-under-test");
     std::fs::copy(String::from_utf8(nginx.stdout).unwrap().trim(), &binary).unwrap();
     let binary = binary.to_str().unwrap().to_owned();
-    let observer = Observer::attach_with(&[], &["--exe", &binary]);
+    let observer = Observer::on(&[]).args(&["--exe", &binary]).start();
     let urls: Vec<String> =
         (0..15).map(|i| format!("http://127.0.0.1:{port}/files/small.txt?run={i}")).collect();
 

@@ -17,7 +17,8 @@ fn counts_recover_after_the_ring_buffer_overflows() {
     require_command("curl");
     let (server, addr) = start_demo_server();
     // One page of ring for 64 busy connections.
-    let observer = Observer::attach_with(&[server.pid()], &["--ring-bytes", "4096", "--idle-timeout", "1"]);
+    let observer =
+        Observer::on(&[server.pid()]).args(&["--ring-bytes", "4096", "--idle-timeout", "1"]).start();
     let wrk = Command::new("wrk")
         .args(["--threads", "2", "--connections", "64", "--duration", "3s"])
         .arg(format!("http://{addr}/api/status"))
@@ -68,7 +69,7 @@ fn counts_recover_after_the_ring_buffer_overflows() {
 fn connections_beyond_the_socket_table_are_counted_and_the_others_exactly() {
     require_root();
     let (server, addr) = start_demo_server();
-    let observer = Observer::attach_with(&[server.pid()], &["--max-connections", "3"]);
+    let observer = Observer::on(&[server.pid()]).args(&["--max-connections", "3"]).start();
     three_fit_of_ten(&observer, addr);
 }
 
@@ -88,7 +89,7 @@ fn connections_beyond_the_socket_table_are_counted_and_the_others_exactly_with_s
         })
         .count();
     let max = (existing + 3).to_string();
-    let observer = Observer::attach_with(&[server.pid()], &["--max-connections", &max, "--hooks", "btf"]);
+    let observer = Observer::on(&[server.pid()]).args(&["--max-connections", &max, "--hooks", "btf"]).start();
     three_fit_of_ten(&observer, addr);
 }
 

@@ -14,7 +14,7 @@ fn in_new_pid_namespace(script: &str, extra: &[&str]) -> Observer {
     require_root();
     require_command("unshare");
     let wrapper = ["unshare", "--pid", "--fork", "--mount-proc", "--kill-child", "sh", "-ec", script, "sh"];
-    Observer::attach_wrapped(&wrapper, &[], extra, "info")
+    Observer::on(&[]).args(extra).wrapped_in(&wrapper).start()
 }
 
 /// Host pids of the processes in the PID namespace of host pid `member`, with their pid in
@@ -108,6 +108,10 @@ fn exe_and_forked_workers_are_followed_inside_a_pid_namespace() {
     assert_eq!(scrape.sum("http_requests_total", &[("status", "200")]), 20.0, "{}", scrape.0);
 
     // The master forks new workers inside the namespace: followed from their first syscall.
-    respawn_workers_and_count(&observer, workers, url, 20.0);
+    kill_workers_and_wait_for_new(workers);
+    let more: Vec<String> = (100..130).map(url).collect();
+    assert_eq!(curl(&[], &more), vec![200; 30]);
+    let scrape = observer.scrape_settled(50.0);
+    assert_eq!(scrape.sum("http_requests_total", &[("status", "200")]), 50.0, "{}", scrape.0);
     assert!(Path::new(&format!("/proc/{init}")).exists());
 }

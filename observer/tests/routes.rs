@@ -22,7 +22,7 @@ fn two_thousand_ids_make_a_handful_of_labels() {
     let dir = TempDir::new("routes");
     let routes = dir.path().join("routes.toml");
     std::fs::copy(DRAGONFLY, &routes).unwrap();
-    let observer = Observer::attach_with(&[server.pid()], &["--routes", routes.to_str().unwrap()]);
+    let observer = Observer::on(&[server.pid()]).args(&["--routes", routes.to_str().unwrap()]).start();
 
     let macs: Vec<String> = (0..1000u32)
         .map(|i| {

@@ -260,7 +260,7 @@ fn socket_hooks_attach_no_syscall_tracepoint() {
     drop(observer);
 
     // The same query sees the syscall hooks when they are asked for.
-    let observer = Observer::attach_with(&[server.pid()], &["--hooks", "btf"]);
+    let observer = Observer::on(&[server.pid()]).args(&["--hooks", "btf"]).start();
     let (raw, classic) = attachments_of(observer.guard.pid());
     eprintln!("btf: raw/tp_btf {raw:?}, classic {classic:?}");
     assert_eq!(raw, ["sys_exit"]);

@@ -78,7 +78,7 @@ fn nginx_https_counted_exactly(hooks: &str) {
     let dir = TempDir::new(&format!("tls-nginx-{hooks}"));
     let (port, tls_port) = (free_port(), free_port());
     let nginx = start_nginx(&dir, port, tls_port, "");
-    let observer = Observer::attach_with(&[nginx.pid()], &["--hooks", hooks]);
+    let observer = Observer::on(&[nginx.pid()]).args(&["--hooks", hooks]).start();
 
     let https = |path: &str| format!("https://127.0.0.1:{tls_port}{path}");
     let small: Vec<String> = (0..30).map(|_| https("/files/small.txt")).collect();
@@ -270,7 +270,7 @@ fn inbound_only_with_an_https_upstream(hooks: &str) {
          location /up/ {{ proxy_pass https://127.0.0.1:{up_tls_port}/; }}"
     );
     let nginx = start_nginx(&dir, port, tls_port, &locations);
-    let observer = Observer::attach_with(&[nginx.pid()], &["--hooks", hooks]);
+    let observer = Observer::on(&[nginx.pid()]).args(&["--hooks", hooks]).start();
 
     // nginx is a TLS client of the upstream here: its SSL_write of each proxied request and
     // SSL_read of each response must not count as serving.
@@ -384,7 +384,7 @@ fn without_cap_sys_admin_https_is_refused_loudly_and_plaintext_still_counts() {
     let (port, tls_port) = (free_port(), free_port());
     let nginx = start_nginx(&dir, port, tls_port, "");
     let wrapper = ["setpriv", "--bounding-set=-all,+bpf,+perfmon,+sys_ptrace", "--"];
-    let observer = Observer::attach_wrapped(&wrapper, &[nginx.pid()], &[], "info");
+    let observer = Observer::on(&[nginx.pid()]).wrapped_in(&wrapper).start();
 
     let plain: Vec<String> = (0..10).map(|_| format!("http://127.0.0.1:{port}/files/small.txt")).collect();
     assert_eq!(statuses(&curl_timed(&[], &plain)), vec![200; 10]);
@@ -409,7 +409,7 @@ fn an_https_server_started_after_the_observer_is_hooked() {
     require_command("nginx");
     require_command("curl");
     require_command("openssl");
-    let observer = Observer::attach_with(&[], &["--exe", "nginx"]);
+    let observer = Observer::on(&[]).args(&["--exe", "nginx"]).start();
     let dir = TempDir::new("tls-late");
     let (port, tls_port) = (free_port(), free_port());
     let _nginx = start_nginx(&dir, port, tls_port, "");

@@ -6,7 +6,7 @@ use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
 use observer_common::Syscall;
 
 use crate::{
-    emit::{Record, emit_control},
+    emit::{Record, emit_process},
     maps::FORKED,
     target::{add_target, current, in_child_namespace, is_target},
 };
@@ -45,14 +45,14 @@ pub fn fork(ctx: TracePointContext) -> u32 {
         // `child` is the initial namespace's pid: adopted at its first call (FORKED);
         // userspace is told of a fork of `tgid` without the child's pid.
         let _ = FORKED.insert(&(child as u32), &0, 0);
-        emit_control(&ctx, &process_record(id, tgid, 0, Syscall::Fork), core::ptr::null_mut());
+        emit_process(&ctx, &process_record(id, tgid, 0, Syscall::Fork));
         return 0;
     }
     if child as u32 == tgid {
         return 0;
     }
     add_target(child as u32);
-    emit_control(&ctx, &process_record(id, tgid, child, Syscall::Fork), core::ptr::null_mut());
+    emit_process(&ctx, &process_record(id, tgid, child, Syscall::Fork));
     0
 }
 
@@ -64,6 +64,6 @@ pub fn exec(ctx: TracePointContext) -> u32 {
     if tgid == 0 {
         return 0; // outside the observer's PID namespace
     }
-    emit_control(&ctx, &process_record(id, tgid, 0, Syscall::Exec), core::ptr::null_mut());
+    emit_process(&ctx, &process_record(id, tgid, 0, Syscall::Exec));
     0
 }

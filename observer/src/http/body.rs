@@ -168,11 +168,15 @@ impl Chunked {
     }
 }
 
+/// Hex digits of a chunk size at most: 15 fit a u64 with room to add the bytes already seen
+/// (2^60 bytes, far beyond any body), and a longer run is garbage, not a size.
+const MAX_CHUNK_SIZE_DIGITS: usize = 15;
+
 /// `1*HEXDIG [ chunk-ext ]`.
 fn parse_chunk_size(line: &[u8]) -> Option<u64> {
     let hex = line.split(|&b| b == b';').next()?;
     let hex = std::str::from_utf8(hex).ok()?.trim();
-    if hex.is_empty() || hex.len() > 15 {
+    if hex.is_empty() || hex.len() > MAX_CHUNK_SIZE_DIGITS {
         return None;
     }
     u64::from_str_radix(hex, 16).ok()

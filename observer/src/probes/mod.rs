@@ -228,7 +228,7 @@ impl Probes {
             .map_max_entries("CONNS", conns)
             .map_max_entries("PENDING", pending)
             .map_max_entries("TLS_CONNS", if tls { max_sockets } else { 1 })
-            .map_max_entries("TLS_CALLS", if tls { 4096 } else { 1 });
+            .map_max_entries("TLS_CALLS", if tls { observer_common::MAX_TLS_CALLS } else { 1 });
         for (global, offset) in &offsets {
             loader.override_global(global, offset, true);
         }

@@ -1,0 +1,144 @@
+//! Servers nobody here wrote, and the demo server, started for a test: nginx configurations,
+//! certificates, the demo's axum server.
+
+use std::{
+    net::SocketAddr,
+    path::Path,
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use super::{ChildGuard, TempDir, free_port, observer_bin, wait_for_port, wait_until};
+
+/// The demo's axum server (`observer demo-server`) on a free loopback port.
+pub fn start_demo_server() -> (ChildGuard, SocketAddr) {
+    let port = free_port();
+    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    let server = ChildGuard::spawn(
+        "axum demo server",
+        Command::new(observer_bin())
+            .args(["demo-server", "--listen", &addr.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()),
+    );
+    wait_for_port(port);
+    (server, addr)
+}
+
+/// What an nginx configuration holds beyond the parts every test shares.
+#[derive(Default)]
+pub struct NginxConf<'a> {
+    /// The master/worker split, e.g. `master_process off;`.
+    pub processes: &'a str,
+    /// Log every request to `dir/access.log` (the server's own count).
+    pub access_log: bool,
+    /// `location` blocks of the server.
+    pub locations: &'a str,
+    /// A second listener on this loopback port, with TLS (a self-signed certificate made in
+    /// the directory, see `self_signed_cert`).
+    pub tls_port: Option<u16>,
+    /// The TLS listener offers HTTP/2 by ALPN.
+    pub http2: bool,
+}
+
+/// An nginx configuration in `dir` serving `dir/www` (with `files/small.txt` and
+/// `files/empty.txt`) on loopback `port`, in the foreground; `processes` sets the
+/// master/worker split. Returns its path.
+pub fn write_nginx_conf(dir: &TempDir, port: u16, processes: &str) -> std::path::PathBuf {
+    write_nginx_conf_with(dir, port, NginxConf { processes, ..Default::default() })
+}
+
+pub fn write_nginx_conf_with(dir: &TempDir, port: u16, extra: NginxConf<'_>) -> std::path::PathBuf {
+    let root = dir.path();
+    let www = root.join("www");
+    std::fs::create_dir_all(www.join("files")).unwrap();
+    std::fs::write(www.join("files/small.txt"), "hello from nginx\n").unwrap();
+    std::fs::write(www.join("files/empty.txt"), "").unwrap();
+    let access_log =
+        if extra.access_log { format!("{}/access.log", root.display()) } else { "off".to_owned() };
+    let tls = match extra.tls_port {
+        Some(port) => {
+            let (cert, key) = self_signed_cert(dir);
+            format!(
+                "        listen 127.0.0.1:{port} ssl{};\n        ssl_certificate {};\n        ssl_certificate_key {};\n",
+                if extra.http2 { " http2" } else { "" },
+                cert.display(),
+                key.display()
+            )
+        }
+        None => String::new(),
+    };
+    let conf = format!(
+        r#"
+daemon off;
+{processes}
+pid {root}/nginx.pid;
+error_log {root}/error.log;
+events {{ worker_connections 1024; }}
+http {{
+    access_log {access_log};
+    sendfile on;
+    keepalive_timeout 30;
+    keepalive_requests 10000;
+    if_modified_since before;
+    client_body_temp_path {root}/body;
+    proxy_temp_path {root}/proxy;
+    fastcgi_temp_path {root}/fastcgi;
+    uwsgi_temp_path {root}/uwsgi;
+    scgi_temp_path {root}/scgi;
+    server {{
+        listen 127.0.0.1:{port};
+{tls}        root {root}/www;
+{locations}
+    }}
+}}
+"#,
+        processes = extra.processes,
+        locations = extra.locations,
+        root = root.display()
+    );
+    let path = root.join("nginx.conf");
+    std::fs::write(&path, conf).unwrap();
+    path
+}
+
+/// A self-signed certificate for `localhost` and its key, made with openssl in `dir`:
+/// (certificate, key).
+pub fn self_signed_cert(dir: &TempDir) -> (std::path::PathBuf, std::path::PathBuf) {
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    let status = Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=localhost"])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .expect("running openssl");
+    assert!(status.success(), "openssl could not make a certificate");
+    (cert, key)
+}
+
+/// Debian's nginx in the foreground with the configuration at `conf`, once it accepts on `port`.
+pub fn start_nginx_conf(conf: &Path, port: u16) -> ChildGuard {
+    let nginx = ChildGuard::spawn(
+        "nginx",
+        Command::new("nginx").arg("-c").arg(conf).stdout(Stdio::null()).stderr(Stdio::null()),
+    );
+    wait_for_port(port);
+    nginx
+}
+
+/// Kills (SIGKILL) the nginx workers `workers` lists and waits until the master has forked as
+/// many new ones.
+pub fn kill_workers_and_wait_for_new(workers: impl Fn() -> Vec<u32>) {
+    let old = workers();
+    for pid in &old {
+        assert!(Command::new("kill").args(["-9", &pid.to_string()]).status().unwrap().success());
+    }
+    wait_until("new nginx workers", Duration::from_secs(10), || {
+        let now = workers();
+        now.len() == old.len() && now.iter().all(|p| !old.contains(p))
+    });
+}
