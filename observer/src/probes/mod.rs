@@ -405,7 +405,7 @@ impl Probes {
         // SAFETY: the ring buffer owns its fd and moves into the AsyncFd, which deregisters it
         // before dropping it, so the registered fd stays open while registered.
         unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
-            .map_err(|e| ProbeError::Register(io::Error::other(e.to_string())))
+            .map_err(|e| ProbeError::Register(e.into_parts().1))
     }
 
     /// Sum over CPUs of one `STATS` counter.
