@@ -55,12 +55,12 @@ pub const fn port_bit(port: u16) -> (u32, u64) {
 /// ring is pending (1/16: `WAKEUP_BYTES` in the kernel programs).
 pub const WAKEUP_DIVISOR: u32 = 16;
 
-/// Ring buffer size in bytes (power of two, multiple of the page size).
 /// OpenSSL calls in progress at once, one per thread inside `SSL_read`/`SSL_write`/
 /// `SSL_do_handshake` (the kernel's `TLS_CALLS` table); a call that does not fit is counted
 /// under `observer_kernel_map_full_total{map="tls"}`.
 pub const MAX_TLS_CALLS: u32 = 4096;
 
+/// Ring buffer size in bytes (power of two, multiple of the page size).
 pub const RING_BYTES: u32 = 8 << 20;
 
 /// Which syscall produced an event. Explicit discriminants: this is wire format.

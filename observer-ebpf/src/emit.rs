@@ -9,7 +9,7 @@ use observer_common::{
 
 use crate::{
     capture::{Buffer, DATA_CAP, Scratch, capture, scratch},
-    maps::{EVENTS, STATS},
+    maps::{EVENTS, PROCESS_WOKEN, STATS},
     target::{now, patched},
 };
 
@@ -107,7 +107,7 @@ pub fn emit_data<C: EbpfContext>(ctx: &C, record: &Record, buffer: Buffer, cap: 
     }
 }
 
-/// A header-only record (accept, close, fork, exec, listen). `state`, if not null, is flagged
+/// A header-only record (accept, close, listen, a TLS session's end). `state`, if not null, is flagged
 /// when the record does not fit.
 #[inline(always)]
 pub fn emit_control<C: EbpfContext>(ctx: &C, record: &Record, state: *mut u32) {
@@ -119,20 +119,35 @@ pub fn emit_control<C: EbpfContext>(ctx: &C, record: &Record, state: *mut u32) {
 
 /// A fork or exec record, which wakes the daemon at once: what it does with one races the
 /// process (a `--exe` program found only after it forked its workers leaves them unfollowed;
-/// a new worker's OpenSSL uprobes come from the daemon). Data records wait for the drain,
-/// which backs off to 50 ms when the targets are quiet.
+/// a new worker's OpenSSL uprobes come from the daemon), while data records wait for the
+/// drain, which backs off to 50 ms when the targets are quiet. At most one such wakeup per
+/// `PROCESS_WAKEUP_GAP_NS`: a server that starts a thread per connection (each a fork
+/// record) or a host busy with execs (`--exe` reports them all) must not cost the daemon a
+/// context switch each; a drain that handles a process record drains again after 2 ms,
+/// so the records in between wait no longer than that.
 #[inline(always)]
 pub fn emit_process<C: EbpfContext>(ctx: &C, record: &Record) {
     let header = record.header(0, 0);
-    if EVENTS.output::<EventHeader>(&header, BPF_RB_FORCE_WAKEUP).is_err() {
+    let flag = match PROCESS_WOKEN.get_ptr_mut(0) {
+        // SAFETY: the map's one u64; racing writers store nearly the same time.
+        Some(woken) if header.ts_ns.wrapping_sub(unsafe { *woken }) >= PROCESS_WAKEUP_GAP_NS => {
+            unsafe { *woken = header.ts_ns };
+            BPF_RB_FORCE_WAKEUP
+        }
+        _ => wakeup_flag(),
+    };
+    if EVENTS.output::<EventHeader>(&header, flag).is_err() {
         ring_full(ctx, core::ptr::null_mut());
     }
 }
 
+/// See `emit_process`: the daemon's shortest drain interval.
+const PROCESS_WAKEUP_GAP_NS: u64 = 2_000_000;
+
 /// Waking the reader for every record costs the daemon a context switch per call at
 /// saturation. Records are submitted without a wakeup until `WAKEUP_BYTES` are pending (a
 /// sixteenth of the ring; userspace sets it with the ring's size); the daemon also drains
-/// on a short timer (see `run.rs`), so nothing waits long.
+/// on a timer (`DrainPace` in `run.rs`: 2 ms while busy, up to 50 ms when quiet).
 #[unsafe(no_mangle)]
 static WAKEUP_BYTES: u64 = (RING_BYTES / WAKEUP_DIVISOR) as u64;
 const BPF_RB_AVAIL_DATA: u64 = 0;

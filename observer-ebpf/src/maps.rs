@@ -26,6 +26,10 @@ pub static TARGETS: Array<u64> = Array::with_max_entries(TARGET_WORDS, BPF_F_MMA
 #[map]
 pub static PORTS: Array<u64> = Array::with_max_entries(PORT_WORDS, BPF_F_MMAPABLE);
 
+/// When a process record last woke the daemon (`emit::emit_process`), in `bpf_ktime_get_ns`.
+#[map]
+pub static PROCESS_WOKEN: Array<u64> = Array::with_max_entries(1, 0);
+
 /// `--hooks sock`: followed connections by socket cookie (never reused within a boot, unlike
 /// a `struct sock *` or an fd). Entries come from the passive open's ESTABLISHED transition
 /// or the first data record, and go at the CLOSE transition or `tcp_destroy_sock`, which the

@@ -122,7 +122,8 @@ pub async fn run_with_metrics(config: RunConfig, metrics: Arc<Metrics>) -> anyho
         };
         // Whatever is in the ring first: a target found gone below must have had its last
         // events handled, or they would open connections nobody ends.
-        pace.drained(drain_ring(ring.get_mut(), &mut conns, &mut targets, &metrics));
+        let drained = drain_ring(ring.get_mut(), &mut conns, &mut targets, &metrics);
+        pace.drained(drained, targets.changing());
         targets.follow(&mut probes);
         match wake {
             Wake::Events => {}
@@ -197,13 +198,15 @@ pub async fn floor(pids: &[u32], hooks: Hooks) -> anyhow::Result<()> {
 }
 
 /// How long the daemon sleeps between drains when the kernel did not wake it, from the size
-/// of the last batch. Busy, it drains every `MIN`: short batches, because under saturation on
-/// few cores a 10 ms batch (about 1,000 requests) stalled the server for its length when the
-/// daemon ran on the server's core (p99 ~1 ms vs ~0.7 ms). Quiet, it backs off to `MAX`: a
-/// fixed 2 ms timer cost an idle daemon 2 % of a core (500 wakeups a second, ~40 µs each on
-/// this VM), taken from whatever else runs on the host. A burst after a quiet spell is
-/// caught by the kernel's wakeup at a sixteenth of the ring, and every duration comes from
-/// the kernel's timestamps, so a later drain changes no figure.
+/// of the last batch, which it keeps between `SMALL_BATCH` and `MEDIUM_BATCH` records where
+/// it can. Busy, it drains every `MIN`: short batches, because under saturation on few cores
+/// a 10 ms batch (about 1,000 requests) stalled the server for its length when the daemon
+/// ran on the server's core (p99 ~1 ms vs ~0.7 ms). Quiet, it backs off to `MAX`: a fixed
+/// 2 ms timer cost an idle daemon 2 % of a core (500 wakeups a second, ~40 µs each on this
+/// VM), taken from whatever else runs on the host. A burst after a quiet spell is caught by
+/// the kernel's wakeup at a sixteenth of the ring, and every duration comes from the
+/// kernel's timestamps, so a later drain changes no figure. While the targets' processes
+/// change (fork, exec records), it drains every `MIN`: following them races them.
 struct DrainPace {
     every: Duration,
 }
@@ -213,16 +216,22 @@ impl DrainPace {
     const MAX: Duration = Duration::from_millis(50);
     /// A batch below this many records: the next drain can wait twice as long.
     const SMALL_BATCH: u64 = 64;
-    /// A batch above this many (about 0.5 ms of daemon work): back to `MIN`.
+    /// A batch above this many (about 0.1 ms of daemon work): the next drain comes twice as
+    /// soon.
+    const MEDIUM_BATCH: u64 = 128;
+    /// A batch above this many (about 0.5 ms of daemon work): back to `MIN` at once.
     const LARGE_BATCH: u64 = 512;
 
     fn every(&self) -> Duration {
         self.every
     }
 
-    fn drained(&mut self, records: u64) {
-        self.every = if records > Self::LARGE_BATCH {
+    /// After a drain of `records`; `changing`: it held fork or exec records.
+    fn drained(&mut self, records: u64, changing: bool) {
+        self.every = if changing || records > Self::LARGE_BATCH {
             Self::MIN
+        } else if records > Self::MEDIUM_BATCH {
+            (self.every / 2).max(Self::MIN)
         } else if records < Self::SMALL_BATCH {
             (self.every * 2).min(Self::MAX)
         } else {
@@ -342,14 +351,32 @@ mod tests {
         let mut pace = DrainPace::default();
         assert_eq!(pace.every(), DrainPace::MIN);
         for _ in 0..10 {
-            pace.drained(0);
+            pace.drained(0, false);
         }
         assert_eq!(pace.every(), DrainPace::MAX, "quiet: capped back-off");
-        pace.drained(100);
-        assert_eq!(pace.every(), DrainPace::MAX, "a middling batch keeps the pace");
-        pace.drained(DrainPace::LARGE_BATCH + 1);
+        pace.drained(100, false);
+        assert_eq!(pace.every(), DrainPace::MAX, "a batch in the band keeps the pace");
+        pace.drained(DrainPace::MEDIUM_BATCH + 1, false);
+        assert_eq!(pace.every(), DrainPace::MAX / 2, "a larger batch: twice as soon");
+        pace.drained(DrainPace::LARGE_BATCH + 1, false);
         assert_eq!(pace.every(), DrainPace::MIN, "a large batch: straight back to the shortest wait");
-        pace.drained(DrainPace::SMALL_BATCH - 1);
+        pace.drained(DrainPace::SMALL_BATCH - 1, false);
         assert_eq!(pace.every(), DrainPace::MIN * 2);
+        pace.drained(1, true);
+        assert_eq!(pace.every(), DrainPace::MIN, "processes changing: the shortest wait");
+    }
+
+    #[test]
+    fn a_steady_moderate_load_settles_in_the_band_whatever_came_before() {
+        // 5,000 records a second: 250 at 50 ms, 10 at 2 ms; the band is 64..=128.
+        let batch = |every: std::time::Duration| (5_000.0 * every.as_secs_f64()) as u64;
+        for start in [DrainPace::MIN, DrainPace::MAX] {
+            let mut pace = DrainPace { every: start };
+            for _ in 0..20 {
+                pace.drained(batch(pace.every()), false);
+            }
+            let settled = batch(pace.every());
+            assert!((DrainPace::SMALL_BATCH..=DrainPace::MEDIUM_BATCH).contains(&settled), "{settled}");
+        }
     }
 }

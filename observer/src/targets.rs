@@ -21,6 +21,9 @@ pub struct Targets<'a> {
     forks: Vec<Fork>,
     execs: Vec<u32>,
     listeners: Vec<Listener>,
+    /// Processes that started a watched program, with the sweeps left in which to look
+    /// again for the OpenSSL they map (see `sweep`).
+    started: Vec<(u32, u8)>,
     exes: &'a [String],
     follow_children: bool,
     listen: &'a Mutex<ListenQueues>,
@@ -47,6 +50,7 @@ impl<'a> Targets<'a> {
             forks: Vec::new(),
             execs: Vec::new(),
             listeners: Vec::new(),
+            started: Vec::new(),
             exes,
             follow_children,
             listen,
@@ -84,6 +88,11 @@ impl<'a> Targets<'a> {
         true
     }
 
+    /// Whether `take` collected fork or exec records not yet followed.
+    pub fn changing(&self) -> bool {
+        !self.forks.is_empty() || !self.execs.is_empty()
+    }
+
     /// Acts on what `take` collected: new processes followed (their listen queues sampled
     /// too), threads dropped again, listeners followed or let go.
     pub fn follow(&mut self, probes: &mut Probes) {
@@ -111,6 +120,13 @@ impl<'a> Targets<'a> {
         if self.follow_children {
             self.adopt_strays(probes);
         }
+        // At exec only the program and its loader are mapped; the loader maps libssl later,
+        // and the daemon can be quicker (it is woken at once for an exec).
+        self.started.retain_mut(|(pid, sweeps_left)| {
+            probes.follow_tls(*pid);
+            *sweeps_left -= 1;
+            *sweeps_left > 0 && self.live.contains(pid)
+        });
     }
 
     /// Every target has exited and none can come back (no `--exe` to wait for).
@@ -145,9 +161,11 @@ impl<'a> Targets<'a> {
         }
     }
 
-    /// Processes that started a program named by `--exe` become targets (a restarted server).
+    /// Processes that started a program named by `--exe` become targets (a restarted server),
+    /// with `--children` any children they forked before this (the kernel could not know
+    /// they were targets).
     fn follow_execs(&mut self, probes: &mut Probes) {
-        for pid in self.execs.drain(..) {
+        for pid in std::mem::take(&mut self.execs) {
             if self.live.contains(&pid) || !runs_one_of(pid, self.exes) {
                 continue;
             }
@@ -157,6 +175,13 @@ impl<'a> Targets<'a> {
             }
             info!(pid, "a watched program started");
             self.live.push(pid);
+            self.started.push((pid, EXEC_TLS_SWEEPS));
+            let children = if self.follow_children { descendants(pid) } else { Vec::new() };
+            for child in children {
+                if !self.live.contains(&child) && probes.add_target(child).is_ok() {
+                    self.live.push(child);
+                }
+            }
         }
     }
 
@@ -193,6 +218,9 @@ impl<'a> Targets<'a> {
         }
     }
 }
+
+/// Sweeps (seconds) after an exec in which its OpenSSL is looked for again.
+const EXEC_TLS_SWEEPS: u8 = 3;
 
 /// Samples `pid`'s listeners: its network namespace, and the ports it listens on now.
 fn follow_listen_queues(listen: &Mutex<ListenQueues>, pid: u32) {

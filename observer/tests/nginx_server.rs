@@ -11,11 +11,6 @@ use std::{
 use common::*;
 
 /// The processes `pid` has forked and not yet reaped (an nginx master's workers).
-fn children_of(pid: u32) -> Vec<u32> {
-    let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap();
-    children.split_whitespace().map(|p| p.parse().unwrap()).collect()
-}
-
 /// One nginx process (no master/worker split: `--pid` of it covers every connection).
 fn start_nginx(dir: &TempDir, port: u16) -> ChildGuard {
     start_nginx_with(dir, port, "master_process off;\nworker_processes 1;")
@@ -126,9 +121,17 @@ fn follows_nginx_workers_forked_by_the_master() {
     assert_eq!(scrape.sum("http_requests_total", &[("status", "200")]), 20.0, "{}", scrape.0);
 
     // Kill both workers: the master forks new ones, which must be followed from their start.
-    kill_workers_and_wait_for_new(workers);
-    let more: Vec<String> = (100..130).map(url).collect();
-    assert_eq!(curl(&[], &more), vec![200; 30]);
+    let new = kill_workers_and_wait_for_new(workers);
+    for pid in new {
+        // Each new worker is followed, whichever of them the connections below reach.
+        let line = format!("following process pid={pid} ");
+        wait_until(&line, std::time::Duration::from_secs(5), || observer.log().contains(&line));
+    }
+    for round in 0..3 {
+        // A connection each: the new workers share them out.
+        let more: Vec<String> = (0..10).map(|i| url(100 * round + i)).collect();
+        assert_eq!(curl(&[], &more), vec![200; 10]);
+    }
     let scrape = observer.scrape_settled(50.0);
     assert_eq!(scrape.sum("http_requests_total", &[("status", "200")]), 50.0, "{}", scrape.0);
 }

@@ -412,11 +412,16 @@ fn an_https_server_started_after_the_observer_is_hooked() {
     let observer = Observer::on(&[]).args(&["--exe", "nginx"]).start();
     let dir = TempDir::new("tls-late");
     let (port, tls_port) = (free_port(), free_port());
-    let _nginx = start_nginx(&dir, port, tls_port, "");
+    let nginx = start_nginx(&dir, port, tls_port, "");
+    let master = nginx.pid();
+    wait_until("two nginx workers", Duration::from_secs(10), || children_of(master).len() == 2);
     // The master and its 2 workers each get their uprobes once their exec or fork is seen;
-    // a worker serving in the moment before that is not seen (README, HTTPS): wait for all 3.
+    // a worker serving in the moment before that is not seen (README, HTTPS): wait for all 3
+    // (by pid: another test's nginx may be exiting meanwhile, and --exe sees it too).
+    let ours: Vec<u32> = std::iter::once(master).chain(children_of(master)).collect();
     wait_until("the uprobes of nginx's 3 processes", Duration::from_secs(10), || {
-        observer.log().matches("hooked OpenSSL").count() >= 3
+        let log = observer.log();
+        ours.iter().all(|pid| log.contains(&format!("hooked OpenSSL (uprobes) pid={pid} ")))
     });
     let https: Vec<String> =
         (0..15).map(|_| format!("https://127.0.0.1:{tls_port}/files/small.txt")).collect();

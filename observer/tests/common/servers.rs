@@ -130,9 +130,15 @@ pub fn start_nginx_conf(conf: &Path, port: u16) -> ChildGuard {
     nginx
 }
 
-/// Kills (SIGKILL) the nginx workers `workers` lists and waits until the master has forked as
-/// many new ones.
-pub fn kill_workers_and_wait_for_new(workers: impl Fn() -> Vec<u32>) {
+/// The children of `pid` (its main thread's), e.g. an nginx master's workers.
+pub fn children_of(pid: u32) -> Vec<u32> {
+    let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+    children.split_whitespace().filter_map(|p| p.parse().ok()).collect()
+}
+
+/// Kills (SIGKILL) the nginx workers `workers` lists, waits until the master has forked as
+/// many new ones, and returns those.
+pub fn kill_workers_and_wait_for_new(workers: impl Fn() -> Vec<u32>) -> Vec<u32> {
     let old = workers();
     for pid in &old {
         assert!(Command::new("kill").args(["-9", &pid.to_string()]).status().unwrap().success());
@@ -141,4 +147,5 @@ pub fn kill_workers_and_wait_for_new(workers: impl Fn() -> Vec<u32>) {
         let now = workers();
         now.len() == old.len() && now.iter().all(|p| !old.contains(p))
     });
+    workers()
 }
