@@ -198,9 +198,9 @@ pub enum Direction {
 /// userspace must resynchronise that connection.
 pub const FLAG_LOST_BEFORE: u32 = 1;
 
-/// Set on the first event of a connection the kernel saw open (its handshake completed after
-/// attach): its first bytes read begin a request. Without it a connection new to userspace is
-/// picked up mid-stream.
+/// Set on the first event of a new connection: the kernel saw it open, or found nothing read
+/// or sent on it before this read (`stat::OPENS_UNSEEN`). Its first bytes read begin a
+/// request; without it a connection new to userspace is picked up mid-stream.
 pub const FLAG_NEW: u32 = 2;
 
 /// The `FLAG_*` bits that travel in records; higher bits of a socket's state are the kernel's own.
@@ -348,7 +348,10 @@ pub mod stat {
     pub const SOCKETS_FULL: u32 = 2;
     /// OpenSSL calls or sessions not followed because their table was full.
     pub const TLS_FULL: u32 = 3;
-    pub const COUNT: u32 = 4;
+    /// New connections whose open the state program did not record (before attach, or a
+    /// skipped run), found new at their first read.
+    pub const OPENS_UNSEEN: u32 = 4;
+    pub const COUNT: u32 = 5;
 }
 
 /// Syscall arguments remembered between a syscall's entry and its exit, keyed by pid_tgid.

@@ -41,6 +41,8 @@ struct Entry {
     /// Seconds the connection waited for its first read (the kernel saw it open), until its
     /// first request is labelled and the wait recorded under that request's endpoint.
     wait: Option<f64>,
+    /// Its first request has been read (and its wait recorded, or counted as missing).
+    started: bool,
 }
 
 pub struct Connections<'m> {
@@ -101,6 +103,7 @@ impl<'m> Connections<'m> {
             fd: event.fd,
             last_active: self.clock,
             wait: event.wait_ns.map(|ns| ns as f64 / 1e9),
+            started: false,
         };
         match event.syscall.direction() {
             Direction::Open => {
@@ -146,10 +149,13 @@ impl<'m> Connections<'m> {
                     };
                     conn.on_read(event.ts_ns, moved, sink, &mut start);
                     if let Some(tag) = first
-                        && let Some(wait) = entry.wait.take()
-                        && let Some(endpoint) = tag.endpoint
+                        && !std::mem::replace(&mut entry.started, true)
                     {
-                        handles.waited(endpoint, wait);
+                        match (entry.wait.take(), tag.endpoint) {
+                            (Some(wait), Some(endpoint)) => handles.waited(endpoint, wait),
+                            (Some(_), None) => {} // an ignored endpoint
+                            (None, _) => handles.wait_missing(),
+                        }
                     }
                 } else {
                     conn.on_write(event.ts_ns, moved, sink);

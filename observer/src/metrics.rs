@@ -64,6 +64,12 @@ pub struct MapLabels {
     pub map: &'static str,
 }
 
+/// A kernel program, by its name in the eBPF object (a bounded set).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ProgramLabels {
+    pub program: String,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabels {
     pub reason: &'static str,
@@ -119,6 +125,9 @@ pub struct HealthMetrics {
     pub connections: Gauge,
     pub connections_dropped: Counter,
     pub encrypted_connections: Counter,
+    pub opens_unseen: Counter,
+    pub waits_missing: Counter,
+    pub program_misses: Family<ProgramLabels, Counter>,
 }
 
 /// Registers `metric` under `name` and hands it back: the registry keeps a clone sharing its
@@ -259,6 +268,24 @@ impl HealthMetrics {
                 "Connections whose bytes at the socket were TLS records (not HTTP parse errors); their requests are counted from the server's OpenSSL calls where those are hooked",
                 Counter::default(),
             ),
+            opens_unseen: registered(
+                registry,
+                "connection_opens_unseen",
+                "New connections whose handshake the kernel program did not see complete (before attach, or a skipped run), found new at their first read; their connection wait is taken from the socket's own creation time, at the kernel tick's resolution",
+                Counter::default(),
+            ),
+            waits_missing: registered(
+                registry,
+                "connection_waits_missing",
+                "Connections whose first request was read with no connection-wait sample: joined mid-stream (they had carried data before attach)",
+                Counter::default(),
+            ),
+            program_misses: registered(
+                registry,
+                "kernel_program_misses",
+                "Runs of a kernel program the kernel skipped (its per-CPU recursion guard: the program was already running on that CPU), by program",
+                Family::default(),
+            ),
         }
     }
 }
@@ -361,6 +388,11 @@ impl<'m> Handles<'m> {
 
     pub fn parse_error(&self, reason: &'static str) {
         self.metrics.health.parse_errors.get_or_create(&ReasonLabels { reason }).inc();
+    }
+
+    /// A connection's first request was read without a wait sample.
+    pub fn wait_missing(&self) {
+        self.metrics.health.waits_missing.inc();
     }
 
     pub fn encrypted_connections(&self, count: u64) {

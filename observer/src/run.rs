@@ -10,6 +10,7 @@ use std::{
 
 use anyhow::{Context, bail};
 use aya::maps::{MapData, RingBuf};
+use rustc_hash::FxHashMap;
 use tokio::signal::unix::{SignalKind, signal};
 use tracing::{info, warn};
 
@@ -17,7 +18,7 @@ use crate::{
     conn::Connections,
     events,
     listen::ListenQueues,
-    metrics::{MapLabels, Metrics},
+    metrics::{MapLabels, Metrics, ProgramLabels},
     probes::{Hooks, KernelDrops, Probes},
     procfs::process_exists,
     route::{Router, Rules},
@@ -100,6 +101,7 @@ pub async fn run_with_metrics(config: RunConfig, metrics: Arc<Metrics>) -> anyho
     let mut conns = Connections::new(&metrics, router, config.idle_timeout_secs)
         .with_capacity(config.max_connections as usize);
     let mut drops_seen = KernelDrops::default();
+    let mut misses_seen = FxHashMap::default();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     // The kernel wakes us only once a backlog builds up (see WAKEUP_BYTES in the eBPF
     // crate); below that, records are collected on a timer paced by the traffic.
@@ -132,6 +134,7 @@ pub async fn run_with_metrics(config: RunConfig, metrics: Arc<Metrics>) -> anyho
                 conns.sweep(|conn, _, _| probes.still_open(conn));
                 metrics.health.connections.set(conns.count() as i64);
                 drops_seen = count_kernel_drops(&metrics, probes.drops(), drops_seen);
+                count_program_misses(&metrics, probes.program_misses(), &mut misses_seen);
                 targets.sweep(&mut probes, &mut conns);
                 if config.exit_with_targets && targets.all_gone() {
                     info!("every target exited; stopping");
@@ -167,6 +170,7 @@ enum Wake {
 /// would be counted twice.
 fn count_kernel_drops(metrics: &Metrics, now: KernelDrops, seen: KernelDrops) -> KernelDrops {
     metrics.health.events_lost.inc_by(now.ring_full.saturating_sub(seen.ring_full));
+    metrics.health.opens_unseen.inc_by(now.opens_unseen.saturating_sub(seen.opens_unseen));
     for (map, now, seen) in [
         ("sockets", now.sockets_full, seen.sockets_full),
         ("pending_calls", now.pending_full, seen.pending_full),
@@ -179,6 +183,19 @@ fn count_kernel_drops(metrics: &Metrics, now: KernelDrops, seen: KernelDrops) ->
         sockets_full: now.sockets_full.max(seen.sockets_full),
         pending_full: now.pending_full.max(seen.pending_full),
         tls_full: now.tls_full.max(seen.tls_full),
+        opens_unseen: now.opens_unseen.max(seen.opens_unseen),
+    }
+}
+
+/// Adds the programs' skipped runs since `seen` to the metrics (totals only grow).
+fn count_program_misses(metrics: &Metrics, now: Vec<(String, u64)>, seen: &mut FxHashMap<String, u64>) {
+    for (program, misses) in now {
+        let before = seen.insert(program.clone(), misses).unwrap_or(0);
+        metrics
+            .health
+            .program_misses
+            .get_or_create(&ProgramLabels { program })
+            .inc_by(misses.saturating_sub(before));
     }
 }
 

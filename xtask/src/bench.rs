@@ -18,6 +18,8 @@ mod neighbours;
 mod report;
 mod tls;
 
+pub(crate) use tls::self_signed_cert;
+
 use kernel::{BpfStats, NEIGHBOUR_ARMS, ProgramTime, kernel_cost, unobserved_syscall_cost};
 use neighbours::{middleware_arm, neighbour_redis, render_neighbours};
 
@@ -115,7 +117,7 @@ struct Run {
 }
 
 /// Kills the child on drop.
-struct Guard(Child);
+pub(crate) struct Guard(pub(crate) Child);
 
 impl Drop for Guard {
     fn drop(&mut self) {
@@ -132,11 +134,11 @@ impl Drop for Guard {
     }
 }
 
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").expect("a free port").local_addr().expect("addr").port()
 }
 
-fn wait_for(what: &str, mut ok: impl FnMut() -> bool) -> anyhow::Result<()> {
+pub(crate) fn wait_for(what: &str, mut ok: impl FnMut() -> bool) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(30);
     while !ok() {
         ensure!(Instant::now() < deadline, "timed out waiting for {what}");
@@ -145,7 +147,7 @@ fn wait_for(what: &str, mut ok: impl FnMut() -> bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn http_get(addr: SocketAddr, path: &str) -> Option<String> {
+pub(crate) fn http_get(addr: SocketAddr, path: &str) -> Option<String> {
     let mut s = TcpStream::connect(addr).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
     write!(s, "GET {path} HTTP/1.1\r\nHost: b\r\nConnection: close\r\n\r\n").ok()?;
@@ -154,7 +156,7 @@ fn http_get(addr: SocketAddr, path: &str) -> Option<String> {
     text.starts_with("HTTP/1.1 200").then(|| text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()))?
 }
 
-fn metric(text: &str, name: &str) -> f64 {
+pub(crate) fn metric(text: &str, name: &str) -> f64 {
     text.lines()
         .filter(|l| l.starts_with(name) && !l.starts_with('#'))
         .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
@@ -236,7 +238,7 @@ fn with_arm<T>(
 }
 
 /// utime + stime of a process, in seconds.
-fn cpu_seconds(pid: u32) -> f64 {
+pub(crate) fn cpu_seconds(pid: u32) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     let after_comm = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
     let fields: Vec<&str> = after_comm.split_whitespace().collect();
@@ -244,7 +246,7 @@ fn cpu_seconds(pid: u32) -> f64 {
     (ticks(11) + ticks(12)) / 100.0 // USER_HZ
 }
 
-fn status_kib(pid: u32, field: &str) -> f64 {
+pub(crate) fn status_kib(pid: u32, field: &str) -> f64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .unwrap_or_default()
         .lines()

@@ -11,6 +11,7 @@ use anyhow::{Context, bail, ensure};
 use clap::{Parser, Subcommand};
 
 mod bench;
+mod soak;
 
 /// The pinned toolchain; keep in step with rust-toolchain.toml.
 const TOOLCHAIN: &str = "1.95.0";
@@ -75,6 +76,13 @@ enum Task {
         #[arg(long, default_value_t = 5)]
         seconds: u64,
     },
+    /// Set up, build release, and run the observer for N minutes on churning real servers
+    /// (nginx restarted every minute, HTTPS, resets, a forking python server): a row a
+    /// minute in target/soak/soak.md; fails if a count is off or anything grows.
+    Soak {
+        #[arg(long, default_value_t = 30)]
+        minutes: u64,
+    },
     /// Run the cargo-fuzz targets (fuzz/) for N seconds each, from the committed corpus.
     Fuzz {
         #[arg(long, default_value_t = 60)]
@@ -105,6 +113,19 @@ fn main() -> anyhow::Result<()> {
         Task::Fuzz { seconds } => {
             setup()?;
             fuzz(seconds)
+        }
+        Task::Soak { minutes } => {
+            setup()?;
+            ensure!(is_root(), "the soak loads eBPF programs: run it as root");
+            run(Command::new("cargo").env("PATH", path_with_cargo_bin()?).args([
+                "build",
+                "--release",
+                "--quiet",
+                "--package",
+                "observer",
+            ]))?;
+            let root = workspace_root();
+            with_path(|| soak::soak(&root.join("target/release/observer"), minutes, &soak::out_dir(&root)))?
         }
         Task::Bench { reps, seconds } => {
             setup()?;

@@ -18,7 +18,10 @@ use core::ffi::c_void;
 use aya_ebpf::{
     EbpfContext,
     bindings::{BPF_NOEXIST, pt_regs},
-    helpers::generated::{bpf_get_current_task_btf, bpf_get_socket_cookie, bpf_task_pt_regs},
+    helpers::{
+        bpf_probe_read_kernel,
+        generated::{bpf_get_current_task_btf, bpf_get_socket_cookie, bpf_jiffies64, bpf_task_pt_regs},
+    },
     macros::btf_tracepoint,
     programs::BtfTracePointContext,
 };
@@ -52,6 +55,19 @@ static SK_PROTOCOL: u64 = 532; // sock.sk_protocol (u16)
 static SK_SOCKET: u64 = 288; // sock.sk_socket (struct socket *)
 #[unsafe(no_mangle)]
 static SOCKET_FILE: u64 = 16; // socket.file (struct file *)
+#[unsafe(no_mangle)]
+static TCP_COPIED_SEQ: u64 = 1464; // tcp_sock.copied_seq (u32): next byte the server reads
+#[unsafe(no_mangle)]
+static TCP_RCV_NXT: u64 = 1664; // tcp_sock.rcv_nxt (u32): next byte expected from the peer
+#[unsafe(no_mangle)]
+static TCP_BYTES_RECEIVED: u64 = 1752; // tcp_sock.bytes_received (u64)
+#[unsafe(no_mangle)]
+static TCP_BYTES_SENT: u64 = 1544; // tcp_sock.bytes_sent (u64)
+#[unsafe(no_mangle)]
+static TCP_LSNDTIME: u64 = 1584; // tcp_sock.lsndtime (u32 jiffies): the child's creation, until it sends data
+/// Nanoseconds in a jiffy (the loader sets it from `CLOCK_MONOTONIC_COARSE`'s resolution).
+#[unsafe(no_mangle)]
+static TICK_NS: u64 = 4_000_000;
 
 const AF_INET: u16 = 2;
 const AF_INET6: u16 = 10;
@@ -100,10 +116,11 @@ fn socket_io(ctx: &BtfTracePointContext, direction: Direction) {
     if ret <= 0 || (direction == Direction::In && ctx.arg::<u64>(2) & MSG_PEEK != 0) {
         return; // EAGAIN, EOF, errors and peeks move no bytes
     }
+    let read = if direction == Direction::In { ret as u64 } else { 0 };
     // Socket I/O inside an OpenSSL call is ciphertext: it only ties the call to its socket.
     if let Some(call) = TLS_CALLS.get_ptr_mut(&id) {
         // SAFETY: `sk` is the tracepoint's `struct sock *`; the pointers are map values.
-        let served = unsafe { served_connection(sk) }.map(|conn| unsafe {
+        let served = unsafe { served_connection(sk, read) }.map(|conn| unsafe {
             Served {
                 state: &raw mut (*conn).flags,
                 conn: (*conn).cookie,
@@ -115,7 +132,7 @@ fn socket_io(ctx: &BtfTracePointContext, direction: Direction) {
         return;
     }
     // SAFETY: `sk` is the tracepoint's `struct sock *`.
-    let Some(conn) = (unsafe { served_connection(sk) }) else {
+    let Some(conn) = (unsafe { served_connection(sk, read) }) else {
         return;
     };
     // SAFETY: a field of a map value.
@@ -151,12 +168,12 @@ pub fn waited_us(since_ns: u64) -> u32 {
 /// socket (owned by a file) on a port a target listens on, or one already followed whose
 /// port is gone (a reset processed inside the server's own send unhashes the socket and
 /// zeroes its port before that send's tracepoint fires: seen ~25 in 12,000 responses when
-/// wrk closed its connections).
+/// wrk closed its connections). `read`: the bytes this call read (0 for a write).
 ///
 /// # Safety
 /// `sk` must be a BTF-typed `struct sock *`.
 #[inline(always)]
-unsafe fn served_connection(sk: *const u8) -> Option<*mut ConnState> {
+unsafe fn served_connection(sk: *const u8, read: u64) -> Option<*mut ConnState> {
     let family: u16 = unsafe { field(sk, &SK_FAMILY) };
     let protocol: u16 = unsafe { field(sk, &SK_PROTOCOL) };
     if (family != AF_INET && family != AF_INET6) || protocol != IPPROTO_TCP {
@@ -172,20 +189,63 @@ unsafe fn served_connection(sk: *const u8) -> Option<*mut ConnState> {
     }
     // SAFETY: the helper takes a socket pointer, which `sk` is.
     let cookie = unsafe { bpf_get_socket_cookie(sk as *mut c_void) };
-    if listened { conn_state(cookie) } else { CONNS.get_ptr_mut(&cookie) }
+    if listened { unsafe { conn_state(sk, cookie, read) } } else { CONNS.get_ptr_mut(&cookie) }
 }
 
-/// The connection's entry, made on its first record if its open was not seen (it predates
-/// attach). One that does not fit is not followed; it was counted at its open if it opened
-/// after attach (a connection from before attach that does not fit is not counted: its
-/// every record would count again).
+/// The connection's entry, made on its first record if its open was not seen. A connection
+/// whose first bytes this read took is new all the same (see `unseen_open`); any other one
+/// predates attach and is picked up mid-stream. One that does not fit is not followed; a new
+/// one is counted then (one from before attach is not: its every record would count again).
+///
+/// # Safety
+/// `sk` must be a BTF-typed `struct sock *` of a TCP socket.
 #[inline(always)]
-fn conn_state(cookie: u64) -> Option<*mut ConnState> {
+unsafe fn conn_state(sk: *const u8, cookie: u64, read: u64) -> Option<*mut ConnState> {
     if let Some(conn) = CONNS.get_ptr_mut(&cookie) {
         return Some(conn);
     }
-    let _ = CONNS.insert(&cookie, &ConnState { cookie, ..ConnState::default() }, u64::from(BPF_NOEXIST));
-    CONNS.get_ptr_mut(&cookie)
+    let conn = match unsafe { unseen_open(sk, read) } {
+        Some(established_ns) => ConnState { established_ns, cookie, flags: FLAG_NEW, reserved: 0 },
+        None => ConnState { cookie, ..ConnState::default() },
+    };
+    let _ = CONNS.insert(&cookie, &conn, u64::from(BPF_NOEXIST));
+    let entry = CONNS.get_ptr_mut(&cookie);
+    if conn.flags & FLAG_NEW != 0 {
+        bump(if entry.is_some() { stat::OPENS_UNSEEN } else { stat::SOCKETS_FULL });
+    }
+    entry
+}
+
+/// When the handshake of `sk` completed, if `sk` is a connection whose open `opened` did not
+/// record and whose first bytes this read of `read` bytes took: nothing read before, nothing
+/// sent (a connection accepted before attach but not yet read, or one whose ESTABLISHED
+/// transition the state program did not run for). The time is the socket's own: `lsndtime`,
+/// set when the kernel made the socket at the handshake's end and unchanged until it sends
+/// data, in jiffies, so at the tick's resolution (4 ms at HZ=250; a lower bound).
+///
+/// # Safety
+/// `sk` must be a `struct sock *` of a TCP socket (a `struct tcp_sock`).
+#[inline(always)]
+unsafe fn unseen_open(sk: *const u8, read: u64) -> Option<u64> {
+    if read == 0 {
+        return None;
+    }
+    // SAFETY: fields of the `tcp_sock` that `sk` is, at offsets from the kernel's BTF.
+    let at = |offset: &'static u64| unsafe { sk.add(patched(offset) as usize) };
+    let sent: u64 = unsafe { bpf_probe_read_kernel(at(&TCP_BYTES_SENT) as *const u64) }.ok()?;
+    let received: u64 = unsafe { bpf_probe_read_kernel(at(&TCP_BYTES_RECEIVED) as *const u64) }.ok()?;
+    let rcv_nxt: u32 = unsafe { bpf_probe_read_kernel(at(&TCP_RCV_NXT) as *const u32) }.ok()?;
+    let copied: u32 = unsafe { bpf_probe_read_kernel(at(&TCP_COPIED_SEQ) as *const u32) }.ok()?;
+    // Bytes read so far (this read included): received, less what still waits to be read.
+    let read_so_far = received.wrapping_sub(u64::from(rcv_nxt.wrapping_sub(copied)));
+    if sent != 0 || read_so_far != read {
+        return None;
+    }
+    let created: u32 = unsafe { bpf_probe_read_kernel(at(&TCP_LSNDTIME) as *const u32) }.ok()?;
+    // SAFETY: a helper without arguments.
+    let ticks = (unsafe { bpf_jiffies64() } as u32).wrapping_sub(created);
+    let ago = u64::from(ticks) * patched(&TICK_NS);
+    Some(now().saturating_sub(ago).max(1))
 }
 
 /// Which call moved the bytes, on which fd, from which buffer: read from the syscall's saved
@@ -249,9 +309,10 @@ fn opened(sk: *const u8) {
     // SAFETY: as above.
     let cookie = unsafe { bpf_get_socket_cookie(sk as *mut c_void) };
     let conn = ConnState { established_ns: now(), cookie, flags: FLAG_NEW, reserved: 0 };
-    if CONNS.insert(&cookie, &conn, 0).is_err() {
-        bump(stat::SOCKETS_FULL); // the table is full: this connection is not followed
-    }
+    // A full table refuses it. Not counted here but at its first read (`conn_state`), which
+    // finds it new, tries again (a slot may have come free) and counts it once if it still
+    // does not fit: a connection refused here and one whose open went unseen are one case.
+    let _ = CONNS.insert(&cookie, &conn, 0);
 }
 
 /// The server closed (`last` false: FIN_WAIT1 / LAST_ACK) or the socket is destroyed

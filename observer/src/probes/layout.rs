@@ -8,7 +8,7 @@ use super::ProbeError;
 
 /// (global in the eBPF object, struct, path of members). Anonymous struct and union members
 /// on the way are searched too (`skc_num` sits in an anonymous struct in a union).
-const FIELDS: [(&str, &str, &[&str]); 7] = [
+const FIELDS: [(&str, &str, &[&str]); 12] = [
     ("SK_NUM", "sock", &["__sk_common", "skc_num"]),
     ("SK_STATE", "sock", &["__sk_common", "skc_state"]),
     ("SK_FAMILY", "sock", &["__sk_common", "skc_family"]),
@@ -16,6 +16,12 @@ const FIELDS: [(&str, &str, &[&str]); 7] = [
     ("SK_PROTOCOL", "sock", &["sk_protocol"]),
     ("SK_SOCKET", "sock", &["sk_socket"]),
     ("SOCKET_FILE", "socket", &["file"]),
+    // What a connection whose open was not seen has moved so far, and when it was made.
+    ("TCP_COPIED_SEQ", "tcp_sock", &["copied_seq"]),
+    ("TCP_RCV_NXT", "tcp_sock", &["rcv_nxt"]),
+    ("TCP_BYTES_RECEIVED", "tcp_sock", &["bytes_received"]),
+    ("TCP_BYTES_SENT", "tcp_sock", &["bytes_sent"]),
+    ("TCP_LSNDTIME", "tcp_sock", &["lsndtime"]),
 ];
 
 /// Byte offset of each of `FIELDS`, by global name. Parsing takes ~20 ms and ~3 MB (the BTF
@@ -32,6 +38,21 @@ pub fn socket_offsets() -> Result<Vec<(&'static str, u64)>, ProbeError> {
             Ok((global, offset))
         })
         .collect()
+}
+
+/// Nanoseconds in one kernel tick (jiffy): the resolution of `CLOCK_MONOTONIC_COARSE`, which
+/// the kernel keeps in jiffies (4 ms at this machine kind's `CONFIG_HZ=250`).
+pub fn tick_ns() -> Result<u64, ProbeError> {
+    let mut res = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_getres writes one timespec, which `res` is.
+    if unsafe { libc::clock_getres(libc::CLOCK_MONOTONIC_COARSE, &mut res) } != 0 {
+        return Err(ProbeError::Layout(format!("clock_getres: {}", std::io::Error::last_os_error())));
+    }
+    let ns = res.tv_sec as u64 * 1_000_000_000 + res.tv_nsec as u64;
+    if ns == 0 {
+        return Err(ProbeError::Layout("CLOCK_MONOTONIC_COARSE reports no resolution".into()));
+    }
+    Ok(ns)
 }
 
 fn offset_of(btf: &Btf, name: &str, path: &[&str]) -> Option<u64> {
@@ -68,6 +89,11 @@ fn member_of(btf: &Btf, s: &btf_rs::Struct, name: &str) -> Option<(u32, Type)> {
 mod tests {
     use super::*;
 
+    #[test]
+    fn a_tick_is_this_kernels_jiffy() {
+        assert_eq!(tick_ns().unwrap(), 4_000_000, "CONFIG_HZ=250 on this machine kind");
+    }
+
     /// Checked against `bpftool btf dump file /sys/kernel/btf/vmlinux format c` on this
     /// machine kind (Linux 6.18, x86-64); the point is that nested anonymous members resolve.
     #[test]
@@ -78,5 +104,7 @@ mod tests {
         assert_eq!(get("SK_FAMILY"), 16);
         assert!(get("SK_SOCKET") > get("SK_COOKIE"));
         assert_eq!(get("SOCKET_FILE"), 16);
+        assert_eq!(get("TCP_COPIED_SEQ"), 1464, "inside struct tcp_sock, past struct sock");
+        assert_eq!(get("TCP_BYTES_RECEIVED"), 1752);
     }
 }

@@ -213,6 +213,7 @@ impl Probes {
             _ => None,
         };
         let offsets = if hooks == Hooks::Sock { layout::socket_offsets()? } else { Vec::new() };
+        let tick_ns = layout::tick_ns()?;
         // Each strategy's own tables get their size; the others' a single entry, so the
         // memory (charged to our cgroup) goes where it is used.
         let (sockets, conns) = if hooks == Hooks::Sock { (1, max_sockets) } else { (max_sockets, 1) };
@@ -223,6 +224,7 @@ impl Probes {
             .override_global("PIDNS_INO", &pidns_ino, true)
             .override_global("CHILD_PID_OFFSET", &child_pid_offset, true)
             .override_global("WAKEUP_BYTES", &wakeup_bytes, true)
+            .override_global("TICK_NS", &tick_ns, true)
             .map_max_entries("EVENTS", ring_bytes)
             .map_max_entries("SOCKETS", sockets)
             .map_max_entries("CONNS", conns)
@@ -419,6 +421,24 @@ impl Probes {
         stats.get(&index, 0).map(|per_cpu| per_cpu.iter().sum()).unwrap_or(0)
     }
 
+    /// Runs the kernel skipped so far, by program, for those with any: a tracing program
+    /// already running on a CPU is not run again there until it returns (the state program,
+    /// run in process context, interrupted by the softirq of a packet that changes another
+    /// socket's state). Read from the program's fdinfo (`recursion_misses`).
+    pub fn program_misses(&self) -> Vec<(String, u64)> {
+        use std::os::fd::{AsFd, AsRawFd};
+        self.ebpf
+            .programs()
+            .filter_map(|(name, program)| {
+                let fd = program.fd().ok()?.as_fd().as_raw_fd();
+                let info = fs::read_to_string(format!("/proc/self/fdinfo/{fd}")).ok()?;
+                let misses =
+                    info.lines().find_map(|l| l.strip_prefix("recursion_misses:"))?.trim().parse().ok()?;
+                (misses > 0).then(|| (name.to_owned(), misses))
+            })
+            .collect()
+    }
+
     /// What the kernel programs dropped so far.
     pub fn drops(&self) -> KernelDrops {
         KernelDrops {
@@ -426,6 +446,7 @@ impl Probes {
             sockets_full: self.stat(stat::SOCKETS_FULL) + self.sockets_refused,
             pending_full: self.stat(stat::PENDING_FULL),
             tls_full: self.stat(stat::TLS_FULL),
+            opens_unseen: self.stat(stat::OPENS_UNSEEN),
         }
     }
 }
@@ -441,6 +462,9 @@ pub struct KernelDrops {
     pub pending_full: u64,
     /// OpenSSL calls or sessions not followed: their table was full.
     pub tls_full: u64,
+    /// New connections whose open the state program did not record, found new at their
+    /// first read (not a drop: their wait came from the socket).
+    pub opens_unseen: u64,
 }
 
 fn take_map<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, ProbeError>

@@ -11,7 +11,7 @@ use super::{
 };
 
 /// A self-signed certificate and key (`cert.pem`, `key.pem`) in `dir`.
-pub(super) fn self_signed_cert(dir: &Path) -> anyhow::Result<()> {
+pub(crate) fn self_signed_cert(dir: &Path) -> anyhow::Result<()> {
     let status = Command::new("openssl")
         .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=localhost"])
         .arg("-keyout")
