@@ -13,6 +13,7 @@ pub mod demo;
 pub mod demo_server;
 pub mod events;
 pub mod http;
+pub mod http2;
 #[allow(unsafe_code)]
 pub mod listen;
 pub mod metrics;
