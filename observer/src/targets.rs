@@ -105,11 +105,17 @@ impl<'a> Targets<'a> {
         self.follow_listeners(probes);
     }
 
-    /// Once a second: targets that exited are let go (their metrics stay served), and with
-    /// `--children` strays the kernel has are adopted or cleared.
-    pub fn sweep(&mut self, probes: &mut Probes, conns: &mut Connections<'_>) {
+    /// Live targets whose process is gone.
+    pub fn exited(&self) -> Vec<u32> {
+        self.live.iter().copied().filter(|&pid| !process_exists(pid)).collect()
+    }
+
+    /// Once a second: targets that exited (`gone`, found by `exited` before their last
+    /// records were drained) are let go (their metrics stay served), and with `--children`
+    /// strays the kernel has are adopted or cleared.
+    pub fn sweep(&mut self, probes: &mut Probes, conns: &mut Connections<'_>, gone: &[u32]) {
         self.live.retain(|&pid| {
-            if process_exists(pid) {
+            if !gone.contains(&pid) {
                 return true;
             }
             warn!(pid, "target process exited; its metrics stay served");

@@ -115,30 +115,12 @@ fn main() -> anyhow::Result<()> {
             fuzz(seconds)
         }
         Task::Soak { minutes } => {
-            setup()?;
-            ensure!(is_root(), "the soak loads eBPF programs: run it as root");
-            run(Command::new("cargo").env("PATH", path_with_cargo_bin()?).args([
-                "build",
-                "--release",
-                "--quiet",
-                "--package",
-                "observer",
-            ]))?;
+            release_as_root("the soak", &["observer"])?;
             let root = workspace_root();
             with_path(|| soak::soak(&root.join("target/release/observer"), minutes, &soak::out_dir(&root)))?
         }
         Task::Bench { reps, seconds } => {
-            setup()?;
-            ensure!(is_root(), "the benchmark loads eBPF programs: run it as root");
-            run(Command::new("cargo").env("PATH", path_with_cargo_bin()?).args([
-                "build",
-                "--release",
-                "--quiet",
-                "--package",
-                "observer",
-                "--package",
-                "boot-server",
-            ]))?;
+            release_as_root("the benchmark", &["observer", "boot-server"])?;
             let root = workspace_root();
             let opts = bench::Options {
                 reps,
@@ -150,6 +132,18 @@ fn main() -> anyhow::Result<()> {
             with_path(|| bench::bench(&opts))?
         }
     }
+}
+
+/// Sets up and builds `packages` in release for `task`, which loads eBPF programs.
+fn release_as_root(task: &str, packages: &[&str]) -> anyhow::Result<()> {
+    setup()?;
+    ensure!(is_root(), "{task} loads eBPF programs: run it as root");
+    let mut cargo = Command::new("cargo");
+    cargo.env("PATH", path_with_cargo_bin()?).args(["build", "--release", "--quiet"]);
+    for package in packages {
+        cargo.args(["--package", package]);
+    }
+    run(&mut cargo)
 }
 
 fn setup() -> anyhow::Result<()> {

@@ -71,14 +71,22 @@ pub fn soak(observer: &Path, minutes: u64, out: &Path) -> anyhow::Result<()> {
         nginx = Some(start_nginx(&dir, port)?);
         let until = Instant::now() + Duration::from_secs(LOAD_SECONDS);
         let mut keepalive = None;
+        let mut busy_conns = None;
         while Instant::now() < until {
             let second = Instant::now();
             load_one_second(&mut sent, &mut keepalive, port, tls_port, py_port)?;
+            if busy_conns.is_none()
+                && until.saturating_duration_since(second) < Duration::from_secs(LOAD_SECONDS / 2)
+            {
+                // Under load, with the keep-alive connection open: CONNS is not always empty.
+                busy_conns = Some(map_entries("CONNS")?);
+            }
             thread::sleep(Duration::from_secs(1).saturating_sub(second.elapsed()));
         }
         drop(keepalive);
         thread::sleep(Duration::from_secs(2)); // the last responses and closes reach the daemon
-        let row = Row::take(minute, observer.0.id(), metrics, &dir, &[port, tls_port, py_port])?;
+        let mut row = Row::take(minute, observer.0.id(), metrics, &dir, &[port, tls_port, py_port])?;
+        row.busy_conns = busy_conns.unwrap_or(f64::NAN);
         eprintln!("{}", row.line());
         rows.push(row);
     }
@@ -310,6 +318,8 @@ struct Row {
     /// The daemon's CPU time since the start, in seconds.
     cpu_s: f64,
     maps: Vec<(&'static str, f64)>,
+    /// CONNS entries mid-minute, under load (the keep-alive connection open).
+    busy_conns: f64,
     table: f64,
     series: f64,
     lost: f64,
@@ -344,6 +354,7 @@ impl Row {
             rss_mib: status_kib(observer, "VmRSS:") / 1024.0,
             cpu_s: cpu_seconds(observer),
             maps,
+            busy_conns: f64::NAN,
             table: metric(&text, "observer_connections "),
             series: text.lines().filter(|l| !l.starts_with('#') && !l.is_empty()).count() as f64,
             lost: metric(&text, "observer_events_lost_total"),
@@ -368,19 +379,20 @@ impl Row {
     fn header() -> String {
         let maps: Vec<String> = MAPS.iter().map(|m| m.to_lowercase()).collect();
         format!(
-            "| minute | RSS MiB | daemon CPU s | {} | daemon table | open | series | lost | in flight | nginx log / counted | python log / counted | resets log / incomplete |\n|{}",
+            "| minute | RSS MiB | daemon CPU s | conns under load | {} | daemon table | open | series | lost | in flight | nginx log / counted | python log / counted | resets log / incomplete |\n|{}",
             maps.join(" | "),
-            "---|".repeat(12 + MAPS.len())
+            "---|".repeat(13 + MAPS.len())
         )
     }
 
     fn line(&self) -> String {
         let maps: Vec<String> = self.maps.iter().map(|(_, n)| format!("{n}")).collect();
         format!(
-            "| {} | {:.1} | {:.1} | {} | {} | {} | {} | {} | {} | {} / {} | {} / {} | {} / {} |",
+            "| {} | {:.1} | {:.1} | {} | {} | {} | {} | {} | {} | {} | {} / {} | {} / {} | {} / {} |",
             self.minute,
             self.rss_mib,
             self.cpu_s,
+            self.busy_conns,
             maps.join(" | "),
             self.table,
             self.open,
@@ -446,6 +458,12 @@ fn verdict(rows: &[Row], sent: &Sent) -> anyhow::Result<String> {
     let last = rows.last().expect("at least two rows");
     let first = &rows[0];
     for row in rows {
+        if !(row.busy_conns >= 1.0) {
+            failures.push(format!(
+                "minute {}: CONNS held {} entries under load: is it counted?",
+                row.minute, row.busy_conns
+            ));
+        }
         if row.nginx.0 != row.nginx.1
             || row.python.0 != row.python.1
             || row.resets.0 != row.resets.1
