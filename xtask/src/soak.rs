@@ -458,7 +458,7 @@ fn verdict(rows: &[Row], sent: &Sent) -> anyhow::Result<String> {
     let last = rows.last().expect("at least two rows");
     let first = &rows[0];
     for row in rows {
-        if !(row.busy_conns >= 1.0) {
+        if row.busy_conns.is_nan() || row.busy_conns < 1.0 {
             failures.push(format!(
                 "minute {}: CONNS held {} entries under load: is it counted?",
                 row.minute, row.busy_conns
