@@ -1,16 +1,19 @@
-//! The HTTP/2 frame reader over arbitrary bytes: no panic, and the same frames however the
-//! bytes are split into reads (the first input byte picks the split points), kept payloads
-//! within their bound and never longer than the frame.
+//! The HTTP/2 frame reader over arbitrary bytes as the kernel records them (its walk modelled
+//! by `KernelModel`): no panic, and the same frames however the bytes are split into calls
+//! (the first input byte picks the split points), kept payloads within their bound and never
+//! longer than the frame.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use observer::http2::frames::{Frame, MAX_KEPT_PAYLOAD, Reader};
+use observer::http2::frames::{Frame, KernelModel, MAX_KEPT_PAYLOAD, Reader};
 
-fn read(chunks: &[&[u8]], client: bool) -> (Vec<Frame>, bool) {
-    let mut reader = if client { Reader::client() } else { Reader::server() };
+fn read(calls: &[&[u8]], client: bool) -> (Vec<Frame>, bool) {
+    let (mut kernel, mut reader) =
+        if client { (KernelModel::client(), Reader::client()) } else { (KernelModel::server(), Reader::server()) };
     let mut frames = Vec::new();
-    for chunk in chunks {
-        if reader.read(chunk, &mut frames).is_err() {
+    for call in calls {
+        let (kept, wire) = kernel.call(call);
+        if reader.read(&kept, wire, &mut frames).is_err() {
             return (frames, false);
         }
     }

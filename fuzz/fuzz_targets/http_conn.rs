@@ -4,7 +4,10 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use observer::http::{HttpConn, Moved, Sink};
+use observer::{
+    exchange::Sink,
+    http::{HttpConn, Moved},
+};
 
 fuzz_target!(|data: &[u8]| {
     let mut conn: HttpConn<u32> = if data.first().is_some_and(|b| b & 1 == 1) { HttpConn::mid_stream() } else { HttpConn::new() };

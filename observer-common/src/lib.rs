@@ -203,6 +203,13 @@ pub const FLAG_LOST_BEFORE: u32 = 1;
 /// request; without it a connection new to userspace is picked up mid-stream.
 pub const FLAG_NEW: u32 = 2;
 
+/// Set on the records of an HTTP/2 connection (sock and OpenSSL paths): the data is the
+/// direction's bytes walked frame by frame (see [`FrameCursor`]), not a head and a tail: every
+/// 9-byte frame header, the payloads of the kinds [`frame_payload_kept`] says up to
+/// [`KEPT_PAYLOAD`] bytes each, nothing of the rest (DATA). `ret` is the wire bytes the record
+/// covers, `seq` its number in its direction.
+pub const FLAG_FRAMES: u32 = 4;
+
 /// The `FLAG_*` bits that travel in records; higher bits of a socket's state are the kernel's own.
 pub const REPORTED_FLAGS: u32 = 0xffff;
 
@@ -216,6 +223,54 @@ pub const STATE_CLOSE_SENT: u32 = 1 << 17;
 /// Kernel-side socket state (`--hooks sock`): the socket carries TLS records for a hooked
 /// TLS library, whose plaintext is reported instead (its own records are not sent).
 pub const STATE_TLS: u32 = 1 << 18;
+
+/// Kernel-side socket or session state: the connection is HTTP/2 (its client preface was
+/// read): its records follow frames, with each direction's [`FrameCursor`] in `FRAME_CURSORS`.
+pub const STATE_H2: u32 = 1 << 21;
+
+/// The client connection preface (RFC 9113 §3.4): the first bytes an HTTP/2 server reads.
+pub const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Most payload bytes of one frame copied. SETTINGS_MAX_FRAME_SIZE starts at 16 KiB; a
+/// larger header block fragment (a peer that raised it) is cut, and the daemon stops
+/// trusting that direction's HPACK state.
+pub const KEPT_PAYLOAD: u32 = 16 << 10;
+
+/// Whether a frame kind's payload is copied: what HPACK and stream state need (HEADERS,
+/// RST_STREAM, SETTINGS, PUSH_PROMISE, GOAWAY, CONTINUATION). DATA and the rest go by length.
+pub const fn frame_payload_kept(kind: u8) -> bool {
+    matches!(kind, 0x1 | 0x3 | 0x4 | 0x5 | 0x7 | 0x9)
+}
+
+/// Where one direction of an HTTP/2 connection is inside its frames, kept between calls: Go
+/// reads a frame's header and its payload in separate calls, and frames span reads.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FrameCursor {
+    /// Bytes of the current frame (or of the preface) still to copy.
+    pub copy: u32,
+    /// Bytes of it still to pass over after those.
+    pub skip: u32,
+    /// The next frame header's first bytes, when a call ended inside it.
+    pub header: [u8; 8],
+    /// How many of them (0 to 8).
+    pub header_len: u32,
+    /// The number the direction's next record gets: a gap is a lost record.
+    pub seq: u32,
+}
+
+/// Value of the kernel's `FRAME_CURSORS` table, keyed like records (`conn`): reads, writes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct FrameCursors {
+    pub read: FrameCursor,
+    pub write: FrameCursor,
+}
+
+/// The side of a connection the observed process is on. Only `Server` is followed so far.
+pub const ROLE_SERVER: u32 = 1;
+/// The observed process opened the connection (its requests go out).
+pub const ROLE_CLIENT: u32 = 2;
 
 /// Set in the connection key of a TLS session not tied to a socket (see [`tls_key`]);
 /// socket cookies and `socket_key`s never have it (cookies count up from 1, tgids < 2^22).
@@ -329,6 +384,10 @@ pub struct EventHeader {
     /// On a `FLAG_NEW` read: microseconds from the completion of the connection's handshake
     /// (the kernel's ESTABLISHED transition) to this read, saturating; else 0.
     pub wait_us: u32,
+    /// `FLAG_FRAMES` records: the record's number in its direction (see `FrameCursor::seq`).
+    pub seq: u32,
+    /// `ROLE_*`: which side of the connection the process is on.
+    pub role: u32,
 }
 
 /// Size of [`EventHeader`] on the wire.
@@ -351,7 +410,12 @@ pub mod stat {
     /// New connections whose open the state program did not record (before attach, or a
     /// skipped run), found new at their first read.
     pub const OPENS_UNSEEN: u32 = 4;
-    pub const COUNT: u32 = 5;
+    /// HTTP/2 connections not followed frame by frame because `FRAME_CURSORS` was full.
+    pub const FRAMES_FULL: u32 = 5;
+    /// HTTP/2 calls whose frames could not be walked (bytes without a user buffer, too many
+    /// iovecs or frames in one call): that direction's record numbers skip one.
+    pub const FRAMES_UNWALKED: u32 = 6;
+    pub const COUNT: u32 = 7;
 }
 
 /// Syscall arguments remembered between a syscall's entry and its exit, keyed by pid_tgid.
@@ -382,7 +446,8 @@ mod tests {
 
     #[test]
     fn event_has_no_padding() {
-        assert_eq!(HEADER_LEN, 3 * 8 + 4 * 8);
+        assert_eq!(HEADER_LEN, 3 * 8 + 5 * 8);
+        assert_eq!(core::mem::size_of::<FrameCursors>(), 48);
         assert_eq!(core::mem::size_of::<ConnState>(), 24);
         assert_eq!(HEADER_LEN % 8, 0, "records stay 8-byte aligned");
         assert_eq!(core::mem::size_of::<PendingCall>(), 32);

@@ -6,7 +6,7 @@ use core::ffi::c_void;
 use aya_ebpf::helpers::generated::{bpf_loop, bpf_probe_read_user};
 use observer_common::{EventHeader, HEAD_LEN, MAX_IOV, Syscall, TAIL_LEN};
 
-use crate::maps::SCRATCH;
+use crate::{frames::FrameWalk, maps::SCRATCH};
 
 /// Room the verifier can see: head copies start below `HEAD_LEN` and are at most `HEAD_LEN`
 /// long, tail copies start below `HEAD_LEN + TAIL_LEN`; twice the largest head bounds both.
@@ -24,20 +24,21 @@ const _: () = assert!(observer_common::WRITE_HEAD_LEN <= HEAD_LEN);
 pub struct Scratch {
     pub header: EventHeader,
     pub data: [u8; DATA_CAP],
-    iov: [Iovec; MAX_IOV],
+    pub iov: [Iovec; MAX_IOV],
     walk: Walk,
+    pub frames: FrameWalk,
 }
 
 #[repr(C)]
 #[derive(Clone, Copy)]
-struct Iovec {
-    base: u64,
-    len: u64,
+pub struct Iovec {
+    pub base: u64,
+    pub len: u64,
 }
 
 /// `struct user_msghdr`: `msg_iov` and `msg_iovlen`.
-const MSGHDR_IOV: u64 = 16;
-const MSGHDR_IOVLEN: u64 = 24;
+pub const MSGHDR_IOV: u64 = 16;
+pub const MSGHDR_IOVLEN: u64 = 24;
 
 /// Where a call's bytes are in the caller's memory: the one place that knows each call's shape.
 #[derive(Clone, Copy)]

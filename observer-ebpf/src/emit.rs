@@ -3,12 +3,14 @@
 use aya_ebpf::EbpfContext;
 use aya_log_ebpf::warn;
 use observer_common::{
-    Direction, EventHeader, FLAG_LOST_BEFORE, HEADER_LEN, READ_HEAD_LEN, REPORTED_FLAGS, RESPONSE_HEAD_LEN,
-    RING_BYTES, STATE_CLOSE_SENT, STATE_LAST_READ, Syscall, WAKEUP_DIVISOR, WRITE_HEAD_LEN, stat,
+    Direction, EventHeader, FLAG_LOST_BEFORE, FLAG_NEW, HEADER_LEN, READ_HEAD_LEN, REPORTED_FLAGS,
+    RESPONSE_HEAD_LEN, RING_BYTES, ROLE_SERVER, STATE_CLOSE_SENT, STATE_H2, STATE_LAST_READ, Syscall,
+    WAKEUP_DIVISOR, WRITE_HEAD_LEN, stat,
 };
 
 use crate::{
     capture::{Buffer, DATA_CAP, Scratch, capture, scratch},
+    frames,
     maps::{EVENTS, PROCESS_WOKEN, STATS},
     target::{now, patched},
 };
@@ -43,6 +45,8 @@ impl Record {
             head_len: head_len as u32,
             tail_len: tail_len as u32,
             wait_us: self.wait_us,
+            seq: 0,
+            role: ROLE_SERVER,
         }
     }
 }
@@ -88,10 +92,36 @@ pub unsafe fn advance(state: *mut u32, direction: Direction) -> (u32, u64) {
 
 /// Emits the data record of a call that moved `record.ret > 0` bytes: the header, up to `cap`
 /// bytes from the start of `buffer` and up to `TAIL_LEN` from its end. `state` is the
-/// socket's state word, flagged if the record does not fit in the ring.
+/// socket's state word, flagged if the record does not fit in the ring. With `h2` (the
+/// connection's state and its end are ours to keep: socket hooks, OpenSSL), a read that
+/// starts with the client preface makes the connection HTTP/2, whose calls are walked frame
+/// by frame from then on (`frames`).
 #[inline(always)]
-pub fn emit_data<C: EbpfContext>(ctx: &C, record: &Record, buffer: Buffer, cap: u64, state: *mut u32) {
+pub fn emit_data<C: EbpfContext>(
+    ctx: &C,
+    record: &Record,
+    buffer: Buffer,
+    cap: u64,
+    state: *mut u32,
+    h2: bool,
+) {
+    let direction = record.syscall.direction();
+    // SAFETY: `state` points into a map value.
+    if h2 && unsafe { *state } & STATE_H2 != 0 {
+        frames::emit_frames(record.header(0, 0), buffer, direction);
+        return;
+    }
     let (head_len, tail_len) = capture(buffer, record.ret as u64, cap);
+    // HTTP/2 from here: the client preface read, or a new connection's server speaking first.
+    let h2_starts = match direction {
+        Direction::In => frames::starts_with_preface(head_len),
+        _ => record.flags & FLAG_NEW != 0 && frames::starts_with_settings(head_len),
+    };
+    // SAFETY: as above.
+    if h2 && h2_starts && unsafe { frames::start(record.conn, state) } {
+        frames::emit_frames(record.header(0, 0), buffer, direction);
+        return;
+    }
     let Some(scratch) = scratch() else {
         return;
     };
@@ -104,6 +134,22 @@ pub fn emit_data<C: EbpfContext>(ctx: &C, record: &Record, buffer: Buffer, cap: 
     let bytes = unsafe { core::slice::from_raw_parts(scratch as *const Scratch as *const u8, size as usize) };
     if EVENTS.output::<[u8]>(bytes, wakeup_flag()).is_err() {
         ring_full(ctx, state);
+    }
+}
+
+/// Sends the first `len` bytes of the scratch record (header and data); a record that does not
+/// fit is counted (the `FLAG_FRAMES` records' numbers tell the daemon which).
+#[inline(always)]
+pub fn output(len: u64) {
+    let Some(scratch) = scratch() else { return };
+    let mut size = len;
+    if size > (HEADER_LEN + DATA_CAP) as u64 {
+        size = (HEADER_LEN + DATA_CAP) as u64;
+    }
+    // SAFETY: `size` bytes from the start of the scratch slot, which is larger.
+    let bytes = unsafe { core::slice::from_raw_parts(scratch as *const Scratch as *const u8, size as usize) };
+    if EVENTS.output::<[u8]>(bytes, wakeup_flag()).is_err() {
+        bump(stat::RING_FULL);
     }
 }
 

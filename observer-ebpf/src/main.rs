@@ -14,6 +14,7 @@
 
 mod capture;
 mod emit;
+mod frames;
 mod maps;
 mod probes;
 mod target;

@@ -6,8 +6,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use observer_common::{
-    ConnState, MAX_CONNECTIONS, MAX_TLS_CALLS, PORT_WORDS, PendingCall, RING_BYTES, TARGET_WORDS, TlsCall,
-    TlsConn, stat,
+    ConnState, FrameCursors, MAX_CONNECTIONS, MAX_TLS_CALLS, PORT_WORDS, PendingCall, RING_BYTES,
+    TARGET_WORDS, TlsCall, TlsConn, stat,
 };
 
 use crate::capture::Scratch;
@@ -60,6 +60,13 @@ pub static TLS_CALLS: HashMap<u64, TlsCall> = HashMap::with_max_entries(MAX_TLS_
 /// for the reason CONNS is one. Userspace sets its size (`--max-connections`).
 #[map]
 pub static TLS_CONNS: HashMap<u64, TlsConn> = HashMap::with_max_entries(MAX_CONNECTIONS, 0);
+
+/// HTTP/2 connections (`frames`): where each direction is inside its frames, keyed like
+/// records (socket cookie, or `tls_key`). Made when a client preface is read; gone with the
+/// socket (`tcp_destroy_sock`) or the session (`SSL_free`). Userspace sets its size
+/// (`--max-connections`).
+#[map]
+pub static FRAME_CURSORS: HashMap<u64, FrameCursors> = HashMap::with_max_entries(MAX_CONNECTIONS, 0);
 
 #[map]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(RING_BYTES, 0);

@@ -28,6 +28,8 @@ fn event(syscall: Syscall, fd: i32, ts_ns: u64, bytes: &'static [u8]) -> Syscall
         lost_before: false,
         new_conn: false,
         wait_ns: None,
+        frames: false,
+        seq: 0,
         head: bytes,
         tail: &[],
     }

@@ -6,7 +6,10 @@ use rustc_hash::FxHashMap;
 
 use crate::{
     events::SyscallEvent,
-    http::{Finished, HttpConn, Moved, RequestHead, Sink},
+    exchange::{Finished, RequestHead, Sink},
+    grpc::{self, MethodLabels, Methods},
+    http::{HttpConn, Moved},
+    http2::conn::{H2Conn, Peer, Record},
     metrics::{Answered, Handles, Metrics},
     route::{Endpoint, Router, Rules},
 };
@@ -17,6 +20,8 @@ pub struct Tag {
     /// `None` for requests an `ignore` rule leaves out of the metrics.
     endpoint: Option<&'static str>,
     method: &'static str,
+    /// A gRPC call's labels.
+    grpc: Option<MethodLabels>,
 }
 
 /// Methods kept as their own label value; any other token becomes `OTHER`, so a client
@@ -30,9 +35,38 @@ fn method_label(method: &str) -> &'static str {
 /// The kernel's socket table's default size (`--max-connections`).
 const DEFAULT_CAPACITY: usize = observer_common::MAX_CONNECTIONS as usize;
 
+/// A connection's protocol, and its state in it. HTTP/2 is known from the kernel's records
+/// (it saw the client preface and follows frames from there); everything else starts as
+/// HTTP/1, whose decoder tells TLS records and HTTP/2 it cannot follow apart.
+enum Proto {
+    Http1(HttpConn<Tag>),
+    Http2(Box<H2Conn<Tag>>),
+}
+
+impl Proto {
+    fn on_close(self, sink: &mut Sink<Tag>) {
+        match self {
+            Proto::Http1(http) => http.on_close(sink),
+            Proto::Http2(h2) => h2.on_close(sink),
+        }
+    }
+
+    /// Whether a quiet connection must stay in the table while its socket lives: requests
+    /// wait on it, or (HTTP/2) its header tables would be lost with it.
+    fn keep_while_open(&mut self, sink: &mut Sink<Tag>) -> bool {
+        match self {
+            Proto::Http1(http) => {
+                http.on_idle(sink);
+                http.has_waiting()
+            }
+            Proto::Http2(_) => true,
+        }
+    }
+}
+
 /// One followed connection.
 struct Entry {
-    http: HttpConn<Tag>,
+    proto: Proto,
     /// The process that last moved bytes on it (ends it if it exits), and its fd there.
     tgid: u32,
     fd: i32,
@@ -49,6 +83,7 @@ pub struct Connections<'m> {
     /// Keyed by the kernel's connection key (socket cookie, or tgid and fd).
     table: FxHashMap<u64, Entry>,
     router: Router,
+    methods: Methods,
     sink: Sink<Tag>,
     handles: Handles<'m>,
     /// Seconds-ish: advanced by `sweep`, which the daemon calls once a second.
@@ -64,6 +99,7 @@ impl<'m> Connections<'m> {
         Connections {
             table: FxHashMap::default(),
             router,
+            methods: Methods::default(),
             sink: Sink::default(),
             handles: Handles::new(metrics),
             clock: 0,
@@ -97,8 +133,8 @@ impl<'m> Connections<'m> {
 
     pub fn handle(&mut self, event: &SyscallEvent<'_>) {
         let key = event.conn;
-        let fresh = |http| Entry {
-            http,
+        let fresh = |proto| Entry {
+            proto,
             tgid: event.tgid,
             fd: event.fd,
             last_active: self.clock,
@@ -110,13 +146,13 @@ impl<'m> Connections<'m> {
                 if !self.table.contains_key(&key) && !self.has_room() {
                     return;
                 }
-                if let Some(old) = self.table.insert(key, fresh(HttpConn::new())) {
-                    old.http.on_close(&mut self.sink); // fd reused without a close we saw
+                if let Some(old) = self.table.insert(key, fresh(Proto::Http1(HttpConn::new()))) {
+                    old.proto.on_close(&mut self.sink); // fd reused without a close we saw
                 }
             }
             Direction::Closed => {
                 if let Some(old) = self.table.remove(&key) {
-                    old.http.on_close(&mut self.sink);
+                    old.proto.on_close(&mut self.sink);
                 }
             }
             Direction::Process | Direction::Listener => {} // handled by the daemon, not a connection
@@ -124,41 +160,65 @@ impl<'m> Connections<'m> {
                 if !self.table.contains_key(&key) && !self.has_room() {
                     return;
                 }
-                let opened = if event.new_conn { HttpConn::new } else { HttpConn::mid_stream };
+                let opened =
+                    || Proto::Http1(if event.new_conn { HttpConn::new() } else { HttpConn::mid_stream() });
                 let entry = self.table.entry(key).or_insert_with(|| fresh(opened()));
-                if is_plaintext(event.syscall) && entry.http.is_encrypted() {
-                    // Ciphertext of this connection got out before its session was tied to
-                    // it (a call already under way when the uprobes were attached): the
-                    // plaintext starts the connection over (whatever was waiting, abandoned).
-                    std::mem::replace(&mut entry.http, opened()).on_close(&mut self.sink);
+                let restart = match &entry.proto {
+                    // The kernel follows frames from the client preface on (an h2c upgrade's
+                    // HTTP/1 part ends here).
+                    Proto::Http1(_) if event.frames => Some(Proto::Http2(Box::default())),
+                    Proto::Http2(_) if !event.frames => Some(opened()),
+                    // Ciphertext of this connection got out before its session was tied to it
+                    // (a call already under way when the uprobes were attached): the plaintext
+                    // starts the connection over (whatever was waiting, abandoned).
+                    Proto::Http1(http) if is_plaintext(event.syscall) && http.is_encrypted() => {
+                        Some(opened())
+                    }
+                    _ => None,
+                };
+                if let Some(proto) = restart {
+                    std::mem::replace(&mut entry.proto, proto).on_close(&mut self.sink);
                 }
                 entry.last_active = self.clock;
                 entry.tgid = event.tgid;
-                let conn = &mut entry.http;
-                let (sink, router, handles) = (&mut self.sink, &mut self.router, &mut self.handles);
-                if event.lost_before {
-                    conn.on_lost_events(sink);
-                }
-                let moved = Moved { head: event.head, tail: event.tail, len: event.ret.max(0) as u64 };
-                if event.syscall.direction() == Direction::In {
-                    let mut first: Option<Tag> = None;
-                    let mut start = |head: RequestHead<'_>| {
-                        let tag = start_request(router, handles, head);
-                        first.get_or_insert(tag);
-                        tag
-                    };
-                    conn.on_read(event.ts_ns, moved, sink, &mut start);
-                    if let Some(tag) = first
-                        && !std::mem::replace(&mut entry.started, true)
-                    {
-                        match (entry.wait.take(), tag.endpoint) {
-                            (Some(wait), Some(endpoint)) => handles.waited(endpoint, wait),
-                            (Some(_), None) => {} // an ignored endpoint
-                            (None, _) => handles.wait_missing(),
+                let (sink, handles) = (&mut self.sink, &mut self.handles);
+                let (router, methods) = (&mut self.router, &mut self.methods);
+                let reading = event.syscall.direction() == Direction::In;
+                let mut first: Option<Tag> = None;
+                let mut start = |head: RequestHead<'_>| {
+                    let tag = start_request(router, methods, handles, head);
+                    first.get_or_insert(tag);
+                    tag
+                };
+                match &mut entry.proto {
+                    Proto::Http2(h2) => {
+                        let peer = if reading { Peer::Client } else { Peer::Server };
+                        let wire = event.ret.max(0) as u64;
+                        let record =
+                            Record { peer, ts_ns: event.ts_ns, seq: event.seq, kept: event.head, wire };
+                        h2.on_record(record, sink, &mut start);
+                    }
+                    Proto::Http1(http) => {
+                        if event.lost_before {
+                            http.on_lost_events(sink);
+                        }
+                        let moved =
+                            Moved { head: event.head, tail: event.tail, len: event.ret.max(0) as u64 };
+                        if reading {
+                            http.on_read(event.ts_ns, moved, sink, &mut start);
+                        } else {
+                            http.on_write(event.ts_ns, moved, sink);
                         }
                     }
-                } else {
-                    conn.on_write(event.ts_ns, moved, sink);
+                }
+                if let Some(tag) = first
+                    && !std::mem::replace(&mut entry.started, true)
+                {
+                    match (entry.wait.take(), tag.endpoint) {
+                        (Some(wait), Some(endpoint)) => handles.waited(endpoint, wait),
+                        (Some(_), None) => {} // an ignored endpoint
+                        (None, _) => handles.wait_missing(),
+                    }
                 }
             }
         }
@@ -178,14 +238,13 @@ impl<'m> Connections<'m> {
             if clock - entry.last_active < idle_after {
                 continue;
             }
-            entry.http.on_idle(&mut self.sink);
-            if !entry.http.has_waiting() || !still_open(conn, entry.tgid, entry.fd) {
+            if !entry.proto.keep_while_open(&mut self.sink) || !still_open(conn, entry.tgid, entry.fd) {
                 ended.push(conn);
             }
         }
         for key in ended {
             if let Some(entry) = self.table.remove(&key) {
-                entry.http.on_close(&mut self.sink);
+                entry.proto.on_close(&mut self.sink);
             }
         }
         self.flush();
@@ -197,7 +256,7 @@ impl<'m> Connections<'m> {
             self.table.iter().filter(|(_, entry)| entry.tgid == tgid).map(|(&key, _)| key).collect();
         for key in keys {
             if let Some(entry) = self.table.remove(&key) {
-                entry.http.on_close(&mut self.sink);
+                entry.proto.on_close(&mut self.sink);
             }
         }
         self.flush();
@@ -221,28 +280,42 @@ fn is_plaintext(syscall: Syscall) -> bool {
     matches!(syscall, Syscall::TlsRead | Syscall::TlsWrite)
 }
 
-fn start_request(router: &mut Router, handles: &mut Handles<'_>, head: RequestHead<'_>) -> Tag {
+fn start_request(
+    router: &mut Router,
+    methods: &mut Methods,
+    handles: &mut Handles<'_>,
+    head: RequestHead<'_>,
+) -> Tag {
     let method = method_label(head.method);
+    let grpc = head.grpc.then(|| methods.labels(head.target));
+    if let Some(labels) = grpc {
+        handles.grpc_started(labels);
+    }
     let (endpoint, overflowed) = router.classify(head.method, head.target);
     if overflowed {
         handles.endpoint_overflowed();
     }
     let Endpoint::Label(endpoint) = endpoint else {
-        return Tag { endpoint: None, method };
+        return Tag { endpoint: None, method, grpc };
     };
     handles.started(endpoint);
-    Tag { endpoint: Some(endpoint), method }
+    Tag { endpoint: Some(endpoint), method, grpc }
 }
 
 fn record(handles: &mut Handles<'_>, finished: Finished<Tag>) {
-    let Tag { endpoint: Some(endpoint), method } = finished.tag else {
+    let seconds = |from: u64, to: u64| to.saturating_sub(from) as f64 / 1e9;
+    if let (Some(labels), Some(end)) = (finished.tag.grpc, finished.grpc)
+        && let Some(code) = grpc::code(end, finished.status.is_some())
+    {
+        handles.grpc_handled(labels, code, seconds(finished.start_ns, finished.end_ns));
+    }
+    let Tag { endpoint: Some(endpoint), method, .. } = finished.tag else {
         return; // ignored
     };
     let Some(status) = finished.status else {
         handles.abandoned(endpoint);
         return;
     };
-    let seconds = |from: u64, to: u64| to.saturating_sub(from) as f64 / 1e9;
     handles.answered(Answered {
         endpoint,
         method,
@@ -272,6 +345,8 @@ mod tests {
             lost_before: false,
             new_conn: false,
             wait_ns: None,
+            frames: false,
+            seq: 0,
             head,
             tail: b"",
         }

@@ -3,7 +3,9 @@
 
 use std::mem::offset_of;
 
-use observer_common::{EventHeader, FLAG_LOST_BEFORE, FLAG_NEW, HEAD_LEN, HEADER_LEN, Syscall, TAIL_LEN};
+use observer_common::{
+    EventHeader, FLAG_FRAMES, FLAG_LOST_BEFORE, FLAG_NEW, HEAD_LEN, HEADER_LEN, Syscall, TAIL_LEN,
+};
 
 /// One syscall of a target on one of its sockets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -23,6 +25,11 @@ pub struct SyscallEvent<'a> {
     /// On the first read of a connection the kernel saw open: how long it waited, from the
     /// handshake's completion to this read.
     pub wait_ns: Option<u64>,
+    /// An HTTP/2 connection's record: `head` is the call's frames as the kernel walked them
+    /// (`FLAG_FRAMES`), `ret` the wire bytes they stand for, `seq` the record's number in its
+    /// direction.
+    pub frames: bool,
+    pub seq: u32,
     /// The first bytes moved.
     pub head: &'a [u8],
     /// The last bytes moved, after the head; what lies between was not captured.
@@ -67,6 +74,8 @@ pub fn decode(record: &[u8]) -> Result<SyscallEvent<'_>, DecodeError> {
             0 => None,
             us => Some(u64::from(us) * 1000),
         },
+        frames: u32_at(offset_of!(EventHeader, flags)) & FLAG_FRAMES != 0,
+        seq: u32_at(offset_of!(EventHeader, seq)),
         head: &data[..head_len],
         tail: &data[head_len..head_len + tail_len],
     })
@@ -89,6 +98,8 @@ mod tests {
             (head.len() as u32).to_ne_bytes().to_vec(),
             (tail.len() as u32).to_ne_bytes().to_vec(),
             250u32.to_ne_bytes().to_vec(),
+            4u32.to_ne_bytes().to_vec(),
+            1u32.to_ne_bytes().to_vec(),
         ];
         let mut r: Vec<u8> = header.concat();
         assert_eq!(r.len(), HEADER_LEN);
@@ -114,6 +125,8 @@ mod tests {
                 lost_before: true,
                 new_conn: false,
                 wait_ns: Some(250_000),
+                frames: false,
+                seq: 4,
                 head: b"GET",
                 tail: b"\r\n"
             }

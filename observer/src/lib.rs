@@ -1,7 +1,8 @@
-//! observer: Prometheus metrics for any HTTP/1.x server, from its socket syscalls, via eBPF.
+//! observer: Prometheus metrics for any HTTP/1.x or HTTP/2 server, from its socket I/O, via eBPF.
 //!
 //! Data flow: probes (kernel programs) → events (decode) → conn (per-connection table)
-//! → http (request/response framing) → route (endpoint label) → metrics → serve.
+//! → {http (HTTP/1.x framing), http2 (frames, HPACK, streams)} → exchange (protocol-neutral)
+//! → route (endpoint label) → metrics (and grpc) → serve.
 
 // `unsafe` only where the kernel's interfaces need it, each module named here: `probes`
 // (mmapped bitmaps, fds registered with tokio, mount(2) for tracefs), `listen` (setns(2) into a
@@ -12,6 +13,8 @@ pub mod conn;
 pub mod demo;
 pub mod demo_server;
 pub mod events;
+pub mod exchange;
+pub mod grpc;
 pub mod http;
 pub mod http2;
 #[allow(unsafe_code)]

@@ -7,6 +7,8 @@ use prometheus_client::{
 };
 use rustc_hash::FxHashMap;
 
+use crate::grpc::{CodeLabels, GrpcMetrics, MethodLabels};
+
 /// Request duration buckets, in seconds: from a 100 µs boot script to a 10-minute image
 /// download, roughly ×2.5 per step so both ends keep useful resolution.
 pub const DURATION_BUCKETS: [f64; 20] = [
@@ -93,6 +95,7 @@ fn wait_histogram() -> Histogram {
 pub struct Metrics {
     pub registry: Registry,
     pub http: HttpMetrics,
+    pub grpc: GrpcMetrics,
     pub listen: ListenMetrics,
     pub health: HealthMetrics,
 }
@@ -126,6 +129,7 @@ pub struct HealthMetrics {
     pub connections_dropped: Counter,
     pub encrypted_connections: Counter,
     pub opens_unseen: Counter,
+    pub frames_unwalked: Counter,
     pub waits_missing: Counter,
     pub program_misses: Family<ProgramLabels, Counter>,
 }
@@ -274,6 +278,12 @@ impl HealthMetrics {
                 "New connections whose handshake the kernel program did not see complete (before attach, or a skipped run), found new at their first read; their connection wait is taken from the socket's own creation time, at the kernel tick's resolution",
                 Counter::default(),
             ),
+            frames_unwalked: registered(
+                registry,
+                "http2_calls_unwalked",
+                "Calls on HTTP/2 connections whose frames the kernel could not walk (bytes without a user buffer that were not a DATA payload, more than 1,024 iovecs or 16,384 steps); that direction of the connection is given up (observer_parse_errors_total{reason=\"http2_frames\"})",
+                Counter::default(),
+            ),
             waits_missing: registered(
                 registry,
                 "connection_waits_missing",
@@ -294,9 +304,10 @@ impl Metrics {
     pub fn new() -> Self {
         let mut registry = Registry::default();
         let http = HttpMetrics::register(&mut registry);
+        let grpc = GrpcMetrics::register(&mut registry);
         let listen = ListenMetrics::register(&mut registry);
         let health = HealthMetrics::register(&mut registry);
-        Metrics { registry, http, listen, health }
+        Metrics { registry, http, grpc, listen, health }
     }
 
     /// The registry in the text exposition format.
@@ -372,6 +383,22 @@ impl<'m> Handles<'m> {
             metrics.first_byte.observe(first);
         }
         metrics.response_size.observe(response_bytes as f64);
+    }
+
+    /// A gRPC call started.
+    pub fn grpc_started(&self, labels: MethodLabels) {
+        self.metrics.grpc.started.get_or_create(&labels).inc();
+    }
+
+    /// A gRPC call ended with `code` after `seconds`.
+    pub fn grpc_handled(&self, labels: MethodLabels, code: &'static str, seconds: f64) {
+        let MethodLabels { grpc_service, grpc_method } = labels;
+        self.metrics
+            .grpc
+            .handled
+            .get_or_create(&CodeLabels { grpc_service, grpc_method, grpc_code: code })
+            .inc();
+        self.metrics.grpc.handling.get_or_create(&labels).observe(seconds);
     }
 
     /// A request whose response was never completed.

@@ -180,7 +180,9 @@ enum Wake {
 fn count_kernel_drops(metrics: &Metrics, now: KernelDrops, seen: KernelDrops) -> KernelDrops {
     metrics.health.events_lost.inc_by(now.ring_full.saturating_sub(seen.ring_full));
     metrics.health.opens_unseen.inc_by(now.opens_unseen.saturating_sub(seen.opens_unseen));
+    metrics.health.frames_unwalked.inc_by(now.frames_unwalked.saturating_sub(seen.frames_unwalked));
     for (map, now, seen) in [
+        ("frame_cursors", now.frames_full, seen.frames_full),
         ("sockets", now.sockets_full, seen.sockets_full),
         ("pending_calls", now.pending_full, seen.pending_full),
         ("tls", now.tls_full, seen.tls_full),
@@ -193,6 +195,8 @@ fn count_kernel_drops(metrics: &Metrics, now: KernelDrops, seen: KernelDrops) ->
         pending_full: now.pending_full.max(seen.pending_full),
         tls_full: now.tls_full.max(seen.tls_full),
         opens_unseen: now.opens_unseen.max(seen.opens_unseen),
+        frames_full: now.frames_full.max(seen.frames_full),
+        frames_unwalked: now.frames_unwalked.max(seen.frames_unwalked),
     }
 }
 

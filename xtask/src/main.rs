@@ -19,11 +19,12 @@ const TOOLCHAIN: &str = "1.95.0";
 const BPF_LINKER_VERSION: &str = "0.13.0";
 /// cargo-fuzz, for the fuzz targets in fuzz/ (built with the nightly toolchain).
 const CARGO_FUZZ_VERSION: &str = "0.13.2";
-const FUZZ_TARGETS: [&str; 4] = ["http_conn", "route", "hpack", "h2_frames"];
+const FUZZ_TARGETS: [&str; 5] = ["http_conn", "route", "hpack", "h2_frames", "h2_conn"];
 /// Seconds per fuzz target in `cargo xtask test` (a smoke run; `cargo xtask fuzz` goes longer).
 const FUZZ_SMOKE_SECONDS: u64 = 15;
 
-/// Debian packages the integration tests drive: (command that proves it is there, package).
+/// Debian packages the integration tests drive: (command, or absolute path of a file, that
+/// proves it is there; package).
 const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     ("curl", "curl"),
     ("openssl", "openssl"),
@@ -31,6 +32,9 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     ("nginx", "nginx"),
     ("node", "nodejs"),
     ("wrk", "wrk"),
+    ("h2load", "nghttp2-client"),
+    // gRPC servers and clients (generic handlers: no protoc needed).
+    ("/usr/lib/python3/dist-packages/grpc/__init__.py", "python3-grpcio"),
     ("redis-server", "redis-server"),
     ("redis-benchmark", "redis-tools"),
     ("python3", "python3"),
@@ -253,9 +257,14 @@ fn tail(text: &str, lines: usize) -> String {
     all[all.len().saturating_sub(lines)..].join("\n")
 }
 
+/// A command on PATH, or a file that exists (an absolute path).
+fn present(proof: &str) -> bool {
+    if proof.starts_with('/') { std::path::Path::new(proof).exists() } else { on_path(proof) }
+}
+
 fn ensure_debian_packages() -> anyhow::Result<()> {
     let missing: Vec<&str> =
-        DEBIAN_PACKAGES.iter().filter(|(cmd, _)| !on_path(cmd)).map(|(_, pkg)| *pkg).collect();
+        DEBIAN_PACKAGES.iter().filter(|(proof, _)| !present(proof)).map(|(_, pkg)| *pkg).collect();
     if missing.is_empty() {
         return Ok(());
     }

@@ -34,6 +34,7 @@ use super::{
 use crate::{
     capture::Buffer,
     emit::{Record, advance, bump, emit_control, emit_data},
+    frames,
     maps::{CONNS, TLS_CALLS},
     target::{add_listened, current, is_listened, is_target, now, patched},
 };
@@ -153,7 +154,7 @@ fn socket_io(ctx: &BtfTracePointContext, direction: Direction) {
     };
     let (syscall, fd, buffer) = the_call(direction);
     let record = Record { conn: cookie, id, tgid, fd, syscall, flags, ret: i64::from(ret), wait_us };
-    emit_data(ctx, &record, buffer, cap, state);
+    emit_data(ctx, &record, buffer, cap, state, true);
 }
 
 /// Microseconds since `since_ns`, from 1 up to `u32::MAX` (71 minutes).
@@ -341,6 +342,7 @@ fn ended<C: EbpfContext>(ctx: &C, sk: *const u8, last: bool) {
     }
     if last {
         let _ = CONNS.remove(&cookie);
+        frames::forget(cookie);
     }
 }
 

@@ -135,6 +135,6 @@ fn sys_exit<C: EbpfContext>(ctx: &C, ret: i64, reg: impl Fn(usize) -> u64) -> i3
     // SAFETY: a state word in the socket table.
     let (flags, cap) = unsafe { advance(state, syscall.direction()) };
     let record = Record { conn: socket_key(tgid, fd), id, tgid, fd, syscall, flags, ret, wait_us: 0 };
-    emit_data(ctx, &record, Buffer::of(syscall, reg(x86_64::SI), reg(x86_64::DX)), cap, state);
+    emit_data(ctx, &record, Buffer::of(syscall, reg(x86_64::SI), reg(x86_64::DX)), cap, state, false);
     0
 }

@@ -25,6 +25,7 @@ use super::sock::waited_us;
 use crate::{
     capture::Buffer,
     emit::{Record, advance, bump, emit_control, emit_data},
+    frames,
     maps::{TLS_CALLS, TLS_CONNS},
     target::{current, is_target},
 };
@@ -234,7 +235,7 @@ fn emit_plaintext(ctx: &RetProbeContext, session: *mut TlsConn, call: &TlsCall, 
         0
     };
     let record = Record { conn, id, tgid, fd: -1, syscall, flags, ret: i64::from(moved), wait_us };
-    emit_data(ctx, &record, Buffer::Plain(call.buf), cap, state);
+    emit_data(ctx, &record, Buffer::Plain(call.buf), cap, state, true);
 }
 
 /// Bytes the call moved: its return value, or for `_ex` (which returns 1 on success) the
@@ -295,5 +296,6 @@ fn freed(ctx: &ProbeContext) {
     let _ = TLS_CONNS.remove(&key);
     if session.flags & STATE_KEYED != 0 {
         close_key(ctx, key, tgid);
+        frames::forget(key);
     }
 }

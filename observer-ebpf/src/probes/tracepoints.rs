@@ -122,7 +122,14 @@ fn finish_call(ctx: &TracePointContext) -> Result<(), i64> {
         wait_us: 0,
     };
     let state = followed_socket(tgid, call.fd).unwrap_or(core::ptr::null_mut());
-    emit_data(ctx, &record, Buffer::of(syscall, call.buf, call.count), u64::from(call.head_cap), state);
+    emit_data(
+        ctx,
+        &record,
+        Buffer::of(syscall, call.buf, call.count),
+        u64::from(call.head_cap),
+        state,
+        false,
+    );
     Ok(())
 }
 

@@ -15,18 +15,13 @@ mod head;
 
 use std::collections::VecDeque;
 
+use crate::exchange::{Anomaly, Finished, RequestHead, Sink};
+
 use self::{
     body::{BodyError, BodyKind, Decoder, request_body, response_body},
     bytes::{Bytes, counted},
     head::{HeadLoss, Other, Outcome, head_bytes, header_room, is_http2_settings, looks_like_request},
 };
-
-/// The parts of a request head that callers may label it by.
-#[derive(Debug, Clone, Copy)]
-pub struct RequestHead<'a> {
-    pub method: &'a str,
-    pub target: &'a str,
-}
 
 /// What one read or write moved: `len` bytes, of which the first (`head`) and the last
 /// (`tail`, after the head) were captured.
@@ -35,74 +30,6 @@ pub struct Moved<'a> {
     pub head: &'a [u8],
     pub tail: &'a [u8],
     pub len: u64,
-}
-
-/// A request that left the connection: answered, or abandoned.
-#[derive(Debug, PartialEq)]
-pub struct Finished<T> {
-    pub tag: T,
-    /// Final status code; `None` when the request was abandoned without a complete response.
-    pub status: Option<u16>,
-    /// Timestamp of the read that delivered the request's first byte.
-    pub start_ns: u64,
-    /// Timestamp of the write that carried the response's first byte, if any was written.
-    pub first_byte_ns: Option<u64>,
-    /// Timestamp of the write that carried the response's last byte (or the last one seen).
-    pub end_ns: u64,
-    /// Response bytes written, head and body.
-    pub response_bytes: u64,
-}
-
-/// Why bytes could not be followed; the `reason` label of `observer_parse_errors_total`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Anomaly {
-    /// Bytes that are not an HTTP/1.x request where one must start.
-    NotHttpRequest,
-    /// Bytes that are not an HTTP/1.x response where one must start.
-    NotHttpResponse,
-    /// A head larger than `MAX_HEAD`.
-    HeadTooLarge,
-    /// A head or chunk-size line went past the captured bytes; framing was guessed.
-    TruncatedCapture,
-    /// The server wrote a response with no request waiting for it.
-    UnexpectedResponse,
-    /// Events of this connection were lost in the kernel (ring buffer full).
-    LostEvents,
-    /// The connection switched protocols (101, CONNECT); it is no longer followed.
-    Upgraded,
-    /// HTTP/2 (the client preface, after ALPN `h2` or with prior knowledge): not followed.
-    Http2,
-}
-
-impl Anomaly {
-    pub const fn reason(self) -> &'static str {
-        match self {
-            Anomaly::NotHttpRequest => "not_http_request",
-            Anomaly::NotHttpResponse => "not_http_response",
-            Anomaly::HeadTooLarge => "head_too_large",
-            Anomaly::TruncatedCapture => "truncated_capture",
-            Anomaly::UnexpectedResponse => "unexpected_response",
-            Anomaly::LostEvents => "lost_events",
-            Anomaly::Upgraded => "upgraded",
-            Anomaly::Http2 => "http2",
-        }
-    }
-}
-
-/// Where a call's results go; reused across calls so the hot path does not allocate.
-#[derive(Debug)]
-pub struct Sink<T> {
-    pub finished: Vec<Finished<T>>,
-    pub anomalies: Vec<Anomaly>,
-    /// Connections found to carry TLS records (ciphertext, not an error: the plaintext is
-    /// followed where the server's TLS library is hooked).
-    pub encrypted: u64,
-}
-
-impl<T> Default for Sink<T> {
-    fn default() -> Self {
-        Sink { finished: Vec::new(), anomalies: Vec::new(), encrypted: 0 }
-    }
 }
 
 /// Which side of the exchange bytes belong to.
@@ -326,7 +253,7 @@ impl<T> HttpConn<T> {
         };
         let no_body = method == "HEAD" || method == "CONNECT";
         let upgrade = method == "CONNECT";
-        let tag = start(RequestHead { method, target });
+        let tag = start(RequestHead { method, target, grpc: false });
         // A close-delimited response still being written ends where the next request begins.
         if self.outbound.is_close_delimited() {
             self.finish_front(self.last_write_ns, sink);
@@ -481,6 +408,7 @@ impl<T> HttpConn<T> {
                 first_byte_ns: self.response_first_ns.take(),
                 end_ns,
                 response_bytes: std::mem::take(&mut self.response_bytes),
+                grpc: None,
             });
         }
     }
@@ -515,6 +443,7 @@ impl<T> HttpConn<T> {
             first_byte_ns: first_ns.take(),
             end_ns: end_ns.max(w.start_ns),
             response_bytes: std::mem::take(&mut bytes),
+            grpc: None,
         }));
     }
 

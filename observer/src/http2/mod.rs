@@ -1,6 +1,9 @@
-//! HTTP/2: what the daemon needs to follow a connection's streams from its frames. So far the
-//! header decoder (`hpack`) and a frame reader over one direction's bytes (`frames`, also the
-//! model for the kernel's frame-following capture); streams come with that capture.
+//! HTTP/2, server side: the kernel's frame records in, exchanges out. `frames` reads one
+//! direction's records into frames, `hpack` decodes header blocks, `conn` follows a
+//! connection's streams.
 
+pub mod conn;
+#[cfg(test)]
+mod conn_tests;
 pub mod frames;
 pub mod hpack;

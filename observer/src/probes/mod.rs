@@ -230,6 +230,8 @@ impl Probes {
             .map_max_entries("CONNS", conns)
             .map_max_entries("PENDING", pending)
             .map_max_entries("TLS_CONNS", if tls { max_sockets } else { 1 })
+            // HTTP/2 connections are walked frame by frame on the socket hooks and OpenSSL.
+            .map_max_entries("FRAME_CURSORS", if hooks == Hooks::Sock || tls { max_sockets } else { 1 })
             .map_max_entries("TLS_CALLS", if tls { observer_common::MAX_TLS_CALLS } else { 1 });
         for (global, offset) in &offsets {
             loader.override_global(global, offset, true);
@@ -447,6 +449,8 @@ impl Probes {
             pending_full: self.stat(stat::PENDING_FULL),
             tls_full: self.stat(stat::TLS_FULL),
             opens_unseen: self.stat(stat::OPENS_UNSEEN),
+            frames_full: self.stat(stat::FRAMES_FULL),
+            frames_unwalked: self.stat(stat::FRAMES_UNWALKED),
         }
     }
 }
@@ -465,6 +469,10 @@ pub struct KernelDrops {
     /// New connections whose open the state program did not record, found new at their
     /// first read (not a drop: their wait came from the socket).
     pub opens_unseen: u64,
+    /// HTTP/2 connections not followed frame by frame: the cursor table was full.
+    pub frames_full: u64,
+    /// HTTP/2 calls whose frames could not be walked (that direction is given up).
+    pub frames_unwalked: u64,
 }
 
 fn take_map<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, ProbeError>

@@ -39,6 +39,8 @@ pub struct NginxConf<'a> {
     pub tls_port: Option<u16>,
     /// The TLS listener offers HTTP/2 by ALPN.
     pub http2: bool,
+    /// The plain listener speaks HTTP/2 with prior knowledge (h2c) instead of HTTP/1.
+    pub h2c: bool,
 }
 
 /// An nginx configuration in `dir` serving `dir/www` (with `files/small.txt` and
@@ -87,7 +89,7 @@ http {{
     uwsgi_temp_path {root}/uwsgi;
     scgi_temp_path {root}/scgi;
     server {{
-        listen 127.0.0.1:{port};
+        listen 127.0.0.1:{port}{h2c};
 {tls}        root {root}/www;
 {locations}
     }}
@@ -95,6 +97,7 @@ http {{
 "#,
         processes = extra.processes,
         locations = extra.locations,
+        h2c = if extra.h2c { " http2" } else { "" },
         root = root.display()
     );
     let path = root.join("nginx.conf");

@@ -1,0 +1,395 @@
+//! One HTTP/2 connection, server side: the kernel's frame records of both directions in,
+//! finished exchanges out. Streams are keyed by id, so any number run at once. A stream starts
+//! with the client's HEADERS (the record that completed its header block), and ends with the
+//! server's END_STREAM (a Trailers-Only HEADERS, the last DATA or the trailers) or a
+//! RST_STREAM from either side (then abandoned). 1xx HEADERS do not end a stream.
+//!
+//! Pure: records in, `Finished` exchanges and anomalies out, like HTTP/1's `HttpConn`.
+
+use rustc_hash::FxHashMap;
+
+use super::{
+    frames::{Frame, Reader, flag, kind},
+    hpack::{self, Block, Decoder},
+};
+use crate::exchange::{Anomaly, Finished, GrpcEnd, RequestHead, Sink};
+
+/// Most streams followed at once on one connection (servers allow 100 to 128 by default): a
+/// stream beyond is not followed, and counted.
+pub const MAX_STREAMS: usize = 1024;
+
+/// Most bytes of one header block gathered across CONTINUATION frames.
+const MAX_BLOCK: usize = 64 << 10;
+
+/// SETTINGS_HEADER_TABLE_SIZE (RFC 9113 §6.5.2).
+const SETTINGS_HEADER_TABLE_SIZE: u16 = 0x1;
+
+/// Which peer sent a record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Peer {
+    Client,
+    Server,
+}
+
+/// One kernel record of an HTTP/2 connection: `kept` bytes (see `frames`) standing for `wire`
+/// bytes that `peer` sent, the record's number `seq` in that direction, at `ts_ns`.
+#[derive(Debug, Clone, Copy)]
+pub struct Record<'a> {
+    pub peer: Peer,
+    pub ts_ns: u64,
+    pub seq: u32,
+    pub kept: &'a [u8],
+    pub wire: u64,
+}
+
+/// One direction: its frames, its HPACK state, the header block being gathered.
+#[derive(Debug)]
+struct Side {
+    reader: Reader,
+    hpack: Decoder,
+    block: Option<Pending>,
+    /// The number the next record must have.
+    next_seq: u32,
+    frames: Vec<Frame>,
+}
+
+/// A header block spread over HEADERS (or PUSH_PROMISE) and CONTINUATION frames.
+#[derive(Debug)]
+struct Pending {
+    stream: u32,
+    end_stream: bool,
+    bytes: Vec<u8>,
+    /// PUSH_PROMISE's block: decoded for the table's sake only.
+    promise: bool,
+}
+
+#[derive(Debug)]
+struct Stream<T> {
+    tag: T,
+    start_ns: u64,
+    first_byte_ns: Option<u64>,
+    status: Option<u16>,
+    response_bytes: u64,
+    /// `Some` for gRPC (request `content-type: application/grpc*`): its outcome so far.
+    grpc: Option<GrpcEnd>,
+}
+
+#[derive(Debug)]
+pub struct H2Conn<T> {
+    client: Side,
+    server: Side,
+    streams: FxHashMap<u32, Stream<T>>,
+    /// The highest stream id the client opened.
+    last_stream: u32,
+    /// Frames can no longer be followed (a record lost, bytes that do not add up, a header
+    /// block that cannot be decoded): nothing more is reported for this connection.
+    broken: bool,
+}
+
+impl<T> Default for H2Conn<T> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<T> H2Conn<T> {
+    /// A connection whose client preface is the first thing its first client record holds.
+    pub fn new() -> Self {
+        let side =
+            |reader| Side { reader, hpack: Decoder::new(), block: None, next_seq: 0, frames: Vec::new() };
+        H2Conn {
+            client: side(Reader::client()),
+            server: side(Reader::server()),
+            streams: FxHashMap::default(),
+            last_stream: 0,
+            broken: false,
+        }
+    }
+
+    /// Streams waiting for their end.
+    pub fn has_waiting(&self) -> bool {
+        !self.streams.is_empty()
+    }
+
+    /// One record. `start` labels a new request from its head.
+    pub fn on_record<F>(&mut self, record: Record<'_>, sink: &mut Sink<T>, start: &mut F)
+    where
+        F: FnMut(RequestHead<'_>) -> T,
+    {
+        let Record { peer, ts_ns, seq, kept, wire } = record;
+        if self.broken {
+            return;
+        }
+        let side = self.side(peer);
+        if seq != side.next_seq {
+            // A record lost in the ring (observer_events_lost_total) or a call the kernel
+            // could not walk (observer_http2_calls_unwalked_total).
+            return self.break_off(Anomaly::Http2Frames, ts_ns, sink);
+        }
+        side.next_seq = seq.wrapping_add(1);
+        let mut frames = std::mem::take(&mut side.frames);
+        let read = side.reader.read(kept, wire, &mut frames);
+        for frame in frames.drain(..) {
+            if let Err(anomaly) = self.on_frame(peer, ts_ns, &frame, sink, start) {
+                self.break_off(anomaly, ts_ns, sink);
+                break;
+            }
+        }
+        self.side(peer).frames = frames;
+        if read.is_err() && !self.broken {
+            self.break_off(Anomaly::Http2Frames, ts_ns, sink);
+        }
+    }
+
+    /// The connection ended: streams still open are abandoned.
+    pub fn on_close(mut self, sink: &mut Sink<T>) {
+        self.abandon_all(None, sink);
+    }
+
+    fn side(&mut self, peer: Peer) -> &mut Side {
+        match peer {
+            Peer::Client => &mut self.client,
+            Peer::Server => &mut self.server,
+        }
+    }
+
+    /// Stops following the connection: one anomaly, every open stream abandoned.
+    fn break_off(&mut self, anomaly: Anomaly, ts_ns: u64, sink: &mut Sink<T>) {
+        self.broken = true;
+        sink.anomalies.push(anomaly);
+        self.abandon_all(Some(ts_ns), sink);
+    }
+
+    fn abandon_all(&mut self, end_ns: Option<u64>, sink: &mut Sink<T>) {
+        for (_, stream) in self.streams.drain() {
+            let end_ns = end_ns.unwrap_or(stream.first_byte_ns.unwrap_or(stream.start_ns));
+            sink.finished.push(finish(stream, None, end_ns));
+        }
+    }
+
+    fn on_frame<F>(
+        &mut self,
+        peer: Peer,
+        ts_ns: u64,
+        frame: &Frame,
+        sink: &mut Sink<T>,
+        start: &mut F,
+    ) -> Result<(), Anomaly>
+    where
+        F: FnMut(RequestHead<'_>) -> T,
+    {
+        if self.side(peer).block.is_some() && frame.kind != kind::CONTINUATION {
+            return Err(Anomaly::Http2Frames); // §6.10: nothing may interleave a header block
+        }
+        match frame.kind {
+            kind::HEADERS | kind::PUSH_PROMISE => {
+                let fragment = fragment(frame).ok_or(Anomaly::Http2Frames)?;
+                let pending = Pending {
+                    stream: frame.stream,
+                    end_stream: frame.kind == kind::HEADERS && frame.flags & flag::END_STREAM != 0,
+                    bytes: fragment.to_vec(),
+                    promise: frame.kind == kind::PUSH_PROMISE,
+                };
+                self.side(peer).block = Some(pending);
+                self.more_block(peer, ts_ns, frame, &[], sink, start)
+            }
+            kind::CONTINUATION => {
+                let Some(pending) = &self.side(peer).block else {
+                    return Err(Anomaly::Http2Frames);
+                };
+                if pending.stream != frame.stream {
+                    return Err(Anomaly::Http2Frames);
+                }
+                self.more_block(peer, ts_ns, frame, &frame.payload, sink, start)
+            }
+            kind::DATA => {
+                if peer == Peer::Server
+                    && let Some(stream) = self.streams.get_mut(&frame.stream)
+                {
+                    stream.response_bytes += 9 + frame.len as u64;
+                    stream.first_byte_ns.get_or_insert(ts_ns);
+                    if frame.flags & flag::END_STREAM != 0 {
+                        self.end(frame.stream, ts_ns, sink);
+                    }
+                }
+                Ok(())
+            }
+            kind::RST_STREAM => {
+                if let Some(mut stream) = self.streams.remove(&frame.stream) {
+                    if stream.grpc.is_some() {
+                        stream.grpc = Some(GrpcEnd::Reset);
+                    }
+                    sink.finished.push(finish(stream, None, ts_ns));
+                }
+                Ok(())
+            }
+            kind::SETTINGS if frame.flags & flag::ACK == 0 => {
+                // A peer's table size bounds what the other peer's encoder may use.
+                let other = match peer {
+                    Peer::Client => &mut self.server,
+                    Peer::Server => &mut self.client,
+                };
+                for setting in frame.payload.chunks_exact(6) {
+                    if u16::from_be_bytes([setting[0], setting[1]]) == SETTINGS_HEADER_TABLE_SIZE {
+                        let size = u32::from_be_bytes([setting[2], setting[3], setting[4], setting[5]]);
+                        other.hpack.set_limit(size as usize);
+                    }
+                }
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Adds `more` to the header block being gathered; decodes it at END_HEADERS.
+    fn more_block<F>(
+        &mut self,
+        peer: Peer,
+        ts_ns: u64,
+        frame: &Frame,
+        more: &[u8],
+        sink: &mut Sink<T>,
+        start: &mut F,
+    ) -> Result<(), Anomaly>
+    where
+        F: FnMut(RequestHead<'_>) -> T,
+    {
+        if frame.cut {
+            return Err(Anomaly::Http2Hpack);
+        }
+        let side = self.side(peer);
+        let pending = side.block.as_mut().expect("a block is being gathered");
+        if pending.bytes.len() + more.len() > MAX_BLOCK {
+            return Err(Anomaly::HeadTooLarge);
+        }
+        pending.bytes.extend_from_slice(more);
+        if frame.flags & flag::END_HEADERS == 0 {
+            return Ok(());
+        }
+        let pending = side.block.take().expect("checked above");
+        let block = side.hpack.decode(&pending.bytes).map_err(|_: hpack::Error| Anomaly::Http2Hpack)?;
+        if pending.promise {
+            return Ok(()); // a pushed response's request: not one the client made
+        }
+        match peer {
+            Peer::Client => self.request_headers(pending.stream, pending.end_stream, &block, ts_ns, start),
+            Peer::Server => {
+                self.response_headers(pending.stream, pending.end_stream, &block, frame.len, ts_ns, sink);
+                Ok(())
+            }
+        }
+    }
+
+    /// A client header block: a new request, or its trailers.
+    fn request_headers<F>(
+        &mut self,
+        id: u32,
+        _end_stream: bool,
+        block: &Block,
+        ts_ns: u64,
+        start: &mut F,
+    ) -> Result<(), Anomaly>
+    where
+        F: FnMut(RequestHead<'_>) -> T,
+    {
+        if self.streams.contains_key(&id) {
+            return Ok(()); // request trailers
+        }
+        if id.is_multiple_of(2) || id <= self.last_stream {
+            return Err(Anomaly::Http2Streams); // §5.1.1: client streams are odd and only grow
+        }
+        self.last_stream = id;
+        if self.streams.len() >= MAX_STREAMS {
+            return Err(Anomaly::Http2Streams);
+        }
+        let method = pseudo(block, b":method").unwrap_or("");
+        let target = pseudo(block, b":path").unwrap_or("");
+        if method.is_empty() || (target.is_empty() && method != "CONNECT") {
+            return Err(Anomaly::NotHttpRequest);
+        }
+        let grpc = pseudo(block, b"content-type")
+            .is_some_and(|ct| ct.starts_with("application/grpc"))
+            .then_some(GrpcEnd::Missing);
+        let tag = start(RequestHead { method, target, grpc: grpc.is_some() });
+        let stream =
+            Stream { tag, start_ns: ts_ns, first_byte_ns: None, status: None, response_bytes: 0, grpc };
+        self.streams.insert(id, stream);
+        Ok(())
+    }
+
+    /// A server header block: the response's head (1xx ones included), or its trailers.
+    fn response_headers(
+        &mut self,
+        id: u32,
+        end_stream: bool,
+        block: &Block,
+        len: usize,
+        ts_ns: u64,
+        sink: &mut Sink<T>,
+    ) {
+        let Some(stream) = self.streams.get_mut(&id) else {
+            return; // a stream we never saw start (pushed, or refused)
+        };
+        stream.response_bytes += 9 + len as u64;
+        stream.first_byte_ns.get_or_insert(ts_ns);
+        if stream.status.is_none()
+            && let Some(status) = pseudo(block, b":status").and_then(|s| s.parse::<u16>().ok())
+            && status >= 200
+        {
+            stream.status = Some(status);
+        }
+        if stream.grpc.is_some() {
+            if let Some(code) = pseudo(block, b"grpc-status").and_then(|s| s.parse::<u8>().ok()) {
+                stream.grpc = Some(GrpcEnd::Status(code));
+            } else if pseudo(block, b"grpc-message").is_some() && stream.grpc == Some(GrpcEnd::Missing) {
+                stream.grpc = Some(GrpcEnd::Unknown);
+            }
+        }
+        if end_stream {
+            self.end(id, ts_ns, sink);
+        }
+    }
+
+    /// The server's END_STREAM: the exchange is complete if it had a final status.
+    fn end(&mut self, id: u32, ts_ns: u64, sink: &mut Sink<T>) {
+        if let Some(stream) = self.streams.remove(&id) {
+            let status = stream.status;
+            sink.finished.push(finish(stream, status, ts_ns));
+        }
+    }
+}
+
+fn finish<T>(stream: Stream<T>, status: Option<u16>, end_ns: u64) -> Finished<T> {
+    Finished {
+        tag: stream.tag,
+        status,
+        start_ns: stream.start_ns,
+        first_byte_ns: stream.first_byte_ns,
+        end_ns,
+        response_bytes: stream.response_bytes,
+        grpc: stream.grpc,
+    }
+}
+
+/// The header block fragment of a HEADERS or PUSH_PROMISE frame: its payload less padding,
+/// priority fields and the promised stream id (§6.2, §6.6).
+fn fragment(frame: &Frame) -> Option<&[u8]> {
+    let mut payload = &frame.payload[..];
+    let mut pad = 0;
+    if frame.flags & flag::PADDED != 0 {
+        let (&len, rest) = payload.split_first()?;
+        (pad, payload) = (usize::from(len), rest);
+    }
+    let skip = match frame.kind {
+        kind::HEADERS if frame.flags & flag::PRIORITY != 0 => 5,
+        kind::PUSH_PROMISE => 4,
+        _ => 0,
+    };
+    payload.get(skip..payload.len().checked_sub(pad)?)
+}
+
+/// A field's value, when its name and value are known and the value is UTF-8.
+fn pseudo<'b>(block: &'b Block, name: &[u8]) -> Option<&'b str> {
+    let field = block.fields.iter().find(|f| f.name.as_bytes() == Some(name))?;
+    std::str::from_utf8(field.value.as_bytes()?).ok()
+}

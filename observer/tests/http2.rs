@@ -1,0 +1,247 @@
+//! HTTP/2, server side, against real servers and clients: nginx in clear text (h2c, prior
+//! knowledge) and over TLS (ALPN `h2`), driven by h2load with many concurrent streams per
+//! connection; every stream counted as the server's own access log counts it.
+
+mod common;
+
+use std::{collections::BTreeMap, process::Command};
+
+use common::*;
+
+/// (method, status) of each request in nginx's access log (the combined format).
+fn access_log(dir: &TempDir) -> Vec<(String, u16)> {
+    let log = std::fs::read_to_string(dir.path().join("access.log")).unwrap_or_default();
+    log.lines()
+        .map(|line| {
+            let request = line.split('"').nth(1).expect("a request line");
+            let status = line.split('"').nth(2).and_then(|s| s.split_whitespace().next()).expect("a status");
+            (request.split(' ').next().unwrap().to_owned(), status.parse().unwrap())
+        })
+        .collect()
+}
+
+/// Requests per status in nginx's access log.
+fn per_status(dir: &TempDir) -> BTreeMap<u16, f64> {
+    let mut counts = BTreeMap::new();
+    for (_, status) in access_log(dir) {
+        *counts.entry(status).or_insert(0.0) += 1.0;
+    }
+    counts
+}
+
+const LOCATIONS: &str = "        location = /ok { return 200 \"ok\\n\"; }\n";
+
+/// `h2load` with `args` against `urls` (round robin); panics unless every request got a
+/// response (h2load counts 4xx as failed: those are the 404s asked for).
+fn h2load(args: &[&str], urls: &[String]) -> String {
+    let out = Command::new("h2load").args(args).args(urls).output().expect("running h2load");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "h2load failed:\n{text}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains(" 0 errored, 0 timeout"), "h2load saw errors:\n{text}");
+    text
+}
+
+/// nginx (master and 2 workers) with `conf`, observed; h2load's requests (200s and 404s,
+/// `-c 8 -m 50`) counted per status as nginx logged them.
+fn nginx_h2_counted_exactly(name: &str, tls: bool) {
+    require_root();
+    require_command("nginx");
+    require_command("h2load");
+    let dir = TempDir::new(name);
+    let (port, tls_port) = (free_port(), free_port());
+    let conf = NginxConf {
+        processes: "worker_processes 2;",
+        access_log: true,
+        locations: LOCATIONS,
+        h2c: !tls,
+        http2: tls,
+        tls_port: tls.then_some(tls_port),
+    };
+    let conf = write_nginx_conf_with(&dir, port, conf);
+    let nginx = start_nginx_conf(&conf, port);
+    if tls {
+        wait_for_port(tls_port);
+    }
+    let observer = Observer::attach(&[nginx.pid()]);
+    let base = if tls { format!("https://127.0.0.1:{tls_port}") } else { format!("http://127.0.0.1:{port}") };
+    let urls: Vec<String> =
+        ["/ok", "/files/small.txt", "/ok", "/missing"].iter().map(|p| format!("{base}{p}")).collect();
+    let n = 20_000;
+    h2load(&["-n", &n.to_string(), "-c", "8", "-m", "50"], &urls);
+
+    let scrape = observer.scrape_settled(f64::from(n));
+    let logged = per_status(&dir);
+    assert_eq!(logged.values().sum::<f64>(), f64::from(n), "nginx's own count");
+    assert_eq!(logged.len(), 2, "200s and 404s: {logged:?}");
+    for (status, count) in &logged {
+        let ours = scrape.sum("http_requests_total", &[("status", &status.to_string())]);
+        assert_eq!(ours, *count, "status {status}:\n{}", scrape.0);
+    }
+    let ok = scrape.sum("http_requests_total", &[("endpoint", "/ok"), ("method", "GET")]);
+    assert_eq!(ok, f64::from(n) / 2.0, "{}", scrape.0);
+    assert_eq!(scrape.sum("http_request_duration_seconds_count", &[]), f64::from(n));
+    assert_eq!(scrape.sum("http_requests_in_flight", &[]), 0.0);
+    assert_eq!(scrape.sum("observer_parse_errors_total", &[]), 0.0, "{}", scrape.0);
+    assert_eq!(scrape.sum("observer_events_lost_total", &[]), 0.0);
+}
+
+#[test]
+fn nginx_h2c_streams_are_counted_exactly() {
+    nginx_h2_counted_exactly("h2c-nginx", false);
+}
+
+#[test]
+fn nginx_h2_over_tls_streams_are_counted_exactly() {
+    require_command("openssl");
+    nginx_h2_counted_exactly("h2-tls-nginx", true);
+}
+
+/// Debian's python with Debian's grpcio (`python3` on PATH may be another one).
+const GRPC_PYTHON: &str = "/usr/bin/python3";
+
+fn grpc_script(name: &str) -> String {
+    format!("{}/tests/servers/{name}", env!("CARGO_MANIFEST_DIR"))
+}
+
+#[test]
+fn grpc_calls_are_counted_by_code_and_a_stream_is_timed_whole() {
+    require_root();
+    assert!(
+        Command::new(GRPC_PYTHON).args(["-c", "import grpc"]).status().is_ok_and(|s| s.success()),
+        "{GRPC_PYTHON} cannot import grpc: run `cargo xtask setup` (python3-grpcio)"
+    );
+    let dir = TempDir::new("grpc");
+    let port = free_port();
+    let log = dir.path().join("calls.log");
+    let server = ChildGuard::spawn(
+        "grpc server",
+        Command::new(GRPC_PYTHON).arg(grpc_script("grpc-server.py")).arg(port.to_string()).arg(&log),
+    );
+    wait_for_port(port);
+    let observer = Observer::attach(&[server.pid()]);
+    let client = |args: &[&str]| {
+        let out = Command::new(GRPC_PYTHON)
+            .arg(grpc_script("grpc-client.py"))
+            .arg(port.to_string())
+            .args(args)
+            .output()
+            .expect("running the gRPC client");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    assert_eq!(client(&["unary", "60", "25", "15"]).trim(), "INTERNAL=15 NOT_FOUND=25 OK=60");
+
+    // A 2 s server-streaming call: in flight while it runs, timed whole when it ends.
+    let stream = std::thread::scope(|scope| {
+        let watching = scope.spawn(|| client(&["watch"]));
+        observer.scrape_until("the stream in flight", |s| {
+            s.sum("http_requests_in_flight", &[("endpoint", "/observer.test.Boot/Watch")]) == 1.0
+        });
+        watching.join().unwrap()
+    });
+    let client_seconds: f64 = stream.split_whitespace().nth(1).unwrap().parse().unwrap();
+    assert!(client_seconds >= 2.0, "{stream}");
+
+    let scrape = observer.scrape_settled(101.0);
+    let logged = std::fs::read_to_string(&log).unwrap();
+    let server_count = |line: &str| logged.lines().filter(|l| *l == line).count() as f64;
+    let handled = |method: &str, code: &str| {
+        scrape.sum(
+            "grpc_server_handled_total",
+            &[("grpc_service", "observer.test.Boot"), ("grpc_method", method), ("grpc_code", code)],
+        )
+    };
+    for (code, ours) in [("OK", "OK"), ("NotFound", "NotFound"), ("Internal", "Internal")] {
+        assert_eq!(handled("Get", ours), server_count(&format!("Get {code}")), "{code}:\n{}", scrape.0);
+    }
+    assert_eq!(handled("Watch", "OK"), 1.0, "{}", scrape.0);
+    assert_eq!(scrape.sum("grpc_server_started_total", &[]), 101.0);
+    assert_eq!(scrape.sum("grpc_server_handled_total", &[]), 101.0);
+    let watch = [("grpc_method", "Watch")];
+    let stream_seconds = scrape.sum("grpc_server_handling_seconds_sum", &watch);
+    assert!(
+        (1.9..=client_seconds).contains(&stream_seconds),
+        "the stream took {stream_seconds} s by us, {client_seconds} s by the client"
+    );
+    // gRPC calls are HTTP/2 requests too: 200 each, in the seed's metrics.
+    assert_eq!(scrape.sum("http_requests_total", &[("status", "200")]), 101.0, "{}", scrape.0);
+    assert_eq!(scrape.sum("http_requests_in_flight", &[]), 0.0);
+    assert_eq!(scrape.sum("observer_parse_errors_total", &[]), 0.0, "{}", scrape.0);
+}
+
+/// curl over one connection with `args`, certificates not checked: each response's status.
+fn curl_statuses(args: &[&str], urls: &[String]) -> Vec<u16> {
+    let mut cmd = Command::new("curl");
+    cmd.args(["--silent", "--insecure", "--max-time", "10"]).args(args);
+    for url in urls {
+        cmd.args(["--output", "/dev/null", "--write-out", "%{http_code} %{http_version}\\n", url]);
+    }
+    let out = cmd.output().expect("running curl");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|line| {
+            assert!(line.ends_with(" 2"), "not HTTP/2: {line}");
+            line.split(' ').next().unwrap().parse().unwrap()
+        })
+        .collect()
+}
+
+#[test]
+fn node_http2_in_clear_text_and_over_tls_with_continuation_frames_and_a_reset() {
+    require_root();
+    for command in ["node", "curl", "nghttp", "openssl"] {
+        require_command(command);
+    }
+    let dir = TempDir::new("h2-node");
+    let (cert, key) = self_signed_cert(&dir);
+    let (h2c_port, tls_port, count_port) = (free_port(), free_port(), free_port());
+    let server = ChildGuard::spawn(
+        "node http2",
+        Command::new("node")
+            .arg(format!("{}/tests/servers/node-http2-server.js", env!("CARGO_MANIFEST_DIR")))
+            .args([h2c_port.to_string(), tls_port.to_string(), count_port.to_string()])
+            .args([&cert, &key]),
+    );
+    for port in [h2c_port, tls_port, count_port] {
+        wait_for_port(port);
+    }
+    let observer = Observer::attach(&[server.pid()]);
+
+    let urls = |base: &str, path: &str, n: usize| -> Vec<String> {
+        (0..n).map(|i| format!("{base}{path}{i}")).collect()
+    };
+    let (h2c, tls) = (format!("http://127.0.0.1:{h2c_port}"), format!("https://127.0.0.1:{tls_port}"));
+    // h2c: h2load (curl's prior-knowledge mode fails its second request on node's h2c, with or
+    // without the observer).
+    let text =
+        h2load(&["-n", "20", "-c", "1", "-m", "5"], &[format!("{h2c}/boot/a"), format!("{h2c}/missing/b")]);
+    assert!(text.contains("status codes: 10 2xx, 0 3xx, 10 4xx"), "{text}");
+    assert_eq!(curl_statuses(&["--http2", "--data", "mac=aa"], &urls(&tls, "/boot/", 4)), vec![201; 4]);
+    assert_eq!(curl_statuses(&["--http2"], &urls(&tls, "/boot/", 10)), vec![200; 10]);
+    // A header block too large for one frame: HEADERS and CONTINUATION frames.
+    let big = format!("x-big: {}", "b".repeat(40_000));
+    let nghttp = Command::new("nghttp")
+        .args(["--null-out", "--continuation", "-H", &big, &format!("{h2c}/boot/continued")])
+        .status()
+        .expect("running nghttp");
+    assert!(nghttp.success());
+    // A stream reset mid-response: incomplete, not in flight.
+    let reset = Command::new("curl")
+        .args(["--silent", "--http2-prior-knowledge", "--output", "/dev/null", &format!("{h2c}/reset")])
+        .status()
+        .unwrap();
+    assert!(!reset.success(), "curl should see the stream reset");
+
+    let scrape = observer.scrape_until("35 requests answered, one incomplete", |s| {
+        s.sum("http_requests_total", &[]) >= 35.0
+            && s.sum("observer_requests_incomplete_total", &[]) >= 1.0
+            && s.sum("http_requests_in_flight", &[]) == 0.0
+    });
+    let theirs = http_get_text(([127, 0, 0, 1], count_port).into(), "/");
+    assert_eq!(theirs, r#"{"200":21,"201":4,"404":10,"reset":1}"#, "node's own count");
+    let count = |status: &str| scrape.sum("http_requests_total", &[("status", status)]);
+    assert_eq!((count("200"), count("201"), count("404")), (21.0, 4.0, 10.0), "{}", scrape.0);
+    assert_eq!(scrape.sum("observer_requests_incomplete_total", &[("endpoint", "/reset")]), 1.0);
+    assert_eq!(scrape.sum("http_requests_in_flight", &[]), 0.0);
+    assert_eq!(scrape.sum("observer_parse_errors_total", &[]), 0.0, "{}", scrape.0);
+}
