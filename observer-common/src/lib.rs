@@ -228,6 +228,11 @@ pub const STATE_TLS: u32 = 1 << 18;
 /// read): its records follow frames, with each direction's [`FrameCursor`] in `FRAME_CURSORS`.
 pub const STATE_H2: u32 = 1 << 21;
 
+/// Kernel-side socket or session state: the connection was first seen mid-stream (it carried
+/// bytes before attach). Only such a connection is tested for HTTP/2 frames without a preface
+/// (`frames::whole_frames`): one seen opening is HTTP/2 only by its preface.
+pub const STATE_MIDSTREAM: u32 = 1 << 22;
+
 /// The client connection preface (RFC 9113 §3.4): the first bytes an HTTP/2 server reads.
 pub const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 

@@ -4,13 +4,9 @@
 use core::ffi::c_void;
 
 use aya_ebpf::helpers::generated::{bpf_loop, bpf_probe_read_user};
-use observer_common::{EventHeader, HEAD_LEN, MAX_IOV, Syscall, TAIL_LEN};
+use observer_common::{HEAD_LEN, MAX_IOV, Syscall, TAIL_LEN};
 
-use crate::{frames::FrameWalk, maps::SCRATCH};
-
-/// Room the verifier can see: head copies start below `HEAD_LEN` and are at most `HEAD_LEN`
-/// long, tail copies start below `HEAD_LEN + TAIL_LEN`; twice the largest head bounds both.
-pub const DATA_CAP: usize = 2 * HEAD_LEN;
+use crate::scratch::{DATA_CAP, Iovec, Walk, scratch};
 
 // What the masks below assume.
 const _: () = assert!(HEAD_LEN.is_power_of_two(), "offsets are masked with HEAD_LEN - 1");
@@ -18,23 +14,6 @@ const _: () = assert!(MAX_IOV.is_power_of_two(), "iovec indices are masked with 
 const _: () = assert!(TAIL_LEN <= HEAD_LEN, "a tail after a full head fits in DATA_CAP");
 const _: () = assert!(observer_common::RESPONSE_HEAD_LEN <= HEAD_LEN);
 const _: () = assert!(observer_common::WRITE_HEAD_LEN <= HEAD_LEN);
-
-/// Per-CPU work area where a record is assembled (far larger than the 512-byte BPF stack).
-#[repr(C)]
-pub struct Scratch {
-    pub header: EventHeader,
-    pub data: [u8; DATA_CAP],
-    pub iov: [Iovec; MAX_IOV],
-    walk: Walk,
-    pub frames: FrameWalk,
-}
-
-#[repr(C)]
-#[derive(Clone, Copy)]
-pub struct Iovec {
-    pub base: u64,
-    pub len: u64,
-}
 
 /// `struct user_msghdr`: `msg_iov` and `msg_iovlen`.
 pub const MSGHDR_IOV: u64 = 16;
@@ -227,38 +206,8 @@ fn copy_two(count: u64, ret: u64, cap: u64) -> (u64, u64) {
     (head, want)
 }
 
-/// State of the iovec walks, which the `bpf_loop` callbacks update. An unrolled walk over 16
-/// iovecs, or a `bpf_loop` over state on the stack (whose values the verifier tracks per
-/// iteration), made the verifier explore over a million states ("BPF program is too large").
-/// Kept in the scratch map value, the state is opaque to the verifier and each body is
-/// checked once; every offset is re-bounded with explicit clamps instead.
-#[repr(C)]
-#[derive(Default, Clone, Copy)]
-struct Walk {
-    count: u64,
-    /// Bytes not yet walked (head walk), or not yet located (end walk).
-    left: u64,
-    /// Head bytes gathered so far.
-    off: u64,
-    /// The last iovec the syscall reached, and how many of its bytes it used.
-    last: u64,
-    last_used: u64,
-    /// Tail bytes still to gather, filled backwards from `head_len + remaining`.
-    remaining: u64,
-    head_len: u64,
-    failed: u64,
-    /// Most head bytes to gather for this syscall.
-    cap: u64,
-}
-
 const CONTINUE: i64 = 0;
 const STOP: i64 = 1;
-
-#[inline(always)]
-pub fn scratch() -> Option<&'static mut Scratch> {
-    // SAFETY: the per-CPU scratch slot is only used by the program running on this CPU.
-    SCRATCH.get_ptr_mut(0).map(|p| unsafe { &mut *p })
-}
 
 /// Gathers the first bytes the syscall moved, across iovecs, into `scratch.data`.
 #[inline(always)]

@@ -4,14 +4,15 @@ use aya_ebpf::EbpfContext;
 use aya_log_ebpf::warn;
 use observer_common::{
     Direction, EventHeader, FLAG_LOST_BEFORE, FLAG_NEW, HEADER_LEN, READ_HEAD_LEN, REPORTED_FLAGS,
-    RESPONSE_HEAD_LEN, RING_BYTES, ROLE_SERVER, STATE_CLOSE_SENT, STATE_H2, STATE_LAST_READ, Syscall,
-    WAKEUP_DIVISOR, WRITE_HEAD_LEN, stat,
+    RESPONSE_HEAD_LEN, RING_BYTES, ROLE_SERVER, STATE_CLOSE_SENT, STATE_H2, STATE_LAST_READ, STATE_MIDSTREAM,
+    Syscall, WAKEUP_DIVISOR, WRITE_HEAD_LEN, stat,
 };
 
 use crate::{
-    capture::{Buffer, DATA_CAP, Scratch, capture, scratch},
+    capture::{Buffer, capture},
     frames,
     maps::{EVENTS, PROCESS_WOKEN, STATS},
+    scratch::{DATA_CAP, Scratch, scratch},
     target::{now, patched},
 };
 
@@ -112,13 +113,17 @@ pub fn emit_data<C: EbpfContext>(
         return;
     }
     let (head_len, tail_len) = capture(buffer, record.ret as u64, cap);
-    // HTTP/2 from here: the client preface read, or a new connection's server speaking first.
-    let h2_starts = match direction {
-        Direction::In => frames::starts_with_preface(head_len),
-        _ => record.flags & FLAG_NEW != 0 && frames::starts_with_settings(head_len),
+    // HTTP/2 from here: the client preface read, a new connection's server speaking first, or
+    // (a connection from before attach) a read of whole frames.
+    // SAFETY: as above.
+    let midstream = h2 && unsafe { *state } & STATE_MIDSTREAM != 0;
+    let (h2_starts, joined) = match direction {
+        Direction::In if frames::starts_with_preface(head_len) => (true, false),
+        Direction::In => (midstream && frames::whole_frames(head_len, record.ret as u64), true),
+        _ => (record.flags & FLAG_NEW != 0 && frames::starts_with_settings(head_len), false),
     };
     // SAFETY: as above.
-    if h2 && h2_starts && unsafe { frames::start(record.conn, state) } {
+    if h2 && h2_starts && unsafe { frames::start(record.conn, state, joined) } {
         frames::emit_frames(record.header(0, 0), buffer, direction);
         return;
     }

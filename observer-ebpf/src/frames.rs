@@ -16,9 +16,10 @@ use observer_common::{
 };
 
 use crate::{
-    capture::{Buffer, Iovec, MSGHDR_IOV, MSGHDR_IOVLEN, scratch},
+    capture::{Buffer, MSGHDR_IOV, MSGHDR_IOVLEN},
     emit::{bump, output},
     maps::FRAME_CURSORS,
+    scratch::{FrameWalk, Iovec, Scratch, scratch},
 };
 
 /// Frame header length (RFC 9113 §4.1).
@@ -34,29 +35,6 @@ const MAX_STEPS: u32 = 16384;
 
 const CONTINUE: i64 = 0;
 const STOP: i64 = 1;
-
-/// State of one walk, in the scratch map (opaque to the verifier, see `capture::Walk`).
-#[repr(C)]
-#[derive(Clone, Copy, Default)]
-pub struct FrameWalk {
-    cursor: FrameCursor,
-    /// The header being gathered (its first `cursor.header_len` bytes).
-    header: [u8; 24],
-    /// The caller's iovec array (0: one plain buffer, already in slot 0), how many, the one
-    /// being walked, and the first of the batch in `scratch.iov`.
-    iov_user: u64,
-    count: u64,
-    index: u64,
-    batch: u64,
-    /// Offset inside the current iovec.
-    off: u64,
-    /// Bytes of the call not walked yet.
-    left: u64,
-    /// Bytes kept in `scratch.data`, and the wire bytes walked since the last record.
-    out: u64,
-    wire: u64,
-    failed: u64,
-}
 
 /// Whether the bytes a read captured (`head`, `head_len` of them) begin with the client
 /// preface: the connection is HTTP/2 from here on.
@@ -100,15 +78,79 @@ pub fn starts_with_settings(head_len: u64) -> bool {
 /// Frame type SETTINGS.
 const SETTINGS: u8 = 0x4;
 
+/// Most frames one read is tested for (`whole_frames`).
+const SNIFFED_FRAMES: u32 = 64;
+
+/// Whether a read of `ret` bytes, all captured, holds whole HTTP/2 frames and nothing else,
+/// each one plausible (a known kind, a length within the default maximum frame size and, for
+/// the fixed-size kinds, theirs, a stream id where the kind needs one and none where it must
+/// not): an HTTP/2 connection from before attach, read at a frame boundary (clients write
+/// whole frames, so a read at a quiet moment is one). An HTTP/1 read fails at its fourth byte.
+#[inline(always)]
+pub fn whole_frames(head_len: u64, ret: u64) -> bool {
+    let Some(s) = scratch() else { return false };
+    if head_len != ret || ret < FRAME_HEADER || ret > HEAD_LEN as u64 || s.data[3] > 9 {
+        return false;
+    }
+    s.frames.off = 0;
+    s.frames.left = ret;
+    s.frames.failed = 0;
+    // SAFETY: the callback only touches the scratch slot.
+    unsafe { bpf_loop(SNIFFED_FRAMES, sniff_step as *mut c_void, core::ptr::null_mut(), 0) };
+    let Some(s) = scratch() else { return false };
+    s.frames.failed == 0 && s.frames.off == ret
+}
+
+/// Tests the frame header at `frames.off` of the captured read and steps past the frame.
+#[inline(never)]
+extern "C" fn sniff_step(_index: u64, _ctx: *mut c_void) -> i64 {
+    let Some(s) = scratch() else { return STOP };
+    let (at, end) = (s.frames.off, s.frames.left);
+    if at >= end {
+        return STOP;
+    }
+    if at + FRAME_HEADER > end || at >= HEAD_LEN as u64 {
+        s.frames.failed = 1;
+        return STOP;
+    }
+    let p = (at & (HEAD_LEN as u64 - 1)) as usize;
+    let d = &s.data;
+    let len = u64::from(d[p]) << 16 | u64::from(d[p + 1]) << 8 | u64::from(d[p + 2]);
+    let kind = d[p + 3];
+    let stream = u32::from_be_bytes([d[p + 5], d[p + 6], d[p + 7], d[p + 8]]);
+    let plausible = stream & 0x8000_0000 == 0
+        && len <= u64::from(KEPT_PAYLOAD)
+        && match kind {
+            // DATA, HEADERS, CONTINUATION: on a stream.
+            0x0 | 0x1 | 0x9 => stream != 0,
+            0x2 => stream != 0 && len == 5,     // PRIORITY
+            0x3 => stream != 0 && len == 4,     // RST_STREAM
+            0x4 => stream == 0 && len % 6 == 0, // SETTINGS
+            0x5 => stream != 0 && len >= 4,     // PUSH_PROMISE
+            0x6 => stream == 0 && len == 8,     // PING
+            0x7 => stream == 0 && len >= 8,     // GOAWAY
+            0x8 => len == 4,                    // WINDOW_UPDATE
+            _ => false,
+        };
+    if !plausible {
+        s.frames.failed = 1;
+        return STOP;
+    }
+    s.frames.off = at + FRAME_HEADER + len;
+    CONTINUE
+}
+
 /// Makes `conn` an HTTP/2 connection: both cursors at their start (the read one expects the
-/// preface), `STATE_H2` set. False (counted) if the table is full.
+/// preface unless the connection `joined` mid-stream), `STATE_H2` set. False (counted) if
+/// the table is full.
 ///
 /// # Safety
 /// `state` points into a map value.
 #[inline(always)]
-pub unsafe fn start(conn: u64, state: *mut u32) -> bool {
+pub unsafe fn start(conn: u64, state: *mut u32, joined: bool) -> bool {
+    let preface = if joined { 0 } else { H2_PREFACE.len() as u32 };
     let cursors = FrameCursors {
-        read: FrameCursor { copy: H2_PREFACE.len() as u32, ..FrameCursor::default() },
+        read: FrameCursor { copy: preface, ..FrameCursor::default() },
         write: FrameCursor::default(),
     };
     if FRAME_CURSORS.insert(&conn, &cursors, 0).is_err() {
@@ -324,7 +366,7 @@ extern "C" fn frame_step(_index: u64, ctx: *mut c_void) -> i64 {
 
 /// The record is full: out it goes, and the walk goes on into the next.
 #[inline(always)]
-fn flush_step(s: &mut crate::capture::Scratch) -> i64 {
+fn flush_step(s: &mut Scratch) -> i64 {
     if s.frames.out == 0 {
         s.frames.failed = 1; // no progress possible
         return STOP;
@@ -335,7 +377,7 @@ fn flush_step(s: &mut crate::capture::Scratch) -> i64 {
 
 /// Appends `n` user bytes at `src` to the record's data.
 #[inline(always)]
-fn keep(s: &mut crate::capture::Scratch, src: u64, n: u64) -> bool {
+fn keep(s: &mut Scratch, src: u64, n: u64) -> bool {
     let at = s.frames.out & (HEAD_LEN as u64 - 1);
     let mut n = n;
     if n > HEAD_LEN as u64 {

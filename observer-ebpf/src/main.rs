@@ -17,6 +17,7 @@ mod emit;
 mod frames;
 mod maps;
 mod probes;
+mod scratch;
 mod target;
 
 #[cfg(not(test))]

@@ -10,8 +10,6 @@ use observer_common::{
     TARGET_WORDS, TlsCall, TlsConn, stat,
 };
 
-use crate::capture::Scratch;
-
 /// Target tgids, one bit each. Every program run on every hooked call of every process starts
 /// by testing a bit here: an array lookup the verifier inlines, where a hash map lookup cost
 /// ~33 ns a run. Userspace sets and clears bits with atomic operations on its mmap of the
@@ -74,10 +72,6 @@ pub static EVENTS: RingBuf = RingBuf::with_byte_size(RING_BYTES, 0);
 /// Per-CPU counters, indexed by `observer_common::stat`.
 #[map]
 pub static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(stat::COUNT, 0);
-
-/// Per-CPU work area where a record is assembled.
-#[map]
-pub static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
 
 /// Children of targets forked in a child PID namespace, by their pid in the initial namespace
 /// (the only one the fork record gives): each becomes a target, under its namespaced tgid, at

@@ -32,6 +32,9 @@ fn method_label(method: &str) -> &'static str {
     METHODS.iter().find(|m| **m == method).copied().unwrap_or("OTHER")
 }
 
+/// The endpoint of requests whose target cannot be known (HTTP/2 joined late).
+const UNKNOWN_ENDPOINT: &str = "unknown";
+
 /// The kernel's socket table's default size (`--max-connections`).
 const DEFAULT_CAPACITY: usize = observer_common::MAX_CONNECTIONS as usize;
 
@@ -287,11 +290,14 @@ fn start_request(
     head: RequestHead<'_>,
 ) -> Tag {
     let method = method_label(head.method);
-    let grpc = head.grpc.then(|| methods.labels(head.target));
+    let grpc = head.grpc.then(|| methods.labels(head.target.unwrap_or("")));
     if let Some(labels) = grpc {
         handles.grpc_started(labels);
     }
-    let (endpoint, overflowed) = router.classify(head.method, head.target);
+    let (endpoint, overflowed) = match head.target {
+        Some(target) => router.classify(head.method, target),
+        None => (Endpoint::Label(UNKNOWN_ENDPOINT), false),
+    };
     if overflowed {
         handles.endpoint_overflowed();
     }

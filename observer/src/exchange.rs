@@ -7,7 +7,9 @@
 #[derive(Debug, Clone, Copy)]
 pub struct RequestHead<'a> {
     pub method: &'a str,
-    pub target: &'a str,
+    /// `None` when it cannot be known: an HTTP/2 `:path` held by a header table entry made
+    /// before the observer joined the connection.
+    pub target: Option<&'a str>,
     /// A gRPC call (HTTP/2, `content-type: application/grpc*`; never guessed).
     pub grpc: bool,
 }
@@ -70,6 +72,9 @@ pub enum Anomaly {
     Http2Hpack,
     /// HTTP/2 stream ids going backwards or even, or more open streams than followed.
     Http2Streams,
+    /// An HTTP/2 request whose `:path` is held by a header table entry made before the
+    /// observer joined the connection: counted under the endpoint `unknown`.
+    Http2PathUnknown,
 }
 
 impl Anomaly {
@@ -86,6 +91,7 @@ impl Anomaly {
             Anomaly::Http2Frames => "http2_frames",
             Anomaly::Http2Hpack => "http2_hpack",
             Anomaly::Http2Streams => "http2_streams",
+            Anomaly::Http2PathUnknown => "http2_path_unknown",
         }
     }
 }

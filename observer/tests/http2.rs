@@ -245,3 +245,98 @@ fn node_http2_in_clear_text_and_over_tls_with_continuation_frames_and_a_reset() 
     assert_eq!(scrape.sum("http_requests_in_flight", &[]), 0.0);
     assert_eq!(scrape.sum("observer_parse_errors_total", &[]), 0.0, "{}", scrape.0);
 }
+
+/// An HTTP/2 client over one connection, by hand: HPACK against the static table and the
+/// entries it inserts itself, so what it sends is exactly known.
+struct RawH2 {
+    stream: std::net::TcpStream,
+    next_id: u32,
+    /// Bytes read and not yet parsed.
+    input: Vec<u8>,
+}
+
+impl RawH2 {
+    fn connect(port: u16) -> Self {
+        use std::io::Write;
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        stream.set_read_timeout(Some(std::time::Duration::from_secs(10))).unwrap();
+        stream.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0").unwrap();
+        RawH2 { stream, next_id: 1, input: Vec::new() }
+    }
+
+    /// Sends a GET with header block `block` (`:method GET` and `:scheme http` first) and
+    /// waits for its response's END_STREAM.
+    fn get(&mut self, block: &[u8]) {
+        use std::io::{Read, Write};
+        let block = [&[0x82, 0x86][..], block].concat();
+        let id = self.next_id;
+        self.next_id += 2;
+        let mut frame = vec![0, 0, block.len() as u8, 0x1, 0x5];
+        frame.extend(id.to_be_bytes());
+        frame.extend(block);
+        self.stream.write_all(&frame).unwrap();
+        loop {
+            while self.input.len() >= 9 {
+                let len = usize::from(self.input[1]) << 8 | usize::from(self.input[2]);
+                if self.input.len() < 9 + len {
+                    break;
+                }
+                let (kind, flags) = (self.input[3], self.input[4]);
+                let on = u32::from_be_bytes(self.input[5..9].try_into().unwrap());
+                self.input.drain(..9 + len);
+                if on == id && (kind == 0x0 || kind == 0x1) && flags & 0x1 != 0 {
+                    return;
+                }
+            }
+            let mut buf = [0u8; 4096];
+            let n = self.stream.read(&mut buf).expect("nginx's response");
+            assert!(n > 0, "nginx closed the connection");
+            self.input.extend_from_slice(&buf[..n]);
+        }
+    }
+}
+
+/// A literal field with incremental indexing, its name from the static table (`index`).
+fn indexed_literal(index: u8, value: &str) -> Vec<u8> {
+    [&[0x40 | index, value.len() as u8][..], value.as_bytes()].concat()
+}
+
+#[test]
+fn an_http2_connection_from_before_attach_has_every_later_request_counted() {
+    require_root();
+    require_command("nginx");
+    let dir = TempDir::new("h2-late");
+    let port = free_port();
+    let conf = NginxConf {
+        processes: "master_process off;\nworker_processes 1;",
+        access_log: true,
+        locations: "        location / { return 200 \"ok\\n\"; }\n",
+        h2c: true,
+        ..Default::default()
+    };
+    let nginx = start_nginx_conf(&write_nginx_conf_with(&dir, port, conf), port);
+    let mut client = RawH2::connect(port);
+    // Before attach: `:path /before` and `:authority b` go into both peers' tables (62, 63).
+    client.get(&[indexed_literal(4, "/before"), indexed_literal(1, "b")].concat());
+    let observer = Observer::attach(&[nginx.pid()]);
+    // After: 5 requests with a literal path (known), 3 whose path is the entry from before
+    // attach (unknown to the observer: counted under `unknown`); all reuse the authority.
+    for _ in 0..5 {
+        client.get(&[&[0x04, 5][..], b"/late", &[0xbe]].concat());
+    }
+    for _ in 0..3 {
+        client.get(&[0xbf, 0xbe]);
+    }
+    let scrape = observer.scrape_settled(8.0);
+    assert_eq!(access_log(&dir).len(), 9, "nginx's own count");
+    assert_eq!(
+        scrape.sum("http_requests_total", &[("endpoint", "/late"), ("status", "200")]),
+        5.0,
+        "{}",
+        scrape.0
+    );
+    assert_eq!(scrape.sum("http_requests_total", &[("endpoint", "unknown"), ("status", "200")]), 3.0);
+    assert_eq!(scrape.sum("observer_parse_errors_total", &[("reason", "http2_path_unknown")]), 3.0);
+    assert_eq!(scrape.sum("observer_parse_errors_total", &[]), 3.0, "{}", scrape.0);
+    assert_eq!(scrape.sum("http_requests_in_flight", &[]), 0.0);
+}

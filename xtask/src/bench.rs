@@ -13,6 +13,7 @@ use std::{
 
 use anyhow::{Context, bail, ensure};
 
+mod h2;
 mod kernel;
 mod neighbours;
 mod report;
@@ -421,6 +422,8 @@ struct Nginx {
     guard: Guard,
     port: u16,
     tls_port: u16,
+    /// HTTP/2 in clear text (prior knowledge).
+    h2c_port: u16,
 }
 
 fn start_nginx(dir: &Path) -> anyhow::Result<Nginx> {
@@ -428,6 +431,7 @@ fn start_nginx(dir: &Path) -> anyhow::Result<Nginx> {
     std::fs::File::create(dir.join("www/big/image.raw"))?.set_len(1 << 30)?;
     let port = free_port();
     let tls_port = free_port();
+    let h2c_port = free_port();
     tls::self_signed_cert(dir)?;
     let root = dir.display();
     let conf = format!(
@@ -436,7 +440,7 @@ fn start_nginx(dir: &Path) -> anyhow::Result<Nginx> {
          keepalive_timeout 120;\n keepalive_requests 1000000;\n client_body_temp_path {root}/body;\n\
          proxy_temp_path {root}/proxy;\n fastcgi_temp_path {root}/fastcgi;\n uwsgi_temp_path {root}/uwsgi;\n\
          scgi_temp_path {root}/scgi;\n server {{\n  listen 127.0.0.1:{port} backlog=16384;\n\
-         listen 127.0.0.1:{tls_port} ssl backlog=16384;\n  ssl_certificate {root}/cert.pem;\n\
+         listen 127.0.0.1:{tls_port} ssl backlog=16384;\n  listen 127.0.0.1:{h2c_port} http2 backlog=16384;\n  ssl_certificate {root}/cert.pem;\n\
          ssl_certificate_key {root}/key.pem;\n  root {root}/www;\n\
          location = /hello {{ return 200 \"hello\\n\"; }}\n }}\n}}\n"
     );
@@ -444,7 +448,7 @@ fn start_nginx(dir: &Path) -> anyhow::Result<Nginx> {
     let mut nginx = Command::new("nginx");
     nginx.arg("-c").arg(dir.join("nginx.conf")).arg("-e").arg(dir.join("error.log"));
     let guard = start_server("nginx", &mut nginx, port)?;
-    Ok(Nginx { guard, port, tls_port })
+    Ok(Nginx { guard, port, tls_port, h2c_port })
 }
 
 /// Starts `cmd` (output discarded) and waits until it accepts on loopback `port`.
@@ -487,7 +491,7 @@ fn idle_connections_rss(opts: &Options, nginx: &Nginx, n: usize) -> anyhow::Resu
 }
 
 pub fn bench(opts: &Options) -> anyhow::Result<()> {
-    for tool in ["wrk", "nginx", "dd", "redis-server", "redis-benchmark", "openssl"] {
+    for tool in ["wrk", "h2load", "nginx", "dd", "redis-server", "redis-benchmark", "openssl"] {
         if Command::new("sh")
             .arg("-c")
             .arg(format!("command -v {tool}"))
@@ -519,6 +523,9 @@ pub fn bench(opts: &Options) -> anyhow::Result<()> {
     eprintln!("nginx `return 200`, wrk -t1 -c32, every hook strategy:");
     let url = format!("http://127.0.0.1:{}/hello", nginx.port);
     summaries.push(summarize("nginx return 200 (saturation)", measure(opts, nginx_pid, &url, &every, 32)?));
+
+    eprintln!("nginx h2c `return 200`, h2load -t1 -c32 -m10:");
+    summaries.push(h2::saturation(opts, nginx_pid, nginx.h2c_port)?);
 
     eprintln!("axum /api/status, wrk -t1 -c32:");
     let url = format!("http://127.0.0.1:{axum_port}/api/status");
@@ -553,6 +560,8 @@ pub fn bench(opts: &Options) -> anyhow::Result<()> {
 
     eprintln!("10,000 idle keep-alive connections:");
     let (rss_kib, hwm_kib, conns) = idle_connections_rss(opts, &nginx, 10_000)?;
+    eprintln!("10,000 idle HTTP/2 connections, each after a request:");
+    let (h2_rss, h2_hwm, h2_conns) = h2::idle_connections_rss(opts, nginx_pid, nginx.h2c_port, 10_000)?;
 
     let results = report::Results {
         summaries: &summaries,
@@ -566,6 +575,12 @@ pub fn bench(opts: &Options) -> anyhow::Result<()> {
     let mut text = report::render(&results, opts);
     text.push_str(&tls::render(&https.kernel));
     text.push_str(&render_neighbours(&neighbour, &middleware));
+    text.push_str(&format!(
+        "\nDaemon memory with 10,000 idle HTTP/2 connections (h2c, one request answered on each): \
+         RSS {:.1} MiB (peak {:.1} MiB), {h2_conns} connections in its table.\n",
+        h2_rss / 1024.0,
+        h2_hwm / 1024.0
+    ));
     println!("{text}");
     std::fs::write(opts.out.join("results.md"), &text)?;
     std::fs::write(opts.out.join("results.json"), report::json(&results)?)?;

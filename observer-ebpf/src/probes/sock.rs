@@ -25,12 +25,11 @@ use aya_ebpf::{
     macros::btf_tracepoint,
     programs::BtfTracePointContext,
 };
-use observer_common::{ConnState, Direction, FLAG_NEW, STATE_CLOSE_SENT, STATE_TLS, Syscall, stat};
-
-use super::{
-    sys_exit::{MSG_PEEK, data_syscall},
-    tls::{Served, socket_io_inside},
+use observer_common::{
+    ConnState, Direction, FLAG_NEW, STATE_CLOSE_SENT, STATE_MIDSTREAM, STATE_TLS, Syscall, stat,
 };
+
+use super::{MSG_PEEK, Served, data_syscall, socket_io_inside, waited_us};
 use crate::{
     capture::Buffer,
     emit::{Record, advance, bump, emit_control, emit_data},
@@ -157,14 +156,6 @@ fn socket_io(ctx: &BtfTracePointContext, direction: Direction) {
     emit_data(ctx, &record, buffer, cap, state, true);
 }
 
-/// Microseconds since `since_ns`, from 1 up to `u32::MAX` (71 minutes).
-#[inline(always)]
-pub fn waited_us(since_ns: u64) -> u32 {
-    let us = now().saturating_sub(since_ns) / 1000;
-    // At least 1: 0 means "no wait reported".
-    us.clamp(1, u64::from(u32::MAX)) as u32
-}
-
 /// The entry of `sk` if it is the server side of a target's connection: a user-space TCP
 /// socket (owned by a file) on a port a target listens on, or one already followed whose
 /// port is gone (a reset processed inside the server's own send unhashes the socket and
@@ -207,7 +198,7 @@ unsafe fn conn_state(sk: *const u8, cookie: u64, read: u64) -> Option<*mut ConnS
     }
     let conn = match unsafe { unseen_open(sk, read) } {
         Some(established_ns) => ConnState { established_ns, cookie, flags: FLAG_NEW, reserved: 0 },
-        None => ConnState { cookie, ..ConnState::default() },
+        None => ConnState { cookie, flags: STATE_MIDSTREAM, ..ConnState::default() },
     };
     let _ = CONNS.insert(&cookie, &conn, u64::from(BPF_NOEXIST));
     let entry = CONNS.get_ptr_mut(&cookie);

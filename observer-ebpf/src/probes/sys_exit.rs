@@ -10,72 +10,15 @@ use aya_ebpf::{
     macros::{btf_tracepoint, raw_tracepoint},
     programs::{BtfTracePointContext, RawTracePointContext},
 };
-use observer_common::{STATE_TLS, Syscall, socket_key};
+use observer_common::{STATE_TLS, socket_key};
 
-use super::{
-    followed_socket,
-    tls::{Served, socket_io_inside},
-    tracepoints::accepted,
-};
+use super::{Served, accepted, data_syscall, followed_socket, peeks, socket_io_inside, x86_64};
 use crate::{
     capture::Buffer,
     emit::{Record, advance, emit_data},
     maps::TLS_CALLS,
     target::{current, is_target},
 };
-
-/// x86-64 syscall numbers, shared with the socket hooks.
-pub mod x86_64 {
-    pub const READ: u64 = 0;
-    pub const WRITE: u64 = 1;
-    pub const READV: u64 = 19;
-    pub const WRITEV: u64 = 20;
-    pub const SENDFILE: u64 = 40;
-    pub const ACCEPT: u64 = 43;
-    pub const SENDTO: u64 = 44;
-    pub const RECVFROM: u64 = 45;
-    pub const SENDMSG: u64 = 46;
-    pub const RECVMSG: u64 = 47;
-    pub const ACCEPT4: u64 = 288;
-    /// `struct pt_regs` offsets of r10 (the 4th argument), rdx, rsi, rdi and orig_ax.
-    pub const R10: usize = 56;
-    pub const DX: usize = 96;
-    pub const SI: usize = 104;
-    pub const DI: usize = 112;
-    pub const ORIG_AX: usize = 120;
-}
-
-pub const MSG_PEEK: u64 = 2;
-
-/// Whether a receive only peeked (MSG_PEEK): its bytes are read again by the next call, so
-/// they are not reported twice. nginx peeks at the first byte of every connection on a TLS
-/// listener to tell TLS from plaintext. `recvfrom` takes its flags as argument 4, `recvmsg`
-/// as argument 3.
-#[inline(always)]
-pub fn peeks(syscall: Syscall, arg3: u64, arg4: u64) -> bool {
-    match syscall {
-        Syscall::Recvfrom => arg4 & MSG_PEEK != 0,
-        Syscall::Recvmsg => arg3 & MSG_PEEK != 0,
-        _ => false,
-    }
-}
-
-/// The data syscall an x86-64 syscall number names, if it is one.
-#[inline(always)]
-pub fn data_syscall(nr: u64) -> Option<Syscall> {
-    Some(match nr {
-        x86_64::READ => Syscall::Read,
-        x86_64::READV => Syscall::Readv,
-        x86_64::RECVFROM => Syscall::Recvfrom,
-        x86_64::RECVMSG => Syscall::Recvmsg,
-        x86_64::WRITE => Syscall::Write,
-        x86_64::WRITEV => Syscall::Writev,
-        x86_64::SENDTO => Syscall::Sendto,
-        x86_64::SENDMSG => Syscall::Sendmsg,
-        x86_64::SENDFILE => Syscall::Sendfile,
-        _ => return None,
-    })
-}
 
 #[raw_tracepoint(tracepoint = "sys_exit")]
 pub fn raw_sys_exit(ctx: RawTracePointContext) -> i32 {

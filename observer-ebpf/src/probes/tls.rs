@@ -17,11 +17,11 @@ use aya_ebpf::{
     programs::{ProbeContext, RetProbeContext},
 };
 use observer_common::{
-    Direction, FLAG_NEW, STATE_TLS, Syscall, TIE_NONE, TIE_OUTBOUND, TIE_SERVED, TIE_SERVED_NEW, TlsCall,
-    TlsConn, TlsOp, stat, tls_key,
+    Direction, FLAG_NEW, STATE_MIDSTREAM, Syscall, TIE_NONE, TIE_OUTBOUND, TIE_SERVED, TIE_SERVED_NEW,
+    TlsCall, TlsConn, TlsOp, stat, tls_key,
 };
 
-use super::sock::waited_us;
+use super::waited_us;
 use crate::{
     capture::Buffer,
     emit::{Record, advance, bump, emit_control, emit_data},
@@ -105,45 +105,6 @@ fn enter(ctx: &ProbeContext, op: TlsOp, ex: bool) {
     }
 }
 
-/// A served connection as the socket hooks see it: its state word, its key, when its
-/// handshake completed (0 if unknown).
-pub struct Served {
-    pub state: *mut u32,
-    pub conn: u64,
-    pub established_ns: u64,
-}
-
-/// Called by the socket and syscall hooks for socket I/O a target's thread does inside an
-/// OpenSSL call: ties the call to the served connection (whose own records stop: they are
-/// ciphertext; a new connection's `FLAG_NEW` passes to the session), or marks the call as a
-/// client's if the socket is not a served one.
-///
-/// # Safety
-/// `call` and `served.state` point into map values.
-#[inline(always)]
-pub unsafe fn socket_io_inside(call: *mut TlsCall, served: Option<Served>) {
-    let Some(served) = served else {
-        // SAFETY: per the contract.
-        unsafe {
-            if (*call).tie == TIE_NONE {
-                (*call).tie = TIE_OUTBOUND;
-            }
-        }
-        return;
-    };
-    // SAFETY: per the contract.
-    unsafe {
-        let old = *served.state;
-        *served.state = (old | STATE_TLS) & !FLAG_NEW;
-        let tie = if old & FLAG_NEW != 0 { TIE_SERVED_NEW } else { TIE_SERVED };
-        if tie > (*call).tie || (*call).tie == TIE_OUTBOUND {
-            (*call).tie = tie;
-        }
-        (*call).conn = served.conn;
-        (*call).established_ns = served.established_ns;
-    }
-}
-
 #[inline(always)]
 fn returned(ctx: &RetProbeContext) {
     let (id, tgid) = current();
@@ -196,12 +157,10 @@ unsafe fn tie(ctx: &RetProbeContext, session: *mut TlsConn, call: &TlsCall, key:
             close_key(ctx, key, (*session).tgid);
         }
         if (*session).conn != 0 {
-            (*session).flags = if new { FLAG_NEW } else { 0 };
+            (*session).flags = if new { FLAG_NEW } else { STATE_MIDSTREAM };
         } else {
-            (*session).flags &= !STATE_KEYED;
-            if new {
-                (*session).flags |= FLAG_NEW;
-            }
+            (*session).flags &= !(STATE_KEYED | STATE_MIDSTREAM);
+            (*session).flags |= if new { FLAG_NEW } else { STATE_MIDSTREAM };
         }
         (*session).conn = call.conn;
         (*session).established_ns = call.established_ns;
@@ -259,7 +218,7 @@ fn session(key: u64, tgid: u32, new: bool) -> Option<*mut TlsConn> {
     if let Some(session) = TLS_CONNS.get_ptr_mut(&key) {
         return Some(session);
     }
-    let flags = if new { FLAG_NEW } else { 0 };
+    let flags = if new { FLAG_NEW } else { STATE_MIDSTREAM };
     let session = TlsConn { conn: 0, established_ns: 0, tgid, flags };
     if TLS_CONNS.insert(&key, &session, 0).is_err() {
         bump(stat::TLS_FULL);

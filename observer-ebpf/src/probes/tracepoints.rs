@@ -5,11 +5,7 @@
 use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
 use observer_common::{PendingCall, STATE_TLS, Syscall, socket_key, stat};
 
-use super::{
-    followed_socket,
-    sys_exit::peeks,
-    tls::{Served, socket_io_inside},
-};
+use super::{Served, accepted, followed_socket, peeks, socket_io_inside};
 use crate::{
     capture::Buffer,
     emit::{Record, advance, bump, emit_control, emit_data},
@@ -145,22 +141,6 @@ pub fn exit_accept(ctx: TracePointContext) -> u32 {
         accepted(&ctx, id, tgid, ret);
     }
     0
-}
-
-/// accept/accept4 returned `ret`: a new connection socket to follow.
-#[inline(always)]
-pub fn accepted<C: aya_ebpf::EbpfContext>(ctx: &C, id: u64, tgid: u32, ret: i64) {
-    if ret < 0 {
-        return;
-    }
-    let fd = ret as i32;
-    let key = socket_key(tgid, fd);
-    if SOCKETS.insert(&key, &0, 0).is_err() {
-        bump(stat::SOCKETS_FULL);
-        return;
-    }
-    let record = Record { conn: key, id, tgid, fd, syscall: Syscall::Accept, flags: 0, ret, wait_us: 0 };
-    emit_control(ctx, &record, followed_socket(tgid, fd).unwrap_or(core::ptr::null_mut()));
 }
 
 /// close entry: forget the socket, tell userspace the connection ended. Taken at entry in

@@ -253,7 +253,7 @@ impl<T> HttpConn<T> {
         };
         let no_body = method == "HEAD" || method == "CONNECT";
         let upgrade = method == "CONNECT";
-        let tag = start(RequestHead { method, target, grpc: false });
+        let tag = start(RequestHead { method, target: Some(target), grpc: false });
         // A close-delimited response still being written ends where the next request begins.
         if self.outbound.is_close_delimited() {
             self.finish_front(self.last_write_ns, sink);

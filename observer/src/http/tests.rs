@@ -23,7 +23,7 @@ impl Harness {
 
     fn read_moved(&mut self, ts: u64, moved: Moved<'_>) -> &mut Self {
         self.conn.on_read(ts, moved, &mut self.sink, &mut |h: RequestHead<'_>| {
-            format!("{} {}", h.method, h.target)
+            format!("{} {}", h.method, h.target.unwrap_or("?"))
         });
         self
     }

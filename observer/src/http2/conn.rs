@@ -9,8 +9,8 @@
 use rustc_hash::FxHashMap;
 
 use super::{
-    frames::{Frame, Reader, flag, kind},
-    hpack::{self, Block, Decoder},
+    frames::{Frame, PREFACE, Reader, flag, kind},
+    hpack::{self, Block, Decoder, Text},
 };
 use crate::exchange::{Anomaly, Finished, GrpcEnd, RequestHead, Sink};
 
@@ -53,14 +53,22 @@ struct Side {
     frames: Vec<Frame>,
 }
 
+/// What a header block belongs to.
+#[derive(Debug, Clone, Copy)]
+struct BlockHead {
+    stream: u32,
+    end_stream: bool,
+    /// PUSH_PROMISE's block: decoded for the table's sake only.
+    promise: bool,
+    /// The wire length of the frame that ended it (for the response's bytes).
+    len: usize,
+}
+
 /// A header block spread over HEADERS (or PUSH_PROMISE) and CONTINUATION frames.
 #[derive(Debug)]
 struct Pending {
-    stream: u32,
-    end_stream: bool,
+    head: BlockHead,
     bytes: Vec<u8>,
-    /// PUSH_PROMISE's block: decoded for the table's sake only.
-    promise: bool,
 }
 
 #[derive(Debug)]
@@ -81,6 +89,10 @@ pub struct H2Conn<T> {
     streams: FxHashMap<u32, Stream<T>>,
     /// The highest stream id the client opened.
     last_stream: u32,
+    /// Whether the connection is followed from its start (the client preface seen), or was
+    /// joined later (an HTTP/2 connection from before attach, whose header tables hold
+    /// entries we never saw); `None` until the first client record.
+    from_start: Option<bool>,
     /// Frames can no longer be followed (a record lost, bytes that do not add up, a header
     /// block that cannot be decoded): nothing more is reported for this connection.
     broken: bool,
@@ -102,6 +114,7 @@ impl<T> H2Conn<T> {
             server: side(Reader::server()),
             streams: FxHashMap::default(),
             last_stream: 0,
+            from_start: None,
             broken: false,
         }
     }
@@ -127,6 +140,10 @@ impl<T> H2Conn<T> {
             return self.break_off(Anomaly::Http2Frames, ts_ns, sink);
         }
         side.next_seq = seq.wrapping_add(1);
+        if peer == Peer::Client && self.from_start.is_none() {
+            self.join(kept);
+        }
+        let side = self.side(peer);
         let mut frames = std::mem::take(&mut side.frames);
         let read = side.reader.read(kept, wire, &mut frames);
         for frame in frames.drain(..) {
@@ -138,6 +155,18 @@ impl<T> H2Conn<T> {
         self.side(peer).frames = frames;
         if read.is_err() && !self.broken {
             self.break_off(Anomaly::Http2Frames, ts_ns, sink);
+        }
+    }
+
+    /// The first client record: the preface, or (a connection the kernel found mid-stream, at
+    /// a read of whole frames) frames at once, and header tables partly unknown.
+    fn join(&mut self, kept: &[u8]) {
+        let from_start = kept.first() == Some(&PREFACE[0]);
+        self.from_start = Some(from_start);
+        if !from_start {
+            self.client.reader.skip_preface();
+            self.client.hpack = Decoder::joined_late();
+            self.server.hpack = Decoder::joined_late();
         }
     }
 
@@ -183,24 +212,41 @@ impl<T> H2Conn<T> {
         }
         match frame.kind {
             kind::HEADERS | kind::PUSH_PROMISE => {
+                if frame.cut {
+                    return Err(Anomaly::Http2Hpack);
+                }
                 let fragment = fragment(frame).ok_or(Anomaly::Http2Frames)?;
-                let pending = Pending {
+                let head = BlockHead {
                     stream: frame.stream,
                     end_stream: frame.kind == kind::HEADERS && frame.flags & flag::END_STREAM != 0,
-                    bytes: fragment.to_vec(),
                     promise: frame.kind == kind::PUSH_PROMISE,
+                    len: frame.len,
                 };
-                self.side(peer).block = Some(pending);
-                self.more_block(peer, ts_ns, frame, &[], sink, start)
+                if frame.flags & flag::END_HEADERS != 0 {
+                    return self.header_block(peer, head, fragment, ts_ns, sink, start);
+                }
+                self.side(peer).block = Some(Pending { head, bytes: fragment.to_vec() });
+                Ok(())
             }
             kind::CONTINUATION => {
-                let Some(pending) = &self.side(peer).block else {
+                let Some(pending) = self.side(peer).block.as_mut() else {
                     return Err(Anomaly::Http2Frames);
                 };
-                if pending.stream != frame.stream {
+                if pending.head.stream != frame.stream {
                     return Err(Anomaly::Http2Frames);
                 }
-                self.more_block(peer, ts_ns, frame, &frame.payload, sink, start)
+                if frame.cut {
+                    return Err(Anomaly::Http2Hpack);
+                }
+                if pending.bytes.len() + frame.payload.len() > MAX_BLOCK {
+                    return Err(Anomaly::HeadTooLarge);
+                }
+                pending.bytes.extend_from_slice(&frame.payload);
+                if frame.flags & flag::END_HEADERS == 0 {
+                    return Ok(());
+                }
+                let Pending { head, bytes } = self.side(peer).block.take().expect("checked above");
+                self.header_block(peer, BlockHead { len: frame.len, ..head }, &bytes, ts_ns, sink, start)
             }
             kind::DATA => {
                 if peer == Peer::Server
@@ -241,40 +287,29 @@ impl<T> H2Conn<T> {
         }
     }
 
-    /// Adds `more` to the header block being gathered; decodes it at END_HEADERS.
-    fn more_block<F>(
+    /// A whole header block: decoded (the table must stay in step whatever it holds), then a
+    /// request's or a response's head, or trailers.
+    fn header_block<F>(
         &mut self,
         peer: Peer,
+        head: BlockHead,
+        bytes: &[u8],
         ts_ns: u64,
-        frame: &Frame,
-        more: &[u8],
         sink: &mut Sink<T>,
         start: &mut F,
     ) -> Result<(), Anomaly>
     where
         F: FnMut(RequestHead<'_>) -> T,
     {
-        if frame.cut {
-            return Err(Anomaly::Http2Hpack);
-        }
-        let side = self.side(peer);
-        let pending = side.block.as_mut().expect("a block is being gathered");
-        if pending.bytes.len() + more.len() > MAX_BLOCK {
-            return Err(Anomaly::HeadTooLarge);
-        }
-        pending.bytes.extend_from_slice(more);
-        if frame.flags & flag::END_HEADERS == 0 {
-            return Ok(());
-        }
-        let pending = side.block.take().expect("checked above");
-        let block = side.hpack.decode(&pending.bytes).map_err(|_: hpack::Error| Anomaly::Http2Hpack)?;
-        if pending.promise {
+        let hpack = &mut self.side(peer).hpack;
+        let block = hpack.decode_only(bytes, &wanted).map_err(|_: hpack::Error| Anomaly::Http2Hpack)?;
+        if head.promise {
             return Ok(()); // a pushed response's request: not one the client made
         }
         match peer {
-            Peer::Client => self.request_headers(pending.stream, pending.end_stream, &block, ts_ns, start),
+            Peer::Client => self.request_headers(head.stream, &block, ts_ns, sink, start),
             Peer::Server => {
-                self.response_headers(pending.stream, pending.end_stream, &block, frame.len, ts_ns, sink);
+                self.response_headers(head, &block, ts_ns, sink);
                 Ok(())
             }
         }
@@ -284,9 +319,9 @@ impl<T> H2Conn<T> {
     fn request_headers<F>(
         &mut self,
         id: u32,
-        _end_stream: bool,
         block: &Block,
         ts_ns: u64,
+        sink: &mut Sink<T>,
         start: &mut F,
     ) -> Result<(), Anomaly>
     where
@@ -302,11 +337,23 @@ impl<T> H2Conn<T> {
         if self.streams.len() >= MAX_STREAMS {
             return Err(Anomaly::Http2Streams);
         }
-        let method = pseudo(block, b":method").unwrap_or("");
-        let target = pseudo(block, b":path").unwrap_or("");
-        if method.is_empty() || (target.is_empty() && method != "CONNECT") {
-            return Err(Anomaly::NotHttpRequest);
-        }
+        // On a connection joined late, a field held by a table entry from before has its name
+        // unknown too: a pseudo-header not found may be one of those.
+        let unresolved = block.unresolved > 0;
+        let method = match field(block, b":method") {
+            Some(method) => text(method).unwrap_or(""),
+            None if unresolved => "",
+            None => return Err(Anomaly::NotHttpRequest),
+        };
+        let target = match field(block, b":path") {
+            Some(Text::Known(path)) => Some(std::str::from_utf8(path).map_err(|_| Anomaly::NotHttpRequest)?),
+            None if method == "CONNECT" => Some(""),
+            Some(Text::Unknown) | None if unresolved => {
+                sink.anomalies.push(Anomaly::Http2PathUnknown);
+                None
+            }
+            _ => return Err(Anomaly::NotHttpRequest),
+        };
         let grpc = pseudo(block, b"content-type")
             .is_some_and(|ct| ct.starts_with("application/grpc"))
             .then_some(GrpcEnd::Missing);
@@ -318,15 +365,8 @@ impl<T> H2Conn<T> {
     }
 
     /// A server header block: the response's head (1xx ones included), or its trailers.
-    fn response_headers(
-        &mut self,
-        id: u32,
-        end_stream: bool,
-        block: &Block,
-        len: usize,
-        ts_ns: u64,
-        sink: &mut Sink<T>,
-    ) {
+    fn response_headers(&mut self, head: BlockHead, block: &Block, ts_ns: u64, sink: &mut Sink<T>) {
+        let BlockHead { stream: id, end_stream, len, .. } = head;
         let Some(stream) = self.streams.get_mut(&id) else {
             return; // a stream we never saw start (pushed, or refused)
         };
@@ -388,8 +428,22 @@ fn fragment(frame: &Frame) -> Option<&[u8]> {
     payload.get(skip..payload.len().checked_sub(pad)?)
 }
 
+/// The fields streams are followed by; the rest of a header block is only decoded as far as
+/// the header table needs.
+fn wanted(name: &[u8]) -> bool {
+    matches!(name, b":method" | b":path" | b":status" | b"content-type" | b"grpc-status" | b"grpc-message")
+}
+
 /// A field's value, when its name and value are known and the value is UTF-8.
 fn pseudo<'b>(block: &'b Block, name: &[u8]) -> Option<&'b str> {
-    let field = block.fields.iter().find(|f| f.name.as_bytes() == Some(name))?;
-    std::str::from_utf8(field.value.as_bytes()?).ok()
+    text(field(block, name)?)
+}
+
+/// The value of the first field named `name` (its value possibly unknown).
+fn field<'b>(block: &'b Block, name: &[u8]) -> Option<&'b Text> {
+    block.fields.iter().find(|f| f.name.as_bytes() == Some(name)).map(|f| &f.value)
+}
+
+fn text(value: &Text) -> Option<&str> {
+    std::str::from_utf8(value.as_bytes()?).ok()
 }

@@ -80,7 +80,7 @@ impl Conn {
         *seq += 1;
         let started = &mut self.started;
         let mut start = |head: RequestHead<'_>| {
-            let tag = format!("{} {}", head.method, head.target);
+            let tag = format!("{} {}", head.method, head.target.unwrap_or("?"));
             started.push(tag.clone());
             tag
         };
@@ -201,4 +201,27 @@ fn bad_input_is_an_anomaly_not_a_panic() {
     c.client(&frame(kind::HEADERS, flag::END_HEADERS, 3, &get("/b")));
     assert_eq!(c.sink.anomalies, [Anomaly::Http2Streams], "stream ids going backwards");
     assert_eq!(c.finished(), [("GET /a".to_owned(), None)]);
+}
+
+#[test]
+fn a_connection_joined_late_counts_requests_and_labels_unknown_paths_unknown() {
+    let mut c = Conn {
+        h2: H2Conn::new(),
+        client: KernelModel::server(), // no preface: the kernel found whole frames mid-stream
+        server: KernelModel::server(),
+        seq: [0, 0],
+        ts: 0,
+        sink: Sink::default(),
+        started: Vec::new(),
+    };
+    // Index 62 is a table entry from before we joined; 0x04 is a literal `:path`.
+    c.client(&frame(kind::HEADERS, flag::END_HEADERS | flag::END_STREAM, 41, &[0x82, 0x86, 0xbe]));
+    c.client(&frame(kind::HEADERS, flag::END_HEADERS | flag::END_STREAM, 43, &get("/k")));
+    assert_eq!(c.started, ["GET ?", "GET /k"]);
+    assert_eq!(c.sink.anomalies, [Anomaly::Http2PathUnknown]);
+    // A response to a stream from before we joined is passed over; ours end.
+    c.server(&frame(kind::HEADERS, flag::END_HEADERS | flag::END_STREAM, 39, &[STATUS_200]));
+    c.server(&frame(kind::HEADERS, flag::END_HEADERS | flag::END_STREAM, 41, &[STATUS_200]));
+    c.server(&frame(kind::HEADERS, flag::END_HEADERS | flag::END_STREAM, 43, &[STATUS_404]));
+    assert_eq!(c.finished(), [("GET ?".to_owned(), Some(200)), ("GET /k".to_owned(), Some(404))]);
 }

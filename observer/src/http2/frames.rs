@@ -90,6 +90,11 @@ impl Reader {
         }
     }
 
+    /// The connection was joined after its start: no preface comes.
+    pub fn skip_preface(&mut self) {
+        self.preface_left = 0;
+    }
+
     /// Reads one record: `kept`, standing for `wire` bytes on the wire. Appends each frame
     /// completed to `out`.
     pub fn read(&mut self, mut kept: &[u8], mut wire: u64, out: &mut Vec<Frame>) -> Result<(), FrameError> {

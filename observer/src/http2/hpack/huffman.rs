@@ -66,35 +66,82 @@ const fn build() -> Code {
 
 static CODE: Code = build();
 
-/// Appends the Huffman-decoded `bytes` to `out`. The padding must be the most significant
-/// bits of EOS (all ones) and shorter than a byte; EOS itself must not appear.
-pub fn decode(bytes: &[u8], out: &mut Vec<u8>) -> Result<(), Error> {
-    let (mut acc, mut len) = (0u32, 0usize);
-    // Whether the bits since the last symbol are all ones (a valid padding, if they end here).
-    let mut ones = true;
-    for &byte in bytes {
-        for shift in (0..8).rev() {
-            let bit = u32::from(byte >> shift) & 1;
-            acc = (acc << 1) | bit;
-            len += 1;
-            ones &= bit == 1;
-            let offset = acc.wrapping_sub(CODE.first[len]);
-            if offset < u32::from(CODE.count[len]) {
-                let symbol = CODE.symbols[usize::from(CODE.start[len]) + offset as usize];
-                if symbol == EOS {
-                    return Err(Error::Huffman);
-                }
-                out.push(symbol as u8);
-                (acc, len, ones) = (0, 0, true);
-            } else if len == MAX_LEN {
-                return Err(Error::Huffman); // no code is this long
+/// Bits looked up at once: every code of up to this many bits (the common characters: 5 to
+/// 8 bits) is decoded by one lookup; longer ones walk the lengths from here.
+const SHORT_BITS: usize = 8;
+
+/// For each `SHORT_BITS`-bit prefix, the symbol whose code of at most `SHORT_BITS` bits it
+/// starts with, and that code's length (0: the code is longer).
+static SHORT: [(u8, u8); 1 << SHORT_BITS] = build_short();
+
+const fn build_short() -> [(u8, u8); 1 << SHORT_BITS] {
+    let code = build();
+    let mut table = [(0u8, 0u8); 1 << SHORT_BITS];
+    let mut len = 1;
+    while len <= SHORT_BITS {
+        let mut k = 0;
+        while k < code.count[len] as u32 {
+            let symbol = code.symbols[code.start[len] as usize + k as usize];
+            let prefix = (code.first[len] + k) << (SHORT_BITS - len);
+            let mut fill = 0;
+            while fill < 1 << (SHORT_BITS - len) {
+                table[(prefix + fill) as usize] = (symbol as u8, len as u8);
+                fill += 1;
             }
+            k += 1;
+        }
+        len += 1;
+    }
+    table
+}
+
+/// Appends the Huffman-decoded `bytes` to `out`. The padding must be the most significant
+/// bits of EOS (all ones) and shorter than a byte; EOS itself must not appear. Bits are kept
+/// left-aligned in a 64-bit accumulator: a code is at most 30 bits, so after a refill one
+/// whole code is always in it. Measured under h2load against nginx (whose every response
+/// inserts a Huffman-coded `date`): a bit at a time, this took a fifth of the daemon's time.
+pub fn decode(bytes: &[u8], out: &mut Vec<u8>) -> Result<(), Error> {
+    let (mut acc, mut bits, mut next) = (0u64, 0usize, 0usize);
+    loop {
+        while bits <= 56 && next < bytes.len() {
+            acc |= u64::from(bytes[next]) << (56 - bits);
+            bits += 8;
+            next += 1;
+        }
+        if bits == 0 {
+            return Ok(());
+        }
+        let (symbol, len) = SHORT[(acc >> (64 - SHORT_BITS)) as usize];
+        if len != 0 && usize::from(len) <= bits {
+            out.push(symbol);
+            acc <<= len;
+            bits -= usize::from(len);
+            continue;
+        }
+        match long_code(acc, bits) {
+            Some((EOS, _)) => return Err(Error::Huffman),
+            Some((symbol, len)) => {
+                out.push(symbol as u8);
+                acc <<= len;
+                bits -= len;
+            }
+            // Only padding may be left: fewer than 8 bits, all ones.
+            None if bits < 8 && acc >> (64 - bits) == (1 << bits) - 1 => return Ok(()),
+            None => return Err(Error::Huffman),
         }
     }
-    if len >= 8 || !ones {
-        return Err(Error::Huffman);
+}
+
+/// The symbol whose code starts `acc` (left-aligned, `bits` of them valid), and its length.
+fn long_code(acc: u64, bits: usize) -> Option<(u16, usize)> {
+    for len in 1..=MAX_LEN.min(bits) {
+        let code = (acc >> (64 - len)) as u32;
+        let offset = code.wrapping_sub(CODE.first[len]);
+        if offset < u32::from(CODE.count[len]) {
+            return Some((CODE.symbols[usize::from(CODE.start[len]) + offset as usize], len));
+        }
     }
-    Ok(())
+    None
 }
 
 #[cfg(test)]
@@ -143,5 +190,24 @@ mod tests {
         assert_eq!(decoded("ff"), Err(Error::Huffman), "eight bits of padding");
         assert_eq!(decoded("fffffffc"), Err(Error::Huffman), "EOS");
         assert_eq!(decoded("ffffffff"), Err(Error::Huffman), "EOS and more");
+        assert_eq!(decoded("fe"), Err(Error::Huffman), "a code cut short");
+    }
+
+    /// Every symbol alone, with its padding: the lookup and the length walk agree with the
+    /// code table.
+    #[test]
+    fn every_symbol_decodes_alone() {
+        for (symbol, &len) in LENGTHS.iter().enumerate().take(256) {
+            let len = usize::from(len);
+            let offset = (0..CODE.count[len])
+                .find(|k| CODE.symbols[usize::from(CODE.start[len] + k)] == symbol as u16);
+            let code = u64::from(CODE.first[len] + u32::from(offset.unwrap()));
+            let padded = len.next_multiple_of(8);
+            let word = (code << (padded - len)) | ((1 << (padded - len)) - 1);
+            let bytes: Vec<u8> = (0..padded / 8).rev().map(|i| (word >> (8 * i)) as u8).collect();
+            let mut out = Vec::new();
+            decode(&bytes, &mut out).unwrap();
+            assert_eq!(out, [symbol as u8], "symbol {symbol}");
+        }
     }
 }

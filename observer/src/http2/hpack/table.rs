@@ -38,8 +38,8 @@ pub const ENTRY_OVERHEAD: usize = 32;
 
 #[derive(Debug)]
 struct Entry {
-    name: Box<[u8]>,
-    value: Box<[u8]>,
+    name: Vec<u8>,
+    value: Vec<u8>,
 }
 
 impl Entry {
@@ -60,11 +60,9 @@ pub struct Dynamic {
     unknown_tail: bool,
 }
 
-/// What an index refers to: a field whose name and value we may or may not know.
-pub struct Found {
-    pub name: Text,
-    pub value: Text,
-}
+/// A name and a value as an index finds them: `None` where held by an entry from before we
+/// joined.
+pub type Found<'a> = (Option<&'a [u8]>, Option<&'a [u8]>);
 
 impl Dynamic {
     pub fn new(max: usize, joined_late: bool) -> Self {
@@ -76,23 +74,23 @@ impl Dynamic {
         (self.entries.len(), self.unknown_tail)
     }
 
-    /// The field at `index` (1-based, static table first).
-    pub fn get(&self, index: usize) -> Result<Found, Error> {
+    /// The name and value at `index` (1-based, static table first), borrowed.
+    pub fn get_ref(&self, index: usize) -> Result<Found<'_>, Error> {
         if index == 0 {
             return Err(Error::Index(index));
         }
         if let Some((name, value)) = STATIC.get(index - 1) {
-            return Ok(Found { name: Text::known(name.as_bytes()), value: Text::known(value.as_bytes()) });
+            return Ok((Some(name.as_bytes()), Some(value.as_bytes())));
         }
         match self.entries.get(index - STATIC.len() - 1) {
-            Some(entry) => Ok(Found { name: Text::known(&entry.name), value: Text::known(&entry.value) }),
-            None if self.unknown_tail => Ok(Found { name: Text::Unknown, value: Text::Unknown }),
+            Some(entry) => Ok((Some(&entry.name), Some(&entry.value))),
+            None if self.unknown_tail => Ok((None, None)),
             None => Err(Error::Index(index)),
         }
     }
 
     /// Inserts a field at the front, evicting from the back what no longer fits.
-    pub fn insert(&mut self, name: &Text, value: &Text) {
+    pub fn insert(&mut self, name: Text, value: Text) {
         let (Text::Known(name), Text::Known(value)) = (name, value) else {
             // Its size is unknown, so which older entries it evicted is too.
             self.entries.clear();
@@ -100,7 +98,7 @@ impl Dynamic {
             self.unknown_tail = true;
             return;
         };
-        let entry = Entry { name: name.as_slice().into(), value: value.as_slice().into() };
+        let entry = Entry { name, value };
         if entry.size() > self.max {
             // Larger than the table: the table is emptied (RFC 7541 4.4).
             self.entries.clear();

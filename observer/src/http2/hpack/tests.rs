@@ -111,6 +111,27 @@ fn every_conformance_story_decodes_exactly() {
     eprintln!("{blocks} header blocks in {} stories", stories.len());
 }
 
+/// Decoding only some fields gives exactly those of a full decode, and keeps the table in step.
+#[test]
+fn decoding_only_some_fields_gives_those_of_a_full_decode() {
+    let keep = |name: &[u8]| matches!(name, b":path" | b":status" | b"content-type" | b"date");
+    for (path, cases) in stories() {
+        let (mut full, mut only) = (Decoder::new(), Decoder::new());
+        for (i, (size, wire, _)) in cases.iter().enumerate() {
+            if let Some(size) = size {
+                full.set_limit(*size);
+                only.set_limit(*size);
+            }
+            let mut expected = known(&full.decode(wire).unwrap().fields);
+            expected.retain(|(name, _)| keep(name.as_bytes()));
+            let block = only.decode_only(wire, &keep).unwrap();
+            assert_eq!(known(&block.fields), expected, "{} case {i}", path.display());
+            assert_eq!(block.unresolved, 0);
+        }
+        assert_eq!(full.known_entries(), only.known_entries(), "{}", path.display());
+    }
+}
+
 /// Joining a story at any case: every field resolved is right, none is lost (unknown ones
 /// are reported as such), and every field resolves once the table holds only entries seen.
 #[test]
