@@ -6,7 +6,7 @@
 use libfuzzer_sys::fuzz_target;
 use observer::{
     exchange::Sink,
-    http::{HttpConn, Moved},
+    http1::{HttpConn, Moved},
 };
 
 fuzz_target!(|data: &[u8]| {

@@ -63,10 +63,45 @@ pub const MAX_TLS_CALLS: u32 = 4096;
 /// Ring buffer size in bytes (power of two, multiple of the page size).
 pub const RING_BYTES: u32 = 8 << 20;
 
-/// Which syscall produced an event. Explicit discriminants: this is wire format.
-#[repr(u32)]
+/// What a record is about. Explicit discriminants: this is wire format.
+#[repr(u8)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Syscall {
+pub enum Kind {
+    /// Bytes a target moved on a connection; `call` says which call, and so which way.
+    Data = 1,
+    /// A connection the target accepted (the syscall hooks: accept returned `fd`).
+    Open = 2,
+    /// A connection ended.
+    Close = 3,
+    /// A target forked a child (`child`).
+    Fork = 4,
+    /// A process (any) executed a new program (`tgid` is that process).
+    Exec = 5,
+    /// A target started listening on `port`.
+    Listen = 6,
+    /// A target's listener on `port` closed.
+    Unlisten = 7,
+}
+
+impl Kind {
+    pub const ALL: [Kind; 7] =
+        [Kind::Data, Kind::Open, Kind::Close, Kind::Fork, Kind::Exec, Kind::Listen, Kind::Unlisten];
+}
+
+impl TryFrom<u8> for Kind {
+    type Error = u8;
+
+    fn try_from(value: u8) -> Result<Self, u8> {
+        Kind::ALL.iter().copied().find(|k| *k as u8 == value).ok_or(value)
+    }
+}
+
+/// Which call moved a data record's bytes. Explicit discriminants: this is wire format.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Call {
+    /// Not a data record.
+    None = 0,
     Read = 1,
     Readv = 2,
     Recvfrom = 3,
@@ -76,122 +111,88 @@ pub enum Syscall {
     Sendto = 7,
     Sendmsg = 8,
     Sendfile = 9,
-    Accept = 10,
-    Close = 11,
-    /// A target forked a child (the event's `fd` carries the child's pid).
-    Fork = 12,
-    /// A process (any) executed a new program (the event's `tgid` is that process).
-    Exec = 13,
     /// `--hooks sock`: bytes read by a call without a user buffer we follow (splice,
     /// recvmmsg, io_uring, ...): counted, not captured.
-    Recv = 14,
+    Recv = 10,
     /// `--hooks sock`: bytes written the same way (sendmmsg, splice, io_uring, ...).
-    Send = 15,
-    /// `--hooks sock`: a target started listening (the event's `fd` carries the port).
-    Listen = 16,
-    /// `--hooks sock`: a target's listener closed (the event's `fd` carries the port).
-    Unlisten = 17,
+    Send = 11,
     /// Plaintext an OpenSSL `SSL_read`/`SSL_read_ex` of a target returned (uretprobe).
-    TlsRead = 18,
+    TlsRead = 12,
     /// Plaintext a target handed to `SSL_write`/`SSL_write_ex` and the call took.
-    TlsWrite = 19,
+    TlsWrite = 13,
 }
 
-impl Syscall {
-    /// Every kind, for tables that map kinds to tracepoints.
-    pub const ALL: [Syscall; 19] = [
-        Syscall::Read,
-        Syscall::Readv,
-        Syscall::Recvfrom,
-        Syscall::Recvmsg,
-        Syscall::Write,
-        Syscall::Writev,
-        Syscall::Sendto,
-        Syscall::Sendmsg,
-        Syscall::Sendfile,
-        Syscall::Accept,
-        Syscall::Close,
-        Syscall::Fork,
-        Syscall::Exec,
-        Syscall::Recv,
-        Syscall::Send,
-        Syscall::Listen,
-        Syscall::Unlisten,
-        Syscall::TlsRead,
-        Syscall::TlsWrite,
+impl Call {
+    /// Every call, for tables that map calls to hooks.
+    pub const ALL: [Call; 14] = [
+        Call::None,
+        Call::Read,
+        Call::Readv,
+        Call::Recvfrom,
+        Call::Recvmsg,
+        Call::Write,
+        Call::Writev,
+        Call::Sendto,
+        Call::Sendmsg,
+        Call::Sendfile,
+        Call::Recv,
+        Call::Send,
+        Call::TlsRead,
+        Call::TlsWrite,
     ];
 
-    /// What the event means for the connection.
+    /// Which way the call moved bytes, seen from the observed process.
     pub const fn direction(self) -> Direction {
         match self {
-            Syscall::Read
-            | Syscall::Readv
-            | Syscall::Recvfrom
-            | Syscall::Recvmsg
-            | Syscall::Recv
-            | Syscall::TlsRead => Direction::In,
-            Syscall::Write
-            | Syscall::Writev
-            | Syscall::Sendto
-            | Syscall::Sendmsg
-            | Syscall::Sendfile
-            | Syscall::Send
-            | Syscall::TlsWrite => Direction::Out,
-            Syscall::Accept => Direction::Open,
-            Syscall::Close => Direction::Closed,
-            Syscall::Fork | Syscall::Exec => Direction::Process,
-            Syscall::Listen | Syscall::Unlisten => Direction::Listener,
+            Call::Read | Call::Readv | Call::Recvfrom | Call::Recvmsg | Call::Recv | Call::TlsRead => {
+                Direction::In
+            }
+            Call::None
+            | Call::Write
+            | Call::Writev
+            | Call::Sendto
+            | Call::Sendmsg
+            | Call::Sendfile
+            | Call::Send
+            | Call::TlsWrite => Direction::Out,
         }
     }
 
     pub const fn name(self) -> &'static str {
         match self {
-            Syscall::Read => "read",
-            Syscall::Readv => "readv",
-            Syscall::Recvfrom => "recvfrom",
-            Syscall::Recvmsg => "recvmsg",
-            Syscall::Write => "write",
-            Syscall::Writev => "writev",
-            Syscall::Sendto => "sendto",
-            Syscall::Sendmsg => "sendmsg",
-            Syscall::Sendfile => "sendfile",
-            Syscall::Accept => "accept",
-            Syscall::Close => "close",
-            Syscall::Fork => "fork",
-            Syscall::Exec => "exec",
-            Syscall::Recv => "recv",
-            Syscall::Send => "send",
-            Syscall::Listen => "listen",
-            Syscall::Unlisten => "unlisten",
-            Syscall::TlsRead => "SSL_read",
-            Syscall::TlsWrite => "SSL_write",
+            Call::None => "none",
+            Call::Read => "read",
+            Call::Readv => "readv",
+            Call::Recvfrom => "recvfrom",
+            Call::Recvmsg => "recvmsg",
+            Call::Write => "write",
+            Call::Writev => "writev",
+            Call::Sendto => "sendto",
+            Call::Sendmsg => "sendmsg",
+            Call::Sendfile => "sendfile",
+            Call::Recv => "recv",
+            Call::Send => "send",
+            Call::TlsRead => "SSL_read",
+            Call::TlsWrite => "SSL_write",
         }
     }
 }
 
-impl TryFrom<u32> for Syscall {
-    type Error = u32;
+impl TryFrom<u8> for Call {
+    type Error = u8;
 
-    fn try_from(value: u32) -> Result<Self, u32> {
-        Syscall::ALL.iter().copied().find(|s| *s as u32 == value).ok_or(value)
+    fn try_from(value: u8) -> Result<Self, u8> {
+        Call::ALL.iter().copied().find(|c| *c as u8 == value).ok_or(value)
     }
 }
 
-/// Data flow on a socket, seen from the observed server.
+/// Which way a data record's bytes went, seen from the observed process.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Direction {
-    /// Bytes the server read (requests).
+    /// Bytes it read (a server's requests).
     In,
-    /// Bytes the server wrote (responses).
+    /// Bytes it wrote (a server's responses).
     Out,
-    /// A new connection (accept returned a fd).
-    Open,
-    /// The server closed the fd.
-    Closed,
-    /// Not about a socket: the target's process tree changed.
-    Process,
-    /// A listening socket of a target appeared or closed.
-    Listener,
 }
 
 /// Set on the first event of a socket after events of it were dropped (ring buffer full):
@@ -272,10 +273,28 @@ pub struct FrameCursors {
     pub write: FrameCursor,
 }
 
-/// The side of a connection the observed process is on. Only `Server` is followed so far.
-pub const ROLE_SERVER: u32 = 1;
-/// The observed process opened the connection (its requests go out).
-pub const ROLE_CLIENT: u32 = 2;
+/// The side of a connection the observed process is on. Explicit discriminants: wire format.
+/// Only `Server` is reported so far.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Role {
+    /// The process accepted the connection: what it reads are requests.
+    Server = 1,
+    /// The process opened the connection: what it writes are requests.
+    Client = 2,
+}
+
+impl TryFrom<u8> for Role {
+    type Error = u8;
+
+    fn try_from(value: u8) -> Result<Self, u8> {
+        match value {
+            1 => Ok(Role::Server),
+            2 => Ok(Role::Client),
+            other => Err(other),
+        }
+    }
+}
 
 /// Set in the connection key of a TLS session not tied to a socket (see [`tls_key`]);
 /// socket cookies and `socket_key`s never have it (cookies count up from 1, tgids < 2^22).
@@ -361,24 +380,24 @@ pub struct ConnState {
     pub reserved: u32,
 }
 
-/// One syscall on a socket of a target process. A ring-buffer record is this header, then
-/// `head_len` bytes from the start of what the syscall moved, then `tail_len` bytes from its
-/// end: records are only as long as what they carry.
+/// One record: a call of a target on one of its connections (`Kind::Data`), or an event
+/// about a connection or a process. A data record is this header, then `head_len` bytes from
+/// the start of what the call moved, then `tail_len` bytes from its end: records are only as
+/// long as what they carry.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct EventHeader {
-    /// `bpf_ktime_get_ns` (CLOCK_MONOTONIC) at syscall exit, or entry for `close`.
+    /// `bpf_ktime_get_ns` (CLOCK_MONOTONIC) when the call returned, or when the event happened.
     pub ts_ns: u64,
-    /// Syscall return value: bytes moved, or the new fd for accept.
+    /// Data: bytes the call moved (`FLAG_FRAMES`: the wire bytes the record covers). 0 else.
     pub ret: i64,
     /// The connection: the socket cookie (`--hooks sock`, never reused within a boot), or
-    /// `socket_key(tgid, fd)` (the syscall hooks).
+    /// `socket_key(tgid, fd)` (the syscall hooks); 0 for process and listener events.
     pub conn: u64,
     pub tgid: u32,
     pub tid: u32,
+    /// The connection's fd in `tgid`, where known; -1 otherwise.
     pub fd: i32,
-    /// A [`Syscall`] discriminant.
-    pub syscall: u32,
     /// `FLAG_*` bits.
     pub flags: u32,
     /// Bytes of the head that follow the header (≤ `HEAD_LEN`).
@@ -391,8 +410,19 @@ pub struct EventHeader {
     pub wait_us: u32,
     /// `FLAG_FRAMES` records: the record's number in its direction (see `FrameCursor::seq`).
     pub seq: u32,
-    /// `ROLE_*`: which side of the connection the process is on.
-    pub role: u32,
+    /// `Kind::Fork`: the child's pid.
+    pub child: u32,
+    /// A [`Kind`] discriminant.
+    pub kind: u8,
+    /// A [`Call`] discriminant (`Call::None` but for data).
+    pub call: u8,
+    /// A [`Role`] discriminant: which side of the connection the process is on.
+    pub role: u8,
+    pub reserved: u8,
+    /// `Kind::Listen` / `Kind::Unlisten`: the port.
+    pub port: u16,
+    pub reserved2: u16,
+    pub reserved3: u32,
 }
 
 /// Size of [`EventHeader`] on the wire.
@@ -427,12 +457,13 @@ pub mod stat {
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct PendingCall {
-    /// User pointer: the buffer, the iovec array, or the msghdr, by `syscall`.
+    /// User pointer: the buffer, the iovec array, or the msghdr, by `call`.
     pub buf: u64,
     /// Iovec count for readv/writev (msghdr calls read theirs at exit).
     pub count: u64,
     pub fd: i32,
-    pub syscall: u32,
+    /// A [`Call`] discriminant (a `u32` here: map values keep their alignment).
+    pub call: u32,
     /// `FLAG_*` bits taken from the socket table at entry.
     pub flags: u32,
     /// Most bytes to copy from the start of what the call moves.
@@ -451,7 +482,7 @@ mod tests {
 
     #[test]
     fn event_has_no_padding() {
-        assert_eq!(HEADER_LEN, 3 * 8 + 5 * 8);
+        assert_eq!(HEADER_LEN, 3 * 8 + 6 * 8);
         assert_eq!(core::mem::size_of::<FrameCursors>(), 48);
         assert_eq!(core::mem::size_of::<ConnState>(), 24);
         assert_eq!(HEADER_LEN % 8, 0, "records stay 8-byte aligned");
@@ -461,12 +492,15 @@ mod tests {
     }
 
     #[test]
-    fn syscall_round_trips_through_u32() {
-        for s in Syscall::ALL {
-            assert_eq!(Syscall::try_from(s as u32), Ok(s));
+    fn kinds_and_calls_round_trip_through_u8() {
+        for k in Kind::ALL {
+            assert_eq!(Kind::try_from(k as u8), Ok(k));
         }
-        assert_eq!(Syscall::try_from(0), Err(0));
-        assert_eq!(Syscall::try_from(99), Err(99));
+        for c in Call::ALL {
+            assert_eq!(Call::try_from(c as u8), Ok(c));
+        }
+        assert_eq!(Kind::try_from(0), Err(0));
+        assert_eq!(Call::try_from(99), Err(99));
     }
 
     #[test]

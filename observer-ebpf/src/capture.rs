@@ -4,7 +4,7 @@
 use core::ffi::c_void;
 
 use aya_ebpf::helpers::generated::{bpf_loop, bpf_probe_read_user};
-use observer_common::{HEAD_LEN, MAX_IOV, Syscall, TAIL_LEN};
+use observer_common::{Call, HEAD_LEN, MAX_IOV, TAIL_LEN};
 
 use crate::scratch::{DATA_CAP, Iovec, Walk, scratch};
 
@@ -33,27 +33,16 @@ pub enum Buffer {
 }
 
 impl Buffer {
-    /// The buffer of `syscall`, given its second and third arguments.
+    /// The buffer of `call`, given its second and third arguments.
     #[inline(always)]
-    pub fn of(syscall: Syscall, arg1: u64, arg2: u64) -> Buffer {
-        match syscall {
-            Syscall::Read
-            | Syscall::Recvfrom
-            | Syscall::Write
-            | Syscall::Sendto
-            | Syscall::TlsRead
-            | Syscall::TlsWrite => Buffer::Plain(arg1),
-            Syscall::Readv | Syscall::Writev => Buffer::Iovecs { iov: arg1, count: arg2 },
-            Syscall::Recvmsg | Syscall::Sendmsg => Buffer::Msghdr(arg1),
-            Syscall::Sendfile
-            | Syscall::Recv
-            | Syscall::Send
-            | Syscall::Accept
-            | Syscall::Close
-            | Syscall::Fork
-            | Syscall::Exec
-            | Syscall::Listen
-            | Syscall::Unlisten => Buffer::None,
+    pub fn of(call: Call, arg1: u64, arg2: u64) -> Buffer {
+        match call {
+            Call::Read | Call::Recvfrom | Call::Write | Call::Sendto | Call::TlsRead | Call::TlsWrite => {
+                Buffer::Plain(arg1)
+            }
+            Call::Readv | Call::Writev => Buffer::Iovecs { iov: arg1, count: arg2 },
+            Call::Recvmsg | Call::Sendmsg => Buffer::Msghdr(arg1),
+            Call::Sendfile | Call::Recv | Call::Send | Call::None => Buffer::None,
         }
     }
 }

@@ -3,9 +3,9 @@
 use aya_ebpf::EbpfContext;
 use aya_log_ebpf::warn;
 use observer_common::{
-    Direction, EventHeader, FLAG_LOST_BEFORE, FLAG_NEW, HEADER_LEN, READ_HEAD_LEN, REPORTED_FLAGS,
-    RESPONSE_HEAD_LEN, RING_BYTES, ROLE_SERVER, STATE_CLOSE_SENT, STATE_H2, STATE_LAST_READ, STATE_MIDSTREAM,
-    Syscall, WAKEUP_DIVISOR, WRITE_HEAD_LEN, stat,
+    Call, Direction, EventHeader, FLAG_LOST_BEFORE, FLAG_NEW, HEADER_LEN, Kind, READ_HEAD_LEN,
+    REPORTED_FLAGS, RESPONSE_HEAD_LEN, RING_BYTES, Role, STATE_CLOSE_SENT, STATE_H2, STATE_LAST_READ,
+    STATE_MIDSTREAM, WAKEUP_DIVISOR, WRITE_HEAD_LEN, stat,
 };
 
 use crate::{
@@ -16,22 +16,46 @@ use crate::{
     target::{now, patched},
 };
 
-/// Who made a call, on which connection, and what it returned.
+/// What a record says: its kind, and for data who made which call on which connection and
+/// what it returned.
 #[derive(Clone, Copy)]
 pub struct Record {
+    pub kind: Kind,
+    pub call: Call,
     pub conn: u64,
     pub id: u64,
     pub tgid: u32,
     pub fd: i32,
-    pub syscall: Syscall,
     /// `FLAG_*` bits to report.
     pub flags: u32,
     pub ret: i64,
     /// See `EventHeader::wait_us`.
     pub wait_us: u32,
+    /// `Kind::Fork`: the child's pid.
+    pub child: u32,
+    /// `Kind::Listen` / `Unlisten`: the port.
+    pub port: u16,
 }
 
 impl Record {
+    /// A record of `kind` by task `id` of `tgid`, about `conn`; everything else empty.
+    #[inline(always)]
+    pub const fn of(kind: Kind, conn: u64, id: u64, tgid: u32) -> Record {
+        Record {
+            kind,
+            call: Call::None,
+            conn,
+            id,
+            tgid,
+            fd: -1,
+            flags: 0,
+            ret: 0,
+            wait_us: 0,
+            child: 0,
+            port: 0,
+        }
+    }
+
     #[inline(always)]
     fn header(&self, head_len: u64, tail_len: u64) -> EventHeader {
         EventHeader {
@@ -41,13 +65,19 @@ impl Record {
             tgid: self.tgid,
             tid: self.id as u32,
             fd: self.fd,
-            syscall: self.syscall as u32,
             flags: self.flags,
             head_len: head_len as u32,
             tail_len: tail_len as u32,
             wait_us: self.wait_us,
             seq: 0,
-            role: ROLE_SERVER,
+            child: self.child,
+            kind: self.kind as u8,
+            call: self.call as u8,
+            role: Role::Server as u8,
+            reserved: 0,
+            port: self.port,
+            reserved2: 0,
+            reserved3: 0,
         }
     }
 }
@@ -106,7 +136,7 @@ pub fn emit_data<C: EbpfContext>(
     state: *mut u32,
     h2: bool,
 ) {
-    let direction = record.syscall.direction();
+    let direction = record.call.direction();
     // SAFETY: `state` points into a map value.
     if h2 && unsafe { *state } & STATE_H2 != 0 {
         frames::emit_frames(record.header(0, 0), buffer, direction);

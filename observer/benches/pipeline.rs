@@ -7,24 +7,28 @@ use std::hint::black_box;
 use criterion::{Criterion, criterion_group, criterion_main};
 use observer::{
     conn::Connections,
-    events::SyscallEvent,
+    events::Event,
     metrics::Metrics,
     route::{Router, Rules},
 };
-use observer_common::Syscall;
+use observer_common::{Call, Kind, Role};
 
 const REQUEST: &[u8] = b"GET /api/status HTTP/1.1\r\nHost: bench\r\nUser-Agent: wrk\r\n\r\n";
 const RESPONSE: &[u8] =
     b"HTTP/1.1 200 OK\r\nServer: nginx\r\nContent-Type: text/plain\r\nContent-Length: 3\r\n\r\nok\n";
 
-fn event(syscall: Syscall, fd: i32, ts_ns: u64, bytes: &'static [u8]) -> SyscallEvent<'static> {
-    SyscallEvent {
+fn event(call: Call, fd: i32, ts_ns: u64, bytes: &'static [u8]) -> Event<'static> {
+    Event {
         ts_ns,
+        kind: Kind::Data,
+        call,
+        role: Role::Server,
         ret: bytes.len() as i64,
         conn: fd as u64,
         tgid: 1,
         fd,
-        syscall,
+        child: 0,
+        port: 0,
         lost_before: false,
         new_conn: false,
         wait_ns: None,
@@ -42,8 +46,8 @@ fn request_and_response(c: &mut Criterion) {
     c.bench_function("daemon: one keep-alive request and response", |b| {
         b.iter(|| {
             ts += 10_000;
-            conns.handle(black_box(&event(Syscall::Recvfrom, 7, ts, REQUEST)));
-            conns.handle(black_box(&event(Syscall::Writev, 7, ts + 5_000, RESPONSE)));
+            conns.handle(black_box(&event(Call::Recvfrom, 7, ts, REQUEST)));
+            conns.handle(black_box(&event(Call::Writev, 7, ts + 5_000, RESPONSE)));
         })
     });
 }

@@ -1,39 +1,18 @@
 //! The connection table: routes each socket event to its connection's HTTP state and turns
 //! what comes out into metric updates.
 
-use observer_common::{Direction, Syscall};
+use observer_common::{Call, Direction, Kind, Role};
 use rustc_hash::FxHashMap;
 
 use crate::{
-    events::SyscallEvent,
-    exchange::{Finished, RequestHead, Sink},
-    grpc::{self, MethodLabels, Methods},
-    http::{HttpConn, Moved},
+    events::Event,
+    exchange::{RequestHead, Sink},
+    http1::{HttpConn, Moved},
     http2::conn::{H2Conn, Peer, Record},
-    metrics::{Answered, Handles, Metrics},
-    route::{Endpoint, Router, Rules},
+    label::{Labels, Tag},
+    metrics::Metrics,
+    route::{Router, Rules},
 };
-
-/// What a request is labelled by, fixed when its head is read.
-#[derive(Debug, Clone, Copy)]
-pub struct Tag {
-    /// `None` for requests an `ignore` rule leaves out of the metrics.
-    endpoint: Option<&'static str>,
-    method: &'static str,
-    /// A gRPC call's labels.
-    grpc: Option<MethodLabels>,
-}
-
-/// Methods kept as their own label value; any other token becomes `OTHER`, so a client
-/// cannot grow the label set.
-const METHODS: [&str; 9] = ["GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"];
-
-fn method_label(method: &str) -> &'static str {
-    METHODS.iter().find(|m| **m == method).copied().unwrap_or("OTHER")
-}
-
-/// The endpoint of requests whose target cannot be known (HTTP/2 joined late).
-const UNKNOWN_ENDPOINT: &str = "unknown";
 
 /// The kernel's socket table's default size (`--max-connections`).
 const DEFAULT_CAPACITY: usize = observer_common::MAX_CONNECTIONS as usize;
@@ -85,10 +64,8 @@ struct Entry {
 pub struct Connections<'m> {
     /// Keyed by the kernel's connection key (socket cookie, or tgid and fd).
     table: FxHashMap<u64, Entry>,
-    router: Router,
-    methods: Methods,
+    labels: Labels<'m>,
     sink: Sink<Tag>,
-    handles: Handles<'m>,
     /// Seconds-ish: advanced by `sweep`, which the daemon calls once a second.
     clock: u64,
     idle_after: u64,
@@ -101,10 +78,8 @@ impl<'m> Connections<'m> {
     pub fn new(metrics: &'m Metrics, router: Router, idle_after: u64) -> Self {
         Connections {
             table: FxHashMap::default(),
-            router,
-            methods: Methods::default(),
+            labels: Labels::new(metrics, router),
             sink: Sink::default(),
-            handles: Handles::new(metrics),
             clock: 0,
             idle_after,
             capacity: DEFAULT_CAPACITY,
@@ -121,12 +96,12 @@ impl<'m> Connections<'m> {
         if self.table.len() < self.capacity {
             return true;
         }
-        self.handles.connection_dropped();
+        self.labels.handles.connection_dropped();
         false
     }
 
     pub fn set_rules(&mut self, rules: Rules) {
-        self.router.set_rules(rules);
+        self.labels.set_rules(rules);
     }
 
     /// Connections in the table.
@@ -134,7 +109,7 @@ impl<'m> Connections<'m> {
         self.table.len()
     }
 
-    pub fn handle(&mut self, event: &SyscallEvent<'_>) {
+    pub fn handle(&mut self, event: &Event<'_>) {
         let key = event.conn;
         let fresh = |proto| Entry {
             proto,
@@ -144,8 +119,8 @@ impl<'m> Connections<'m> {
             wait: event.wait_ns.map(|ns| ns as f64 / 1e9),
             started: false,
         };
-        match event.syscall.direction() {
-            Direction::Open => {
+        match event.kind {
+            Kind::Open => {
                 if !self.table.contains_key(&key) && !self.has_room() {
                     return;
                 }
@@ -153,13 +128,17 @@ impl<'m> Connections<'m> {
                     old.proto.on_close(&mut self.sink); // fd reused without a close we saw
                 }
             }
-            Direction::Closed => {
+            Kind::Close => {
                 if let Some(old) = self.table.remove(&key) {
                     old.proto.on_close(&mut self.sink);
                 }
             }
-            Direction::Process | Direction::Listener => {} // handled by the daemon, not a connection
-            Direction::In | Direction::Out => {
+            // Handled by the daemon, not a connection.
+            Kind::Fork | Kind::Exec | Kind::Listen | Kind::Unlisten => {}
+            // HTTP/1's decoder reads requests in what the process reads: the client role (its
+            // own outbound connections) is not reported by the kernel yet.
+            Kind::Data if event.role == Role::Client && !event.frames => {}
+            Kind::Data => {
                 if !self.table.contains_key(&key) && !self.has_room() {
                     return;
                 }
@@ -174,9 +153,7 @@ impl<'m> Connections<'m> {
                     // Ciphertext of this connection got out before its session was tied to it
                     // (a call already under way when the uprobes were attached): the plaintext
                     // starts the connection over (whatever was waiting, abandoned).
-                    Proto::Http1(http) if is_plaintext(event.syscall) && http.is_encrypted() => {
-                        Some(opened())
-                    }
+                    Proto::Http1(http) if is_plaintext(event.call) && http.is_encrypted() => Some(opened()),
                     _ => None,
                 };
                 if let Some(proto) = restart {
@@ -184,18 +161,20 @@ impl<'m> Connections<'m> {
                 }
                 entry.last_active = self.clock;
                 entry.tgid = event.tgid;
-                let (sink, handles) = (&mut self.sink, &mut self.handles);
-                let (router, methods) = (&mut self.router, &mut self.methods);
-                let reading = event.syscall.direction() == Direction::In;
+                let (sink, labels) = (&mut self.sink, &mut self.labels);
+                let reading = event.direction() == Direction::In;
                 let mut first: Option<Tag> = None;
                 let mut start = |head: RequestHead<'_>| {
-                    let tag = start_request(router, methods, handles, head);
+                    let tag = labels.start(head);
                     first.get_or_insert(tag);
                     tag
                 };
                 match &mut entry.proto {
                     Proto::Http2(h2) => {
-                        let peer = if reading { Peer::Client } else { Peer::Server };
+                        let peer = match (event.role, reading) {
+                            (Role::Server, true) | (Role::Client, false) => Peer::Client,
+                            (Role::Server, false) | (Role::Client, true) => Peer::Server,
+                        };
                         let wire = event.ret.max(0) as u64;
                         let record =
                             Record { peer, ts_ns: event.ts_ns, seq: event.seq, kept: event.head, wire };
@@ -218,9 +197,9 @@ impl<'m> Connections<'m> {
                     && !std::mem::replace(&mut entry.started, true)
                 {
                     match (entry.wait.take(), tag.endpoint) {
-                        (Some(wait), Some(endpoint)) => handles.waited(endpoint, wait),
+                        (Some(wait), Some(endpoint)) => labels.handles.waited(endpoint, wait),
                         (Some(_), None) => {} // an ignored endpoint
-                        (None, _) => handles.wait_missing(),
+                        (None, _) => labels.handles.wait_missing(),
                     }
                 }
             }
@@ -267,87 +246,40 @@ impl<'m> Connections<'m> {
 
     fn flush(&mut self) {
         if self.sink.encrypted > 0 {
-            self.handles.encrypted_connections(std::mem::take(&mut self.sink.encrypted));
+            self.labels.handles.encrypted_connections(std::mem::take(&mut self.sink.encrypted));
         }
         for anomaly in self.sink.anomalies.drain(..) {
-            self.handles.parse_error(anomaly.reason());
+            self.labels.handles.parse_error(anomaly.reason());
         }
         for finished in self.sink.finished.drain(..) {
-            record(&mut self.handles, finished);
+            self.labels.finish(finished);
         }
     }
 }
 
 /// Plaintext from a TLS library's calls (not the socket's bytes).
-fn is_plaintext(syscall: Syscall) -> bool {
-    matches!(syscall, Syscall::TlsRead | Syscall::TlsWrite)
-}
-
-fn start_request(
-    router: &mut Router,
-    methods: &mut Methods,
-    handles: &mut Handles<'_>,
-    head: RequestHead<'_>,
-) -> Tag {
-    let method = method_label(head.method);
-    let grpc = head.grpc.then(|| methods.labels(head.target.unwrap_or("")));
-    if let Some(labels) = grpc {
-        handles.grpc_started(labels);
-    }
-    let (endpoint, overflowed) = match head.target {
-        Some(target) => router.classify(head.method, target),
-        None => (Endpoint::Label(UNKNOWN_ENDPOINT), false),
-    };
-    if overflowed {
-        handles.endpoint_overflowed();
-    }
-    let Endpoint::Label(endpoint) = endpoint else {
-        return Tag { endpoint: None, method, grpc };
-    };
-    handles.started(endpoint);
-    Tag { endpoint: Some(endpoint), method, grpc }
-}
-
-fn record(handles: &mut Handles<'_>, finished: Finished<Tag>) {
-    let seconds = |from: u64, to: u64| to.saturating_sub(from) as f64 / 1e9;
-    if let (Some(labels), Some(end)) = (finished.tag.grpc, finished.grpc)
-        && let Some(code) = grpc::code(end, finished.status.is_some())
-    {
-        handles.grpc_handled(labels, code, seconds(finished.start_ns, finished.end_ns));
-    }
-    let Tag { endpoint: Some(endpoint), method, .. } = finished.tag else {
-        return; // ignored
-    };
-    let Some(status) = finished.status else {
-        handles.abandoned(endpoint);
-        return;
-    };
-    handles.answered(Answered {
-        endpoint,
-        method,
-        status,
-        seconds: seconds(finished.start_ns, finished.end_ns),
-        first_byte_seconds: finished.first_byte_ns.map(|first| seconds(finished.start_ns, first)),
-        response_bytes: finished.response_bytes,
-    });
+fn is_plaintext(call: Call) -> bool {
+    matches!(call, Call::TlsRead | Call::TlsWrite)
 }
 
 #[cfg(test)]
 mod tests {
-    use observer_common::Syscall;
-
     use super::*;
     use crate::metrics::{EndpointLabels, RequestLabels};
 
-    /// A fully captured event on fd 5 of process 1.
-    pub(super) fn event(syscall: Syscall, ts_ns: u64, head: &[u8]) -> SyscallEvent<'_> {
-        SyscallEvent {
+    /// A fully captured data event by `call` on fd 5 of process 1.
+    pub(super) fn event(call: Call, ts_ns: u64, head: &[u8]) -> Event<'_> {
+        Event {
             ts_ns,
+            kind: Kind::Data,
+            call,
+            role: Role::Server,
             ret: head.len() as i64,
             conn: observer_common::socket_key(1, 5),
             tgid: 1,
             fd: 5,
-            syscall,
+            child: 0,
+            port: 0,
             lost_before: false,
             new_conn: false,
             wait_ns: None,
@@ -362,12 +294,12 @@ mod tests {
     fn requests_reach_the_metrics_and_in_flight_returns_to_zero() {
         let metrics = Metrics::new();
         let mut conns = Connections::new(&metrics, Router::new(Rules::default(), 10, 2), 30);
-        conns.handle(&SyscallEvent { ret: 5, ..event(Syscall::Accept, 0, b"") });
-        conns.handle(&event(Syscall::Recvfrom, 1_000, b"GET /boot/aa?x=1 HTTP/1.1\r\n\r\n"));
+        conns.handle(&Event { kind: Kind::Open, ..event(Call::None, 0, b"") });
+        conns.handle(&event(Call::Recvfrom, 1_000, b"GET /boot/aa?x=1 HTTP/1.1\r\n\r\n"));
         assert_eq!(metrics.http.in_flight.get_or_create(&EndpointLabels { endpoint: "/boot/aa" }).get(), 1);
-        conns.handle(&event(Syscall::Sendto, 2_000, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"));
-        conns.handle(&event(Syscall::Recvfrom, 3_000, b"BREW /boot/aa HTTP/1.1\r\n\r\n"));
-        conns.handle(&event(Syscall::Close, 4_000, b""));
+        conns.handle(&event(Call::Sendto, 2_000, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"));
+        conns.handle(&event(Call::Recvfrom, 3_000, b"BREW /boot/aa HTTP/1.1\r\n\r\n"));
+        conns.handle(&Event { kind: Kind::Close, ..event(Call::None, 4_000, b"") });
         assert_eq!(metrics.http.in_flight.get_or_create(&EndpointLabels { endpoint: "/boot/aa" }).get(), 0);
         let ok = RequestLabels { endpoint: "/boot/aa", method: "GET", status: 200 };
         assert_eq!(metrics.http.requests.get_or_create(&ok).get(), 1);
@@ -385,14 +317,10 @@ mod tests {
     fn plaintext_after_escaped_ciphertext_starts_the_connection_over() {
         let metrics = Metrics::new();
         let mut conns = Connections::new(&metrics, Router::new(Rules::default(), 10, 2), 30);
-        conns
-            .handle(&SyscallEvent { new_conn: true, ..event(Syscall::Recv, 1, b"\x16\x03\x01\x02\x00\x01") });
+        conns.handle(&Event { new_conn: true, ..event(Call::Recv, 1, b"\x16\x03\x01\x02\x00\x01") });
         assert_eq!(metrics.health.encrypted_connections.get(), 1);
-        conns.handle(&SyscallEvent {
-            new_conn: true,
-            ..event(Syscall::TlsRead, 2, b"GET /t HTTP/1.1\r\n\r\n")
-        });
-        conns.handle(&event(Syscall::TlsWrite, 3, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"));
+        conns.handle(&Event { new_conn: true, ..event(Call::TlsRead, 2, b"GET /t HTTP/1.1\r\n\r\n") });
+        conns.handle(&event(Call::TlsWrite, 3, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"));
         let ok = RequestLabels { endpoint: "/t", method: "GET", status: 200 };
         assert_eq!(metrics.http.requests.get_or_create(&ok).get(), 1);
     }
@@ -401,7 +329,7 @@ mod tests {
     fn process_exit_ends_its_connections() {
         let metrics = Metrics::new();
         let mut conns = Connections::new(&metrics, Router::new(Rules::default(), 10, 2), 30);
-        conns.handle(&event(Syscall::Read, 1, b"GET /a HTTP/1.1\r\n\r\n"));
+        conns.handle(&event(Call::Read, 1, b"GET /a HTTP/1.1\r\n\r\n"));
         assert_eq!(conns.count(), 1);
         conns.forget_process(1);
         assert_eq!(conns.count(), 0);
@@ -417,7 +345,7 @@ mod sweep_tests {
     fn a_vanished_socket_with_requests_in_flight_is_closed_by_the_sweep() {
         let metrics = Metrics::new();
         let mut conns = Connections::new(&metrics, Router::new(Rules::default(), 10, 2), 1);
-        conns.handle(&event(Syscall::Read, 1, b"GET /v HTTP/1.1\r\n\r\n"));
+        conns.handle(&event(Call::Read, 1, b"GET /v HTTP/1.1\r\n\r\n"));
         conns.sweep(|_, _, _| true);
         assert_eq!(conns.count(), 1, "still open, request still waiting: kept");
         conns.sweep(|_, _, _| false);
@@ -431,13 +359,13 @@ mod sweep_tests {
         let metrics = Metrics::new();
         let mut conns = Connections::new(&metrics, Router::new(Rules::default(), 10, 2), 30).with_capacity(3);
         for fd in 0..10 {
-            conns.handle(&SyscallEvent { fd, conn: fd as u64, ..event(Syscall::Accept, 1, b"") });
+            conns.handle(&Event { kind: Kind::Open, fd, conn: fd as u64, ..event(Call::None, 1, b"") });
         }
         assert_eq!(conns.count(), 3);
         assert_eq!(metrics.health.connections_dropped.get(), 7);
     }
 
-    use observer_common::Syscall;
+    use observer_common::Call;
 
     use super::*;
     use crate::metrics::{EndpointLabels, RequestLabels};
@@ -446,8 +374,8 @@ mod sweep_tests {
     fn idle_connections_leave_the_table_and_close_delimited_responses_end() {
         let metrics = Metrics::new();
         let mut conns = Connections::new(&metrics, Router::new(Rules::default(), 10, 2), 2);
-        conns.handle(&event(Syscall::Read, 1, b"GET /s HTTP/1.1\r\n\r\n"));
-        conns.handle(&event(Syscall::Write, 2, b"HTTP/1.1 200 OK\r\n\r\nstream"));
+        conns.handle(&event(Call::Read, 1, b"GET /s HTTP/1.1\r\n\r\n"));
+        conns.handle(&event(Call::Write, 2, b"HTTP/1.1 200 OK\r\n\r\nstream"));
         conns.sweep(|_, _, _| true);
         assert_eq!(conns.count(), 1, "not idle yet");
         conns.sweep(|_, _, _| true);

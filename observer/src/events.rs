@@ -4,20 +4,31 @@
 use std::mem::offset_of;
 
 use observer_common::{
-    EventHeader, FLAG_FRAMES, FLAG_LOST_BEFORE, FLAG_NEW, HEAD_LEN, HEADER_LEN, Syscall, TAIL_LEN,
+    Call, Direction, EventHeader, FLAG_FRAMES, FLAG_LOST_BEFORE, FLAG_NEW, HEAD_LEN, HEADER_LEN, Kind, Role,
+    TAIL_LEN,
 };
 
-/// One syscall of a target on one of its sockets.
+/// One record of the kernel programs: bytes a target moved on a connection, or an event about
+/// a connection or a process (see `Kind`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct SyscallEvent<'a> {
+pub struct Event<'a> {
     pub ts_ns: u64,
-    /// Bytes moved, or the accepted fd.
+    pub kind: Kind,
+    /// Which call moved the bytes (`Call::None` but for data).
+    pub call: Call,
+    /// Which side of the connection the process is on.
+    pub role: Role,
+    /// Bytes moved (`frames`: the wire bytes the record stands for).
     pub ret: i64,
     /// The connection (socket cookie, or tgid and fd): what the daemon's table is keyed by.
     pub conn: u64,
     pub tgid: u32,
+    /// The connection's fd in `tgid`, -1 if unknown.
     pub fd: i32,
-    pub syscall: Syscall,
+    /// `Kind::Fork`: the child's pid (0 if unknown: a child in another PID namespace).
+    pub child: u32,
+    /// `Kind::Listen` / `Unlisten`: the port.
+    pub port: u16,
     /// Events of this socket were dropped before this one.
     pub lost_before: bool,
     /// The kernel saw this connection open: its first bytes read begin a request.
@@ -36,24 +47,38 @@ pub struct SyscallEvent<'a> {
     pub tail: &'a [u8],
 }
 
+impl Event<'_> {
+    /// Which way a data record's bytes went.
+    pub fn direction(&self) -> Direction {
+        self.call.direction()
+    }
+}
+
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum DecodeError {
     #[error("record of {0} bytes is shorter than its header")]
     Short(usize),
-    #[error("unknown syscall kind {0}")]
-    Syscall(u32),
+    #[error("unknown record kind {0}")]
+    Kind(u8),
+    #[error("unknown call {0}")]
+    Call(u8),
+    #[error("unknown role {0}")]
+    Role(u8),
     #[error("captured lengths {head}+{tail} exceed the record or the limits")]
     Captured { head: u32, tail: u32 },
 }
 
-pub fn decode(record: &[u8]) -> Result<SyscallEvent<'_>, DecodeError> {
+pub fn decode(record: &[u8]) -> Result<Event<'_>, DecodeError> {
     if record.len() < HEADER_LEN {
         return Err(DecodeError::Short(record.len()));
     }
+    let u8_at = |off: usize| record[off];
+    let u16_at = |off: usize| u16::from_ne_bytes(record[off..off + 2].try_into().expect("2 bytes"));
     let u32_at = |off: usize| u32::from_ne_bytes(record[off..off + 4].try_into().expect("4 bytes"));
     let u64_at = |off: usize| u64::from_ne_bytes(record[off..off + 8].try_into().expect("8 bytes"));
-    let syscall = u32_at(offset_of!(EventHeader, syscall));
-    let syscall = Syscall::try_from(syscall).map_err(DecodeError::Syscall)?;
+    let kind = Kind::try_from(u8_at(offset_of!(EventHeader, kind))).map_err(DecodeError::Kind)?;
+    let call = Call::try_from(u8_at(offset_of!(EventHeader, call))).map_err(DecodeError::Call)?;
+    let role = Role::try_from(u8_at(offset_of!(EventHeader, role))).map_err(DecodeError::Role)?;
     let head = u32_at(offset_of!(EventHeader, head_len));
     let tail = u32_at(offset_of!(EventHeader, tail_len));
     let (head_len, tail_len) = (head as usize, tail as usize);
@@ -61,20 +86,25 @@ pub fn decode(record: &[u8]) -> Result<SyscallEvent<'_>, DecodeError> {
         return Err(DecodeError::Captured { head, tail });
     }
     let data = &record[HEADER_LEN..];
-    Ok(SyscallEvent {
+    let flags = u32_at(offset_of!(EventHeader, flags));
+    Ok(Event {
         ts_ns: u64_at(offset_of!(EventHeader, ts_ns)),
+        kind,
+        call,
+        role,
         ret: u64_at(offset_of!(EventHeader, ret)) as i64,
         conn: u64_at(offset_of!(EventHeader, conn)),
         tgid: u32_at(offset_of!(EventHeader, tgid)),
         fd: u32_at(offset_of!(EventHeader, fd)) as i32,
-        syscall,
-        lost_before: u32_at(offset_of!(EventHeader, flags)) & FLAG_LOST_BEFORE != 0,
-        new_conn: u32_at(offset_of!(EventHeader, flags)) & FLAG_NEW != 0,
+        child: u32_at(offset_of!(EventHeader, child)),
+        port: u16_at(offset_of!(EventHeader, port)),
+        lost_before: flags & FLAG_LOST_BEFORE != 0,
+        new_conn: flags & FLAG_NEW != 0,
         wait_ns: match u32_at(offset_of!(EventHeader, wait_us)) {
             0 => None,
             us => Some(u64::from(us) * 1000),
         },
-        frames: u32_at(offset_of!(EventHeader, flags)) & FLAG_FRAMES != 0,
+        frames: flags & FLAG_FRAMES != 0,
         seq: u32_at(offset_of!(EventHeader, seq)),
         head: &data[..head_len],
         tail: &data[head_len..head_len + tail_len],
@@ -85,23 +115,47 @@ pub fn decode(record: &[u8]) -> Result<SyscallEvent<'_>, DecodeError> {
 mod tests {
     use super::*;
 
-    fn record(syscall: u32, head: &[u8], tail: &[u8], flags: u32) -> Vec<u8> {
-        let header = [
-            42u64.to_ne_bytes().to_vec(),
-            (-5i64).to_ne_bytes().to_vec(),
-            99u64.to_ne_bytes().to_vec(),
-            7u32.to_ne_bytes().to_vec(),
-            8u32.to_ne_bytes().to_vec(),
-            3i32.to_ne_bytes().to_vec(),
-            syscall.to_ne_bytes().to_vec(),
-            flags.to_ne_bytes().to_vec(),
-            (head.len() as u32).to_ne_bytes().to_vec(),
-            (tail.len() as u32).to_ne_bytes().to_vec(),
-            250u32.to_ne_bytes().to_vec(),
-            4u32.to_ne_bytes().to_vec(),
-            1u32.to_ne_bytes().to_vec(),
+    fn record(kind: Kind, call: Call, head: &[u8], tail: &[u8], flags: u32) -> Vec<u8> {
+        let header = EventHeader {
+            ts_ns: 42,
+            ret: -5,
+            conn: 99,
+            tgid: 7,
+            tid: 8,
+            fd: 3,
+            flags,
+            head_len: head.len() as u32,
+            tail_len: tail.len() as u32,
+            wait_us: 250,
+            seq: 4,
+            child: 11,
+            kind: kind as u8,
+            call: call as u8,
+            role: Role::Server as u8,
+            port: 8080,
+            ..EventHeader::default()
+        };
+        // The header's bytes, as the kernel writes them (repr(C), no padding).
+        let fields: [&[u8]; 17] = [
+            &header.ts_ns.to_ne_bytes(),
+            &header.ret.to_ne_bytes(),
+            &header.conn.to_ne_bytes(),
+            &header.tgid.to_ne_bytes(),
+            &header.tid.to_ne_bytes(),
+            &header.fd.to_ne_bytes(),
+            &header.flags.to_ne_bytes(),
+            &header.head_len.to_ne_bytes(),
+            &header.tail_len.to_ne_bytes(),
+            &header.wait_us.to_ne_bytes(),
+            &header.seq.to_ne_bytes(),
+            &header.child.to_ne_bytes(),
+            &[header.kind, header.call, header.role, 0],
+            &header.port.to_ne_bytes(),
+            &[0, 0],
+            &[0, 0, 0, 0],
+            &[],
         ];
-        let mut r: Vec<u8> = header.concat();
+        let mut r: Vec<u8> = fields.concat();
         assert_eq!(r.len(), HEADER_LEN);
         r.extend_from_slice(head);
         r.extend_from_slice(tail);
@@ -111,17 +165,21 @@ mod tests {
 
     #[test]
     fn decodes_every_field() {
-        let r = record(Syscall::Recvfrom as u32, b"GET", b"\r\n", FLAG_LOST_BEFORE);
+        let r = record(Kind::Data, Call::Recvfrom, b"GET", b"\r\n", FLAG_LOST_BEFORE);
         let e = decode(&r).unwrap();
         assert_eq!(
             e,
-            SyscallEvent {
+            Event {
                 ts_ns: 42,
+                kind: Kind::Data,
+                call: Call::Recvfrom,
+                role: Role::Server,
                 ret: -5,
                 conn: 99,
                 tgid: 7,
                 fd: 3,
-                syscall: Syscall::Recvfrom,
+                child: 11,
+                port: 8080,
                 lost_before: true,
                 new_conn: false,
                 wait_ns: Some(250_000),
@@ -131,23 +189,32 @@ mod tests {
                 tail: b"\r\n"
             }
         );
+        assert_eq!(e.direction(), Direction::In);
     }
 
     #[test]
     fn header_only_records_decode() {
-        let r = record(Syscall::Close as u32, b"", b"", FLAG_NEW);
+        let r = record(Kind::Close, Call::None, b"", b"", FLAG_NEW);
         let e = decode(&r).unwrap();
-        assert_eq!((e.syscall, e.head, e.tail, e.lost_before), (Syscall::Close, &b""[..], &b""[..], false));
+        assert_eq!((e.kind, e.head, e.tail, e.lost_before), (Kind::Close, &b""[..], &b""[..], false));
         assert!(e.new_conn);
     }
 
     #[test]
     fn rejects_bad_records() {
         assert_eq!(decode(&[0; 10]), Err(DecodeError::Short(10)));
-        assert_eq!(decode(&record(77, b"", b"", 0)), Err(DecodeError::Syscall(77)));
-        let mut r = record(1, b"abc", b"", 0);
-        r[offset_of!(EventHeader, head_len)..][..4].copy_from_slice(&600u32.to_ne_bytes());
-        assert_eq!(decode(&r), Err(DecodeError::Captured { head: 600, tail: 0 }));
+        let mut r = record(Kind::Data, Call::Read, b"abc", b"", 0);
+        r[offset_of!(EventHeader, kind)] = 77;
+        assert_eq!(decode(&r), Err(DecodeError::Kind(77)));
+        let mut r = record(Kind::Data, Call::Read, b"abc", b"", 0);
+        r[offset_of!(EventHeader, call)] = 99;
+        assert_eq!(decode(&r), Err(DecodeError::Call(99)));
+        let mut r = record(Kind::Data, Call::Read, b"abc", b"", 0);
+        r[offset_of!(EventHeader, role)] = 0;
+        assert_eq!(decode(&r), Err(DecodeError::Role(0)));
+        let mut r = record(Kind::Data, Call::Read, b"abc", b"", 0);
+        r[offset_of!(EventHeader, head_len)..][..4].copy_from_slice(&(HEAD_LEN as u32 + 1).to_ne_bytes());
+        assert_eq!(decode(&r), Err(DecodeError::Captured { head: HEAD_LEN as u32 + 1, tail: 0 }));
         r[offset_of!(EventHeader, head_len)..][..4].copy_from_slice(&20u32.to_ne_bytes());
         assert_eq!(decode(&r), Err(DecodeError::Captured { head: 20, tail: 0 }), "past the record's end");
     }

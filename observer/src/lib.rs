@@ -1,8 +1,9 @@
 //! observer: Prometheus metrics for any HTTP/1.x or HTTP/2 server, from its socket I/O, via eBPF.
 //!
 //! Data flow: probes (kernel programs) → events (decode) → conn (per-connection table)
-//! → {http (HTTP/1.x framing), http2 (frames, HPACK, streams)} → exchange (protocol-neutral)
-//! → route (endpoint label) → metrics (and grpc) → serve.
+//! → {http1 (HTTP/1.x framing), http2 (frames, HPACK, streams)} → exchange (protocol-neutral)
+//! → label (exchanges to labels and metric updates; route: endpoints, grpc: methods) → metrics
+//! → serve.
 
 // `unsafe` only where the kernel's interfaces need it, each module named here: `probes`
 // (mmapped bitmaps, fds registered with tokio, mount(2) for tracefs), `listen` (setns(2) into a
@@ -15,8 +16,9 @@ pub mod demo_server;
 pub mod events;
 pub mod exchange;
 pub mod grpc;
-pub mod http;
+pub mod http1;
 pub mod http2;
+pub mod label;
 #[allow(unsafe_code)]
 pub mod listen;
 pub mod metrics;

@@ -3,12 +3,12 @@
 
 use std::sync::Mutex;
 
-use observer_common::Syscall;
+use observer_common::Kind;
 use tracing::{info, warn};
 
 use crate::{
     conn::Connections,
-    events::SyscallEvent,
+    events::Event,
     listen::ListenQueues,
     probes::{ProbeError, Probes},
     procfs::{all_pids, descendants, descends_from, listening_ports, process_exists, runs_one_of, tgid_of},
@@ -74,16 +74,16 @@ impl<'a> Targets<'a> {
 
     /// Takes a record about the process trees or listeners (fork, exec, listen); false for
     /// any other, which belongs to a connection.
-    pub fn take(&mut self, event: &SyscallEvent<'_>) -> bool {
-        match event.syscall {
-            Syscall::Fork => self.forks.push(Fork { parent: event.tgid, child: event.fd as u32 }),
-            Syscall::Exec => self.execs.push(event.tgid),
-            Syscall::Listen | Syscall::Unlisten => self.listeners.push(Listener {
+    pub fn take(&mut self, event: &Event<'_>) -> bool {
+        match event.kind {
+            Kind::Fork => self.forks.push(Fork { parent: event.tgid, child: event.child }),
+            Kind::Exec => self.execs.push(event.tgid),
+            Kind::Listen | Kind::Unlisten => self.listeners.push(Listener {
                 pid: event.tgid,
-                port: event.fd as u16,
-                open: event.syscall == Syscall::Listen,
+                port: event.port,
+                open: event.kind == Kind::Listen,
             }),
-            _ => return false,
+            Kind::Data | Kind::Open | Kind::Close => return false,
         }
         true
     }

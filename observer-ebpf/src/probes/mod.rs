@@ -11,7 +11,7 @@ pub mod tls;
 pub mod tracepoints;
 
 use observer_common::{
-    FLAG_NEW, STATE_TLS, Syscall, TIE_NONE, TIE_OUTBOUND, TIE_SERVED, TIE_SERVED_NEW, TlsCall, socket_key,
+    Call, FLAG_NEW, Kind, STATE_TLS, TIE_NONE, TIE_OUTBOUND, TIE_SERVED, TIE_SERVED_NEW, TlsCall, socket_key,
     stat,
 };
 
@@ -55,27 +55,27 @@ pub const MSG_PEEK: u64 = 2;
 /// listener to tell TLS from plaintext. `recvfrom` takes its flags as argument 4, `recvmsg`
 /// as argument 3.
 #[inline(always)]
-pub fn peeks(syscall: Syscall, arg3: u64, arg4: u64) -> bool {
-    match syscall {
-        Syscall::Recvfrom => arg4 & MSG_PEEK != 0,
-        Syscall::Recvmsg => arg3 & MSG_PEEK != 0,
+pub fn peeks(call: Call, arg3: u64, arg4: u64) -> bool {
+    match call {
+        Call::Recvfrom => arg4 & MSG_PEEK != 0,
+        Call::Recvmsg => arg3 & MSG_PEEK != 0,
         _ => false,
     }
 }
 
 /// The data syscall an x86-64 syscall number names, if it is one.
 #[inline(always)]
-pub fn data_syscall(nr: u64) -> Option<Syscall> {
+pub fn data_call(nr: u64) -> Option<Call> {
     Some(match nr {
-        x86_64::READ => Syscall::Read,
-        x86_64::READV => Syscall::Readv,
-        x86_64::RECVFROM => Syscall::Recvfrom,
-        x86_64::RECVMSG => Syscall::Recvmsg,
-        x86_64::WRITE => Syscall::Write,
-        x86_64::WRITEV => Syscall::Writev,
-        x86_64::SENDTO => Syscall::Sendto,
-        x86_64::SENDMSG => Syscall::Sendmsg,
-        x86_64::SENDFILE => Syscall::Sendfile,
+        x86_64::READ => Call::Read,
+        x86_64::READV => Call::Readv,
+        x86_64::RECVFROM => Call::Recvfrom,
+        x86_64::RECVMSG => Call::Recvmsg,
+        x86_64::WRITE => Call::Write,
+        x86_64::WRITEV => Call::Writev,
+        x86_64::SENDTO => Call::Sendto,
+        x86_64::SENDMSG => Call::Sendmsg,
+        x86_64::SENDFILE => Call::Sendfile,
         _ => return None,
     })
 }
@@ -92,7 +92,7 @@ pub fn accepted<C: aya_ebpf::EbpfContext>(ctx: &C, id: u64, tgid: u32, ret: i64)
         bump(stat::SOCKETS_FULL);
         return;
     }
-    let record = Record { conn: key, id, tgid, fd, syscall: Syscall::Accept, flags: 0, ret, wait_us: 0 };
+    let record = Record { fd, ..Record::of(Kind::Open, key, id, tgid) };
     emit_control(ctx, &record, followed_socket(tgid, fd).unwrap_or(core::ptr::null_mut()));
 }
 

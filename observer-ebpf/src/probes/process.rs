@@ -3,7 +3,7 @@
 //! anything on the syscall slow path).
 
 use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
-use observer_common::Syscall;
+use observer_common::Kind;
 
 use crate::{
     emit::{Record, emit_process},
@@ -19,8 +19,8 @@ static CHILD_PID_OFFSET: u32 = 20;
 
 /// A record about a process, not a connection.
 #[inline(always)]
-fn process_record(id: u64, tgid: u32, fd: i32, syscall: Syscall) -> Record {
-    Record { conn: 0, id, tgid, fd, syscall, flags: 0, ret: 0, wait_us: 0 }
+fn process_record(id: u64, tgid: u32, child: u32, kind: Kind) -> Record {
+    Record { child, ..Record::of(kind, 0, id, tgid) }
 }
 
 /// sched_process_fork, in the parent's context: a target's child becomes a target at once, so
@@ -45,14 +45,14 @@ pub fn fork(ctx: TracePointContext) -> u32 {
         // `child` is the initial namespace's pid: adopted at its first call (FORKED);
         // userspace is told of a fork of `tgid` without the child's pid.
         let _ = FORKED.insert(&(child as u32), &0, 0);
-        emit_process(&ctx, &process_record(id, tgid, 0, Syscall::Fork));
+        emit_process(&ctx, &process_record(id, tgid, 0, Kind::Fork));
         return 0;
     }
     if child as u32 == tgid {
         return 0;
     }
     add_target(child as u32);
-    emit_process(&ctx, &process_record(id, tgid, child, Syscall::Fork));
+    emit_process(&ctx, &process_record(id, tgid, child as u32, Kind::Fork));
     0
 }
 
@@ -64,6 +64,6 @@ pub fn exec(ctx: TracePointContext) -> u32 {
     if tgid == 0 {
         return 0; // outside the observer's PID namespace
     }
-    emit_process(&ctx, &process_record(id, tgid, 0, Syscall::Exec));
+    emit_process(&ctx, &process_record(id, tgid, 0, Kind::Exec));
     0
 }

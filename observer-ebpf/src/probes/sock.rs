@@ -26,10 +26,10 @@ use aya_ebpf::{
     programs::BtfTracePointContext,
 };
 use observer_common::{
-    ConnState, Direction, FLAG_NEW, STATE_CLOSE_SENT, STATE_MIDSTREAM, STATE_TLS, Syscall, stat,
+    Call, ConnState, Direction, FLAG_NEW, Kind, STATE_CLOSE_SENT, STATE_MIDSTREAM, STATE_TLS, stat,
 };
 
-use super::{MSG_PEEK, Served, data_syscall, socket_io_inside, waited_us};
+use super::{MSG_PEEK, Served, data_call, socket_io_inside, waited_us};
 use crate::{
     capture::Buffer,
     emit::{Record, advance, bump, emit_control, emit_data},
@@ -151,8 +151,9 @@ fn socket_io(ctx: &BtfTracePointContext, direction: Direction) {
     } else {
         0
     };
-    let (syscall, fd, buffer) = the_call(direction);
-    let record = Record { conn: cookie, id, tgid, fd, syscall, flags, ret: i64::from(ret), wait_us };
+    let (call, fd, buffer) = the_call(direction);
+    let record =
+        Record { call, fd, flags, ret: i64::from(ret), wait_us, ..Record::of(Kind::Data, cookie, id, tgid) };
     emit_data(ctx, &record, buffer, cap, state, true);
 }
 
@@ -243,8 +244,8 @@ unsafe fn unseen_open(sk: *const u8, read: u64) -> Option<u64> {
 /// Which call moved the bytes, on which fd, from which buffer: read from the syscall's saved
 /// registers. A call we do not know (splice, recvmmsg, io_uring, ...) counts bytes only.
 #[inline(always)]
-fn the_call(direction: Direction) -> (Syscall, i32, Buffer) {
-    let unknown = if direction == Direction::In { Syscall::Recv } else { Syscall::Send };
+fn the_call(direction: Direction) -> (Call, i32, Buffer) {
+    let unknown = if direction == Direction::In { Call::Recv } else { Call::Send };
     // SAFETY: helpers without arguments beyond the current task.
     let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as *const pt_regs;
     if regs.is_null() {
@@ -252,10 +253,8 @@ fn the_call(direction: Direction) -> (Syscall, i32, Buffer) {
     }
     // SAFETY: a BTF-typed pointer to the task's saved user registers.
     let (nr, di, si, dx) = unsafe { ((*regs).orig_rax, (*regs).rdi, (*regs).rsi, (*regs).rdx) };
-    match data_syscall(nr) {
-        Some(syscall) if syscall.direction() == direction => {
-            (syscall, di as i32, Buffer::of(syscall, si, dx))
-        }
+    match data_call(nr) {
+        Some(call) if call.direction() == direction => (call, di as i32, Buffer::of(call, si, dx)),
         _ => (unknown, -1, Buffer::None),
     }
 }
@@ -268,7 +267,7 @@ pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> i32 {
     let new = ctx.arg::<u64>(2) & 0xffff_ffff;
     match new {
         TCP_ESTABLISHED if old == TCP_SYN_RECV => opened(sk),
-        TCP_CLOSE if old == TCP_LISTEN => listener(&ctx, sk, Syscall::Unlisten),
+        TCP_CLOSE if old == TCP_LISTEN => listener(&ctx, sk, Kind::Unlisten),
         // The server closed (or shut down writing), in its own context, after its last
         // write: close-delimited responses end here.
         TCP_FIN_WAIT1 | TCP_LAST_ACK => ended(&ctx, sk, false),
@@ -276,7 +275,7 @@ pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> i32 {
         // server's own send, before that send's record (seen: ~50 answered requests of
         // 12,000 taken for abandoned when wrk closed its connections). The server's
         // next write fails, it closes, and `tcp_destroy_sock` ends the connection then.
-        TCP_LISTEN => listener(&ctx, sk, Syscall::Listen),
+        TCP_LISTEN => listener(&ctx, sk, Kind::Listen),
         _ => {}
     }
     0
@@ -327,8 +326,7 @@ fn ended<C: EbpfContext>(ctx: &C, sk: *const u8, last: bool) {
         // SAFETY: as above.
         unsafe { *state |= STATE_CLOSE_SENT };
         let (id, tgid) = current();
-        let record =
-            Record { conn: cookie, id, tgid, fd: -1, syscall: Syscall::Close, flags: 0, ret: 0, wait_us: 0 };
+        let record = Record::of(Kind::Close, cookie, id, tgid);
         emit_control(ctx, &record, state);
     }
     if last {
@@ -340,16 +338,16 @@ fn ended<C: EbpfContext>(ctx: &C, sk: *const u8, last: bool) {
 /// A target's socket started listening (in the target's own `listen()`), or its listener
 /// closed: the port is followed from now on, and userspace is told.
 #[inline(always)]
-fn listener<C: EbpfContext>(ctx: &C, sk: *const u8, syscall: Syscall) {
+fn listener<C: EbpfContext>(ctx: &C, sk: *const u8, kind: Kind) {
     let (id, tgid) = current();
     if !is_target(tgid) {
         return;
     }
     // SAFETY: `sk` is the tracepoint's `struct sock *`.
     let port: u16 = unsafe { field(sk, &SK_NUM) };
-    if syscall == Syscall::Listen {
+    if kind == Kind::Listen {
         add_listened(port);
     }
-    let record = Record { conn: 0, id, tgid, fd: i32::from(port), syscall, flags: 0, ret: 0, wait_us: 0 };
+    let record = Record { port, ..Record::of(kind, 0, id, tgid) };
     emit_control(ctx, &record, core::ptr::null_mut());
 }

@@ -10,9 +10,9 @@ use aya_ebpf::{
     macros::{btf_tracepoint, raw_tracepoint},
     programs::{BtfTracePointContext, RawTracePointContext},
 };
-use observer_common::{STATE_TLS, socket_key};
+use observer_common::{Kind, STATE_TLS, socket_key};
 
-use super::{Served, accepted, data_syscall, followed_socket, peeks, socket_io_inside, x86_64};
+use super::{Served, accepted, data_call, followed_socket, peeks, socket_io_inside, x86_64};
 use crate::{
     capture::Buffer,
     emit::{Record, advance, emit_data},
@@ -50,13 +50,13 @@ fn sys_exit<C: EbpfContext>(ctx: &C, ret: i64, reg: impl Fn(usize) -> u64) -> i3
         return 0;
     }
     let nr = reg(x86_64::ORIG_AX);
-    let Some(syscall) = data_syscall(nr) else {
+    let Some(call) = data_call(nr) else {
         if nr == x86_64::ACCEPT || nr == x86_64::ACCEPT4 {
             accepted(ctx, id, tgid, ret);
         }
         return 0;
     };
-    if ret <= 0 || peeks(syscall, reg(x86_64::DX), reg(x86_64::R10)) {
+    if ret <= 0 || peeks(call, reg(x86_64::DX), reg(x86_64::R10)) {
         return 0; // EAGAIN, EOF and errors move no bytes: no socket lookup for them
     }
     let fd = reg(x86_64::DI) as i32;
@@ -76,8 +76,8 @@ fn sys_exit<C: EbpfContext>(ctx: &C, ret: i64, reg: impl Fn(usize) -> u64) -> i3
         return 0; // ciphertext outside the calls (SSL_shutdown's close_notify)
     }
     // SAFETY: a state word in the socket table.
-    let (flags, cap) = unsafe { advance(state, syscall.direction()) };
-    let record = Record { conn: socket_key(tgid, fd), id, tgid, fd, syscall, flags, ret, wait_us: 0 };
-    emit_data(ctx, &record, Buffer::of(syscall, reg(x86_64::SI), reg(x86_64::DX)), cap, state, false);
+    let (flags, cap) = unsafe { advance(state, call.direction()) };
+    let record = Record { call, fd, flags, ret, ..Record::of(Kind::Data, socket_key(tgid, fd), id, tgid) };
+    emit_data(ctx, &record, Buffer::of(call, reg(x86_64::SI), reg(x86_64::DX)), cap, state, false);
     0
 }

@@ -17,7 +17,7 @@ use aya_ebpf::{
     programs::{ProbeContext, RetProbeContext},
 };
 use observer_common::{
-    Direction, FLAG_NEW, STATE_MIDSTREAM, Syscall, TIE_NONE, TIE_OUTBOUND, TIE_SERVED, TIE_SERVED_NEW,
+    Call, Direction, FLAG_NEW, Kind, STATE_MIDSTREAM, TIE_NONE, TIE_OUTBOUND, TIE_SERVED, TIE_SERVED_NEW,
     TlsCall, TlsConn, TlsOp, stat, tls_key,
 };
 
@@ -170,10 +170,10 @@ unsafe fn tie(ctx: &RetProbeContext, session: *mut TlsConn, call: &TlsCall, key:
 #[inline(always)]
 fn emit_plaintext(ctx: &RetProbeContext, session: *mut TlsConn, call: &TlsCall, key: u64, moved: i32) {
     let (id, tgid) = current();
-    let (syscall, direction) = if call.op == TlsOp::Read as u32 {
-        (Syscall::TlsRead, Direction::In)
+    let (data, direction) = if call.op == TlsOp::Read as u32 {
+        (Call::TlsRead, Direction::In)
     } else {
-        (Syscall::TlsWrite, Direction::Out)
+        (Call::TlsWrite, Direction::Out)
     };
     // SAFETY: fields of a map value.
     let state = unsafe { &raw mut (*session).flags };
@@ -193,7 +193,13 @@ fn emit_plaintext(ctx: &RetProbeContext, session: *mut TlsConn, call: &TlsCall, 
     } else {
         0
     };
-    let record = Record { conn, id, tgid, fd: -1, syscall, flags, ret: i64::from(moved), wait_us };
+    let record = Record {
+        call: data,
+        flags,
+        ret: i64::from(moved),
+        wait_us,
+        ..Record::of(Kind::Data, conn, id, tgid)
+    };
     emit_data(ctx, &record, Buffer::Plain(call.buf), cap, state, true);
 }
 
@@ -231,8 +237,7 @@ fn session(key: u64, tgid: u32, new: bool) -> Option<*mut TlsConn> {
 #[inline(always)]
 fn close_key<C: aya_ebpf::EbpfContext>(ctx: &C, key: u64, tgid: u32) {
     let (id, _) = current();
-    let record =
-        Record { conn: key, id, tgid, fd: -1, syscall: Syscall::Close, flags: 0, ret: 0, wait_us: 0 };
+    let record = Record::of(Kind::Close, key, id, tgid);
     emit_control(ctx, &record, core::ptr::null_mut());
 }
 

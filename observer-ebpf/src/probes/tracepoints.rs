@@ -3,7 +3,7 @@
 //! exit program emits the record once the return value says how many bytes moved.
 
 use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
-use observer_common::{PendingCall, STATE_TLS, Syscall, socket_key, stat};
+use observer_common::{Call, Kind, PendingCall, STATE_TLS, socket_key, stat};
 
 use super::{Served, accepted, followed_socket, peeks, socket_io_inside};
 use crate::{
@@ -31,18 +31,18 @@ macro_rules! enter_program {
     };
 }
 
-enter_program!(enter_read, Syscall::Read);
-enter_program!(enter_readv, Syscall::Readv);
-enter_program!(enter_recvfrom, Syscall::Recvfrom);
-enter_program!(enter_recvmsg, Syscall::Recvmsg);
-enter_program!(enter_write, Syscall::Write);
-enter_program!(enter_writev, Syscall::Writev);
-enter_program!(enter_sendto, Syscall::Sendto);
-enter_program!(enter_sendmsg, Syscall::Sendmsg);
-enter_program!(enter_sendfile, Syscall::Sendfile);
+enter_program!(enter_read, Call::Read);
+enter_program!(enter_readv, Call::Readv);
+enter_program!(enter_recvfrom, Call::Recvfrom);
+enter_program!(enter_recvmsg, Call::Recvmsg);
+enter_program!(enter_write, Call::Write);
+enter_program!(enter_writev, Call::Writev);
+enter_program!(enter_sendto, Call::Sendto);
+enter_program!(enter_sendmsg, Call::Sendmsg);
+enter_program!(enter_sendfile, Call::Sendfile);
 
 #[inline(always)]
-fn remember_call(ctx: &TracePointContext, syscall: Syscall) -> Result<(), i64> {
+fn remember_call(ctx: &TracePointContext, data: Call) -> Result<(), i64> {
     let (id, tgid) = current();
     if !is_target(tgid) {
         return Ok(());
@@ -66,16 +66,16 @@ fn remember_call(ctx: &TracePointContext, syscall: Syscall) -> Result<(), i64> {
     }
     // SAFETY: as above; arg 1 is the buffer / iovec / msghdr pointer, arg 2 the iovec count.
     let (buf, count) = unsafe { (ctx.read_at::<u64>(ARG1)?, ctx.read_at::<u64>(ARG2)?) };
-    if syscall == Syscall::Recvfrom || syscall == Syscall::Recvmsg {
+    if data == Call::Recvfrom || data == Call::Recvmsg {
         // SAFETY: as above: the flags argument of either call.
         let arg3 = unsafe { ctx.read_at::<u64>(ARG3) }.unwrap_or(0);
-        if peeks(syscall, count, arg3) {
+        if peeks(data, count, arg3) {
             return Ok(());
         }
     }
     // SAFETY: a state word in the socket table.
-    let (flags, cap) = unsafe { advance(state, syscall.direction()) };
-    let call = PendingCall { buf, count, fd, syscall: syscall as u32, flags, head_cap: cap as u32 };
+    let (flags, cap) = unsafe { advance(state, data.direction()) };
+    let call = PendingCall { buf, count, fd, call: data as u32, flags, head_cap: cap as u32 };
     if PENDING.insert(&id, &call, 0).is_err() {
         bump(stat::PENDING_FULL);
     }
@@ -104,28 +104,18 @@ fn finish_call(ctx: &TracePointContext) -> Result<(), i64> {
     if ret <= 0 {
         return Ok(()); // EAGAIN, EOF and errors move no bytes
     }
-    let Ok(syscall) = Syscall::try_from(call.syscall) else {
+    let Ok(data) = u8::try_from(call.call).map_err(|_| 0).and_then(Call::try_from) else {
         return Ok(());
     };
     let record = Record {
-        conn: socket_key(tgid, call.fd),
-        id,
-        tgid,
+        call: data,
         fd: call.fd,
-        syscall,
         flags: call.flags,
         ret,
-        wait_us: 0,
+        ..Record::of(Kind::Data, socket_key(tgid, call.fd), id, tgid)
     };
     let state = followed_socket(tgid, call.fd).unwrap_or(core::ptr::null_mut());
-    emit_data(
-        ctx,
-        &record,
-        Buffer::of(syscall, call.buf, call.count),
-        u64::from(call.head_cap),
-        state,
-        false,
-    );
+    emit_data(ctx, &record, Buffer::of(data, call.buf, call.count), u64::from(call.head_cap), state, false);
     Ok(())
 }
 
@@ -160,8 +150,7 @@ pub fn enter_close(ctx: TracePointContext) -> u32 {
     let fd = fd as i32;
     let key = socket_key(tgid, fd);
     if SOCKETS.remove(&key).is_ok() {
-        let record =
-            Record { conn: key, id, tgid, fd, syscall: Syscall::Close, flags: 0, ret: 0, wait_us: 0 };
+        let record = Record { fd, ..Record::of(Kind::Close, key, id, tgid) };
         emit_control(&ctx, &record, core::ptr::null_mut());
     }
     0

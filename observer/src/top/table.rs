@@ -1,5 +1,6 @@
-//! Two snapshots of the daemon's metrics → one row per endpoint: rates over the interval
-//! between them, latency quantiles from the histogram's bucket increments.
+//! Two snapshots of the daemon's metrics → one row per endpoint, and one per gRPC method
+//! (`gRPC service/method`: calls ended, non-OK codes as errors, whole-call latency): rates over
+//! the interval between them, latency quantiles from the histogram's bucket increments.
 
 use std::{collections::BTreeMap, time::Instant};
 
@@ -49,6 +50,11 @@ impl Snapshot {
                 }
                 continue;
             }
+            if let (Some(service), Some(method)) = (sample.label("grpc_service"), sample.label("grpc_method"))
+            {
+                grpc(endpoints.entry(format!("gRPC {service}/{method}")).or_default(), sample);
+                continue;
+            }
             let Some(endpoint) = sample.label("endpoint") else { continue };
             let totals = endpoints.entry(endpoint.to_owned()).or_default();
             match sample.name.as_str() {
@@ -78,6 +84,25 @@ impl Snapshot {
             totals.wait_buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
         }
         Snapshot { at, endpoints, listeners }
+    }
+}
+
+/// A gRPC method's sample. Its calls are also HTTP/2 requests (the endpoint of their path,
+/// where their in-flight count is); this row is by outcome code.
+fn grpc(totals: &mut Totals, sample: &Sample) {
+    match sample.name.as_str() {
+        "grpc_server_handled_total" => {
+            totals.requests += sample.value;
+            if sample.label("grpc_code") != Some("OK") {
+                totals.errors += sample.value;
+            }
+        }
+        "grpc_server_handling_seconds_bucket" => {
+            if let Some(le) = sample.label("le").and_then(|le| le.parse().ok()) {
+                totals.buckets.push((le, sample.value));
+            }
+        }
+        _ => {}
     }
 }
 
@@ -282,6 +307,26 @@ http_requests_total{endpoint="/idle",method="GET",status="200"} 7
         assert!((a.p50.unwrap() - (0.1 + 0.1 * 10.0 / 30.0)).abs() < 1e-9, "{a:?}");
         let idle = rows.iter().find(|r| r.endpoint == "/idle").unwrap();
         assert_eq!(idle.p99, None);
+    }
+
+    #[test]
+    fn grpc_methods_get_rows_of_their_own_with_non_ok_codes_as_errors() {
+        let before = r#"
+grpc_server_handled_total{grpc_service="pkg.Boot",grpc_method="Get",grpc_code="OK"} 10
+grpc_server_handling_seconds_bucket{le="0.1",grpc_service="pkg.Boot",grpc_method="Get"} 10
+grpc_server_handling_seconds_bucket{le="+Inf",grpc_service="pkg.Boot",grpc_method="Get"} 10
+"#;
+        let now = r#"
+grpc_server_handled_total{grpc_service="pkg.Boot",grpc_method="Get",grpc_code="OK"} 16
+grpc_server_handled_total{grpc_service="pkg.Boot",grpc_method="Get",grpc_code="NotFound"} 2
+grpc_server_handling_seconds_bucket{le="0.1",grpc_service="pkg.Boot",grpc_method="Get"} 18
+grpc_server_handling_seconds_bucket{le="+Inf",grpc_service="pkg.Boot",grpc_method="Get"} 18
+"#;
+        let t0 = Instant::now();
+        let rows = rows(&snapshot(before, t0), &snapshot(now, t0 + Duration::from_secs(2)));
+        let get = rows.iter().find(|r| r.endpoint == "gRPC pkg.Boot/Get").unwrap();
+        assert_eq!((get.rate, get.error_ratio), (4.0, Some(0.25)));
+        assert!(get.p99.is_some_and(|p| p <= 0.1));
     }
 
     #[test]
