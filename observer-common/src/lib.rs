@@ -400,11 +400,6 @@ pub struct EventHeader {
     pub fd: i32,
     /// `FLAG_*` bits.
     pub flags: u32,
-    /// Bytes of the head that follow the header (≤ `HEAD_LEN`).
-    pub head_len: u32,
-    /// Bytes of the tail that follow the head (≤ `TAIL_LEN`). The bytes between head and tail
-    /// (`ret - head_len - tail_len`) were not captured.
-    pub tail_len: u32,
     /// On a `FLAG_NEW` read: microseconds from the completion of the connection's handshake
     /// (the kernel's ESTABLISHED transition) to this read, saturating; else 0.
     pub wait_us: u32,
@@ -412,6 +407,11 @@ pub struct EventHeader {
     pub seq: u32,
     /// `Kind::Fork`: the child's pid.
     pub child: u32,
+    /// Bytes of the head that follow the header (≤ `HEAD_LEN`).
+    pub head_len: u16,
+    /// Bytes of the tail that follow the head (≤ `TAIL_LEN`). The bytes between head and tail
+    /// (`ret - head_len - tail_len`) were not captured.
+    pub tail_len: u16,
     /// A [`Kind`] discriminant.
     pub kind: u8,
     /// A [`Call`] discriminant (`Call::None` but for data).
@@ -422,8 +422,10 @@ pub struct EventHeader {
     /// `Kind::Listen` / `Kind::Unlisten`: the port.
     pub port: u16,
     pub reserved2: u16,
-    pub reserved3: u32,
 }
+
+// `EventHeader::head_len` and `tail_len` are u16.
+const _: () = assert!(HEAD_LEN <= u16::MAX as usize && TAIL_LEN <= HEAD_LEN);
 
 /// Size of [`EventHeader`] on the wire.
 pub const HEADER_LEN: usize = core::mem::size_of::<EventHeader>();
@@ -482,7 +484,7 @@ mod tests {
 
     #[test]
     fn event_has_no_padding() {
-        assert_eq!(HEADER_LEN, 3 * 8 + 6 * 8);
+        assert_eq!(HEADER_LEN, 3 * 8 + 5 * 8, "64 bytes: every record carries one");
         assert_eq!(core::mem::size_of::<FrameCursors>(), 48);
         assert_eq!(core::mem::size_of::<ConnState>(), 24);
         assert_eq!(HEADER_LEN % 8, 0, "records stay 8-byte aligned");

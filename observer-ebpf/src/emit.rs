@@ -66,8 +66,8 @@ impl Record {
             tid: self.id as u32,
             fd: self.fd,
             flags: self.flags,
-            head_len: head_len as u32,
-            tail_len: tail_len as u32,
+            head_len: head_len as u16,
+            tail_len: tail_len as u16,
             wait_us: self.wait_us,
             seq: 0,
             child: self.child,
@@ -77,7 +77,6 @@ impl Record {
             reserved: 0,
             port: self.port,
             reserved2: 0,
-            reserved3: 0,
         }
     }
 }

@@ -250,7 +250,7 @@ fn flush() {
     if out > HEAD_LEN as u64 {
         out = HEAD_LEN as u64;
     }
-    s.header.head_len = out as u32;
+    s.header.head_len = out as u16;
     s.header.ret = s.frames.wire as i64;
     s.header.seq = s.frames.cursor.seq;
     output(HEADER_LEN as u64 + out);

@@ -79,8 +79,8 @@ pub fn decode(record: &[u8]) -> Result<Event<'_>, DecodeError> {
     let kind = Kind::try_from(u8_at(offset_of!(EventHeader, kind))).map_err(DecodeError::Kind)?;
     let call = Call::try_from(u8_at(offset_of!(EventHeader, call))).map_err(DecodeError::Call)?;
     let role = Role::try_from(u8_at(offset_of!(EventHeader, role))).map_err(DecodeError::Role)?;
-    let head = u32_at(offset_of!(EventHeader, head_len));
-    let tail = u32_at(offset_of!(EventHeader, tail_len));
+    let head = u32::from(u16_at(offset_of!(EventHeader, head_len)));
+    let tail = u32::from(u16_at(offset_of!(EventHeader, tail_len)));
     let (head_len, tail_len) = (head as usize, tail as usize);
     if head_len > HEAD_LEN || tail_len > TAIL_LEN || HEADER_LEN + head_len + tail_len > record.len() {
         return Err(DecodeError::Captured { head, tail });
@@ -124,8 +124,8 @@ mod tests {
             tid: 8,
             fd: 3,
             flags,
-            head_len: head.len() as u32,
-            tail_len: tail.len() as u32,
+            head_len: head.len() as u16,
+            tail_len: tail.len() as u16,
             wait_us: 250,
             seq: 4,
             child: 11,
@@ -136,7 +136,7 @@ mod tests {
             ..EventHeader::default()
         };
         // The header's bytes, as the kernel writes them (repr(C), no padding).
-        let fields: [&[u8]; 17] = [
+        let fields: [&[u8]; 15] = [
             &header.ts_ns.to_ne_bytes(),
             &header.ret.to_ne_bytes(),
             &header.conn.to_ne_bytes(),
@@ -144,16 +144,14 @@ mod tests {
             &header.tid.to_ne_bytes(),
             &header.fd.to_ne_bytes(),
             &header.flags.to_ne_bytes(),
-            &header.head_len.to_ne_bytes(),
-            &header.tail_len.to_ne_bytes(),
             &header.wait_us.to_ne_bytes(),
             &header.seq.to_ne_bytes(),
             &header.child.to_ne_bytes(),
+            &header.head_len.to_ne_bytes(),
+            &header.tail_len.to_ne_bytes(),
             &[header.kind, header.call, header.role, 0],
             &header.port.to_ne_bytes(),
             &[0, 0],
-            &[0, 0, 0, 0],
-            &[],
         ];
         let mut r: Vec<u8> = fields.concat();
         assert_eq!(r.len(), HEADER_LEN);
@@ -213,9 +211,9 @@ mod tests {
         r[offset_of!(EventHeader, role)] = 0;
         assert_eq!(decode(&r), Err(DecodeError::Role(0)));
         let mut r = record(Kind::Data, Call::Read, b"abc", b"", 0);
-        r[offset_of!(EventHeader, head_len)..][..4].copy_from_slice(&(HEAD_LEN as u32 + 1).to_ne_bytes());
+        r[offset_of!(EventHeader, head_len)..][..2].copy_from_slice(&(HEAD_LEN as u16 + 1).to_ne_bytes());
         assert_eq!(decode(&r), Err(DecodeError::Captured { head: HEAD_LEN as u32 + 1, tail: 0 }));
-        r[offset_of!(EventHeader, head_len)..][..4].copy_from_slice(&20u32.to_ne_bytes());
+        r[offset_of!(EventHeader, head_len)..][..2].copy_from_slice(&20u16.to_ne_bytes());
         assert_eq!(decode(&r), Err(DecodeError::Captured { head: 20, tail: 0 }), "past the record's end");
     }
 }
