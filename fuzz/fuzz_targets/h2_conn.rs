@@ -8,7 +8,7 @@ use observer::{
     exchange::Sink,
     http2::{
         conn::{H2Conn, Peer, Record},
-        frames::{KernelModel, PREFACE},
+        frames::{KernelModel, PREFACE, encode as frame},
     },
 };
 
@@ -20,14 +20,6 @@ const BLOCKS: [&[u8]; 5] = [
     &[0x8d],                                             // :status 404
     &[0x48, 0x03, b'1', b'0', b'0'],                     // :status 100, indexed
 ];
-
-fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
-    let len = payload.len();
-    let mut bytes = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags];
-    bytes.extend(stream.to_be_bytes());
-    bytes.extend(payload);
-    bytes
-}
 
 fuzz_target!(|data: &[u8]| {
     let mut conn: H2Conn<u32> = H2Conn::new();

@@ -8,18 +8,6 @@ use std::{collections::BTreeMap, process::Command};
 
 use common::*;
 
-/// (method, status) of each request in nginx's access log (the combined format).
-fn access_log(dir: &TempDir) -> Vec<(String, u16)> {
-    let log = std::fs::read_to_string(dir.path().join("access.log")).unwrap_or_default();
-    log.lines()
-        .map(|line| {
-            let request = line.split('"').nth(1).expect("a request line");
-            let status = line.split('"').nth(2).and_then(|s| s.split_whitespace().next()).expect("a status");
-            (request.split(' ').next().unwrap().to_owned(), status.parse().unwrap())
-        })
-        .collect()
-}
-
 /// Requests per status in nginx's access log.
 fn per_status(dir: &TempDir) -> BTreeMap<u16, f64> {
     let mut counts = BTreeMap::new();

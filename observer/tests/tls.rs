@@ -30,18 +30,6 @@ fn start_nginx_conf_tls(dir: &TempDir, port: u16, tls_port: u16, conf: NginxConf
     nginx
 }
 
-/// (method, status) of each request in nginx's access log (the combined format).
-fn access_log(dir: &TempDir) -> Vec<(String, u16)> {
-    let log = std::fs::read_to_string(dir.path().join("access.log")).unwrap_or_default();
-    log.lines()
-        .map(|line| {
-            let request = line.split('"').nth(1).expect("a request line");
-            let status = line.split('"').nth(2).and_then(|s| s.split_whitespace().next()).expect("a status");
-            (request.split(' ').next().unwrap().to_owned(), status.parse().unwrap())
-        })
-        .collect()
-}
-
 /// curl over one connection (`--http1.1`, keep-alive), certificates not checked: the status
 /// and client-measured total time of each response.
 fn curl_timed(extra: &[&str], urls: &[String]) -> Vec<(u16, f64)> {

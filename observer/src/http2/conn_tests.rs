@@ -2,17 +2,9 @@
 
 use super::{
     conn::{H2Conn, Peer, Record},
-    frames::{KernelModel, PREFACE, flag, kind},
+    frames::{KernelModel, PREFACE, encode as frame, flag, kind},
 };
 use crate::exchange::{Anomaly, Finished, GrpcEnd, RequestHead, Sink};
-
-fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
-    let len = payload.len();
-    let mut bytes = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags];
-    bytes.extend(stream.to_be_bytes());
-    bytes.extend(payload);
-    bytes
-}
 
 /// A header block of `:method GET`, `:scheme http` and `:path` (a literal, not indexed).
 fn get(path: &str) -> Vec<u8> {

@@ -179,6 +179,15 @@ fn take(wire: u64, n: usize) -> Result<u64, FrameError> {
     wire.checked_sub(n as u64).ok_or(FrameError::Inconsistent)
 }
 
+/// A frame's bytes (RFC 9113 §4.1), for tests and the fuzz targets.
+pub fn encode(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let len = payload.len();
+    let mut bytes = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags];
+    bytes.extend(stream.to_be_bytes());
+    bytes.extend(payload);
+    bytes
+}
+
 /// A model of the kernel's walk (`observer-ebpf/src/frames.rs`), for tests and the fuzz targets: one
 /// direction's calls in, the records the kernel sends out (kept bytes, wire length).
 #[derive(Debug, Default)]
@@ -232,15 +241,7 @@ impl KernelModel {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
-
-    pub(crate) fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
-        let len = payload.len();
-        let mut bytes = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags];
-        bytes.extend(stream.to_be_bytes());
-        bytes.extend(payload);
-        bytes
-    }
+    use super::{encode as frame, *};
 
     fn conversation() -> Vec<u8> {
         let mut bytes = PREFACE.to_vec();

@@ -152,3 +152,16 @@ pub fn kill_workers_and_wait_for_new(workers: impl Fn() -> Vec<u32>) -> Vec<u32>
     });
     workers()
 }
+
+/// (method, status) of each request in nginx's access log (the combined format): the
+/// server's own count. Empty if nginx wrote none.
+pub fn access_log(dir: &TempDir) -> Vec<(String, u16)> {
+    let log = std::fs::read_to_string(dir.path().join("access.log")).unwrap_or_default();
+    log.lines()
+        .map(|line| {
+            let request = line.split('"').nth(1).expect("a request line");
+            let status = line.split('"').nth(2).and_then(|s| s.split_whitespace().next()).expect("a status");
+            (request.split(' ').next().unwrap().to_owned(), status.parse().unwrap())
+        })
+        .collect()
+}
