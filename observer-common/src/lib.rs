@@ -234,6 +234,12 @@ pub const STATE_H2: u32 = 1 << 21;
 /// (`frames::whole_frames`): one seen opening is HTTP/2 only by its preface.
 pub const STATE_MIDSTREAM: u32 = 1 << 22;
 
+/// Kernel-side socket or session state: the server's last write started with an HTTP/1.1
+/// `101` status line (an `Upgrade`, h2c among them): a SETTINGS frame at the start of its next
+/// write makes the connection HTTP/2, as a new connection's would (RFC 9113 §3.2: the server
+/// sends its preface right after the 101, and may answer stream 1 before it reads the client's).
+pub const STATE_UPGRADE: u32 = 1 << 23;
+
 /// The client connection preface (RFC 9113 §3.4): the first bytes an HTTP/2 server reads.
 pub const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 

@@ -149,6 +149,8 @@ pub fn emit_data<C: EbpfContext>(
     let (h2_starts, joined) = match direction {
         Direction::In if frames::starts_with_preface(head_len) => (true, false),
         Direction::In => (midstream && frames::whole_frames(head_len, record.ret as u64), true),
+        // SAFETY: as above.
+        _ if h2 && unsafe { frames::after_upgrade(state, head_len) } => (true, false),
         _ => (record.flags & FLAG_NEW != 0 && frames::starts_with_settings(head_len), false),
     };
     // SAFETY: as above.

@@ -12,7 +12,7 @@ use core::ffi::c_void;
 use aya_ebpf::helpers::generated::{bpf_loop, bpf_probe_read_user};
 use observer_common::{
     Direction, EventHeader, FLAG_FRAMES, FrameCursor, FrameCursors, H2_PREFACE, HEAD_LEN, HEADER_LEN,
-    KEPT_PAYLOAD, MAX_IOV, STATE_H2, frame_payload_kept, stat,
+    KEPT_PAYLOAD, MAX_IOV, STATE_H2, STATE_UPGRADE, frame_payload_kept, stat,
 };
 
 use crate::{
@@ -40,18 +40,7 @@ const STOP: i64 = 1;
 /// preface: the connection is HTTP/2 from here on.
 #[inline(always)]
 pub fn starts_with_preface(head_len: u64) -> bool {
-    let Some(s) = scratch() else { return false };
-    if head_len < H2_PREFACE.len() as u64 {
-        return false;
-    }
-    let mut i = 0;
-    while i < H2_PREFACE.len() {
-        if s.data[i] != H2_PREFACE[i] {
-            return false;
-        }
-        i += 1;
-    }
-    true
+    starts_with(H2_PREFACE, head_len)
 }
 
 /// Whether the first bytes a new connection's server wrote (`head_len` of them captured) are
@@ -73,6 +62,46 @@ pub fn starts_with_settings(head_len: u64) -> bool {
         && d[8] == 0
         && len % 6 == 0
         && len <= 256
+}
+
+/// The status line of a switch of protocols (h2c's `Upgrade` among them).
+const SWITCHING: &[u8; 13] = b"HTTP/1.1 101 ";
+
+/// Whether a server write (`head_len` bytes of it captured) is the first after an h2c `101`
+/// and begins with the server's SETTINGS: the connection is HTTP/2 from this write on. Notes
+/// in `state` whether this write is itself a `101`, for the next one (`STATE_UPGRADE`). An
+/// h2c server writes the 101 alone (Apache's mod_http2, Go's x/net/http2/h2c flush it first).
+///
+/// # Safety
+/// `state` points into a map value.
+#[inline(always)]
+pub unsafe fn after_upgrade(state: *mut u32, head_len: u64) -> bool {
+    // SAFETY: per the contract.
+    let old = unsafe { *state };
+    let upgraded = old & STATE_UPGRADE != 0;
+    let switching = starts_with(SWITCHING, head_len);
+    if switching != upgraded {
+        // SAFETY: per the contract.
+        unsafe { *state = old ^ STATE_UPGRADE };
+    }
+    upgraded && starts_with_settings(head_len)
+}
+
+/// Whether the captured bytes (`head_len` of them) begin with `text`.
+#[inline(always)]
+fn starts_with<const N: usize>(text: &[u8; N], head_len: u64) -> bool {
+    let Some(s) = scratch() else { return false };
+    if head_len < N as u64 {
+        return false;
+    }
+    let mut i = 0;
+    while i < N {
+        if s.data[i] != text[i] {
+            return false;
+        }
+        i += 1;
+    }
+    true
 }
 
 /// Frame type SETTINGS.

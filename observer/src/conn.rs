@@ -5,8 +5,9 @@ use observer_common::{Call, Direction, Kind, Role};
 use rustc_hash::FxHashMap;
 
 use crate::{
+    detect::{Detected, detect},
     events::Event,
-    exchange::{RequestHead, Sink},
+    exchange::{Anomaly, RequestHead, Sink},
     http1::{HttpConn, Moved},
     http2::conn::{H2Conn, Peer, Record},
     label::{Labels, Tag},
@@ -17,19 +18,71 @@ use crate::{
 /// The kernel's socket table's default size (`--max-connections`).
 const DEFAULT_CAPACITY: usize = observer_common::MAX_CONNECTIONS as usize;
 
-/// A connection's protocol, and its state in it. HTTP/2 is known from the kernel's records
-/// (it saw the client preface and follows frames from there); everything else starts as
-/// HTTP/1, whose decoder tells TLS records and HTTP/2 it cannot follow apart.
+/// A connection's protocol, and its state in it. A connection seen opening is told by its
+/// first bytes (`detect`); one first seen mid-stream is taken as HTTP/1 until a request line
+/// shows. HTTP/2 is followed where the kernel walks its frames (it saw the client preface or
+/// the server's SETTINGS, and flags the records).
+// Most entries are HTTP/1: boxing it would cost an allocation per connection.
+#[allow(clippy::large_enum_variant)]
 enum Proto {
+    /// Seen opening, nothing moved yet.
+    Unseen,
     Http1(HttpConn<Tag>),
     Http2(Box<H2Conn<Tag>>),
+    /// Not followed: TLS records (the plaintext comes from the TLS library's hooks, if any),
+    /// or HTTP/2 whose frames the kernel does not walk (the syscall hooks).
+    Opaque(Detected),
 }
 
 impl Proto {
+    /// What a new connection's first bytes (`event`'s) say it speaks; what is not followed
+    /// is counted.
+    fn detected(event: &Event<'_>, sink: &mut Sink<Tag>) -> Proto {
+        let from_client = (event.role == Role::Server) == (event.direction() == Direction::In);
+        match detect(from_client, event.head) {
+            Detected::Http1 => Proto::Http1(HttpConn::new()),
+            Detected::Tls => {
+                sink.encrypted += 1;
+                Proto::Opaque(Detected::Tls)
+            }
+            Detected::Http2 => {
+                sink.anomalies.push(Anomaly::Http2);
+                Proto::Opaque(Detected::Http2)
+            }
+        }
+    }
+
+    /// A connection whose data is new to us: from its start (`event.new_conn`), or mid-stream.
+    fn opened(event: &Event<'_>, sink: &mut Sink<Tag>) -> Proto {
+        if event.new_conn { Proto::detected(event, sink) } else { Proto::Http1(HttpConn::mid_stream()) }
+    }
+
+    /// The protocol `event` moves the connection to, if it changes.
+    fn next(&mut self, event: &Event<'_>, sink: &mut Sink<Tag>) -> Option<Proto> {
+        match self {
+            Proto::Http2(_) if event.frames => None,
+            // The kernel follows frames from here: from the client preface or the server's
+            // SETTINGS, after an h2c `Upgrade` (whose request goes on as stream 1) or not.
+            Proto::Http1(http) if event.frames => Some(Proto::Http2(Box::new(match http.take_h2c() {
+                Some(upgrade) => H2Conn::upgraded(upgrade.tag, upgrade.start_ns),
+                None => H2Conn::new(),
+            }))),
+            _ if event.frames => Some(Proto::Http2(Box::default())),
+            Proto::Http2(_) => Some(Proto::opened(event, sink)),
+            Proto::Unseen => Some(Proto::detected(event, sink)),
+            // Ciphertext of this connection got out before its session was tied to it (a call
+            // already under way when the uprobes were attached): the plaintext starts the
+            // connection over.
+            Proto::Opaque(Detected::Tls) if is_plaintext(event.call) => Some(Proto::opened(event, sink)),
+            Proto::Http1(_) | Proto::Opaque(_) => None,
+        }
+    }
+
     fn on_close(self, sink: &mut Sink<Tag>) {
         match self {
             Proto::Http1(http) => http.on_close(sink),
             Proto::Http2(h2) => h2.on_close(sink),
+            Proto::Unseen | Proto::Opaque(_) => {}
         }
     }
 
@@ -42,6 +95,7 @@ impl Proto {
                 http.has_waiting()
             }
             Proto::Http2(_) => true,
+            Proto::Unseen | Proto::Opaque(_) => false,
         }
     }
 }
@@ -124,7 +178,7 @@ impl<'m> Connections<'m> {
                 if !self.table.contains_key(&key) && !self.has_room() {
                     return;
                 }
-                if let Some(old) = self.table.insert(key, fresh(Proto::Http1(HttpConn::new()))) {
+                if let Some(old) = self.table.insert(key, fresh(Proto::Unseen)) {
                     old.proto.on_close(&mut self.sink); // fd reused without a close we saw
                 }
             }
@@ -142,21 +196,10 @@ impl<'m> Connections<'m> {
                 if !self.table.contains_key(&key) && !self.has_room() {
                     return;
                 }
-                let opened =
-                    || Proto::Http1(if event.new_conn { HttpConn::new() } else { HttpConn::mid_stream() });
-                let entry = self.table.entry(key).or_insert_with(|| fresh(opened()));
-                let restart = match &entry.proto {
-                    // The kernel follows frames from the client preface on (an h2c upgrade's
-                    // HTTP/1 part ends here).
-                    Proto::Http1(_) if event.frames => Some(Proto::Http2(Box::default())),
-                    Proto::Http2(_) if !event.frames => Some(opened()),
-                    // Ciphertext of this connection got out before its session was tied to it
-                    // (a call already under way when the uprobes were attached): the plaintext
-                    // starts the connection over (whatever was waiting, abandoned).
-                    Proto::Http1(http) if is_plaintext(event.call) && http.is_encrypted() => Some(opened()),
-                    _ => None,
-                };
-                if let Some(proto) = restart {
+                let entry = self.table.entry(key).or_insert_with(|| {
+                    fresh(if event.new_conn { Proto::Unseen } else { Proto::Http1(HttpConn::mid_stream()) })
+                });
+                if let Some(proto) = entry.proto.next(event, &mut self.sink) {
                     std::mem::replace(&mut entry.proto, proto).on_close(&mut self.sink);
                 }
                 entry.last_active = self.clock;
@@ -180,6 +223,7 @@ impl<'m> Connections<'m> {
                             Record { peer, ts_ns: event.ts_ns, seq: event.seq, kept: event.head, wire };
                         h2.on_record(record, sink, &mut start);
                     }
+                    Proto::Unseen | Proto::Opaque(_) => {}
                     Proto::Http1(http) => {
                         if event.lost_before {
                             http.on_lost_events(sink);
@@ -265,7 +309,7 @@ fn is_plaintext(call: Call) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::metrics::{EndpointLabels, RequestLabels};
+    use crate::metrics::{EndpointLabels, ReasonLabels, RequestLabels};
 
     /// A fully captured data event by `call` on fd 5 of process 1.
     pub(super) fn event(call: Call, ts_ns: u64, head: &[u8]) -> Event<'_> {
@@ -323,6 +367,46 @@ mod tests {
         conns.handle(&event(Call::TlsWrite, 3, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"));
         let ok = RequestLabels { endpoint: "/t", method: "GET", status: 200 };
         assert_eq!(metrics.http.requests.get_or_create(&ok).get(), 1);
+    }
+
+    #[test]
+    fn http2_the_kernel_does_not_walk_is_counted_once_and_not_followed() {
+        let metrics = Metrics::new();
+        let mut conns = Connections::new(&metrics, Router::new(Rules::default(), 10, 2), 30);
+        conns.handle(&Event { kind: Kind::Open, ..event(Call::None, 0, b"") });
+        conns.handle(&event(Call::Write, 1, b"\x00\x00\x06\x04\x00\x00\x00\x00\x00\x00\x03\x00\x00\x00\x80"));
+        conns.handle(&event(Call::Read, 2, b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"));
+        conns.handle(&event(Call::Read, 3, b"GET / HTTP/1.1\r\n\r\n"));
+        assert_eq!(metrics.health.parse_errors.get_or_create(&ReasonLabels { reason: "http2" }).get(), 1);
+        assert_eq!(metrics.http.in_flight.get_or_create(&EndpointLabels { endpoint: "/" }).get(), 0);
+    }
+
+    #[test]
+    fn an_h2c_upgrade_is_one_request_answered_on_stream_1() {
+        use crate::http2::frames::{KernelModel, PREFACE, encode, flag, kind};
+        let metrics = Metrics::new();
+        let mut conns = Connections::new(&metrics, Router::new(Rules::default(), 10, 2), 30);
+        conns.handle(&Event { kind: Kind::Open, ..event(Call::None, 0, b"") });
+        conns.handle(&event(Call::Read, 1_000, b"GET /up HTTP/1.1\r\nUpgrade: h2c\r\n\r\n"));
+        conns.handle(&event(Call::Writev, 2_000, b"HTTP/1.1 101 Switching Protocols\r\n\r\n"));
+        let (mut client, mut server) = (KernelModel::client(), KernelModel::server());
+        fn frames(ts_ns: u64, seq: u32, kept: &[u8], wire: u64) -> Event<'_> {
+            Event { frames: true, seq, ret: wire as i64, ..event(Call::Writev, ts_ns, kept) }
+        }
+        let (kept, wire) = server.call(&encode(kind::SETTINGS, 0, 0, &[]));
+        conns.handle(&frames(3_000, 0, &kept, wire));
+        let (kept, wire) = client.call(&[PREFACE, &encode(kind::SETTINGS, 0, 0, &[])].concat());
+        conns.handle(&Event { call: Call::Read, ..frames(4_000, 0, &kept, wire) });
+        let mut response = encode(kind::HEADERS, flag::END_HEADERS, 1, &[0x88]); // :status 200
+        response.extend(encode(kind::DATA, flag::END_STREAM, 1, b"hello"));
+        let (kept, wire) = server.call(&response);
+        conns.handle(&frames(5_000, 1, &kept, wire));
+        let ok = RequestLabels { endpoint: "/up", method: "GET", status: 200 };
+        assert_eq!(metrics.http.requests.get_or_create(&ok).get(), 1);
+        assert_eq!(metrics.http.in_flight.get_or_create(&EndpointLabels { endpoint: "/up" }).get(), 0);
+        let text = metrics.encode();
+        assert!(!text.contains("status=\"101\""), "{text}");
+        assert!(!text.lines().any(|l| l.starts_with("observer_parse_errors_total{")), "{text}");
     }
 
     #[test]

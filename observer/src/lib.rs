@@ -13,6 +13,7 @@
 pub mod conn;
 pub mod demo;
 pub mod demo_server;
+pub mod detect;
 pub mod events;
 pub mod exchange;
 pub mod grpc;

@@ -174,6 +174,48 @@ fn curl_statuses(args: &[&str], urls: &[String]) -> Vec<u16> {
         .collect()
 }
 
+/// `curl --http2` on `http://` asks for `Upgrade: h2c`; Apache's mod_http2 answers 101 and
+/// stream 1 carries the upgrading request's response. Apache logs that request twice (its 101
+/// as HTTP/1.1 and its answer as HTTP/2.0); it is one request, counted once, by its final
+/// status. One request per connection: Apache 2.4.71 often sends GOAWAY (last stream 1,
+/// "timeout") right after an upgraded stream 1, and curl's next request on the connection
+/// fails (the refused stream is not counted: unit-tested in `http2::conn_tests`).
+#[test]
+fn apache_h2c_upgrades_count_the_upgrading_request_once_by_its_http2_answer() {
+    require_root();
+    require_command("curl");
+    let apache2 = "/usr/sbin/apache2";
+    assert!(std::path::Path::new(apache2).exists(), "{apache2} is missing: run `cargo xtask setup`");
+    let dir = TempDir::new("h2c-apache");
+    let port = free_port();
+    let apache = start_apache_h2c(&dir, port);
+    let observer = Observer::attach(&[apache.pid()]);
+    let paths = ["/index.html", "/missing", "/index.html"];
+    let connections = 5 * paths.len();
+    for path in paths.iter().cycle().take(connections) {
+        let expected = if *path == "/missing" { 404 } else { 200 };
+        assert_eq!(curl_statuses(&["--http2"], &[format!("http://127.0.0.1:{port}{path}")]), [expected]);
+    }
+
+    let requests = connections;
+    let scrape = observer.scrape_settled(requests as f64);
+    let log = apache_log(&dir);
+    let logged =
+        |status: u16, protocol: &str| log.iter().filter(|(s, p)| *s == status && p == protocol).count();
+    assert_eq!(logged(101, "HTTP/1.1"), connections, "one upgrade per connection: {log:?}");
+    assert_eq!(logged(200, "HTTP/2.0") + logged(404, "HTTP/2.0"), requests, "{log:?}");
+    for status in [200, 404] {
+        let ours = scrape.sum("http_requests_total", &[("status", &status.to_string())]);
+        assert_eq!(ours, logged(status, "HTTP/2.0") as f64, "status {status}:\n{}", scrape.0);
+    }
+    assert_eq!(scrape.sum("http_requests_total", &[("status", "101")]), 0.0, "{}", scrape.0);
+    let upgraded = scrape.sum("http_requests_total", &[("endpoint", "/index.html"), ("status", "200")]);
+    assert_eq!(upgraded, 10.0, "{}", scrape.0);
+    assert_eq!(scrape.sum("http_request_duration_seconds_count", &[]), requests as f64);
+    assert_eq!(scrape.sum("http_requests_in_flight", &[]), 0.0);
+    assert_eq!(scrape.sum("observer_parse_errors_total", &[]), 0.0, "{}", scrape.0);
+}
+
 #[test]
 fn node_http2_in_clear_text_and_over_tls_with_continuation_frames_and_a_reset() {
     require_root();

@@ -1,5 +1,4 @@
-//! Message heads, requests and responses alike: parsed with httparse where they lie, and
-//! what a connection's first bytes say about its protocol.
+//! Message heads, requests and responses alike: parsed with httparse where they lie.
 
 use std::mem::MaybeUninit;
 
@@ -75,32 +74,11 @@ pub fn looks_like_request(data: &[u8]) -> bool {
     }
 }
 
-/// Protocols a connection may speak instead of HTTP/1.x, told by their first bytes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Other {
-    /// A TLS record: handshake (22), version 3.x (SSL 3.0 to TLS 1.3 all say 3.0–3.4).
-    Tls,
-    /// The HTTP/2 client connection preface (RFC 9113 §3.4).
-    Http2,
-}
-
-impl Other {
-    /// What a client's first bytes say.
-    pub fn starting(data: &[u8]) -> Option<Other> {
-        match data {
-            [0x16, 0x03, minor, ..] if *minor <= 0x04 => Some(Other::Tls),
-            _ if data.starts_with(b"PRI * HTTP/2.0") => Some(Other::Http2),
-            _ => None,
-        }
-    }
-}
-
-/// Whether `data` begins with an HTTP/2 SETTINGS frame on stream 0 (RFC 9113 §6.5), which
-/// an HTTP/2 server sends first: a 24-bit length that is a multiple of 6, type 4, flags 0,
-/// stream id 0. A response head starts with `HTTP/`, so the two are never confused.
-pub fn is_http2_settings(data: &[u8]) -> bool {
-    match data {
-        [l0, l1, l2, 0x04, 0x00, 0, 0, 0, 0, ..] => u32::from_be_bytes([0, *l0, *l1, *l2]).is_multiple_of(6),
-        _ => false,
-    }
+/// Whether a request asks to switch to HTTP/2 in clear text (`Upgrade: h2c`, RFC 7540 §3.2):
+/// if the server answers `101`, the request goes on as HTTP/2 stream 1.
+pub fn asks_h2c(headers: &[httparse::Header<'_>]) -> bool {
+    headers.iter().any(|h| {
+        h.name.eq_ignore_ascii_case("upgrade")
+            && h.value.split(|&b| b == b',').any(|token| token.trim_ascii().eq_ignore_ascii_case(b"h2c"))
+    })
 }

@@ -20,7 +20,7 @@ use crate::exchange::{Anomaly, Finished, RequestHead, Sink};
 use self::{
     body::{BodyError, BodyKind, Decoder, request_body, response_body},
     bytes::{Bytes, counted},
-    head::{HeadLoss, Other, Outcome, head_bytes, header_room, is_http2_settings, looks_like_request},
+    head::{HeadLoss, Outcome, asks_h2c, head_bytes, header_room, looks_like_request},
 };
 
 /// What one read or write moved: `len` bytes, of which the first (`head`) and the last
@@ -99,6 +99,16 @@ struct Outstanding<T> {
     /// HEAD and CONNECT responses have no body whatever their headers say.
     no_body: bool,
     status: Option<u16>,
+    /// It asked for `Upgrade: h2c`.
+    h2c: bool,
+}
+
+/// A request that the server answered with `101` to `Upgrade: h2c`: it goes on as HTTP/2
+/// stream 1 (RFC 7540 §3.2), whose response ends it.
+#[derive(Debug, PartialEq)]
+pub struct H2cUpgrade<T> {
+    pub tag: T,
+    pub start_ns: u64,
 }
 
 /// One connection's request/response state.
@@ -110,8 +120,8 @@ pub struct HttpConn<T> {
     outbound: Framing,
     /// Requests in arrival order; responses answer them in the same order (RFC 9112 §9.3.2).
     waiting: VecDeque<Outstanding<T>>,
-    /// Its bytes were found to be TLS records (set aside, not followed).
-    encrypted: bool,
+    /// The request switched to HTTP/2 by a `101`, until the HTTP/2 side takes it over.
+    h2c: Option<Outstanding<T>>,
     last_write_ns: u64,
     /// The response being written (to the front of `waiting`): when its first byte went out,
     /// and how many bytes so far.
@@ -138,7 +148,7 @@ impl<T> HttpConn<T> {
             inbound_start_ns: 0,
             outbound: Framing::Head(Vec::new()),
             waiting: VecDeque::new(),
-            encrypted: false,
+            h2c: None,
             last_write_ns: 0,
             response_first_ns: None,
             response_bytes: 0,
@@ -151,9 +161,10 @@ impl<T> HttpConn<T> {
         HttpConn { inbound: Framing::OutOfSync, outbound: Framing::OutOfSync, ..Self::new() }
     }
 
-    /// Whether its bytes were TLS records, set aside.
-    pub fn is_encrypted(&self) -> bool {
-        self.encrypted
+    /// The request that switched the connection to HTTP/2 (`Upgrade: h2c`, answered `101`):
+    /// handed over to the HTTP/2 side, which sees its response on stream 1.
+    pub fn take_h2c(&mut self) -> Option<H2cUpgrade<T>> {
+        self.h2c.take().map(|w| H2cUpgrade { tag: w.tag, start_ns: w.start_ns })
     }
 
     pub fn has_waiting(&self) -> bool {
@@ -173,20 +184,6 @@ impl<T> HttpConn<T> {
         let mut rest = Bytes::new(moved);
         if matches!(self.inbound, Framing::OutOfSync) && looks_like_request(rest.seen) {
             self.inbound = Framing::Head(Vec::new());
-        }
-        if self.waiting.is_empty()
-            && matches!(&self.inbound, Framing::Head(buf) if buf.is_empty())
-            && let Some(other) = Other::starting(rest.seen)
-        {
-            match other {
-                Other::Tls => {
-                    sink.encrypted += 1;
-                    self.encrypted = true;
-                }
-                Other::Http2 => sink.anomalies.push(Anomaly::Http2),
-            }
-            self.upgraded();
-            return;
         }
         while !rest.is_empty() {
             match &mut self.inbound {
@@ -253,13 +250,20 @@ impl<T> HttpConn<T> {
         };
         let no_body = method == "HEAD" || method == "CONNECT";
         let upgrade = method == "CONNECT";
+        let h2c = asks_h2c(req.headers);
         let tag = start(RequestHead { method, target: Some(target), grpc: false });
         // A close-delimited response still being written ends where the next request begins.
         if self.outbound.is_close_delimited() {
             self.finish_front(self.last_write_ns, sink);
             self.outbound = Framing::Head(Vec::new());
         }
-        self.waiting.push_back(Outstanding { tag, start_ns: self.inbound_start_ns, no_body, status: None });
+        self.waiting.push_back(Outstanding {
+            tag,
+            start_ns: self.inbound_start_ns,
+            no_body,
+            status: None,
+            h2c,
+        });
         rest.skip(if truncated { rest.len() } else { (head_len - before) as u64 });
         self.inbound = if upgrade { Framing::Upgraded } else { Framing::after_head(body) };
         Step::Continue
@@ -274,15 +278,6 @@ impl<T> HttpConn<T> {
             && rest.seen.starts_with(b"HTTP/1.")
         {
             self.outbound = Framing::Head(Vec::new());
-        }
-        // An HTTP/2 server speaks first: its SETTINGS frame, before the client's preface.
-        if self.waiting.is_empty()
-            && matches!(&self.outbound, Framing::Head(buf) if buf.is_empty())
-            && is_http2_settings(rest.seen)
-        {
-            sink.anomalies.push(Anomaly::Http2);
-            self.upgraded();
-            return;
         }
         while !rest.is_empty() {
             match &mut self.outbound {
@@ -350,6 +345,13 @@ impl<T> HttpConn<T> {
         self.response_bytes += rest.skip(if truncated { rest.len() } else { (head_len - before) as u64 });
         if truncated {
             sink.anomalies.push(Anomaly::TruncatedCapture);
+        }
+        if code == 101 && self.waiting.front().is_some_and(|w| w.h2c) {
+            self.h2c = self.waiting.pop_front();
+            self.response_first_ns = None;
+            self.response_bytes = 0;
+            self.upgraded();
+            return Step::Stop;
         }
         if code == 101 {
             self.set_front_status(code);
@@ -420,6 +422,13 @@ impl<T> HttpConn<T> {
             self.finish_front(self.last_write_ns, sink);
         }
         self.abandon_all(sink);
+        if let Some(upgraded) = self.h2c.take() {
+            // Switched to HTTP/2 whose frames were never followed (hooks that cannot walk
+            // them): answered 101, as any other upgrade.
+            sink.anomalies.push(Anomaly::Upgraded);
+            self.waiting.push_back(Outstanding { status: Some(101), ..upgraded });
+            self.finish_front(self.last_write_ns, sink);
+        }
     }
 
     /// Events of this connection were lost: abandon what is waiting and resync at the next

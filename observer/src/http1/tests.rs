@@ -195,35 +195,26 @@ fn non_http_bytes_are_counted_and_the_connection_recovers() {
 }
 
 #[test]
-fn tls_records_are_ciphertext_not_errors() {
+fn an_h2c_upgrade_hands_its_request_over_as_stream_1() {
     let mut h = Harness::default();
-    h.read(1, b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03") // a ClientHello
-        .write(2, b"\x16\x03\x03\x00\x7a\x02\x00\x00\x76")
-        .read(3, b"\x17\x03\x03\x00\x20GET / HTTP/1.1\r\n\r\n")
-        .close();
+    h.read(1, b"GET /up HTTP/1.1\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQCAAAAAAIAAAAA\r\n\r\n")
+        .write(2, b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: h2c\r\nConnection: Upgrade\r\n\r\n");
+    assert!(h.done().is_empty(), "the 101 is not the request's answer");
     assert!(h.sink.anomalies.is_empty(), "{:?}", h.sink.anomalies);
-    assert!(h.done().is_empty());
-    assert_eq!(h.sink.encrypted, 1);
-}
-
-#[test]
-fn http2_is_counted_under_its_own_reason() {
-    let mut h = Harness::default();
-    h.read(1, b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x12\x04")
-        .write(2, b"\x00\x00\x06\x04\x00\x00\x00\x00\x00")
-        .read(3, b"GET / HTTP/1.1\r\n\r\n");
-    assert_eq!(h.sink.anomalies, [Anomaly::Http2]);
+    assert_eq!(h.conn.take_h2c(), Some(H2cUpgrade { tag: "GET /up".to_string(), start_ns: 1 }));
+    h.close();
     assert!(h.done().is_empty());
 }
 
 #[test]
-fn http2_server_speaking_first_is_counted_once() {
+fn an_h2c_upgrade_never_followed_as_http2_ends_as_a_101() {
     let mut h = Harness::default();
-    h.write(1, b"\x00\x00\x12\x04\x00\x00\x00\x00\x00\x00\x03\x00\x00\x00\x80")
-        .read(2, b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
-        .write(3, b"\x00\x00\x00\x04\x01\x00\x00\x00\x00");
-    assert_eq!(h.sink.anomalies, [Anomaly::Http2]);
-    assert!(h.done().is_empty());
+    h.read(1, b"GET /up HTTP/1.1\r\nUpgrade: websocket, H2C\r\n\r\n")
+        .write(2, b"HTTP/1.1 101 Switching Protocols\r\n\r\n")
+        .write(3, b"\x00\x00\x00\x04\x01\x00\x00\x00\x00")
+        .close();
+    assert_eq!(h.done(), [("GET /up", Some(101), 1, 3)]);
+    assert_eq!(h.sink.anomalies, [Anomaly::Upgraded]);
 }
 
 #[test]

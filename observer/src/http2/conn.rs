@@ -50,6 +50,8 @@ struct Side {
     block: Option<Pending>,
     /// The number the next record must have.
     next_seq: u32,
+    /// A record of this side came.
+    seen: bool,
     frames: Vec<Frame>,
 }
 
@@ -89,6 +91,9 @@ pub struct H2Conn<T> {
     streams: FxHashMap<u32, Stream<T>>,
     /// The highest stream id the client opened.
     last_stream: u32,
+    /// The last stream id of the server's GOAWAY: streams above it are not processed (RFC
+    /// 9113 §6.8), so not requests of the server.
+    goaway: Option<u32>,
     /// Whether the connection is followed from its start (the client preface seen), or was
     /// joined later (an HTTP/2 connection from before attach, whose header tables hold
     /// entries we never saw); `None` until the first client record.
@@ -107,16 +112,34 @@ impl<T> Default for H2Conn<T> {
 impl<T> H2Conn<T> {
     /// A connection whose client preface is the first thing its first client record holds.
     pub fn new() -> Self {
-        let side =
-            |reader| Side { reader, hpack: Decoder::new(), block: None, next_seq: 0, frames: Vec::new() };
+        let side = |reader| Side {
+            reader,
+            hpack: Decoder::new(),
+            block: None,
+            next_seq: 0,
+            seen: false,
+            frames: Vec::new(),
+        };
         H2Conn {
             client: side(Reader::client()),
             server: side(Reader::server()),
             streams: FxHashMap::default(),
             last_stream: 0,
+            goaway: None,
             from_start: None,
             broken: false,
         }
+    }
+
+    /// A connection switched from HTTP/1.1 by `Upgrade: h2c`: the request that asked is stream 1,
+    /// already read (its head came as HTTP/1.1), its response still to come (RFC 7540 §3.2).
+    pub fn upgraded(tag: T, start_ns: u64) -> Self {
+        let mut conn = Self::new();
+        let stream =
+            Stream { tag, start_ns, first_byte_ns: None, status: None, response_bytes: 0, grpc: None };
+        conn.streams.insert(1, stream);
+        conn.last_stream = 1;
+        conn
     }
 
     /// Streams waiting for their end.
@@ -134,7 +157,17 @@ impl<T> H2Conn<T> {
             return;
         }
         let side = self.side(peer);
+        if seq != 0 && !side.seen {
+            // The rest of a connection whose end was reported already (the server shut its
+            // side down: nothing it reads can be answered), or one whose start found the
+            // table full (counted there): nothing here can be followed.
+            tracing::debug!(?peer, seq, "HTTP/2 records of a connection already ended");
+            self.broken = true;
+            return;
+        }
+        side.seen = true;
         if seq != side.next_seq {
+            tracing::debug!(?peer, seq, expected = side.next_seq, "HTTP/2 record missing");
             // A record lost in the ring (observer_events_lost_total) or a call the kernel
             // could not walk (observer_http2_calls_unwalked_total).
             return self.break_off(Anomaly::Http2Frames, ts_ns, sink);
@@ -185,6 +218,7 @@ impl<T> H2Conn<T> {
     /// Stops following the connection: one anomaly, every open stream abandoned.
     fn break_off(&mut self, anomaly: Anomaly, ts_ns: u64, sink: &mut Sink<T>) {
         self.broken = true;
+        tracing::debug!(reason = anomaly.reason(), "HTTP/2 connection given up");
         sink.anomalies.push(anomaly);
         self.abandon_all(Some(ts_ns), sink);
     }
@@ -269,6 +303,13 @@ impl<T> H2Conn<T> {
                 }
                 Ok(())
             }
+            kind::GOAWAY if peer == Peer::Server => {
+                if let Some(last) = frame.payload.first_chunk::<4>() {
+                    let last = u32::from_be_bytes(*last) & 0x7fff_ffff;
+                    self.goaway = Some(self.goaway.map_or(last, |old| old.min(last)));
+                }
+                Ok(())
+            }
             kind::SETTINGS if frame.flags & flag::ACK == 0 => {
                 // A peer's table size bounds what the other peer's encoder may use.
                 let other = match peer {
@@ -334,6 +375,9 @@ impl<T> H2Conn<T> {
             return Err(Anomaly::Http2Streams); // §5.1.1: client streams are odd and only grow
         }
         self.last_stream = id;
+        if self.goaway.is_some_and(|last| id > last) {
+            return Ok(()); // refused by the server's GOAWAY: the client retries it elsewhere
+        }
         if self.streams.len() >= MAX_STREAMS {
             return Err(Anomaly::Http2Streams);
         }

@@ -47,18 +47,23 @@ struct Conn {
 
 impl Conn {
     fn new() -> Self {
-        let mut conn = Conn {
-            h2: H2Conn::new(),
+        let mut conn = Conn::with(H2Conn::new());
+        conn.client(&[PREFACE, &frame(kind::SETTINGS, 0, 0, &[])].concat());
+        conn.server(&frame(kind::SETTINGS, 0, 0, &[0, 1, 0, 0, 0x10, 0]));
+        conn
+    }
+
+    /// `h2` before any record.
+    fn with(h2: H2Conn<String>) -> Self {
+        Conn {
+            h2,
             client: KernelModel::client(),
             server: KernelModel::server(),
             seq: [0, 0],
             ts: 0,
             sink: Sink::default(),
             started: Vec::new(),
-        };
-        conn.client(&[PREFACE, &frame(kind::SETTINGS, 0, 0, &[])].concat());
-        conn.server(&frame(kind::SETTINGS, 0, 0, &[0, 1, 0, 0, 0x10, 0]));
-        conn
+        }
     }
 
     fn record(&mut self, peer: Peer, bytes: &[u8]) {
@@ -119,6 +124,23 @@ fn concurrent_streams_end_each_on_their_own() {
     assert_eq!(c.finished(), [("GET /c".to_owned(), None)]);
     assert!(!c.h2.has_waiting());
     assert!(c.sink.anomalies.is_empty());
+}
+
+#[test]
+fn after_an_h2c_upgrade_stream_1_is_the_upgrading_request_and_the_server_may_answer_first() {
+    let mut c = Conn::with(H2Conn::upgraded("GET /up".to_owned(), 7));
+    // The server's SETTINGS and stream 1's response, before the client's preface is read.
+    let mut out = frame(kind::SETTINGS, 0, 0, &[]);
+    out.extend(frame(kind::HEADERS, flag::END_HEADERS, 1, &[STATUS_200]));
+    out.extend(frame(kind::DATA, flag::END_STREAM, 1, b"hello"));
+    c.server(&out);
+    let done: Vec<_> = c.sink.finished.drain(..).map(|f| (f.tag, f.status, f.start_ns)).collect();
+    assert_eq!(done, [("GET /up".to_owned(), Some(200), 7)]);
+    c.client(&[PREFACE, &frame(kind::SETTINGS, 0, 0, &[])].concat());
+    c.client(&frame(kind::HEADERS, flag::END_HEADERS | flag::END_STREAM, 3, &get("/next")));
+    c.server(&frame(kind::HEADERS, flag::END_HEADERS | flag::END_STREAM, 3, &[STATUS_404]));
+    assert_eq!(c.finished(), [("GET /next".to_owned(), Some(404))]);
+    assert!(c.sink.anomalies.is_empty(), "{:?}", c.sink.anomalies);
 }
 
 #[test]
@@ -216,4 +238,28 @@ fn a_connection_joined_late_counts_requests_and_labels_unknown_paths_unknown() {
     c.server(&frame(kind::HEADERS, flag::END_HEADERS | flag::END_STREAM, 41, &[STATUS_200]));
     c.server(&frame(kind::HEADERS, flag::END_HEADERS | flag::END_STREAM, 43, &[STATUS_404]));
     assert_eq!(c.finished(), [("GET ?".to_owned(), Some(200)), ("GET /k".to_owned(), Some(404))]);
+}
+
+#[test]
+fn streams_above_the_servers_goaway_are_not_requests_and_records_after_the_end_are_left() {
+    let mut c = Conn::with(H2Conn::upgraded("GET /up".to_owned(), 7));
+    c.server(&frame(kind::SETTINGS, 0, 0, &[0, 3, 0, 0, 0, 100]));
+    c.client(&[PREFACE, &frame(kind::SETTINGS, 0, 0, &[])].concat());
+    c.server(&frame(kind::HEADERS, flag::END_HEADERS | flag::END_STREAM, 1, &[STATUS_200]));
+    // Apache's idle GOAWAY (last stream 1, NO_ERROR, debug data), then the client's next
+    // request, which it will never answer.
+    c.server(&frame(kind::GOAWAY, 0, 0, b"\0\0\0\x01\0\0\0\0timeout"));
+    c.client(&frame(kind::HEADERS, flag::END_HEADERS | flag::END_STREAM, 3, &get("/refused")));
+    assert_eq!(c.finished(), [("GET /up".to_owned(), Some(200))]);
+    assert_eq!(c.started, Vec::<String>::new(), "stream 3 is not a request of the server");
+    assert!(!c.h2.has_waiting());
+    assert!(c.sink.anomalies.is_empty(), "{:?}", c.sink.anomalies);
+
+    // The same read reaching a fresh entry (the end was reported at the server's shutdown):
+    // its number says it is not the connection's first.
+    let mut late = Conn::with(H2Conn::new());
+    late.seq = [2, 0];
+    late.client = KernelModel::server(); // no preface to pass over
+    late.client(&frame(kind::HEADERS, flag::END_HEADERS | flag::END_STREAM, 3, &get("/refused")));
+    assert!(late.started.is_empty() && late.sink.anomalies.is_empty(), "{:?}", late.sink.anomalies);
 }

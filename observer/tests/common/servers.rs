@@ -165,3 +165,47 @@ pub fn access_log(dir: &TempDir) -> Vec<(String, u16)> {
         })
         .collect()
 }
+
+/// Apache httpd (Debian's `apache2-bin`, event MPM, mod_http2) in the foreground, serving
+/// `index.html` from `dir` on `port` in HTTP/1.1 and h2c (by prior knowledge, or by
+/// `Upgrade: h2c`), with an access log of `STATUS PROTOCOL` lines; once it accepts.
+pub fn start_apache_h2c(dir: &TempDir, port: u16) -> ChildGuard {
+    let root = dir.path();
+    std::fs::create_dir_all(root.join("htdocs")).unwrap();
+    std::fs::write(root.join("htdocs/index.html"), "hello\n").unwrap();
+    let modules = "/usr/lib/apache2/modules";
+    let conf = format!(
+        "ServerRoot {root}\nListen 127.0.0.1:{port}\nServerName localhost\n\
+         LoadModule mpm_event_module {modules}/mod_mpm_event.so\n\
+         LoadModule http2_module {modules}/mod_http2.so\n\
+         LoadModule authz_core_module {modules}/mod_authz_core.so\n\
+         User nobody\nGroup nogroup\nPidFile {root}/httpd.pid\nErrorLog {root}/error.log\n\
+         LogFormat \"%>s %H\" statuses\nCustomLog {root}/access.log statuses\n\
+         DocumentRoot {root}/htdocs\nProtocols h2c http/1.1\nH2Upgrade on\n\
+         StartServers 1\nServerLimit 1\nThreadsPerChild 8\nMaxRequestWorkers 8\n",
+        root = root.display(),
+    );
+    std::fs::write(root.join("httpd.conf"), conf).unwrap();
+    let apache = ChildGuard::spawn(
+        "apache2",
+        Command::new("/usr/sbin/apache2")
+            .arg("-f")
+            .arg(root.join("httpd.conf"))
+            .arg("-DFOREGROUND")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()),
+    );
+    wait_for_port(port);
+    apache
+}
+
+/// (status, protocol) of each request in Apache's access log (`start_apache_h2c`'s format).
+pub fn apache_log(dir: &TempDir) -> Vec<(u16, String)> {
+    let log = std::fs::read_to_string(dir.path().join("access.log")).unwrap_or_default();
+    log.lines()
+        .map(|line| {
+            let (status, protocol) = line.split_once(' ').expect("status and protocol");
+            (status.parse().expect("a status"), protocol.to_owned())
+        })
+        .collect()
+}
