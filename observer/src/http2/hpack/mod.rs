@@ -87,6 +87,9 @@ pub enum Error {
 #[derive(Debug)]
 pub struct Decoder {
     table: Dynamic,
+    /// The name and value of the literal being indexed.
+    name: Vec<u8>,
+    value: Vec<u8>,
     /// The largest size an update may set: the decoding side's SETTINGS_HEADER_TABLE_SIZE.
     limit: usize,
 }
@@ -100,13 +103,17 @@ impl Default for Decoder {
 impl Decoder {
     /// A decoder for a direction seen from its first header block.
     pub fn new() -> Self {
-        Decoder { table: Dynamic::new(DEFAULT_TABLE_SIZE, false), limit: DEFAULT_TABLE_SIZE }
+        Decoder::with_table(Dynamic::new(DEFAULT_TABLE_SIZE, false))
     }
 
     /// A decoder for a direction whose earlier blocks were not seen: its table may hold
     /// entries we cannot know.
     pub fn joined_late() -> Self {
-        Decoder { table: Dynamic::new(DEFAULT_TABLE_SIZE, true), limit: DEFAULT_TABLE_SIZE }
+        Decoder::with_table(Dynamic::new(DEFAULT_TABLE_SIZE, true))
+    }
+
+    fn with_table(table: Dynamic) -> Self {
+        Decoder { table, name: Vec::new(), value: Vec::new(), limit: DEFAULT_TABLE_SIZE }
     }
 
     /// The decoding side acknowledged a SETTINGS_HEADER_TABLE_SIZE of `size`: updates up to
@@ -158,15 +165,33 @@ impl Decoder {
                 let text = |t: Option<&[u8]>| t.map_or(Text::Unknown, Text::known);
                 Field { name: text(name), value: text(value) }
             } else if first & 0x40 != 0 {
-                // Literal with incremental indexing (6.2.1): decoded whole, for the table.
-                let Literal::Decoded(field) = self.literal(&mut input, 6, &|_| true)? else {
-                    unreachable!("every literal is wanted here")
+                // Literal with incremental indexing (6.2.1): decoded whole, for the table, into
+                // buffers reused from block to block; copied out only if wanted.
+                let index = input.integer(6)?;
+                let Decoder { table, name, value, .. } = self;
+                let name_known = if index == 0 {
+                    input.string_into(name)?;
+                    true
+                } else if let (Some(known), _) = table.get_ref(index)? {
+                    name.clear();
+                    name.extend_from_slice(known);
+                    true
+                } else {
+                    false
                 };
-                let kept = wanted(field.name.as_bytes()).then(|| field.clone());
-                if kept.is_none() && field.name == Text::Unknown {
+                input.string_into(value)?;
+                let name = name_known.then_some(&name[..]);
+                let kept = wanted(name).then(|| Field {
+                    name: name.map_or(Text::Unknown, Text::known),
+                    value: Text::known(value),
+                });
+                match name {
+                    Some(name) => table.insert(name, value),
+                    None => table.insert_unknown(),
+                }
+                if kept.is_none() && name.is_none() {
                     out.unresolved += 1;
                 }
-                self.table.insert(field.name, field.value);
                 let Some(field) = kept else {
                     fields_seen = true;
                     continue;
@@ -294,6 +319,13 @@ impl Input<'_> {
 
     /// A string literal (5.2), Huffman-decoded if so marked.
     fn string(&mut self) -> Result<Vec<u8>, Error> {
+        let mut out = Vec::new();
+        self.string_into(&mut out)?;
+        Ok(out)
+    }
+
+    /// A string literal (5.2), Huffman-decoded if so marked, in place of `out`'s bytes.
+    fn string_into(&mut self, out: &mut Vec<u8>) -> Result<(), Error> {
         let huffman = self.bytes.first().ok_or(Error::Truncated)? & 0x80 != 0;
         let len = self.integer(7)?;
         if len > self.bytes.len() {
@@ -301,11 +333,12 @@ impl Input<'_> {
         }
         let (raw, rest) = self.bytes.split_at(len);
         self.bytes = rest;
+        out.clear();
         if !huffman {
-            return Ok(raw.to_vec());
+            out.extend_from_slice(raw);
+            return Ok(());
         }
-        let mut out = Vec::with_capacity(len * 8 / 5);
-        huffman::decode(raw, &mut out)?;
-        Ok(out)
+        out.reserve(len * 8 / 5);
+        huffman::decode(raw, out)
     }
 }

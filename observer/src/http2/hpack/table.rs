@@ -9,7 +9,7 @@
 
 use std::collections::VecDeque;
 
-use super::{Error, Text};
+use super::Error;
 
 /// RFC 7541 Appendix A, indexes 1 to 61.
 #[rustfmt::skip]
@@ -36,17 +36,23 @@ pub const STATIC: [(&str, &str); 61] = [
 /// entry can be.
 pub const ENTRY_OVERHEAD: usize = 32;
 
+/// A name and its value, in one buffer (name first).
 #[derive(Debug)]
 struct Entry {
-    name: Vec<u8>,
-    value: Vec<u8>,
+    bytes: Vec<u8>,
+    name_len: usize,
 }
 
 impl Entry {
     fn size(&self) -> usize {
-        self.name.len() + self.value.len() + ENTRY_OVERHEAD
+        self.bytes.len() + ENTRY_OVERHEAD
     }
 }
+
+/// Evicted entries' buffers kept for the next insertions: a server that indexes a field in
+/// every response (nginx's `date`) evicts one entry per insertion once the table is full,
+/// and reusing their buffers spares an allocation and a free each time.
+const SPARE_BUFFERS: usize = 2;
 
 #[derive(Debug)]
 pub struct Dynamic {
@@ -58,6 +64,7 @@ pub struct Dynamic {
     max: usize,
     /// Entries older than `entries` may exist that we never saw inserted.
     unknown_tail: bool,
+    spare: Vec<Vec<u8>>,
 }
 
 /// A name and a value as an index finds them: `None` where held by an entry from before we
@@ -66,7 +73,13 @@ pub type Found<'a> = (Option<&'a [u8]>, Option<&'a [u8]>);
 
 impl Dynamic {
     pub fn new(max: usize, joined_late: bool) -> Self {
-        Dynamic { entries: VecDeque::new(), size: 0, max, unknown_tail: joined_late && max > 0 }
+        Dynamic {
+            entries: VecDeque::new(),
+            size: 0,
+            max,
+            unknown_tail: joined_late && max > 0,
+            spare: Vec::new(),
+        }
     }
 
     /// Entries known, and whether older unknown ones may exist.
@@ -83,32 +96,51 @@ impl Dynamic {
             return Ok((Some(name.as_bytes()), Some(value.as_bytes())));
         }
         match self.entries.get(index - STATIC.len() - 1) {
-            Some(entry) => Ok((Some(&entry.name), Some(&entry.value))),
+            Some(entry) => {
+                let (name, value) = entry.bytes.split_at(entry.name_len);
+                Ok((Some(name), Some(value)))
+            }
             None if self.unknown_tail => Ok((None, None)),
             None => Err(Error::Index(index)),
         }
     }
 
+    /// Inserts a field whose name or value is unknown (held by an entry from before we
+    /// joined): its size is unknown, so which older entries it evicted is too.
+    pub fn insert_unknown(&mut self) {
+        self.clear();
+        self.unknown_tail = true;
+    }
+
     /// Inserts a field at the front, evicting from the back what no longer fits.
-    pub fn insert(&mut self, name: Text, value: Text) {
-        let (Text::Known(name), Text::Known(value)) = (name, value) else {
-            // Its size is unknown, so which older entries it evicted is too.
-            self.entries.clear();
-            self.size = 0;
-            self.unknown_tail = true;
-            return;
-        };
-        let entry = Entry { name, value };
-        if entry.size() > self.max {
+    pub fn insert(&mut self, name: &[u8], value: &[u8]) {
+        if name.len() + value.len() + ENTRY_OVERHEAD > self.max {
             // Larger than the table: the table is emptied (RFC 7541 4.4).
-            self.entries.clear();
-            self.size = 0;
+            self.clear();
             self.unknown_tail = false;
             return;
         }
+        let mut bytes = self.spare.pop().unwrap_or_default();
+        bytes.clear();
+        bytes.extend_from_slice(name);
+        bytes.extend_from_slice(value);
+        let entry = Entry { bytes, name_len: name.len() };
         self.size += entry.size();
         self.entries.push_front(entry);
         self.evict();
+    }
+
+    fn clear(&mut self) {
+        while let Some(entry) = self.entries.pop_back() {
+            self.keep_spare(entry);
+        }
+        self.size = 0;
+    }
+
+    fn keep_spare(&mut self, entry: Entry) {
+        if self.spare.len() < SPARE_BUFFERS {
+            self.spare.push(entry.bytes);
+        }
     }
 
     /// A dynamic table size update.
@@ -121,6 +153,7 @@ impl Dynamic {
         while self.size > self.max {
             let Some(oldest) = self.entries.pop_back() else { break };
             self.size -= oldest.size();
+            self.keep_spare(oldest);
             self.unknown_tail = false; // an unknown entry would have gone before this one
         }
         // No room left for even the smallest entry behind the known ones: none is there.
