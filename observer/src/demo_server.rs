@@ -36,6 +36,7 @@ pub async fn serve(listen: SocketAddr) -> anyhow::Result<()> {
         .route("/images/{name}", get(|| async { vec![0u8; 64 * 1024] }))
         .route("/api/status", get(|| async { r#"{"status":"ok"}"# }))
         .route("/slow/{ms}", get(slow))
+        .route("/convert/{ms}", get(slow))
         .route("/work/{us}", get(work))
         .route("/fail/{code}", get(fail))
         .route("/upload/{name}", post(upload).put(upload))

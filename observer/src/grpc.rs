@@ -9,7 +9,10 @@ use prometheus_client::{
 };
 use rustc_hash::FxHashMap;
 
-use crate::{exchange::GrpcEnd, metrics::DURATION_BUCKETS};
+use crate::{
+    exchange::GrpcEnd,
+    metrics::{Buckets, DURATION_BUCKETS},
+};
 
 /// Distinct (service, method) pairs labelled; calls to others are labelled `other`.
 pub const MAX_METHODS: usize = 256;
@@ -31,7 +34,7 @@ pub struct CodeLabels {
     pub grpc_code: &'static str,
 }
 
-type HandlingFamily = Family<MethodLabels, Histogram, fn() -> Histogram>;
+type HandlingFamily = Family<MethodLabels, Histogram, Buckets>;
 
 pub struct GrpcMetrics {
     pub started: Family<MethodLabels, Counter>,
@@ -40,10 +43,11 @@ pub struct GrpcMetrics {
 }
 
 impl GrpcMetrics {
-    pub fn register(registry: &mut Registry) -> Self {
+    /// `native`: the handling histogram gets native buckets too.
+    pub fn register(registry: &mut Registry, native: bool) -> Self {
         let started = Family::default();
         let handled = Family::default();
-        let handling = HandlingFamily::new_with_constructor(|| Histogram::new(DURATION_BUCKETS));
+        let handling = HandlingFamily::new_with_constructor(Buckets { classic: &DURATION_BUCKETS, native });
         registry.register("grpc_server_started", "gRPC calls started on the server", started.clone());
         registry.register(
             "grpc_server_handled",

@@ -137,6 +137,11 @@ struct Common {
     /// not seen.
     #[arg(long)]
     no_tls: bool,
+    /// Record latency histograms with classic buckets only. By default they also get native
+    /// (exponential) buckets, which only Prometheus' protobuf format carries (Prometheus with
+    /// `--enable-feature=native-histograms`); text scrapes get the classic buckets either way.
+    #[arg(long)]
+    no_native_histograms: bool,
 }
 
 /// A page: the smallest ring the kernel takes.
@@ -168,6 +173,7 @@ impl Common {
             idle_timeout_secs: self.idle_timeout,
             exit_with_targets,
             tls: !self.no_tls,
+            native_histograms: !self.no_native_histograms,
         }
     }
 }
@@ -208,8 +214,8 @@ fn main() -> ExitCode {
                 match url {
                     Some(url) => top::show(top::Source::Url(url), interval, sort).await,
                     None => {
-                        let metrics = Arc::new(Metrics::new());
                         let config = run::RunConfig { exes, ..common.config(pids, listen, false) };
+                        let metrics = Arc::new(Metrics::with_native(config.native_histograms));
                         tokio::select! {
                             done = run::run_with_metrics(config, metrics.clone()) => done,
                             done = top::show(top::Source::Local(metrics), interval, sort) => done,

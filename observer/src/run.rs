@@ -47,10 +47,13 @@ pub struct RunConfig {
     pub exit_with_targets: bool,
     /// Hook the OpenSSL copies the targets use, for the plaintext of HTTPS servers.
     pub tls: bool,
+    /// Latency histograms get native buckets besides the classic ones.
+    pub native_histograms: bool,
 }
 
 pub async fn run(config: RunConfig) -> anyhow::Result<()> {
-    run_with_metrics(config, Arc::new(Metrics::new())).await
+    let metrics = Arc::new(Metrics::with_native(config.native_histograms));
+    run_with_metrics(config, metrics).await
 }
 
 /// `run`, counting into `metrics` (which `observer top` reads in-process).

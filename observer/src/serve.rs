@@ -1,5 +1,7 @@
-//! The scrape endpoint: `GET /metrics`, in OpenMetrics text when the scraper asks for it (as
-//! Prometheus does), else in the classic Prometheus text format (curl, promtool, older tools).
+//! The scrape endpoint: `GET /metrics`, negotiated by `Accept`. Prometheus' protobuf format
+//! (asked for by Prometheus with native histograms on) carries latency histograms with both
+//! classic and native buckets; OpenMetrics text (Prometheus' default) and the classic text
+//! format (curl, promtool, older tools) carry the classic buckets, as before.
 
 use std::sync::Arc;
 
@@ -10,7 +12,7 @@ use axum::{
         HeaderMap,
         header::{ACCEPT, CONTENT_TYPE},
     },
-    response::IntoResponse,
+    response::{IntoResponse, Response},
     routing::get,
 };
 
@@ -18,6 +20,9 @@ use crate::metrics::Metrics;
 
 const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
+/// Delimited `io.prometheus.client.MetricFamily` messages, as Prometheus asks for them.
+pub const PROTOBUF: &str =
+    "application/vnd.google.protobuf; proto=io.prometheus.client.MetricFamily; encoding=delimited";
 
 /// Runs before each scrape is encoded: samples what is read rather than counted (listen
 /// queues), so a scrape sees them as they are.
@@ -41,19 +46,44 @@ pub async fn serve(
     axum::serve(listener, app).await
 }
 
-async fn scrape(State(Scraped { metrics, before }): State<Scraped>, headers: HeaderMap) -> impl IntoResponse {
+async fn scrape(State(Scraped { metrics, before }): State<Scraped>, headers: HeaderMap) -> Response {
     before(&metrics);
-    let openmetrics = headers
-        .get_all(ACCEPT)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .any(|v| v.contains("application/openmetrics-text"));
-    let text = metrics.encode();
-    if openmetrics {
-        ([(CONTENT_TYPE, OPENMETRICS)], text)
-    } else {
-        ([(CONTENT_TYPE, PROMETHEUS_TEXT)], prometheus_text(&text))
+    match format(&headers) {
+        Format::Protobuf => ([(CONTENT_TYPE, PROTOBUF)], metrics.encode_protobuf()).into_response(),
+        Format::OpenMetrics => ([(CONTENT_TYPE, OPENMETRICS)], metrics.encode()).into_response(),
+        Format::Text => {
+            ([(CONTENT_TYPE, PROMETHEUS_TEXT)], prometheus_text(&metrics.encode())).into_response()
+        }
     }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Format {
+    Protobuf,
+    OpenMetrics,
+    Text,
+}
+
+/// The format the scraper prefers: the first of its `Accept` media ranges we can serve, in
+/// the order it lists them (Prometheus lists them by preference, with `q` values that agree).
+fn format(headers: &HeaderMap) -> Format {
+    let ranges = headers.get_all(ACCEPT).iter().filter_map(|v| v.to_str().ok()).flat_map(|v| v.split(','));
+    for range in ranges {
+        let range = range.trim();
+        if range.starts_with("application/vnd.google.protobuf")
+            && range.contains("proto=io.prometheus.client.MetricFamily")
+            && range.contains("encoding=delimited")
+        {
+            return Format::Protobuf;
+        }
+        if range.starts_with("application/openmetrics-text") {
+            return Format::OpenMetrics;
+        }
+        if range.starts_with("text/plain") {
+            return Format::Text;
+        }
+    }
+    Format::Text
 }
 
 /// OpenMetrics text → Prometheus text 0.0.4. The samples are the same; what differs is that a
@@ -83,6 +113,24 @@ fn prometheus_text(openmetrics: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn accepting(value: &str) -> Format {
+        let mut headers = HeaderMap::new();
+        headers.insert(ACCEPT, value.parse().unwrap());
+        format(&headers)
+    }
+
+    #[test]
+    fn the_format_is_the_first_the_scraper_lists_that_we_serve() {
+        // Prometheus 2.42 with native histograms on, and its default.
+        let native = "application/vnd.google.protobuf;proto=io.prometheus.client.MetricFamily;encoding=delimited;q=0.7,text/plain;version=0.0.4;q=0.3,*/*;q=0.2";
+        assert_eq!(accepting(native), Format::Protobuf);
+        let default = "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
+        assert_eq!(accepting(default), Format::OpenMetrics);
+        assert_eq!(accepting("*/*"), Format::Text);
+        assert_eq!(accepting("text/plain"), Format::Text);
+        assert_eq!(format(&HeaderMap::new()), Format::Text);
+    }
 
     #[test]
     fn counters_take_their_total_suffix_and_openmetrics_markers_go() {

@@ -33,6 +33,8 @@ enum Arm {
     Full(Hooks),
     /// The default hooks with `--no-tls`: no OpenSSL uprobes.
     FullNoTls,
+    /// The default with `--no-native-histograms`: latency histograms with classic buckets only.
+    FullClassic,
 }
 
 /// The observer's `--hooks`.
@@ -76,11 +78,12 @@ impl Arm {
             Arm::Floor(Hooks::Tracepoints) => "floor (tracepoints)",
             Arm::Full(Hooks::Tracepoints) => "full (tracepoints)",
             Arm::FullNoTls => "full --no-tls",
+            Arm::FullClassic => "full, classic histograms",
         }
     }
 
     fn is_full(self) -> bool {
-        matches!(self, Arm::Full(_) | Arm::FullNoTls)
+        matches!(self, Arm::Full(_) | Arm::FullNoTls | Arm::FullClassic)
     }
 
     /// The floor arm with the same hooks.
@@ -88,7 +91,7 @@ impl Arm {
         match self {
             Arm::Full(Hooks::Btf) | Arm::Floor(Hooks::Btf) => SYS_EXIT_FLOOR,
             Arm::Full(h) | Arm::Floor(h) => Arm::Floor(h),
-            Arm::FullNoTls => FLOOR,
+            Arm::FullNoTls | Arm::FullClassic => FLOOR,
             Arm::Unobserved => Arm::Unobserved,
         }
     }
@@ -207,10 +210,11 @@ fn with_arm<T>(
             drop(guard);
             Ok(result)
         }
-        Arm::Full(_) | Arm::FullNoTls => {
+        Arm::Full(_) | Arm::FullNoTls | Arm::FullClassic => {
             let addr: SocketAddr = ([127, 0, 0, 1], free_port()).into();
-            let (hooks, tls) = match arm {
+            let (hooks, flag) = match arm {
                 Arm::Full(hooks) => (hooks, None),
+                Arm::FullClassic => (Hooks::Sock, Some("--no-native-histograms")),
                 _ => (Hooks::Sock, Some("--no-tls")),
             };
             let child = Command::new(&opts.observer)
@@ -223,7 +227,7 @@ fn with_arm<T>(
                     "--hooks",
                     hooks.arg(),
                 ])
-                .args(tls)
+                .args(flag)
                 .env("RUST_LOG", "warn")
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
@@ -513,6 +517,7 @@ pub fn bench(opts: &Options) -> anyhow::Result<()> {
         Arm::Unobserved,
         FLOOR,
         FULL,
+        Arm::FullClassic,
         SYS_EXIT_FLOOR,
         SYS_EXIT_FULL,
         Arm::Floor(Hooks::Tracepoints),

@@ -2,6 +2,7 @@
 //! refreshed every interval, from a running daemon's `/metrics` or from an in-process one.
 
 mod exposition;
+mod native;
 mod table;
 
 use std::{
@@ -10,6 +11,9 @@ use std::{
 };
 
 use anyhow::Context;
+use native::Quantile;
+use prometheus_client::encoding::prometheus_protobuf::prometheus_data_model::MetricFamily;
+use prost::Message;
 use ratatui::{
     DefaultTerminal, Frame,
     crossterm::event::{self, Event, KeyCode, KeyEventKind, KeyModifiers},
@@ -19,7 +23,7 @@ use ratatui::{
 };
 pub use table::SortBy;
 
-use crate::metrics::Metrics;
+use crate::{metrics::Metrics, serve::PROTOBUF};
 
 /// Where the numbers come from.
 pub enum Source {
@@ -37,19 +41,39 @@ impl Source {
         }
     }
 
+    /// The metrics now: in Prometheus' protobuf format, whose histograms carry their native
+    /// buckets (a daemon that answers in text is read as text).
     fn snapshot(&self) -> anyhow::Result<table::Snapshot> {
-        let text = match self {
-            Source::Url(url) => ureq::get(url)
-                .config()
-                .timeout_global(Some(Duration::from_secs(2)))
-                .build()
-                .call()
-                .and_then(|mut response| response.body_mut().read_to_string())
-                .with_context(|| format!("reading {url}"))?,
-            Source::Local(metrics) => metrics.encode(),
+        let samples = match self {
+            Source::Url(url) => fetch(url).with_context(|| format!("reading {url}"))?,
+            Source::Local(metrics) => exposition::from_families(&metrics.families()),
         };
-        Ok(table::Snapshot::new(&exposition::parse(&text), Instant::now()))
+        Ok(table::Snapshot::new(&samples, Instant::now()))
     }
+}
+
+fn fetch(url: &str) -> anyhow::Result<Vec<exposition::Sample>> {
+    let mut response = ureq::get(url)
+        .header("Accept", PROTOBUF)
+        .config()
+        .timeout_global(Some(Duration::from_secs(2)))
+        .build()
+        .call()?;
+    let protobuf = response
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/vnd.google.protobuf"));
+    if !protobuf {
+        return Ok(exposition::parse(&response.body_mut().read_to_string()?));
+    }
+    let body = response.body_mut().read_to_vec()?;
+    let mut rest = &body[..];
+    let mut families = Vec::new();
+    while !rest.is_empty() {
+        families.push(MetricFamily::decode_length_delimited(&mut rest).context("a protobuf MetricFamily")?);
+    }
+    Ok(exposition::from_families(&families))
 }
 
 /// What the screen shows.
@@ -202,11 +226,11 @@ fn render(frame: &mut Frame, view: &View) {
             row.endpoint.clone(),
             rate(row.rate),
             format!("{}", row.in_flight),
-            row.p50.map_or("-".into(), seconds),
-            row.p99.map_or("-".into(), seconds),
+            row.p50.map_or("-".into(), quantile),
+            row.p99.map_or("-".into(), quantile),
             row.error_ratio.map_or("-".into(), |r| format!("{:.1}", 100.0 * r)),
             bytes(row.bytes_rate),
-            row.wait_p99.map_or("-".into(), seconds),
+            row.wait_p99.map_or("-".into(), quantile),
         ])
     });
     let widths = COLUMNS.map(|(_, width)| Constraint::Length(width));
@@ -227,8 +251,18 @@ fn rate(per_second: f64) -> String {
     }
 }
 
+/// A quantile; one only known to lie below or above a bucket bound says so (`<5µs`).
+fn quantile(q: Quantile) -> String {
+    match q {
+        Quantile::At(s) => seconds(s),
+        Quantile::Below(s) => format!("<{}", seconds(s)),
+        Quantile::Above(s) => format!(">{}", seconds(s)),
+    }
+}
+
 fn seconds(s: f64) -> String {
     match s {
+        s if s < 1e-5 => format!("{:.1}µs", s * 1e6),
         s if s < 1e-3 => format!("{:.0}µs", s * 1e6),
         s if s < 1.0 => format!("{:.1}ms", s * 1e3),
         s => format!("{s:.2}s"),
@@ -253,6 +287,8 @@ mod tests {
     #[test]
     fn units_fit_their_columns() {
         assert_eq!(seconds(0.000_25), "250µs");
+        assert_eq!(quantile(Quantile::Below(5e-6)), "<5.0µs");
+        assert_eq!(quantile(Quantile::At(4.2e-6)), "4.2µs");
         assert_eq!(seconds(0.0125), "12.5ms");
         assert_eq!(seconds(2.5), "2.50s");
         assert_eq!(bytes(12_345_678.0), "12.3M");

@@ -1,10 +1,15 @@
 //! Two snapshots of the daemon's metrics → one row per endpoint, and one per gRPC method
 //! (`gRPC service/method`: calls ended, non-OK codes as errors, whole-call latency): rates over
-//! the interval between them, latency quantiles from the histogram's bucket increments.
+//! the interval between them, latency quantiles from the histogram's bucket increments: the
+//! native buckets where the daemon exposes them (within ~9 % at any scale), else the classic
+//! ones, and only "below" or "above" a bound when that is all the buckets say.
 
 use std::{collections::BTreeMap, time::Instant};
 
-use super::exposition::Sample;
+use super::{
+    exposition::Sample,
+    native::{Native, Quantile},
+};
 
 /// Counter and gauge values of one endpoint at one moment.
 #[derive(Debug, Default, Clone)]
@@ -17,6 +22,9 @@ struct Totals {
     buckets: Vec<(f64, f64)>,
     /// Cumulative connection-wait buckets, the same way.
     wait_buckets: Vec<(f64, f64)>,
+    /// The same histograms' native buckets, if exposed.
+    native: Option<Native>,
+    wait_native: Option<Native>,
 }
 
 /// One listening port at one moment.
@@ -76,6 +84,8 @@ impl Snapshot {
                         totals.wait_buckets.push((le, sample.value));
                     }
                 }
+                "http_request_duration_seconds" => totals.native = sample.native.clone(),
+                "http_connection_wait_seconds" => totals.wait_native = sample.native.clone(),
                 _ => {}
             }
         }
@@ -102,6 +112,7 @@ fn grpc(totals: &mut Totals, sample: &Sample) {
                 totals.buckets.push((le, sample.value));
             }
         }
+        "grpc_server_handling_seconds" => totals.native = sample.native.clone(),
         _ => {}
     }
 }
@@ -112,12 +123,12 @@ pub struct Row {
     pub endpoint: String,
     pub rate: f64,
     pub in_flight: f64,
-    pub p50: Option<f64>,
-    pub p99: Option<f64>,
+    pub p50: Option<Quantile>,
+    pub p99: Option<Quantile>,
     pub error_ratio: Option<f64>,
     pub bytes_rate: f64,
     /// p99 of how long new connections waited for their first read.
-    pub wait_p99: Option<f64>,
+    pub wait_p99: Option<Quantile>,
 }
 
 /// One listening port over one interval.
@@ -164,17 +175,22 @@ pub fn rows(before: &Snapshot, now: &Snapshot) -> Vec<Row> {
         .map(|(endpoint, totals)| {
             let old = before.endpoints.get(endpoint).cloned().unwrap_or_default();
             let requests = increase(old.requests, totals.requests);
-            let buckets = bucket_increase(&old.buckets, &totals.buckets);
-            let wait_buckets = bucket_increase(&old.wait_buckets, &totals.wait_buckets);
+            let latency = Latency::over(&old.buckets, &totals.buckets, old.native.as_ref(), &totals.native);
+            let wait = Latency::over(
+                &old.wait_buckets,
+                &totals.wait_buckets,
+                old.wait_native.as_ref(),
+                &totals.wait_native,
+            );
             Row {
                 endpoint: endpoint.clone(),
                 rate: requests / seconds,
                 in_flight: totals.in_flight,
-                p50: quantile(0.5, &buckets),
-                p99: quantile(0.99, &buckets),
+                p50: latency.quantile(0.5),
+                p99: latency.quantile(0.99),
                 error_ratio: (requests > 0.0).then(|| increase(old.errors, totals.errors) / requests),
                 bytes_rate: increase(old.bytes, totals.bytes) / seconds,
-                wait_p99: quantile(0.99, &wait_buckets),
+                wait_p99: wait.quantile(0.99),
             }
         })
         .collect()
@@ -185,27 +201,59 @@ fn increase(before: f64, now: f64) -> f64 {
     if now >= before { now - before } else { now }
 }
 
-/// The q-quantile of cumulative buckets, interpolated linearly inside the bucket it falls in,
-/// as Prometheus's `histogram_quantile` does; the last finite bound when it falls in `+Inf`.
-pub fn quantile(q: f64, buckets: &[(f64, f64)]) -> Option<f64> {
+/// A latency histogram's increase over an interval: native buckets where both ends have
+/// comparable ones, else classic buckets.
+enum Latency {
+    Native(Native),
+    Classic(Vec<(f64, f64)>),
+}
+
+impl Latency {
+    fn over(
+        old: &[(f64, f64)],
+        now: &[(f64, f64)],
+        old_native: Option<&Native>,
+        native: &Option<Native>,
+    ) -> Self {
+        match native.as_ref().and_then(|n| n.since(old_native)) {
+            Some(native) => Latency::Native(native),
+            None => Latency::Classic(bucket_increase(old, now)),
+        }
+    }
+
+    fn quantile(&self, q: f64) -> Option<Quantile> {
+        match self {
+            Latency::Native(native) => native.quantile(q),
+            Latency::Classic(buckets) => quantile(q, buckets),
+        }
+    }
+}
+
+/// The q-quantile of cumulative classic buckets, interpolated linearly inside the bucket it
+/// falls in, as Prometheus's `histogram_quantile` does, except at the ends: in the first
+/// bucket it is only known to be below its bound, in `+Inf` above the last finite one.
+pub fn quantile(q: f64, buckets: &[(f64, f64)]) -> Option<Quantile> {
     let total = buckets.last()?.1;
     if total <= 0.0 {
         return None;
     }
     let rank = q * total;
-    let mut lower = (0.0, 0.0);
+    let mut lower: Option<(f64, f64)> = None;
     for &(le, count) in buckets {
         if count >= rank {
+            let Some((bound, below)) = lower else {
+                return Some(if le.is_infinite() { Quantile::Above(0.0) } else { Quantile::Below(le) });
+            };
             if le.is_infinite() {
-                return Some(lower.0);
+                return Some(Quantile::Above(bound));
             }
-            let inside = count - lower.1;
-            let fraction = if inside > 0.0 { (rank - lower.1) / inside } else { 1.0 };
-            return Some(lower.0 + (le - lower.0) * fraction);
+            let inside = count - below;
+            let fraction = if inside > 0.0 { (rank - below) / inside } else { 1.0 };
+            return Some(Quantile::At(bound + (le - bound) * fraction));
         }
-        lower = (le, count);
+        lower = Some((le, count));
     }
-    Some(lower.0)
+    lower.map(|(bound, _)| Quantile::Above(bound))
 }
 
 /// What the rows are ordered by.
@@ -246,11 +294,11 @@ impl SortBy {
                 SortBy::Endpoint => 0.0,
                 SortBy::Rate => row.rate,
                 SortBy::InFlight => row.in_flight,
-                SortBy::P50 => row.p50.unwrap_or(-1.0),
-                SortBy::P99 => row.p99.unwrap_or(-1.0),
+                SortBy::P50 => row.p50.map_or(-1.0, Quantile::seconds),
+                SortBy::P99 => row.p99.map_or(-1.0, Quantile::seconds),
                 SortBy::Errors => row.error_ratio.unwrap_or(-1.0),
                 SortBy::Bytes => row.bytes_rate,
-                SortBy::Wait => row.wait_p99.unwrap_or(-1.0),
+                SortBy::Wait => row.wait_p99.map_or(-1.0, Quantile::seconds),
             }
         };
         rows.sort_by(|a, b| {
@@ -304,7 +352,8 @@ http_requests_total{endpoint="/idle",method="GET",status="200"} 7
         assert_eq!(a.error_ratio, Some(0.25));
         assert_eq!(a.bytes_rate, 2000.0);
         // 40 new: 10 at ≤ 0.1, 30 in (0.1, 0.2]; the median (rank 20) is 1/3 into that bucket.
-        assert!((a.p50.unwrap() - (0.1 + 0.1 * 10.0 / 30.0)).abs() < 1e-9, "{a:?}");
+        let Some(Quantile::At(p50)) = a.p50 else { panic!("{a:?}") };
+        assert!((p50 - (0.1 + 0.1 * 10.0 / 30.0)).abs() < 1e-9, "{a:?}");
         let idle = rows.iter().find(|r| r.endpoint == "/idle").unwrap();
         assert_eq!(idle.p99, None);
     }
@@ -326,12 +375,16 @@ grpc_server_handling_seconds_bucket{le="+Inf",grpc_service="pkg.Boot",grpc_metho
         let rows = rows(&snapshot(before, t0), &snapshot(now, t0 + Duration::from_secs(2)));
         let get = rows.iter().find(|r| r.endpoint == "gRPC pkg.Boot/Get").unwrap();
         assert_eq!((get.rate, get.error_ratio), (4.0, Some(0.25)));
-        assert!(get.p99.is_some_and(|p| p <= 0.1));
+        assert_eq!(get.p99, Some(Quantile::Below(0.1)), "all in the first bucket");
     }
 
     #[test]
-    fn quantile_in_the_open_bucket_is_the_last_bound_and_empty_is_none() {
-        assert_eq!(quantile(0.99, &[(0.1, 1.0), (f64::INFINITY, 100.0)]), Some(0.1));
+    fn quantiles_at_the_ends_are_bounds_and_empty_is_none() {
+        assert_eq!(quantile(0.99, &[(0.1, 1.0), (f64::INFINITY, 100.0)]), Some(Quantile::Above(0.1)));
+        assert_eq!(
+            quantile(0.5, &[(5e-6, 10.0), (1e-5, 10.0), (f64::INFINITY, 10.0)]),
+            Some(Quantile::Below(5e-6))
+        );
         assert_eq!(quantile(0.5, &[(0.1, 0.0), (f64::INFINITY, 0.0)]), None);
         assert_eq!(quantile(0.5, &[]), None);
     }
@@ -368,7 +421,7 @@ grpc_server_handling_seconds_bucket{le="+Inf",grpc_service="pkg.Boot",grpc_metho
         );
         let rows = rows(&before, &now);
         let wait = rows.iter().find(|r| r.endpoint == "/a").unwrap().wait_p99.unwrap();
-        assert!((0.01..=1.0).contains(&wait), "{wait}");
+        assert!((0.01..=1.0).contains(&wait.seconds()), "{wait:?}");
     }
 
     #[test]
