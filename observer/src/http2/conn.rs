@@ -101,6 +101,8 @@ pub struct H2Conn<T> {
     /// Frames can no longer be followed (a record lost, bytes that do not add up, a header
     /// block that cannot be decoded): nothing more is reported for this connection.
     broken: bool,
+    /// Timestamp of the last record: where streams still open at the end are ended.
+    last_ns: u64,
 }
 
 impl<T> Default for H2Conn<T> {
@@ -128,6 +130,7 @@ impl<T> H2Conn<T> {
             goaway: None,
             from_start: None,
             broken: false,
+            last_ns: 0,
         }
     }
 
@@ -156,6 +159,7 @@ impl<T> H2Conn<T> {
         if self.broken {
             return;
         }
+        self.last_ns = self.last_ns.max(ts_ns);
         let side = self.side(peer);
         if seq != 0 && !side.seen {
             // The rest of a connection whose end was reported already (the server shut its
@@ -203,9 +207,16 @@ impl<T> H2Conn<T> {
         }
     }
 
-    /// The connection ended: streams still open are abandoned.
+    /// The connection ended: streams still open are abandoned at its last record. A gRPC
+    /// call among them was cut by the connection's end, as by a reset: `Canceled` (what the
+    /// server's handler sees when its transport goes).
     pub fn on_close(mut self, sink: &mut Sink<T>) {
-        self.abandon_all(None, sink);
+        for stream in self.streams.values_mut() {
+            if stream.grpc == Some(GrpcEnd::Missing) {
+                stream.grpc = Some(GrpcEnd::Reset);
+            }
+        }
+        self.abandon_all(Some(self.last_ns), sink);
     }
 
     fn side(&mut self, peer: Peer) -> &mut Side {
@@ -223,9 +234,12 @@ impl<T> H2Conn<T> {
         self.abandon_all(Some(ts_ns), sink);
     }
 
+    /// Every open stream leaves unanswered, ending at `end_ns` (not before it started). A
+    /// gRPC call given up because we lost track keeps no code (started, never handled).
     fn abandon_all(&mut self, end_ns: Option<u64>, sink: &mut Sink<T>) {
         for (_, stream) in self.streams.drain() {
-            let end_ns = end_ns.unwrap_or(stream.first_byte_ns.unwrap_or(stream.start_ns));
+            let end_ns =
+                end_ns.unwrap_or(stream.first_byte_ns.unwrap_or(stream.start_ns)).max(stream.start_ns);
             sink.finished.push(finish(stream, None, end_ns));
         }
     }

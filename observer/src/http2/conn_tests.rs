@@ -263,3 +263,23 @@ fn streams_above_the_servers_goaway_are_not_requests_and_records_after_the_end_a
     late.client(&frame(kind::HEADERS, flag::END_HEADERS | flag::END_STREAM, 3, &get("/refused")));
     assert!(late.started.is_empty() && late.sink.anomalies.is_empty(), "{:?}", late.sink.anomalies);
 }
+
+#[test]
+fn grpc_calls_cut_by_the_connections_end_are_canceled_and_end_at_its_last_record() {
+    let mut c = Conn::new();
+    c.client(&frame(kind::HEADERS, flag::END_HEADERS, 1, &grpc_call("/pkg.Boot/Watch")));
+    c.client(&frame(kind::HEADERS, flag::END_HEADERS | flag::END_STREAM, 3, &get("/plain")));
+    c.server(&frame(kind::HEADERS, flag::END_HEADERS, 1, &[STATUS_200]));
+    let last = c.ts + 1_000;
+    c.server(&frame(kind::DATA, 0, 1, b"\0\0\0\0\x01x"));
+    std::mem::take(&mut c.h2).on_close(&mut c.sink);
+    let mut ends: Vec<_> = c.sink.finished.iter().map(|f| (f.tag.clone(), f.grpc, f.end_ns)).collect();
+    ends.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(
+        ends,
+        [
+            ("GET /plain".to_owned(), None, last),
+            ("POST /pkg.Boot/Watch".to_owned(), Some(GrpcEnd::Reset), last)
+        ]
+    );
+}
