@@ -311,6 +311,11 @@ mod tests {
     use super::*;
     use crate::metrics::{EndpointLabels, ReasonLabels, RequestLabels};
 
+    /// A connection table with default rules and a 30 s idle timeout.
+    pub(super) fn connections(metrics: &Metrics) -> Connections<'_> {
+        Connections::new(metrics, Router::new(Rules::default(), 10, 2), 30)
+    }
+
     /// A fully captured data event by `call` on fd 5 of process 1.
     pub(super) fn event(call: Call, ts_ns: u64, head: &[u8]) -> Event<'_> {
         Event {
@@ -337,7 +342,7 @@ mod tests {
     #[test]
     fn requests_reach_the_metrics_and_in_flight_returns_to_zero() {
         let metrics = Metrics::new();
-        let mut conns = Connections::new(&metrics, Router::new(Rules::default(), 10, 2), 30);
+        let mut conns = connections(&metrics);
         conns.handle(&Event { kind: Kind::Open, ..event(Call::None, 0, b"") });
         conns.handle(&event(Call::Recvfrom, 1_000, b"GET /boot/aa?x=1 HTTP/1.1\r\n\r\n"));
         assert_eq!(metrics.http.in_flight.get_or_create(&EndpointLabels { endpoint: "/boot/aa" }).get(), 1);
@@ -360,7 +365,7 @@ mod tests {
     #[test]
     fn plaintext_after_escaped_ciphertext_starts_the_connection_over() {
         let metrics = Metrics::new();
-        let mut conns = Connections::new(&metrics, Router::new(Rules::default(), 10, 2), 30);
+        let mut conns = connections(&metrics);
         conns.handle(&Event { new_conn: true, ..event(Call::Recv, 1, b"\x16\x03\x01\x02\x00\x01") });
         assert_eq!(metrics.health.encrypted_connections.get(), 1);
         conns.handle(&Event { new_conn: true, ..event(Call::TlsRead, 2, b"GET /t HTTP/1.1\r\n\r\n") });
@@ -372,7 +377,7 @@ mod tests {
     #[test]
     fn http2_the_kernel_does_not_walk_is_counted_once_and_not_followed() {
         let metrics = Metrics::new();
-        let mut conns = Connections::new(&metrics, Router::new(Rules::default(), 10, 2), 30);
+        let mut conns = connections(&metrics);
         conns.handle(&Event { kind: Kind::Open, ..event(Call::None, 0, b"") });
         conns.handle(&event(Call::Write, 1, b"\x00\x00\x06\x04\x00\x00\x00\x00\x00\x00\x03\x00\x00\x00\x80"));
         conns.handle(&event(Call::Read, 2, b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"));
@@ -385,7 +390,7 @@ mod tests {
     fn an_h2c_upgrade_is_one_request_answered_on_stream_1() {
         use crate::http2::frames::{KernelModel, PREFACE, encode, flag, kind};
         let metrics = Metrics::new();
-        let mut conns = Connections::new(&metrics, Router::new(Rules::default(), 10, 2), 30);
+        let mut conns = connections(&metrics);
         conns.handle(&Event { kind: Kind::Open, ..event(Call::None, 0, b"") });
         conns.handle(&event(Call::Read, 1_000, b"GET /up HTTP/1.1\r\nUpgrade: h2c\r\n\r\n"));
         conns.handle(&event(Call::Writev, 2_000, b"HTTP/1.1 101 Switching Protocols\r\n\r\n"));
@@ -412,7 +417,7 @@ mod tests {
     #[test]
     fn process_exit_ends_its_connections() {
         let metrics = Metrics::new();
-        let mut conns = Connections::new(&metrics, Router::new(Rules::default(), 10, 2), 30);
+        let mut conns = connections(&metrics);
         conns.handle(&event(Call::Read, 1, b"GET /a HTTP/1.1\r\n\r\n"));
         assert_eq!(conns.count(), 1);
         conns.forget_process(1);

@@ -14,22 +14,6 @@ use std::{
 
 use common::*;
 
-type Counts = BTreeMap<(String, String, u16), (f64, f64)>;
-
-/// The server's own view: (endpoint, method, status) → (count, duration sum).
-fn server_stats(addr: SocketAddr) -> Counts {
-    http_get_text(addr, "/internal/stats")
-        .lines()
-        .map(|line| {
-            let f: Vec<&str> = line.split(' ').collect();
-            (
-                (f[0].to_owned(), f[1].to_owned(), f[2].parse().unwrap()),
-                (f[3].parse().unwrap(), f[4].parse().unwrap()),
-            )
-        })
-        .collect()
-}
-
 /// The observer's view of the same, from /metrics.
 fn observer_counts(scrape: &Scrape) -> BTreeMap<(String, String, u16), f64> {
     scrape
@@ -159,7 +143,7 @@ fn counts_equal_the_servers_own(hooks: Option<&str>) -> String {
     let client_slow: f64 =
         String::from_utf8(out.stdout).unwrap().lines().map(|l| l.parse::<f64>().unwrap()).sum();
 
-    let truth = server_stats(addr);
+    let truth = demo_server_stats(addr);
     let expected_total: f64 = truth.values().map(|(n, _)| n).sum();
     assert!(expected_total > 1000.0, "too little load to mean anything: {expected_total}");
     // Events arrive asynchronously: wait for the count (bounded), then compare whatever came,

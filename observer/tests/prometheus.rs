@@ -237,13 +237,9 @@ fn prometheus_scrapes_the_observer_and_the_dashboard_queries_return_data() {
 /// The demo server's own timer (its middleware, around the handler): mean seconds per
 /// request, by first path segment.
 fn server_means(addr: SocketAddr) -> std::collections::BTreeMap<String, f64> {
-    http_get_text(addr, "/internal/stats")
-        .lines()
-        .map(|line| {
-            let f: Vec<&str> = line.split(' ').collect();
-            let (count, sum): (f64, f64) = (f[3].parse().unwrap(), f[4].parse().unwrap());
-            (f[0].to_owned(), sum / count)
-        })
+    demo_server_stats(addr)
+        .into_iter()
+        .map(|((segment, _, _), (count, sum))| (segment, sum / count))
         .collect()
 }
 

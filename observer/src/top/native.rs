@@ -32,19 +32,24 @@ impl Quantile {
 }
 
 impl Native {
-    /// The native part of a protobuf histogram; `None` for a classic-only one.
+    /// The native part of a protobuf histogram; `None` for a classic-only one, or one that
+    /// does not add up (spans longer than the deltas, indexes or counts out of range: a
+    /// daemon `--url` points at is not trusted to be ours).
     pub fn of(h: &Histogram) -> Option<Native> {
         if h.positive_span.is_empty() && h.zero_threshold == 0.0 {
+            return None;
+        }
+        if !(-4..=8).contains(&h.schema) {
             return None;
         }
         let mut buckets = Vec::with_capacity(h.positive_delta.len());
         let (mut deltas, mut index, mut count) = (h.positive_delta.iter(), 0i32, 0i64);
         for span in &h.positive_span {
-            index += span.offset;
+            index = index.checked_add(span.offset)?;
             for _ in 0..span.length {
-                count += deltas.next()?;
+                count = count.checked_add(*deltas.next()?).filter(|c| *c >= 0)?;
                 buckets.push((index, count as f64));
-                index += 1;
+                index = index.checked_add(1)?;
             }
         }
         Some(Native {
@@ -127,6 +132,27 @@ mod tests {
             let values: Vec<f64> = (0..99).map(|i| scale * (0.8 + 0.4 * f64::from(i) / 98.0)).collect();
             let Some(Quantile::At(p50)) = native_of(&values).quantile(0.5) else { panic!() };
             assert!((p50 / scale - 1.0).abs() < 0.045, "{scale}: {p50}");
+        }
+    }
+
+    #[test]
+    fn histograms_that_do_not_add_up_are_refused_not_panicked_on() {
+        use prometheus_client::encoding::prometheus_protobuf::prometheus_data_model::BucketSpan;
+        let with = |schema, offset, length, positive_delta: Vec<i64>| Histogram {
+            schema,
+            positive_span: vec![BucketSpan { offset, length }],
+            positive_delta,
+            ..Default::default()
+        };
+        let bad = [
+            with(3, 1, 3, vec![1]),                  // spans longer than the deltas
+            with(3, i32::MAX, 2, vec![1, 1]),        // index past i32
+            with(3, 0, 2, vec![i64::MAX, i64::MAX]), // count past i64
+            with(3, 0, 1, vec![-5]),                 // a negative count
+            with(99, 0, 1, vec![1]),                 // no such schema
+        ];
+        for h in &bad {
+            assert_eq!(Native::of(h), None, "{h:?}");
         }
     }
 

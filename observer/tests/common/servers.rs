@@ -8,7 +8,7 @@ use std::{
     time::Duration,
 };
 
-use super::{ChildGuard, TempDir, free_port, observer_bin, wait_for_port, wait_until};
+use super::{ChildGuard, TempDir, free_port, http_get_text, observer_bin, wait_for_port, wait_until};
 
 /// The demo's axum server (`observer demo-server`) on a free loopback port.
 pub fn start_demo_server() -> (ChildGuard, SocketAddr) {
@@ -206,6 +206,21 @@ pub fn apache_log(dir: &TempDir) -> Vec<(u16, String)> {
         .map(|line| {
             let (status, protocol) = line.split_once(' ').expect("status and protocol");
             (status.parse().expect("a status"), protocol.to_owned())
+        })
+        .collect()
+}
+
+/// The demo server's own view (its middleware, around the handler): (endpoint's first path
+/// segment, method, status) → (count, duration sum in seconds).
+pub fn demo_server_stats(addr: SocketAddr) -> std::collections::BTreeMap<(String, String, u16), (f64, f64)> {
+    http_get_text(addr, "/internal/stats")
+        .lines()
+        .map(|line| {
+            let f: Vec<&str> = line.split(' ').collect();
+            (
+                (f[0].to_owned(), f[1].to_owned(), f[2].parse().unwrap()),
+                (f[3].parse().unwrap(), f[4].parse().unwrap()),
+            )
         })
         .collect()
 }
