@@ -66,6 +66,7 @@ fuzz_target!(|data: &[u8]| {
                 seq: seq[peer],
                 kept: &kept,
                 wire,
+                tcp: None,
             };
             seq[peer] += 1;
             conn.on_record(record, &mut sink, &mut |_| {

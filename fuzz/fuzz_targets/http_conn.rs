@@ -24,7 +24,7 @@ fuzz_target!(|data: &[u8]| {
         rest = after;
         let tail = tail.min(bytes.len()).min(32);
         let (head, tail) = bytes.split_at(bytes.len() - tail);
-        let moved = Moved { head, tail, len: (head.len() + tail.len()) as u64 + u64::from(gap) * u64::from(!tail.is_empty() || kind & 8 != 0) };
+        let moved = Moved { head, tail, len: (head.len() + tail.len()) as u64 + u64::from(gap) * u64::from(!tail.is_empty() || kind & 8 != 0), tcp: None };
         ts += 1;
         match kind % 5 {
             0 | 1 => conn.on_read(ts, moved, &mut sink, &mut |_| {

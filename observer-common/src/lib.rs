@@ -211,6 +211,11 @@ pub const FLAG_NEW: u32 = 2;
 /// covers, `seq` its number in its direction.
 pub const FLAG_FRAMES: u32 = 4;
 
+/// Set on a record followed by a [`TcpChrono`] (after its head and tail): TCP's own accounting
+/// of the connection when the call returned. Writes on followed sockets (`--hooks sock`) and
+/// the close a server makes carry one.
+pub const FLAG_TCP: u32 = 8;
+
 /// The `FLAG_*` bits that travel in records; higher bits of a socket's state are the kernel's own.
 pub const REPORTED_FLAGS: u32 = 0xffff;
 
@@ -436,6 +441,29 @@ const _: () = assert!(HEAD_LEN <= u16::MAX as usize && TAIL_LEN <= HEAD_LEN);
 /// Size of [`EventHeader`] on the wire.
 pub const HEADER_LEN: usize = core::mem::size_of::<EventHeader>();
 
+/// TCP's accounting of a connection (`struct tcp_sock`) when a record's call returned, as
+/// `tcp_get_info_chrono_stats` reports it (`ss -ti`): cumulative time in kernel ticks (jiffies)
+/// with the ongoing interval added, so the difference of two is what TCP did in between.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TcpChrono {
+    /// Busy with data sent and not yet acknowledged, neither window nor buffer limited
+    /// (`chrono_stat[TCP_CHRONO_BUSY]`; `ss` counts all three in `busy`).
+    pub in_flight: u32,
+    /// Sending stopped by the receiver's window (`rwnd_limited`).
+    pub rwnd_limited: u32,
+    /// Sending stopped by our socket's send buffer (`sndbuf_limited`).
+    pub sndbuf_limited: u32,
+    /// Segments retransmitted so far (`total_retrans`).
+    pub retrans: u32,
+    /// Smoothed round-trip time in µs (`srtt_us >> 3`).
+    pub srtt_us: u32,
+    pub reserved: u32,
+}
+
+/// Size of [`TcpChrono`] on the wire.
+pub const TCP_CHRONO_LEN: usize = core::mem::size_of::<TcpChrono>();
+
 /// Default size of the kernel's table of followed sockets and of the daemon's connection
 /// table (`--max-connections`).
 pub const MAX_CONNECTIONS: u32 = 65_536;
@@ -497,6 +525,7 @@ mod tests {
         assert_eq!(core::mem::size_of::<PendingCall>(), 32);
         assert_eq!(core::mem::size_of::<TlsCall>(), 48);
         assert_eq!(core::mem::size_of::<TlsConn>(), 24);
+        assert_eq!(TCP_CHRONO_LEN, 24);
     }
 
     #[test]

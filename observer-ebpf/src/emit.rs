@@ -3,9 +3,9 @@
 use aya_ebpf::EbpfContext;
 use aya_log_ebpf::warn;
 use observer_common::{
-    Call, Direction, EventHeader, FLAG_LOST_BEFORE, FLAG_NEW, HEADER_LEN, Kind, READ_HEAD_LEN,
+    Call, Direction, EventHeader, FLAG_LOST_BEFORE, FLAG_NEW, FLAG_TCP, HEADER_LEN, Kind, READ_HEAD_LEN,
     REPORTED_FLAGS, RESPONSE_HEAD_LEN, RING_BYTES, Role, STATE_CLOSE_SENT, STATE_H2, STATE_LAST_READ,
-    STATE_MIDSTREAM, WAKEUP_DIVISOR, WRITE_HEAD_LEN, stat,
+    STATE_MIDSTREAM, TCP_CHRONO_LEN, TcpChrono, WAKEUP_DIVISOR, WRITE_HEAD_LEN, stat,
 };
 
 use crate::{
@@ -162,10 +162,7 @@ pub fn emit_data<C: EbpfContext>(
         return;
     };
     scratch.header = record.header(head_len, tail_len);
-    let mut size = HEADER_LEN as u64 + head_len + tail_len;
-    if size > (HEADER_LEN + DATA_CAP) as u64 {
-        size = (HEADER_LEN + DATA_CAP) as u64;
-    }
+    let size = with_tcp(scratch, HEADER_LEN as u64 + head_len + tail_len);
     // SAFETY: `size` bytes from the start of the scratch slot, which is larger.
     let bytes = unsafe { core::slice::from_raw_parts(scratch as *const Scratch as *const u8, size as usize) };
     if EVENTS.output::<[u8]>(bytes, wakeup_flag()).is_err() {
@@ -173,14 +170,38 @@ pub fn emit_data<C: EbpfContext>(
     }
 }
 
+/// Most bytes of a record assembled in the scratch slot: header, data, TCP accounting.
+const RECORD_CAP: u64 = (HEADER_LEN + DATA_CAP + TCP_CHRONO_LEN) as u64;
+
+/// The length of the scratch record whose header and data take `len` bytes, once the slot's
+/// `TcpChrono` is appended after them (if the header has `FLAG_TCP`); at most `RECORD_CAP`.
+#[inline(always)]
+fn with_tcp(scratch: &mut Scratch, len: u64) -> u64 {
+    let mut at = len;
+    if at > (HEADER_LEN + DATA_CAP) as u64 {
+        at = (HEADER_LEN + DATA_CAP) as u64;
+    }
+    if scratch.header.flags & FLAG_TCP == 0 {
+        return at;
+    }
+    let tcp = scratch.tcp;
+    // SAFETY: `at + TCP_CHRONO_LEN` ≤ `RECORD_CAP` bytes, inside the slot (its iovec and walk
+    // areas follow the data); unaligned stores are fine on a map value.
+    unsafe {
+        let dst = (scratch as *mut Scratch as *mut u8).add(at as usize) as *mut TcpChrono;
+        core::ptr::write_unaligned(dst, tcp);
+    }
+    at + TCP_CHRONO_LEN as u64
+}
+
 /// Sends the first `len` bytes of the scratch record (header and data); a record that does not
 /// fit is counted (the `FLAG_FRAMES` records' numbers tell the daemon which).
 #[inline(always)]
 pub fn output(len: u64) {
     let Some(scratch) = scratch() else { return };
-    let mut size = len;
-    if size > (HEADER_LEN + DATA_CAP) as u64 {
-        size = (HEADER_LEN + DATA_CAP) as u64;
+    let mut size = with_tcp(scratch, len);
+    if size > RECORD_CAP {
+        size = RECORD_CAP;
     }
     // SAFETY: `size` bytes from the start of the scratch slot, which is larger.
     let bytes = unsafe { core::slice::from_raw_parts(scratch as *const Scratch as *const u8, size as usize) };
@@ -197,6 +218,23 @@ pub fn emit_control<C: EbpfContext>(ctx: &C, record: &Record, state: *mut u32) {
     if EVENTS.output::<EventHeader>(&header, wakeup_flag()).is_err() {
         ring_full(ctx, state);
     }
+}
+
+/// A header-only record followed by the connection's TCP accounting (`FLAG_TCP`): a close.
+#[inline(always)]
+pub fn emit_control_tcp<C: EbpfContext>(ctx: &C, record: &Record, tcp: TcpChrono, state: *mut u32) {
+    let header = EventHeader { flags: record.flags | FLAG_TCP, ..record.header(0, 0) };
+    if EVENTS.output::<WithTcp>(&WithTcp { header, tcp }, wakeup_flag()).is_err() {
+        ring_full(ctx, state);
+    }
+}
+
+/// A header and the TCP accounting after it, built on the stack (closes run in softirq too,
+/// where the per-CPU scratch slot may be in use by the task they interrupted).
+#[repr(C)]
+struct WithTcp {
+    header: EventHeader,
+    tcp: TcpChrono,
 }
 
 /// A fork or exec record, which wakes the daemon at once: what it does with one races the

@@ -11,8 +11,8 @@ use core::ffi::c_void;
 
 use aya_ebpf::helpers::generated::{bpf_loop, bpf_probe_read_user};
 use observer_common::{
-    Direction, EventHeader, FLAG_FRAMES, FrameCursor, FrameCursors, H2_PREFACE, HEAD_LEN, HEADER_LEN,
-    KEPT_PAYLOAD, MAX_IOV, STATE_H2, STATE_UPGRADE, frame_payload_kept, stat,
+    Direction, EventHeader, FLAG_FRAMES, FLAG_TCP, FrameCursor, FrameCursors, H2_PREFACE, HEAD_LEN,
+    HEADER_LEN, KEPT_PAYLOAD, MAX_IOV, STATE_H2, STATE_UPGRADE, frame_payload_kept, stat,
 };
 
 use crate::{
@@ -287,7 +287,9 @@ fn flush() {
     s.frames.cursor.seq = s.frames.cursor.seq.wrapping_add(1);
     s.frames.out = 0;
     s.frames.wire = 0;
-    s.header.flags &= FLAG_FRAMES; // FLAG_NEW and FLAG_LOST_BEFORE go with the first record only
+    // FLAG_NEW and FLAG_LOST_BEFORE go with the first record only; each record of the call
+    // carries its TCP accounting, as streams may start in any of them.
+    s.header.flags &= FLAG_FRAMES | FLAG_TCP;
 }
 
 /// One step of a walk: the current iovec's next bytes of the current frame.

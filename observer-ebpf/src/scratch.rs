@@ -4,7 +4,7 @@
 //! body is checked once.
 
 use aya_ebpf::{macros::map, maps::PerCpuArray};
-use observer_common::{EventHeader, FrameCursor, HEAD_LEN, MAX_IOV};
+use observer_common::{EventHeader, FrameCursor, HEAD_LEN, MAX_IOV, TcpChrono};
 
 /// Room the verifier can see: head copies start below `HEAD_LEN` and are at most `HEAD_LEN`
 /// long, tail copies start below `HEAD_LEN + TAIL_LEN`; twice the largest head bounds both.
@@ -18,6 +18,8 @@ pub struct Scratch {
     pub iov: [Iovec; MAX_IOV],
     pub walk: Walk,
     pub frames: FrameWalk,
+    /// The connection's TCP accounting, appended to the record when its header has `FLAG_TCP`.
+    pub tcp: TcpChrono,
 }
 
 #[repr(C)]

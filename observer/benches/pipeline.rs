@@ -36,6 +36,8 @@ fn event(call: Call, fd: i32, ts_ns: u64, bytes: &'static [u8]) -> Event<'static
         seq: 0,
         head: bytes,
         tail: &[],
+        // Writes on followed sockets carry TCP's accounting, as the kernel reports them.
+        tcp: (call.direction() == observer_common::Direction::Out).then(observer_common::TcpChrono::default),
     }
 }
 

@@ -113,6 +113,10 @@ struct Entry {
     wait: Option<f64>,
     /// Its first request has been read (and its wait recorded, or counted as missing).
     started: bool,
+    /// The endpoint of the last response finished with TCP's accounting, and TCP's
+    /// retransmit count at its last write: the segments retransmitted after it, until the
+    /// connection's next write or its end, are that response's (its last send buffer's worth).
+    tail: Option<(&'static str, u32)>,
 }
 
 pub struct Connections<'m> {
@@ -172,6 +176,7 @@ impl<'m> Connections<'m> {
             last_active: self.clock,
             wait: event.wait_ns.map(|ns| ns as f64 / 1e9),
             started: false,
+            tail: None,
         };
         match event.kind {
             Kind::Open => {
@@ -183,8 +188,10 @@ impl<'m> Connections<'m> {
                 }
             }
             Kind::Close => {
-                if let Some(old) = self.table.remove(&key) {
+                if let Some(mut old) = self.table.remove(&key) {
                     old.proto.on_close(&mut self.sink);
+                    old.tail = tail_of(&self.sink, old.tail);
+                    settle(&mut old.tail, event, &mut self.labels);
                 }
             }
             // Handled by the daemon, not a connection.
@@ -204,6 +211,7 @@ impl<'m> Connections<'m> {
                 }
                 entry.last_active = self.clock;
                 entry.tgid = event.tgid;
+                settle(&mut entry.tail, event, &mut self.labels);
                 let (sink, labels) = (&mut self.sink, &mut self.labels);
                 let reading = event.direction() == Direction::In;
                 let mut first: Option<Tag> = None;
@@ -219,8 +227,14 @@ impl<'m> Connections<'m> {
                             (Role::Server, false) | (Role::Client, true) => Peer::Server,
                         };
                         let wire = event.ret.max(0) as u64;
-                        let record =
-                            Record { peer, ts_ns: event.ts_ns, seq: event.seq, kept: event.head, wire };
+                        let record = Record {
+                            peer,
+                            ts_ns: event.ts_ns,
+                            seq: event.seq,
+                            kept: event.head,
+                            wire,
+                            tcp: event.tcp,
+                        };
                         h2.on_record(record, sink, &mut start);
                     }
                     Proto::Unseen | Proto::Opaque(_) => {}
@@ -228,8 +242,12 @@ impl<'m> Connections<'m> {
                         if event.lost_before {
                             http.on_lost_events(sink);
                         }
-                        let moved =
-                            Moved { head: event.head, tail: event.tail, len: event.ret.max(0) as u64 };
+                        let moved = Moved {
+                            head: event.head,
+                            tail: event.tail,
+                            len: event.ret.max(0) as u64,
+                            tcp: event.tcp,
+                        };
                         if reading {
                             http.on_read(event.ts_ns, moved, sink, &mut start);
                         } else {
@@ -237,6 +255,7 @@ impl<'m> Connections<'m> {
                         }
                     }
                 }
+                entry.tail = tail_of(sink, entry.tail);
                 if let Some(tag) = first
                     && !std::mem::replace(&mut entry.started, true)
                 {
@@ -301,6 +320,25 @@ impl<'m> Connections<'m> {
     }
 }
 
+/// The connection's retransmit tail after `sink`'s responses: the last one answered with
+/// TCP's accounting starts a new one.
+fn tail_of(sink: &Sink<Tag>, tail: Option<(&'static str, u32)>) -> Option<(&'static str, u32)> {
+    let last = sink.finished.iter().rev().find_map(|f| match (f.tag.endpoint, f.status, f.tcp) {
+        (Some(endpoint), Some(_), Some(span)) => Some((endpoint, span.last.retrans)),
+        _ => None,
+    });
+    last.or(tail)
+}
+
+/// TCP's accounting in `event` ends the retransmit tail of the connection's last response.
+fn settle(tail: &mut Option<(&'static str, u32)>, event: &Event<'_>, labels: &mut Labels<'_>) {
+    if let Some(tcp) = event.tcp
+        && let Some((endpoint, retrans)) = tail.take()
+    {
+        labels.handles.retransmitted(endpoint, crate::transfer::retransmits(retrans, tcp.retrans));
+    }
+}
+
 /// Plaintext from a TLS library's calls (not the socket's bytes).
 fn is_plaintext(call: Call) -> bool {
     matches!(call, Call::TlsRead | Call::TlsWrite)
@@ -336,6 +374,7 @@ mod tests {
             seq: 0,
             head,
             tail: b"",
+            tcp: None,
         }
     }
 
@@ -360,6 +399,44 @@ mod tests {
         let text = metrics.encode();
         assert!(text.contains(r#"http_request_duration_seconds_count{endpoint="/boot/aa"} 1"#), "{text}");
         assert!(!text.contains("x=1"));
+    }
+
+    #[test]
+    fn a_responses_transfer_is_split_by_tcp_and_its_retransmits_run_until_the_next_write() {
+        use crate::transfer::LimitLabels;
+        use observer_common::TcpChrono;
+        let metrics = Metrics::new();
+        let mut conns = connections(&metrics);
+        let tcp = |in_flight, rwnd_limited, retrans| {
+            Some(TcpChrono { in_flight, rwnd_limited, retrans, srtt_us: 20_000, ..TcpChrono::default() })
+        };
+        let write = |ts_ns, head, tcp| Event { tcp, ..event(Call::Write, ts_ns, head) };
+        conns.handle(&Event { kind: Kind::Open, ..event(Call::None, 0, b"") });
+        conns.handle(&event(Call::Read, 1_000, b"GET /img HTTP/1.1\r\n\r\n"));
+        conns.handle(&write(2_000, b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nab", tcp(10, 0, 1)));
+        // 1 s later: 50 ticks (0.2 s) in flight, 100 (0.4 s) window limited, 2 retransmits.
+        conns.handle(&write(1_000_002_000, b"cd", tcp(60, 100, 3)));
+        conns.handle(&event(Call::Read, 1_100_000_000, b"GET /img HTTP/1.1\r\n\r\n"));
+        // Two more retransmits of the first response's last bytes before the next write.
+        conns.handle(&write(1_200_000_000, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", tcp(60, 100, 5)));
+        conns.handle(&Event {
+            tcp: tcp(61, 100, 6),
+            ..Event { kind: Kind::Close, ..event(Call::None, 1_300_000_000, b"") }
+        });
+        let seconds = |limited_by| {
+            metrics.transfer.seconds.get_or_create(&LimitLabels { endpoint: "/img", limited_by }).get()
+        };
+        let close = |a: f64, b: f64| (a - b).abs() < 1e-9;
+        assert!(close(seconds("in_flight"), 0.2) && close(seconds("receiver_window"), 0.4));
+        assert!(close(seconds("application"), 0.4) && seconds("send_buffer") == 0.0);
+        let img = EndpointLabels { endpoint: "/img" };
+        assert_eq!(
+            metrics.transfer.retransmits.get_or_create(&img).get(),
+            2 + 2 + 1,
+            "during, after, at close"
+        );
+        let text = metrics.encode();
+        assert!(text.contains(r#"http_response_rtt_seconds_count{endpoint="/img"} 2"#), "{text}");
     }
 
     #[test]

@@ -4,8 +4,8 @@
 use std::mem::offset_of;
 
 use observer_common::{
-    Call, Direction, EventHeader, FLAG_FRAMES, FLAG_LOST_BEFORE, FLAG_NEW, HEAD_LEN, HEADER_LEN, Kind, Role,
-    TAIL_LEN,
+    Call, Direction, EventHeader, FLAG_FRAMES, FLAG_LOST_BEFORE, FLAG_NEW, FLAG_TCP, HEAD_LEN, HEADER_LEN,
+    Kind, Role, TAIL_LEN, TCP_CHRONO_LEN, TcpChrono,
 };
 
 /// One record of the kernel programs: bytes a target moved on a connection, or an event about
@@ -45,6 +45,9 @@ pub struct Event<'a> {
     pub head: &'a [u8],
     /// The last bytes moved, after the head; what lies between was not captured.
     pub tail: &'a [u8],
+    /// TCP's accounting of the connection when the call returned (writes and closes on
+    /// followed sockets).
+    pub tcp: Option<TcpChrono>,
 }
 
 impl Event<'_> {
@@ -66,6 +69,8 @@ pub enum DecodeError {
     Role(u8),
     #[error("captured lengths {head}+{tail} exceed the record or the limits")]
     Captured { head: u32, tail: u32 },
+    #[error("record of {0} bytes has no room for the TCP accounting it announces")]
+    NoTcp(usize),
 }
 
 pub fn decode(record: &[u8]) -> Result<Event<'_>, DecodeError> {
@@ -87,6 +92,13 @@ pub fn decode(record: &[u8]) -> Result<Event<'_>, DecodeError> {
     }
     let data = &record[HEADER_LEN..];
     let flags = u32_at(offset_of!(EventHeader, flags));
+    let tcp = match flags & FLAG_TCP {
+        0 => None,
+        _ => Some(
+            tcp_chrono(data.get(head_len + tail_len..).unwrap_or_default())
+                .ok_or(DecodeError::NoTcp(record.len()))?,
+        ),
+    };
     Ok(Event {
         ts_ns: u64_at(offset_of!(EventHeader, ts_ns)),
         kind,
@@ -108,6 +120,21 @@ pub fn decode(record: &[u8]) -> Result<Event<'_>, DecodeError> {
         seq: u32_at(offset_of!(EventHeader, seq)),
         head: &data[..head_len],
         tail: &data[head_len..head_len + tail_len],
+        tcp,
+    })
+}
+
+/// The `TcpChrono` at the start of `bytes` (unaligned: it follows the captured bytes).
+fn tcp_chrono(bytes: &[u8]) -> Option<TcpChrono> {
+    let bytes = bytes.get(..TCP_CHRONO_LEN)?;
+    let u32_at = |field: usize| u32::from_ne_bytes(bytes[field..field + 4].try_into().expect("4 bytes"));
+    Some(TcpChrono {
+        in_flight: u32_at(offset_of!(TcpChrono, in_flight)),
+        rwnd_limited: u32_at(offset_of!(TcpChrono, rwnd_limited)),
+        sndbuf_limited: u32_at(offset_of!(TcpChrono, sndbuf_limited)),
+        retrans: u32_at(offset_of!(TcpChrono, retrans)),
+        srtt_us: u32_at(offset_of!(TcpChrono, srtt_us)),
+        reserved: 0,
     })
 }
 
@@ -184,10 +211,33 @@ mod tests {
                 frames: false,
                 seq: 4,
                 head: b"GET",
-                tail: b"\r\n"
+                tail: b"\r\n",
+                tcp: None,
             }
         );
         assert_eq!(e.direction(), Direction::In);
+    }
+
+    #[test]
+    fn tcp_accounting_follows_the_captured_bytes() {
+        let mut r = record(Kind::Data, Call::Write, b"HTTP/1.1 200", b"ok", FLAG_TCP);
+        r.truncate(HEADER_LEN + 14);
+        for v in [7u32, 8, 9, 10, 11, 0] {
+            r.extend_from_slice(&v.to_ne_bytes());
+        }
+        let e = decode(&r).unwrap();
+        assert_eq!((e.head, e.tail), (&b"HTTP/1.1 200"[..], &b"ok"[..]));
+        let tcp = TcpChrono {
+            in_flight: 7,
+            rwnd_limited: 8,
+            sndbuf_limited: 9,
+            retrans: 10,
+            srtt_us: 11,
+            reserved: 0,
+        };
+        assert_eq!(e.tcp, Some(tcp));
+        r.truncate(HEADER_LEN + 14 + 20);
+        assert_eq!(decode(&r), Err(DecodeError::NoTcp(HEADER_LEN + 34)), "a cut record is refused");
     }
 
     #[test]

@@ -3,6 +3,8 @@
 //! bytes could not be followed. Everything past this point (routes, metrics) is the same for
 //! both protocols.
 
+use observer_common::TcpChrono;
+
 /// The parts of a request head that callers may label it by.
 #[derive(Debug, Clone, Copy)]
 pub struct RequestHead<'a> {
@@ -30,6 +32,22 @@ pub struct Finished<T> {
     pub response_bytes: u64,
     /// gRPC (an HTTP/2 request with `content-type: application/grpc*`): how it ended.
     pub grpc: Option<GrpcEnd>,
+    /// TCP's accounting at the writes of its first and last bytes, where the kernel reports it.
+    pub tcp: Option<TcpSpan>,
+}
+
+/// TCP's accounting of a connection at a response's first and last writes: what TCP did while
+/// the response was being written (`transfer` splits it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TcpSpan {
+    pub first: TcpChrono,
+    pub last: TcpChrono,
+}
+
+impl TcpSpan {
+    pub fn of(first: Option<TcpChrono>, last: Option<TcpChrono>) -> Option<TcpSpan> {
+        Some(TcpSpan { first: first?, last: last? })
+    }
 }
 
 /// What a finished gRPC call carries besides its HTTP outcome.

@@ -103,5 +103,9 @@ fn record(handles: &mut Handles<'_>, finished: Finished<Tag>) {
         seconds: seconds(finished.start_ns, finished.end_ns),
         first_byte_seconds: finished.first_byte_ns.map(|first| seconds(finished.start_ns, first)),
         response_bytes: finished.response_bytes,
+        transfer: finished
+            .first_byte_ns
+            .zip(finished.tcp)
+            .map(|(first, span)| (finished.end_ns.saturating_sub(first), span)),
     });
 }

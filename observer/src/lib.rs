@@ -32,3 +32,4 @@ pub mod run;
 pub mod serve;
 pub mod targets;
 pub mod top;
+pub mod transfer;

@@ -12,7 +12,11 @@ use prometheus_client::{
 };
 use rustc_hash::FxHashMap;
 
-use crate::grpc::{CodeLabels, GrpcMetrics, MethodLabels};
+use crate::{
+    exchange::TcpSpan,
+    grpc::{CodeLabels, GrpcMetrics, MethodLabels},
+    transfer::{TransferHandles, TransferMetrics},
+};
 
 /// Classic request duration buckets, in seconds: from a few µs (nginx answers `return 200` on
 /// loopback in ~10 µs) to a 10-minute image download, ×2 to ×2.5 per step, 24 buckets (4 more
@@ -121,6 +125,7 @@ pub struct Metrics {
     pub registry: Registry,
     pub http: HttpMetrics,
     pub grpc: GrpcMetrics,
+    pub transfer: TransferMetrics,
     pub listen: ListenMetrics,
     pub health: HealthMetrics,
 }
@@ -339,9 +344,10 @@ impl Metrics {
         let mut registry = Registry::default();
         let http = HttpMetrics::register(&mut registry, native);
         let grpc = GrpcMetrics::register(&mut registry, native);
+        let transfer = TransferMetrics::register(&mut registry, native);
         let listen = ListenMetrics::register(&mut registry);
         let health = HealthMetrics::register(&mut registry);
-        Metrics { registry, http, grpc, listen, health }
+        Metrics { registry, http, grpc, transfer, listen, health }
     }
 
     /// The registry in Prometheus' protobuf format (length-delimited `MetricFamily`
@@ -381,6 +387,9 @@ struct EndpointMetrics {
     response_size: Histogram,
     connection_wait: Histogram,
     incomplete: Counter,
+    /// Made at the endpoint's first response with TCP's accounting (none on the OpenSSL and
+    /// syscall paths, which do not report it).
+    transfer: Option<TransferHandles>,
 }
 
 /// A request answered in full, as recorded.
@@ -393,6 +402,8 @@ pub struct Answered {
     /// First byte of the request read → first byte of the response written.
     pub first_byte_seconds: Option<f64>,
     pub response_bytes: u64,
+    /// First → last byte of the response written, and TCP's accounting at those writes.
+    pub transfer: Option<(u64, TcpSpan)>,
 }
 
 /// Where requests are recorded: metric handles by label set, fetched from their families
@@ -404,11 +415,15 @@ pub struct Handles<'m> {
     metrics: &'m Metrics,
     endpoints: FxHashMap<&'static str, EndpointMetrics>,
     requests: FxHashMap<RequestLabels, Counter>,
+    /// Nanoseconds in a kernel tick, the unit of TCP's accounting.
+    tick_ns: u64,
 }
 
 impl<'m> Handles<'m> {
     pub fn new(metrics: &'m Metrics) -> Self {
-        Handles { metrics, endpoints: FxHashMap::default(), requests: FxHashMap::default() }
+        // 4 ms (CONFIG_HZ=250) where the clock cannot say.
+        let tick_ns = crate::probes::layout::tick_ns().unwrap_or(4_000_000);
+        Handles { metrics, endpoints: FxHashMap::default(), requests: FxHashMap::default(), tick_ns }
     }
 
     /// A request's head was read: it is in flight.
@@ -417,7 +432,8 @@ impl<'m> Handles<'m> {
     }
 
     pub fn answered(&mut self, answered: Answered) {
-        let Answered { endpoint, method, status, seconds, first_byte_seconds, response_bytes } = answered;
+        let Answered { endpoint, method, status, seconds, first_byte_seconds, response_bytes, transfer } =
+            answered;
         let metrics = self.metrics;
         self.requests
             .entry(RequestLabels { endpoint, method, status })
@@ -430,6 +446,22 @@ impl<'m> Handles<'m> {
             metrics.first_byte.observe(first);
         }
         metrics.response_size.observe(response_bytes as f64);
+        if let Some((transfer_ns, span)) = transfer {
+            let tick_ns = self.tick_ns;
+            self.transfer(endpoint).transferred(transfer_ns, &span, tick_ns);
+        }
+    }
+
+    /// Segments retransmitted after a response's last write, before the connection's next one.
+    pub fn retransmitted(&mut self, endpoint: &'static str, segments: u64) {
+        if segments > 0 {
+            self.transfer(endpoint).retransmitted(segments);
+        }
+    }
+
+    fn transfer(&mut self, endpoint: &'static str) -> &TransferHandles {
+        let transfer = &self.metrics.transfer;
+        self.endpoint_mut(endpoint).transfer.get_or_insert_with(|| TransferHandles::new(transfer, endpoint))
     }
 
     /// A gRPC call started.
@@ -484,6 +516,10 @@ impl<'m> Handles<'m> {
     }
 
     fn endpoint(&mut self, endpoint: &'static str) -> &EndpointMetrics {
+        self.endpoint_mut(endpoint)
+    }
+
+    fn endpoint_mut(&mut self, endpoint: &'static str) -> &mut EndpointMetrics {
         let (http, health) = (&self.metrics.http, &self.metrics.health);
         self.endpoints.entry(endpoint).or_insert_with(|| {
             let labels = EndpointLabels { endpoint };
@@ -494,6 +530,7 @@ impl<'m> Handles<'m> {
                 response_size: http.response_size.get_or_create(&labels).clone(),
                 connection_wait: http.connection_wait.get_or_create(&labels).clone(),
                 incomplete: health.incomplete.get_or_create(&labels).clone(),
+                transfer: None,
             }
         })
     }

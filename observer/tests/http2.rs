@@ -44,6 +44,7 @@ fn nginx_h2_counted_exactly(name: &str, tls: bool) {
         h2c: !tls,
         http2: tls,
         tls_port: tls.then_some(tls_port),
+        ..Default::default()
     };
     let conf = write_nginx_conf_with(&dir, port, conf);
     let nginx = start_nginx_conf(&conf, port);

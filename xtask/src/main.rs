@@ -35,6 +35,8 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     ("h2load", "nghttp2-client"),
     // gRPC servers and clients (generic handlers: no protoc needed).
     ("/usr/lib/python3/dist-packages/grpc/__init__.py", "python3-grpcio"),
+    // Loss on a link between the transfer test's own namespaces (no netem in this kernel).
+    ("nft", "nftables"),
     // Apache httpd's binary and modules, without the service (nothing starts on port 80):
     // mod_http2 is the test server that speaks h2c after an HTTP/1.1 `Upgrade`.
     ("/usr/lib/apache2/modules/mod_http2.so", "apache2-bin"),

@@ -15,7 +15,9 @@ mod head;
 
 use std::collections::VecDeque;
 
-use crate::exchange::{Anomaly, Finished, RequestHead, Sink};
+use observer_common::TcpChrono;
+
+use crate::exchange::{Anomaly, Finished, RequestHead, Sink, TcpSpan};
 
 use self::{
     body::{BodyError, BodyKind, Decoder, request_body, response_body},
@@ -24,12 +26,13 @@ use self::{
 };
 
 /// What one read or write moved: `len` bytes, of which the first (`head`) and the last
-/// (`tail`, after the head) were captured.
+/// (`tail`, after the head) were captured; and TCP's accounting after a write, if reported.
 #[derive(Debug, Clone, Copy)]
 pub struct Moved<'a> {
     pub head: &'a [u8],
     pub tail: &'a [u8],
     pub len: u64,
+    pub tcp: Option<TcpChrono>,
 }
 
 /// Which side of the exchange bytes belong to.
@@ -123,9 +126,11 @@ pub struct HttpConn<T> {
     /// The request switched to HTTP/2 by a `101`, until the HTTP/2 side takes it over.
     h2c: Option<Outstanding<T>>,
     last_write_ns: u64,
-    /// The response being written (to the front of `waiting`): when its first byte went out,
-    /// and how many bytes so far.
+    last_write_tcp: Option<TcpChrono>,
+    /// The response being written (to the front of `waiting`): when its first byte went out
+    /// (and TCP's accounting then), and how many bytes so far.
     response_first_ns: Option<u64>,
+    response_first_tcp: Option<TcpChrono>,
     response_bytes: u64,
 }
 
@@ -150,7 +155,9 @@ impl<T> HttpConn<T> {
             waiting: VecDeque::new(),
             h2c: None,
             last_write_ns: 0,
+            last_write_tcp: None,
             response_first_ns: None,
+            response_first_tcp: None,
             response_bytes: 0,
         }
     }
@@ -272,6 +279,7 @@ impl<T> HttpConn<T> {
     /// The server wrote bytes (write family or sendfile).
     pub fn on_write(&mut self, ts_ns: u64, moved: Moved<'_>, sink: &mut Sink<T>) {
         self.last_write_ns = ts_ns;
+        self.last_write_tcp = moved.tcp;
         let mut rest = Bytes::new(moved);
         if matches!(self.outbound, Framing::OutOfSync)
             && !self.waiting.is_empty()
@@ -331,7 +339,7 @@ impl<T> HttpConn<T> {
                 if before == 0 {
                     buf.extend_from_slice(rest.seen);
                 }
-                self.response_first_ns.get_or_insert(ts_ns);
+                self.response_started(ts_ns);
                 self.response_bytes += rest.skip(rest.seen.len() as u64);
                 return if rest.is_empty() { Step::Stop } else { Step::Continue };
             }
@@ -341,7 +349,7 @@ impl<T> HttpConn<T> {
             return self.lose(Side::Response, sink, Anomaly::NotHttpResponse);
         };
         let framing = if truncated { Some(BodyKind::Eof) } else { response_body(resp.headers) };
-        self.response_first_ns.get_or_insert(ts_ns);
+        self.response_started(ts_ns);
         self.response_bytes += rest.skip(if truncated { rest.len() } else { (head_len - before) as u64 });
         if truncated {
             sink.anomalies.push(Anomaly::TruncatedCapture);
@@ -401,6 +409,14 @@ impl<T> HttpConn<T> {
         }
     }
 
+    /// This write carries response bytes: the first, unless some were written before.
+    fn response_started(&mut self, ts_ns: u64) {
+        if self.response_first_ns.is_none() {
+            self.response_first_ns = Some(ts_ns);
+            self.response_first_tcp = self.last_write_tcp;
+        }
+    }
+
     fn finish_front(&mut self, end_ns: u64, sink: &mut Sink<T>) {
         if let Some(w) = self.waiting.pop_front() {
             sink.finished.push(Finished {
@@ -411,6 +427,7 @@ impl<T> HttpConn<T> {
                 end_ns,
                 response_bytes: std::mem::take(&mut self.response_bytes),
                 grpc: None,
+                tcp: TcpSpan::of(self.response_first_tcp.take(), self.last_write_tcp),
             });
         }
     }
@@ -453,7 +470,9 @@ impl<T> HttpConn<T> {
             end_ns: end_ns.max(w.start_ns),
             response_bytes: std::mem::take(&mut bytes),
             grpc: None,
+            tcp: None,
         }));
+        self.response_first_tcp = None;
     }
 
     /// The connection has been quiet for the idle timeout: a response whose end could not be

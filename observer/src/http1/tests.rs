@@ -18,7 +18,7 @@ impl Harness {
 
     /// A read that moved `len` bytes of which only `data` were captured.
     fn read_partial(&mut self, ts: u64, data: &[u8], len: u64) -> &mut Self {
-        self.read_moved(ts, Moved { head: data, tail: &[], len })
+        self.read_moved(ts, Moved { head: data, tail: &[], len, tcp: None })
     }
 
     fn read_moved(&mut self, ts: u64, moved: Moved<'_>) -> &mut Self {
@@ -33,7 +33,7 @@ impl Harness {
     }
 
     fn write_partial(&mut self, ts: u64, data: &[u8], len: u64) -> &mut Self {
-        self.write_moved(ts, Moved { head: data, tail: &[], len })
+        self.write_moved(ts, Moved { head: data, tail: &[], len, tcp: None })
     }
 
     fn write_moved(&mut self, ts: u64, moved: Moved<'_>) -> &mut Self {
@@ -320,7 +320,7 @@ fn chunked_terminator_is_found_in_the_captured_tail() {
     full.extend_from_slice(b"\r\n3\r\nbye\r\n0\r\n\r\n");
     let len = full.len() as u64;
     // What the probe captures: the first 512 bytes across the iovecs, and the last 32.
-    let moved = Moved { head: &full[..512], tail: &full[full.len() - 32..], len };
+    let moved = Moved { head: &full[..512], tail: &full[full.len() - 32..], len, tcp: None };
     let mut h = Harness::default();
     h.read(1, b"GET /chunked HTTP/1.1\r\n\r\n").write_moved(2, moved);
     assert_eq!(h.done(), [("GET /chunked", Some(200), 1, 2)]);
@@ -335,7 +335,8 @@ fn head_completed_by_the_tail_is_parsed() {
     req.resize(526, b'a');
     req.extend_from_slice(b"\r\n\r\n");
     let mut h = Harness::default();
-    h.read_moved(1, Moved { head: &req[..512], tail: &req[512..], len: req.len() as u64 }).write(2, OK_5);
+    h.read_moved(1, Moved { head: &req[..512], tail: &req[512..], len: req.len() as u64, tcp: None })
+        .write(2, OK_5);
     assert_eq!(h.done(), [("GET /t", Some(200), 1, 2)]);
     assert!(h.sink.anomalies.is_empty(), "{:?}", h.sink.anomalies);
 }

@@ -12,7 +12,9 @@ use super::{
     frames::{Frame, PREFACE, Reader, flag, kind},
     hpack::{self, Block, Decoder, Text},
 };
-use crate::exchange::{Anomaly, Finished, GrpcEnd, RequestHead, Sink};
+use observer_common::TcpChrono;
+
+use crate::exchange::{Anomaly, Finished, GrpcEnd, RequestHead, Sink, TcpSpan};
 
 /// Most streams followed at once on one connection (servers allow 100 to 128 by default): a
 /// stream beyond is not followed, and counted.
@@ -40,6 +42,8 @@ pub struct Record<'a> {
     pub seq: u32,
     pub kept: &'a [u8],
     pub wire: u64,
+    /// TCP's accounting after the call (the server's writes on followed sockets).
+    pub tcp: Option<TcpChrono>,
 }
 
 /// One direction: its frames, its HPACK state, the header block being gathered.
@@ -78,10 +82,34 @@ struct Stream<T> {
     tag: T,
     start_ns: u64,
     first_byte_ns: Option<u64>,
+    /// TCP's accounting at the write of its first byte.
+    first_byte_tcp: Option<TcpChrono>,
     status: Option<u16>,
     response_bytes: u64,
     /// `Some` for gRPC (request `content-type: application/grpc*`): its outcome so far.
     grpc: Option<GrpcEnd>,
+}
+
+impl<T> Stream<T> {
+    fn new(tag: T, start_ns: u64, grpc: Option<GrpcEnd>) -> Self {
+        Stream {
+            tag,
+            start_ns,
+            first_byte_ns: None,
+            first_byte_tcp: None,
+            status: None,
+            response_bytes: 0,
+            grpc,
+        }
+    }
+
+    /// A server record at `ts_ns` carried bytes of its response.
+    fn wrote(&mut self, ts_ns: u64, tcp: Option<TcpChrono>) {
+        if self.first_byte_ns.is_none() {
+            self.first_byte_ns = Some(ts_ns);
+            self.first_byte_tcp = tcp;
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -103,6 +131,8 @@ pub struct H2Conn<T> {
     broken: bool,
     /// Timestamp of the last record: where streams still open at the end are ended.
     last_ns: u64,
+    /// TCP's accounting at the server's last record that reported it.
+    last_write_tcp: Option<TcpChrono>,
 }
 
 impl<T> Default for H2Conn<T> {
@@ -131,6 +161,7 @@ impl<T> H2Conn<T> {
             from_start: None,
             broken: false,
             last_ns: 0,
+            last_write_tcp: None,
         }
     }
 
@@ -138,9 +169,7 @@ impl<T> H2Conn<T> {
     /// already read (its head came as HTTP/1.1), its response still to come (RFC 7540 §3.2).
     pub fn upgraded(tag: T, start_ns: u64) -> Self {
         let mut conn = Self::new();
-        let stream =
-            Stream { tag, start_ns, first_byte_ns: None, status: None, response_bytes: 0, grpc: None };
-        conn.streams.insert(1, stream);
+        conn.streams.insert(1, Stream::new(tag, start_ns, None));
         conn.last_stream = 1;
         conn
     }
@@ -155,7 +184,10 @@ impl<T> H2Conn<T> {
     where
         F: FnMut(RequestHead<'_>) -> T,
     {
-        let Record { peer, ts_ns, seq, kept, wire } = record;
+        let Record { peer, ts_ns, seq, kept, wire, tcp } = record;
+        if peer == Peer::Server && tcp.is_some() {
+            self.last_write_tcp = tcp;
+        }
         if self.broken {
             return;
         }
@@ -240,7 +272,7 @@ impl<T> H2Conn<T> {
         for (_, stream) in self.streams.drain() {
             let end_ns =
                 end_ns.unwrap_or(stream.first_byte_ns.unwrap_or(stream.start_ns)).max(stream.start_ns);
-            sink.finished.push(finish(stream, None, end_ns));
+            sink.finished.push(finish(stream, None, end_ns, None));
         }
     }
 
@@ -301,7 +333,7 @@ impl<T> H2Conn<T> {
                     && let Some(stream) = self.streams.get_mut(&frame.stream)
                 {
                     stream.response_bytes += 9 + frame.len as u64;
-                    stream.first_byte_ns.get_or_insert(ts_ns);
+                    stream.wrote(ts_ns, self.last_write_tcp);
                     if frame.flags & flag::END_STREAM != 0 {
                         self.end(frame.stream, ts_ns, sink);
                     }
@@ -313,7 +345,7 @@ impl<T> H2Conn<T> {
                     if stream.grpc.is_some() {
                         stream.grpc = Some(GrpcEnd::Reset);
                     }
-                    sink.finished.push(finish(stream, None, ts_ns));
+                    sink.finished.push(finish(stream, None, ts_ns, None));
                 }
                 Ok(())
             }
@@ -416,9 +448,7 @@ impl<T> H2Conn<T> {
             .is_some_and(|ct| ct.starts_with("application/grpc"))
             .then_some(GrpcEnd::Missing);
         let tag = start(RequestHead { method, target, grpc: grpc.is_some() });
-        let stream =
-            Stream { tag, start_ns: ts_ns, first_byte_ns: None, status: None, response_bytes: 0, grpc };
-        self.streams.insert(id, stream);
+        self.streams.insert(id, Stream::new(tag, ts_ns, grpc));
         Ok(())
     }
 
@@ -429,7 +459,7 @@ impl<T> H2Conn<T> {
             return; // a stream we never saw start (pushed, or refused)
         };
         stream.response_bytes += 9 + len as u64;
-        stream.first_byte_ns.get_or_insert(ts_ns);
+        stream.wrote(ts_ns, self.last_write_tcp);
         if stream.status.is_none()
             && let Some(status) = pseudo(block, b":status").and_then(|s| s.parse::<u16>().ok())
             && status >= 200
@@ -452,13 +482,14 @@ impl<T> H2Conn<T> {
     fn end(&mut self, id: u32, ts_ns: u64, sink: &mut Sink<T>) {
         if let Some(stream) = self.streams.remove(&id) {
             let status = stream.status;
-            sink.finished.push(finish(stream, status, ts_ns));
+            sink.finished.push(finish(stream, status, ts_ns, self.last_write_tcp));
         }
     }
 }
 
-fn finish<T>(stream: Stream<T>, status: Option<u16>, end_ns: u64) -> Finished<T> {
+fn finish<T>(stream: Stream<T>, status: Option<u16>, end_ns: u64, last: Option<TcpChrono>) -> Finished<T> {
     Finished {
+        tcp: TcpSpan::of(stream.first_byte_tcp, last),
         tag: stream.tag,
         status,
         start_ns: stream.start_ns,

@@ -81,7 +81,7 @@ impl Conn {
             started.push(tag.clone());
             tag
         };
-        let record = Record { peer, ts_ns: self.ts, seq: this, kept: &kept, wire };
+        let record = Record { peer, ts_ns: self.ts, seq: this, kept: &kept, wire, tcp: None };
         self.h2.on_record(record, &mut self.sink, &mut start);
     }
 

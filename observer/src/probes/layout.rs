@@ -8,7 +8,7 @@ use super::ProbeError;
 
 /// (global in the eBPF object, struct, path of members). Anonymous struct and union members
 /// on the way are searched too (`skc_num` sits in an anonymous struct in a union).
-const FIELDS: [(&str, &str, &[&str]); 12] = [
+const FIELDS: [(&str, &str, &[&str]); 17] = [
     ("SK_NUM", "sock", &["__sk_common", "skc_num"]),
     ("SK_STATE", "sock", &["__sk_common", "skc_state"]),
     ("SK_FAMILY", "sock", &["__sk_common", "skc_family"]),
@@ -22,6 +22,12 @@ const FIELDS: [(&str, &str, &[&str]); 12] = [
     ("TCP_BYTES_RECEIVED", "tcp_sock", &["bytes_received"]),
     ("TCP_BYTES_SENT", "tcp_sock", &["bytes_sent"]),
     ("TCP_LSNDTIME", "tcp_sock", &["lsndtime"]),
+    // TCP's own accounting, which splits a response's transfer (`transfer`).
+    ("TCP_CHRONO_TYPE", "tcp_sock", &["chrono_type"]),
+    ("TCP_CHRONO_START", "tcp_sock", &["chrono_start"]),
+    ("TCP_CHRONO_STAT", "tcp_sock", &["chrono_stat"]),
+    ("TCP_SRTT_US", "tcp_sock", &["srtt_us"]),
+    ("TCP_TOTAL_RETRANS", "tcp_sock", &["total_retrans"]),
 ];
 
 /// Byte offset of each of `FIELDS`, by global name. Parsing takes ~20 ms and ~3 MB (the BTF
@@ -106,5 +112,16 @@ mod tests {
         assert_eq!(get("SOCKET_FILE"), 16);
         assert_eq!(get("TCP_COPIED_SEQ"), 1464, "inside struct tcp_sock, past struct sock");
         assert_eq!(get("TCP_BYTES_RECEIVED"), 1752);
+        assert_eq!(
+            [
+                get("TCP_CHRONO_TYPE"),
+                get("TCP_CHRONO_START"),
+                get("TCP_CHRONO_STAT"),
+                get("TCP_SRTT_US"),
+                get("TCP_TOTAL_RETRANS")
+            ],
+            [1556, 1560, 1564, 1680, 2200],
+            "the defaults in observer-ebpf's sock.rs"
+        );
     }
 }

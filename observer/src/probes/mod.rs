@@ -2,7 +2,7 @@
 
 mod attach;
 mod bitmap;
-mod layout;
+pub mod layout;
 mod tls;
 
 use std::{fs, io, path::Path};

@@ -130,7 +130,7 @@ pub async fn show(source: Source, interval: Duration, sort: SortBy) -> anyhow::R
                 KeyCode::Char('c') if key.modifiers.contains(KeyModifiers::CONTROL) => return Ok(()),
                 KeyCode::Char('s') | KeyCode::Right | KeyCode::Tab => view.sort = view.sort.next(),
                 KeyCode::Char('r') => view.reverse = !view.reverse,
-                KeyCode::Char(digit @ '1'..='8') => {
+                KeyCode::Char(digit @ '1'..='9') => {
                     view.sort = SortBy::ALL[digit as usize - '1' as usize];
                 }
                 _ => {}
@@ -164,9 +164,11 @@ fn draw(terminal: &mut DefaultTerminal, view: &View) -> anyhow::Result<()> {
 }
 
 /// Column titles, in `SortBy::ALL` order, and their widths (80 columns in all). WAIT99: the
-/// p99 of how long new connections waited, from handshake to the server's first read.
-const COLUMNS: [(&str, u16); 8] = [
-    ("ENDPOINT", 19),
+/// p99 of how long new connections waited, from handshake to the server's first read. HELD:
+/// what held response transfers most and its share of their time (application, receiver
+/// window, send buffer, in flight), from TCP's own accounting.
+const COLUMNS: [(&str, u16); 9] = [
+    ("ENDPOINT", 14),
     ("REQ/S", 7),
     ("INFL", 5),
     ("P50", 7),
@@ -174,6 +176,7 @@ const COLUMNS: [(&str, u16); 8] = [
     ("ERR%", 6),
     ("BYTES/S", 8),
     ("WAIT99", 7),
+    ("HELD", 11),
 ];
 
 fn render(frame: &mut Frame, view: &View) {
@@ -231,6 +234,9 @@ fn render(frame: &mut Frame, view: &View) {
             row.error_ratio.map_or("-".into(), |r| format!("{:.1}", 100.0 * r)),
             bytes(row.bytes_rate),
             row.wait_p99.map_or("-".into(), quantile),
+            row.limited.map_or("-".into(), |(part, share)| {
+                format!("{} {:.0}%", table::LIMIT_NAMES[part], 100.0 * share)
+            }),
         ])
     });
     let widths = COLUMNS.map(|(_, width)| Constraint::Length(width));
@@ -238,7 +244,7 @@ fn render(frame: &mut Frame, view: &View) {
 
     let keys = match &view.problem {
         Some(problem) => format!("! {problem}"),
-        None => "s/→ sort column · 1-8 pick · r reverse · q quit".into(),
+        None => "s/→ sort column · 1-9 pick · r reverse · q quit".into(),
     };
     frame.render_widget(Paragraph::new(keys), bottom);
 }

@@ -10,6 +10,10 @@ use super::{
     exposition::Sample,
     native::{Native, Quantile},
 };
+use crate::transfer::LIMITS;
+
+/// Short names of `LIMITS`, for the column that says what held transfers.
+pub const LIMIT_NAMES: [&str; 4] = ["app", "rwnd", "sbuf", "flight"];
 
 /// Counter and gauge values of one endpoint at one moment.
 #[derive(Debug, Default, Clone)]
@@ -25,6 +29,8 @@ struct Totals {
     /// The same histograms' native buckets, if exposed.
     native: Option<Native>,
     wait_native: Option<Native>,
+    /// Transfer seconds by `limited_by`, in `transfer::LIMITS` order.
+    transfer: [f64; 4],
 }
 
 /// One listening port at one moment.
@@ -84,6 +90,12 @@ impl Snapshot {
                         totals.wait_buckets.push((le, sample.value));
                     }
                 }
+                "http_response_transfer_seconds_total" => {
+                    let part = sample.label("limited_by").and_then(|l| LIMITS.iter().position(|&n| n == l));
+                    if let Some(part) = part {
+                        totals.transfer[part] += sample.value;
+                    }
+                }
                 "http_request_duration_seconds" => totals.native = sample.native.clone(),
                 "http_connection_wait_seconds" => totals.wait_native = sample.native.clone(),
                 _ => {}
@@ -129,6 +141,9 @@ pub struct Row {
     pub bytes_rate: f64,
     /// p99 of how long new connections waited for their first read.
     pub wait_p99: Option<Quantile>,
+    /// What held the interval's response transfers most (an index into `LIMITS`), and its
+    /// share of their time.
+    pub limited: Option<(usize, f64)>,
 }
 
 /// One listening port over one interval.
@@ -191,9 +206,18 @@ pub fn rows(before: &Snapshot, now: &Snapshot) -> Vec<Row> {
                 error_ratio: (requests > 0.0).then(|| increase(old.errors, totals.errors) / requests),
                 bytes_rate: increase(old.bytes, totals.bytes) / seconds,
                 wait_p99: wait.quantile(0.99),
+                limited: dominant(&old.transfer, &totals.transfer),
             }
         })
         .collect()
+}
+
+/// The part of the transfer time that grew most over the interval, and its share of the whole.
+fn dominant(old: &[f64; 4], now: &[f64; 4]) -> Option<(usize, f64)> {
+    let parts: Vec<f64> = old.iter().zip(now).map(|(&o, &n)| increase(o, n)).collect();
+    let total: f64 = parts.iter().sum();
+    let (at, most) = parts.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1))?;
+    (total > 0.0).then_some((at, most / total))
 }
 
 /// A counter's increase; after a reset (a restarted daemon) the new value is all increase.
@@ -267,10 +291,12 @@ pub enum SortBy {
     Errors,
     Bytes,
     Wait,
+    /// By the share of what held transfers most.
+    Limited,
 }
 
 impl SortBy {
-    pub const ALL: [SortBy; 8] = [
+    pub const ALL: [SortBy; 9] = [
         SortBy::Endpoint,
         SortBy::Rate,
         SortBy::InFlight,
@@ -279,6 +305,7 @@ impl SortBy {
         SortBy::Errors,
         SortBy::Bytes,
         SortBy::Wait,
+        SortBy::Limited,
     ];
 
     /// The next column to the right, wrapping.
@@ -299,6 +326,7 @@ impl SortBy {
                 SortBy::Errors => row.error_ratio.unwrap_or(-1.0),
                 SortBy::Bytes => row.bytes_rate,
                 SortBy::Wait => row.wait_p99.map_or(-1.0, Quantile::seconds),
+                SortBy::Limited => row.limited.map_or(-1.0, |(_, share)| share),
             }
         };
         rows.sort_by(|a, b| {
@@ -330,6 +358,8 @@ http_response_size_bytes_sum{endpoint="/a"} 1000
 http_request_duration_seconds_bucket{le="0.1",endpoint="/a"} 10
 http_request_duration_seconds_bucket{le="0.2",endpoint="/a"} 10
 http_request_duration_seconds_bucket{le="+Inf",endpoint="/a"} 10
+http_response_transfer_seconds_total{endpoint="/a",limited_by="application"} 1.0
+http_response_transfer_seconds_total{endpoint="/a",limited_by="receiver_window"} 1.0
 "#;
     const NOW: &str = r#"
 http_requests_total{endpoint="/a",method="GET",status="200"} 40
@@ -339,6 +369,9 @@ http_response_size_bytes_sum{endpoint="/a"} 5000
 http_request_duration_seconds_bucket{le="0.1",endpoint="/a"} 20
 http_request_duration_seconds_bucket{le="0.2",endpoint="/a"} 50
 http_request_duration_seconds_bucket{le="+Inf",endpoint="/a"} 50
+http_response_transfer_seconds_total{endpoint="/a",limited_by="application"} 1.5
+http_response_transfer_seconds_total{endpoint="/a",limited_by="receiver_window"} 3.0
+http_response_transfer_seconds_total{endpoint="/a",limited_by="in_flight"} 0.5
 http_requests_total{endpoint="/idle",method="GET",status="200"} 7
 "#;
 
@@ -350,6 +383,7 @@ http_requests_total{endpoint="/idle",method="GET",status="200"} 7
         assert_eq!(a.rate, 20.0); // 40 more requests in 2 s
         assert_eq!(a.in_flight, 3.0);
         assert_eq!(a.error_ratio, Some(0.25));
+        assert_eq!(a.limited, Some((1, 2.0 / 3.0)), "the window held 2 of the interval's 3 transfer seconds");
         assert_eq!(a.bytes_rate, 2000.0);
         // 40 new: 10 at ≤ 0.1, 30 in (0.1, 0.2]; the median (rank 20) is 1/3 into that bucket.
         let Some(Quantile::At(p50)) = a.p50 else { panic!("{a:?}") };
@@ -435,6 +469,7 @@ grpc_server_handling_seconds_bucket{le="+Inf",grpc_service="pkg.Boot",grpc_metho
             error_ratio: None,
             bytes_rate: 0.0,
             wait_p99: None,
+            limited: None,
         };
         let mut rows = vec![row("/b", 1.0), row("/a", 5.0), row("/c", 3.0)];
         SortBy::Rate.sort(&mut rows, false);
@@ -442,6 +477,7 @@ grpc_server_handling_seconds_bucket{le="+Inf",grpc_service="pkg.Boot",grpc_metho
         SortBy::Endpoint.sort(&mut rows, true);
         assert_eq!(rows[0].endpoint, "/c");
         assert_eq!(SortBy::Bytes.next(), SortBy::Wait);
-        assert_eq!(SortBy::Wait.next(), SortBy::Endpoint);
+        assert_eq!(SortBy::Wait.next(), SortBy::Limited);
+        assert_eq!(SortBy::Limited.next(), SortBy::Endpoint);
     }
 }

@@ -41,6 +41,10 @@ pub struct NginxConf<'a> {
     pub http2: bool,
     /// The plain listener speaks HTTP/2 with prior knowledge (h2c) instead of HTTP/1.
     pub h2c: bool,
+    /// The plain listener's address instead of 127.0.0.1 (one in a namespace the test made).
+    pub address: Option<&'a str>,
+    /// Parameters of the plain listener, e.g. ` sndbuf=32k`.
+    pub listen_params: &'a str,
 }
 
 /// An nginx configuration in `dir` serving `dir/www` (with `files/small.txt` and
@@ -89,7 +93,7 @@ http {{
     uwsgi_temp_path {root}/uwsgi;
     scgi_temp_path {root}/scgi;
     server {{
-        listen 127.0.0.1:{port}{h2c};
+        listen {address}:{port}{h2c}{params};
 {tls}        root {root}/www;
 {locations}
     }}
@@ -98,6 +102,8 @@ http {{
         processes = extra.processes,
         locations = extra.locations,
         h2c = if extra.h2c { " http2" } else { "" },
+        address = extra.address.unwrap_or("127.0.0.1"),
+        params = extra.listen_params,
         root = root.display()
     );
     let path = root.join("nginx.conf");
