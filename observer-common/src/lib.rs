@@ -341,6 +341,10 @@ pub struct TlsCall {
     pub op: u32,
     /// `TIE_*`: what the call was seen doing on a socket.
     pub tie: u32,
+    /// TCP's accounting after the call's last write on its served socket (`has_tcp` 1).
+    pub tcp: TcpChrono,
+    pub has_tcp: u32,
+    pub reserved: u32,
 }
 
 /// [`TlsCall::tie`]: no socket I/O seen inside the call (a memory BIO, or data buffered).
@@ -523,7 +527,7 @@ mod tests {
         assert_eq!(core::mem::size_of::<ConnState>(), 24);
         assert_eq!(HEADER_LEN % 8, 0, "records stay 8-byte aligned");
         assert_eq!(core::mem::size_of::<PendingCall>(), 32);
-        assert_eq!(core::mem::size_of::<TlsCall>(), 48);
+        assert_eq!(core::mem::size_of::<TlsCall>(), 80);
         assert_eq!(core::mem::size_of::<TlsConn>(), 24);
         assert_eq!(TCP_CHRONO_LEN, 24);
     }

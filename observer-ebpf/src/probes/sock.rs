@@ -139,8 +139,21 @@ fn socket_io(ctx: &BtfTracePointContext, direction: Direction) {
                 established_ns: (*conn).established_ns,
             }
         });
+        let tcp = if direction == Direction::Out && served.is_some() {
+            // SAFETY: `sk` is the tracepoint's `struct sock *`, of a TCP socket.
+            unsafe { tcp_chrono(sk) }
+        } else {
+            None
+        };
         // SAFETY: as above.
         unsafe { socket_io_inside(call, served) };
+        if let Some(tcp) = tcp {
+            // SAFETY: a map value; the call's plaintext record carries it (`probes::tls`).
+            unsafe {
+                (*call).tcp = tcp;
+                (*call).has_tcp = 1;
+            }
+        }
         return;
     }
     // SAFETY: `sk` is the tracepoint's `struct sock *`.

@@ -17,8 +17,8 @@ use aya_ebpf::{
     programs::{ProbeContext, RetProbeContext},
 };
 use observer_common::{
-    Call, Direction, FLAG_NEW, Kind, STATE_MIDSTREAM, TIE_NONE, TIE_OUTBOUND, TIE_SERVED, TIE_SERVED_NEW,
-    TlsCall, TlsConn, TlsOp, stat, tls_key,
+    Call, Direction, FLAG_NEW, FLAG_TCP, Kind, STATE_MIDSTREAM, TIE_NONE, TIE_OUTBOUND, TIE_SERVED,
+    TIE_SERVED_NEW, TlsCall, TlsConn, TlsOp, stat, tls_key,
 };
 
 use super::waited_us;
@@ -27,6 +27,7 @@ use crate::{
     emit::{Record, advance, bump, emit_control, emit_data},
     frames,
     maps::{TLS_CALLS, TLS_CONNS},
+    scratch::scratch,
     target::{current, is_target},
 };
 
@@ -98,7 +99,7 @@ fn enter(ctx: &ProbeContext, op: TlsOp, ex: bool) {
         return;
     };
     let moved_ptr = if ex { ctx.arg::<u64>(3).unwrap_or(0) } else { 0 };
-    let call = TlsCall { ssl, buf, moved_ptr, conn: 0, established_ns: 0, op: op as u32, tie: TIE_NONE };
+    let call = TlsCall { ssl, buf, moved_ptr, op: op as u32, tie: TIE_NONE, ..TlsCall::default() };
     // Overwrites a call whose return was never seen (the thread was killed inside it).
     if TLS_CALLS.insert(&id, &call, 0).is_err() {
         bump(stat::TLS_FULL);
@@ -178,9 +179,17 @@ fn emit_plaintext(ctx: &RetProbeContext, session: *mut TlsConn, call: &TlsCall, 
     // SAFETY: fields of a map value.
     let state = unsafe { &raw mut (*session).flags };
     // SAFETY: as above.
-    let (flags, cap) = unsafe { advance(state, direction) };
+    let (mut flags, cap) = unsafe { advance(state, direction) };
     // SAFETY: as above.
     let (tied, established_ns) = unsafe { ((*session).conn, (*session).established_ns) };
+    // A write that reached its socket carries TCP's accounting after it, as a plain one does.
+    if call.has_tcp != 0
+        && tied == call.conn
+        && let Some(s) = scratch()
+    {
+        s.tcp = call.tcp;
+        flags |= FLAG_TCP;
+    }
     let conn = if tied != 0 {
         tied
     } else {

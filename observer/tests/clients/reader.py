@@ -1,9 +1,11 @@
 """An HTTP/1.1 client for the transfer tests: GETs PATH COUNT times on one connection, reading
 each body at RATE bytes/s (0: as fast as it comes) through a receive buffer of RCVBUF bytes
-(0: the kernel's autotuning), then says so on stdout and keeps the connection open until a
-line arrives on stdin, so that `ss -ti` can read the server's socket before it closes."""
+(0: the kernel's autotuning), over TLS if a fifth argument `tls` is given (certificate not
+checked), then says so on stdout and keeps the connection open until a line arrives on
+stdin, so that `ss -ti` can read the server's socket before it closes."""
 
 import socket
+import ssl
 import sys
 import time
 
@@ -12,6 +14,11 @@ s = socket.socket()
 if rcvbuf:
     s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
 s.connect((host, port))
+if sys.argv[7:] == ["tls"]:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    s = context.wrap_socket(s)
 pending = b""
 for _ in range(count):
     s.sendall(f"GET {path} HTTP/1.1\r\nHost: test\r\n\r\n".encode())

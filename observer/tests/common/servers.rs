@@ -43,7 +43,7 @@ pub struct NginxConf<'a> {
     pub h2c: bool,
     /// The plain listener's address instead of 127.0.0.1 (one in a namespace the test made).
     pub address: Option<&'a str>,
-    /// Parameters of the plain listener, e.g. ` sndbuf=32k`.
+    /// Parameters of both listeners, e.g. ` sndbuf=32k`.
     pub listen_params: &'a str,
 }
 
@@ -66,8 +66,9 @@ pub fn write_nginx_conf_with(dir: &TempDir, port: u16, extra: NginxConf<'_>) -> 
         Some(port) => {
             let (cert, key) = self_signed_cert(dir);
             format!(
-                "        listen 127.0.0.1:{port} ssl{};\n        ssl_certificate {};\n        ssl_certificate_key {};\n",
+                "        listen 127.0.0.1:{port} ssl{}{};\n        ssl_certificate {};\n        ssl_certificate_key {};\n",
                 if extra.http2 { " http2" } else { "" },
+                extra.listen_params,
                 cert.display(),
                 key.display()
             )
