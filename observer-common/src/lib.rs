@@ -230,6 +230,11 @@ pub const STATE_CLOSE_SENT: u32 = 1 << 17;
 /// TLS library, whose plaintext is reported instead (its own records are not sent).
 pub const STATE_TLS: u32 = 1 << 18;
 
+/// Kernel-side socket state (`--hooks sock`): a TLS socket refused a write inside an OpenSSL
+/// write call (EAGAIN): the call failed with WANT_WRITE, and the target's next write call on
+/// it is the retry OpenSSL requires, with the same bytes, already reported.
+pub const STATE_TLS_RETRY: u32 = 1 << 24;
+
 /// Kernel-side socket or session state: the connection is HTTP/2 (its client preface was
 /// read): its records follow frames, with each direction's [`FrameCursor`] in `FRAME_CURSORS`.
 pub const STATE_H2: u32 = 1 << 21;
@@ -333,6 +338,8 @@ pub struct TlsCall {
     /// `SSL_read_ex`/`SSL_write_ex`: where the call stores the bytes it moved; 0 otherwise
     /// (the return value is the count).
     pub moved_ptr: u64,
+    /// The bytes a write call was given (a write's plaintext is reported without its return).
+    pub len: u64,
     /// The served connection (socket cookie, or `socket_key`) the call moved bytes on.
     pub conn: u64,
     /// When that connection's handshake completed (`--hooks sock`), for its wait; 0 if unknown.
@@ -341,10 +348,6 @@ pub struct TlsCall {
     pub op: u32,
     /// `TIE_*`: what the call was seen doing on a socket.
     pub tie: u32,
-    /// TCP's accounting after the call's last write on its served socket (`has_tcp` 1).
-    pub tcp: TcpChrono,
-    pub has_tcp: u32,
-    pub reserved: u32,
 }
 
 /// [`TlsCall::tie`]: no socket I/O seen inside the call (a memory BIO, or data buffered).
@@ -527,7 +530,7 @@ mod tests {
         assert_eq!(core::mem::size_of::<ConnState>(), 24);
         assert_eq!(HEADER_LEN % 8, 0, "records stay 8-byte aligned");
         assert_eq!(core::mem::size_of::<PendingCall>(), 32);
-        assert_eq!(core::mem::size_of::<TlsCall>(), 80);
+        assert_eq!(core::mem::size_of::<TlsCall>(), 56);
         assert_eq!(core::mem::size_of::<TlsConn>(), 24);
         assert_eq!(TCP_CHRONO_LEN, 24);
     }

@@ -173,6 +173,11 @@ fn slow_reader(tls: bool) {
     let busy = rwnd + sndbuf + in_flight;
     assert!((kernel.busy - busy).abs() <= slack, "busy: ss {} ours {busy}", kernel.busy);
     assert!(rwnd > 0.5 * total, "the window held most of it: {rwnd} of {total}");
+    // nginx's writes were refused again and again by the full socket (over TLS, SSL_write's
+    // WANT_WRITE and its retry with the same bytes): the response is counted once, its head
+    // and 4 MiB of body.
+    let bytes = scrape.sum("http_response_size_bytes_sum", &[]);
+    assert!((f64::from(4 << 20)..f64::from(4 << 20) + 1024.0).contains(&bytes), "response bytes {bytes}");
 }
 
 /// node writing 64 KiB every 20 ms to a fast client (curl): the server is the bottleneck.

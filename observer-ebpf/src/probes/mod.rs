@@ -11,15 +11,25 @@ pub mod tls;
 pub mod tracepoints;
 
 use observer_common::{
-    Call, FLAG_NEW, Kind, STATE_TLS, TIE_NONE, TIE_OUTBOUND, TIE_SERVED, TIE_SERVED_NEW, TlsCall, socket_key,
-    stat,
+    Call, Direction, FLAG_NEW, FLAG_TCP, Kind, STATE_TLS, STATE_TLS_RETRY, TIE_NONE, TIE_OUTBOUND,
+    TIE_SERVED, TIE_SERVED_NEW, TcpChrono, TlsCall, TlsConn, TlsOp, socket_key, stat, tls_key,
 };
 
 use crate::{
-    emit::{Record, bump, emit_control},
-    maps::SOCKETS,
-    target::now,
+    capture::Buffer,
+    emit::{Record, advance, bump, emit_control, emit_data},
+    maps::{SOCKETS, TLS_CALLS, TLS_CONNS},
+    scratch::scratch,
+    target::{current, now},
 };
+
+/// Kernel-side session state: the session's socket is not a served one (the target is a TLS
+/// client there, e.g. to an upstream): nothing of it is reported.
+pub const STATE_OUTBOUND: u32 = 1 << 19;
+
+/// Kernel-side session state: records of it went out under its `tls_key` (it was not tied to
+/// a socket then), so that connection must be ended if it is tied later or freed.
+pub const STATE_KEYED: u32 = 1 << 20;
 
 /// Syscall hooks: the state word of `fd` of `tgid` if it is a socket we follow.
 #[inline(always)]
@@ -133,6 +143,114 @@ pub unsafe fn socket_io_inside(call: *mut TlsCall, served: Option<Served>) {
         (*call).conn = served.conn;
         (*call).established_ns = served.established_ns;
     }
+}
+
+/// The plaintext record of OpenSSL call `call` on `session` (keyed `key`): `moved` bytes from
+/// its buffer, as the connection the session is tied to (or, not tied: its own key), with
+/// TCP's accounting after it if known.
+///
+/// # Safety
+/// `session` points into a map value.
+#[inline(always)]
+pub unsafe fn emit_plaintext<C: aya_ebpf::EbpfContext>(
+    ctx: &C,
+    session: *mut TlsConn,
+    call: &TlsCall,
+    key: u64,
+    moved: i32,
+    tcp: Option<TcpChrono>,
+) {
+    let (id, tgid) = current();
+    let (data, direction) = if call.op == TlsOp::Read as u32 {
+        (Call::TlsRead, Direction::In)
+    } else {
+        (Call::TlsWrite, Direction::Out)
+    };
+    // SAFETY: fields of a map value, per the contract.
+    let state = unsafe { &raw mut (*session).flags };
+    // SAFETY: as above.
+    let (mut flags, cap) = unsafe { advance(state, direction) };
+    // SAFETY: as above.
+    let (tied, established_ns) = unsafe { ((*session).conn, (*session).established_ns) };
+    let conn = if tied != 0 {
+        tied
+    } else {
+        // SAFETY: as above.
+        unsafe { *state |= STATE_KEYED };
+        key
+    };
+    if let Some(tcp) = tcp
+        && let Some(s) = scratch()
+    {
+        s.tcp = tcp;
+        flags |= FLAG_TCP;
+    }
+    let wait_us = if flags & FLAG_NEW != 0 && direction == Direction::In && established_ns != 0 {
+        waited_us(established_ns)
+    } else {
+        0
+    };
+    let record = Record {
+        call: data,
+        flags,
+        ret: i64::from(moved),
+        wait_us,
+        ..Record::of(Kind::Data, conn, id, tgid)
+    };
+    emit_data(ctx, &record, Buffer::Plain(call.buf), cap, state, true);
+}
+
+/// The socket hooks saw an OpenSSL write call of this thread (`call`, `id`) move bytes on a
+/// socket (`refused`: EAGAIN; `tcp`: TCP's accounting after a write that moved bytes). Writes
+/// have no return probe with the socket hooks: the call's plaintext is reported at its first
+/// socket write, unless the call is the retry of one the socket refused (WANT_WRITE: OpenSSL
+/// requires the same bytes again, already reported). The call ends here: its later socket
+/// writes are ciphertext of a TLS socket, skipped as such. Returns false if the socket is not
+/// the session's (a call whose end was not seen: the socket's bytes are not this call's).
+///
+/// # Safety
+/// `call` and `served.state` point into map values.
+#[inline(always)]
+pub unsafe fn tls_write_inside<C: aya_ebpf::EbpfContext>(
+    ctx: &C,
+    id: u64,
+    call: *mut TlsCall,
+    served: &Served,
+    refused: bool,
+    tcp: Option<TcpChrono>,
+) -> bool {
+    // SAFETY: per the contract; copied before the entry goes.
+    let call = unsafe { *call };
+    let _ = TLS_CALLS.remove(&id);
+    let (_, tgid) = current();
+    let key = tls_key(tgid, call.ssl);
+    let Some(session) = TLS_CONNS.get_ptr_mut(&key) else {
+        return false;
+    };
+    // SAFETY: map values.
+    unsafe {
+        if (*session).conn != served.conn {
+            return false;
+        }
+        let retry = *served.state & STATE_TLS_RETRY != 0;
+        if refused {
+            *served.state |= STATE_TLS_RETRY;
+        } else if retry {
+            *served.state &= !STATE_TLS_RETRY;
+        }
+        if !retry && call.len > 0 {
+            emit_plaintext(ctx, session, &call, key, call.len.min(i32::MAX as u64) as i32, tcp);
+        }
+    }
+    true
+}
+
+/// Whether OpenSSL call `call` of the current process is on a session tied to `conn`.
+#[inline(always)]
+pub fn is_session_socket(call: &TlsCall, conn: u64) -> bool {
+    let (_, tgid) = current();
+    // SAFETY: a field of a map value, copied.
+    TLS_CONNS.get_ptr_mut(&tls_key(tgid, call.ssl)).is_some_and(|session| unsafe { (*session).conn } == conn)
 }
 
 /// Microseconds since `since_ns`, from 1 up to `u32::MAX` (71 minutes).

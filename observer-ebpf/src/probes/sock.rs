@@ -27,10 +27,10 @@ use aya_ebpf::{
 };
 use observer_common::{
     Call, ConnState, Direction, FLAG_NEW, FLAG_TCP, Kind, STATE_CLOSE_SENT, STATE_MIDSTREAM, STATE_TLS,
-    TcpChrono, stat,
+    STATE_TLS_RETRY, TcpChrono, TlsOp, stat,
 };
 
-use super::{MSG_PEEK, Served, data_call, socket_io_inside, waited_us};
+use super::{MSG_PEEK, Served, data_call, is_session_socket, socket_io_inside, tls_write_inside, waited_us};
 use crate::{
     capture::Buffer,
     emit::{Record, advance, bump, emit_control, emit_control_tcp, emit_data},
@@ -125,11 +125,18 @@ fn socket_io(ctx: &BtfTracePointContext, direction: Direction) {
     }
     let sk: *const u8 = ctx.arg(0);
     let ret = ctx.arg::<u64>(1) as i32;
-    if ret <= 0 || (direction == Direction::In && ctx.arg::<u64>(2) & MSG_PEEK != 0) {
-        return; // EAGAIN, EOF, errors and peeks move no bytes
+    if direction == Direction::In && ctx.arg::<u64>(2) & MSG_PEEK != 0 {
+        return; // a peek's bytes are read again
+    }
+    if ret <= 0 {
+        if ret == -EAGAIN && direction == Direction::Out {
+            refused_write(ctx, id, sk);
+        }
+        return; // EAGAIN, EOF and errors move no bytes
     }
     let read = if direction == Direction::In { ret as u64 } else { 0 };
-    // Socket I/O inside an OpenSSL call is ciphertext: it only ties the call to its socket.
+    // Socket I/O inside an OpenSSL call is ciphertext: it only ties the call to its socket,
+    // or (a write call) reports the call's plaintext.
     if let Some(call) = TLS_CALLS.get_ptr_mut(&id) {
         // SAFETY: `sk` is the tracepoint's `struct sock *`; the pointers are map values.
         let served = unsafe { served_connection(sk, read) }.map(|conn| unsafe {
@@ -139,22 +146,29 @@ fn socket_io(ctx: &BtfTracePointContext, direction: Direction) {
                 established_ns: (*conn).established_ns,
             }
         });
-        let tcp = if direction == Direction::Out && served.is_some() {
-            // SAFETY: `sk` is the tracepoint's `struct sock *`, of a TCP socket.
-            unsafe { tcp_chrono(sk) }
-        } else {
-            None
-        };
         // SAFETY: as above.
-        unsafe { socket_io_inside(call, served) };
-        if let Some(tcp) = tcp {
-            // SAFETY: a map value; the call's plaintext record carries it (`probes::tls`).
-            unsafe {
-                (*call).tcp = tcp;
-                (*call).has_tcp = 1;
+        if unsafe { (*call).op } != TlsOp::Write as u32 {
+            // SAFETY: as above.
+            unsafe { socket_io_inside(call, served) };
+            return;
+        }
+        // A write call (no return probe): its first write on the session's socket reports
+        // its plaintext and ends it; a read there is ciphertext inside it. Bytes of another
+        // socket are that socket's own: the call's end was not seen.
+        if let Some(served) = &served {
+            if direction == Direction::Out {
+                // SAFETY: as above; `sk` is a TCP socket.
+                let tcp = unsafe { tcp_chrono(sk) };
+                // SAFETY: as above.
+                if unsafe { tls_write_inside(ctx, id, call, served, false, tcp) } {
+                    return;
+                }
+            // SAFETY: as above.
+            } else if is_session_socket(unsafe { &*call }, served.conn) {
+                return;
             }
         }
-        return;
+        let _ = TLS_CALLS.remove(&id);
     }
     // SAFETY: `sk` is the tracepoint's `struct sock *`.
     let Some(conn) = (unsafe { served_connection(sk, read) }) else {
@@ -189,6 +203,39 @@ fn socket_io(ctx: &BtfTracePointContext, direction: Direction) {
     let record =
         Record { call, fd, flags, ret: i64::from(ret), wait_us, ..Record::of(Kind::Data, cookie, id, tgid) };
     emit_data(ctx, &record, buffer, cap, state, true);
+}
+
+/// `EAGAIN` as the socket tracepoints report it: a non-blocking socket with a full buffer.
+const EAGAIN: i32 = 11;
+
+/// The socket refused a write (EAGAIN). On a TLS socket that is OpenSSL's (WANT_WRITE): the
+/// write call fails and is retried with the same bytes, which must not count again.
+#[inline(always)]
+fn refused_write(ctx: &BtfTracePointContext, id: u64, sk: *const u8) {
+    // SAFETY: `sk` is the tracepoint's `struct sock *`; the cookie is its atomic64_t counter.
+    let cookie: u64 = unsafe { field(sk, &SK_COOKIE) };
+    // Only a socket already followed: a refused write moves nothing to start following.
+    let Some(conn) = CONNS.get_ptr_mut(&cookie) else {
+        return;
+    };
+    // SAFETY: fields of a map value.
+    let served = unsafe {
+        Served { state: &raw mut (*conn).flags, conn: (*conn).cookie, established_ns: (*conn).established_ns }
+    };
+    if let Some(call) = TLS_CALLS.get_ptr_mut(&id)
+        // SAFETY: a map value.
+        && unsafe { (*call).op } == TlsOp::Write as u32
+        // SAFETY: as above.
+        && unsafe { tls_write_inside(ctx, id, call, &served, true, None) }
+    {
+        return;
+    }
+    // SAFETY: as above.
+    unsafe {
+        if *served.state & STATE_TLS != 0 {
+            *served.state |= STATE_TLS_RETRY; // refused after the call's first write
+        }
+    }
 }
 
 /// The entry of `sk` if it is the server side of a target's connection: a user-space TCP

@@ -17,27 +17,22 @@ use aya_ebpf::{
     programs::{ProbeContext, RetProbeContext},
 };
 use observer_common::{
-    Call, Direction, FLAG_NEW, FLAG_TCP, Kind, STATE_MIDSTREAM, TIE_NONE, TIE_OUTBOUND, TIE_SERVED,
-    TIE_SERVED_NEW, TlsCall, TlsConn, TlsOp, stat, tls_key,
+    FLAG_NEW, Kind, STATE_MIDSTREAM, TIE_NONE, TIE_OUTBOUND, TIE_SERVED, TIE_SERVED_NEW, TlsCall, TlsConn,
+    TlsOp, stat, tls_key,
 };
 
-use super::waited_us;
+use super::{STATE_KEYED, STATE_OUTBOUND, emit_plaintext};
 use crate::{
-    capture::Buffer,
-    emit::{Record, advance, bump, emit_control, emit_data},
+    emit::{Record, bump, emit_control},
     frames,
     maps::{TLS_CALLS, TLS_CONNS},
-    scratch::scratch,
-    target::{current, is_target},
+    target::{current, is_target, patched},
 };
 
-/// Kernel-side session state: the session's socket is not a served one (the target is a TLS
-/// client there, e.g. to an upstream): nothing of it is reported.
-const STATE_OUTBOUND: u32 = 1 << 19;
-
-/// Kernel-side session state: records of it went out under its `tls_key` (it was not tied to
-/// a socket then), so that connection must be ended if it is tied later or freed.
-const STATE_KEYED: u32 = 1 << 20;
+/// 1 when the write calls have a return probe (the syscall hooks, which cannot see a socket
+/// write inside the call the way the socket hooks do); set by the loader.
+#[unsafe(no_mangle)]
+static TLS_WRITE_RETURNS: u64 = 1;
 
 /// `int SSL_read(SSL *ssl, void *buf, int num)`.
 #[uprobe]
@@ -99,11 +94,39 @@ fn enter(ctx: &ProbeContext, op: TlsOp, ex: bool) {
         return;
     };
     let moved_ptr = if ex { ctx.arg::<u64>(3).unwrap_or(0) } else { 0 };
-    let call = TlsCall { ssl, buf, moved_ptr, op: op as u32, tie: TIE_NONE, ..TlsCall::default() };
+    let len = match ctx.arg::<u64>(2) {
+        Some(num) if ex => num,
+        Some(num) => (num as i32).max(0) as u64, // SSL_write's `int num`
+        None => 0,
+    };
+    let call = TlsCall { ssl, buf, moved_ptr, len, op: op as u32, tie: TIE_NONE, ..TlsCall::default() };
+    if op == TlsOp::Write && patched(&TLS_WRITE_RETURNS) == 0 && keyed_write(ctx, &call, tgid) {
+        return;
+    }
     // Overwrites a call whose return was never seen (the thread was killed inside it).
     if TLS_CALLS.insert(&id, &call, 0).is_err() {
         bump(stat::TLS_FULL);
     }
+}
+
+/// Without a return probe on writes: the write of a session that has no socket (a memory
+/// BIO, as node uses: it always takes every byte) is reported at its entry. True if it was.
+#[inline(always)]
+fn keyed_write(ctx: &ProbeContext, call: &TlsCall, tgid: u32) -> bool {
+    let key = tls_key(tgid, call.ssl);
+    let Some(session) = TLS_CONNS.get_ptr_mut(&key) else {
+        return false;
+    };
+    // SAFETY: fields of a map value.
+    unsafe {
+        if (*session).conn != 0 || (*session).flags & STATE_KEYED == 0 {
+            return false;
+        }
+        if call.len > 0 {
+            emit_plaintext(ctx, session, call, key, call.len.min(i32::MAX as u64) as i32, None);
+        }
+    }
+    true
 }
 
 #[inline(always)]
@@ -142,7 +165,8 @@ fn returned(ctx: &RetProbeContext) {
             return;
         }
     }
-    emit_plaintext(ctx, session, &call, key, moved);
+    // SAFETY: a map value.
+    unsafe { emit_plaintext(ctx, session, &call, key, moved, None) };
 }
 
 /// The session is (now) carried by `call.conn`: what went out under its key ends, and a
@@ -166,50 +190,6 @@ unsafe fn tie(ctx: &RetProbeContext, session: *mut TlsConn, call: &TlsCall, key:
         (*session).conn = call.conn;
         (*session).established_ns = call.established_ns;
     }
-}
-
-#[inline(always)]
-fn emit_plaintext(ctx: &RetProbeContext, session: *mut TlsConn, call: &TlsCall, key: u64, moved: i32) {
-    let (id, tgid) = current();
-    let (data, direction) = if call.op == TlsOp::Read as u32 {
-        (Call::TlsRead, Direction::In)
-    } else {
-        (Call::TlsWrite, Direction::Out)
-    };
-    // SAFETY: fields of a map value.
-    let state = unsafe { &raw mut (*session).flags };
-    // SAFETY: as above.
-    let (mut flags, cap) = unsafe { advance(state, direction) };
-    // SAFETY: as above.
-    let (tied, established_ns) = unsafe { ((*session).conn, (*session).established_ns) };
-    // A write that reached its socket carries TCP's accounting after it, as a plain one does.
-    if call.has_tcp != 0
-        && tied == call.conn
-        && let Some(s) = scratch()
-    {
-        s.tcp = call.tcp;
-        flags |= FLAG_TCP;
-    }
-    let conn = if tied != 0 {
-        tied
-    } else {
-        // SAFETY: as above.
-        unsafe { *state |= STATE_KEYED };
-        key
-    };
-    let wait_us = if flags & FLAG_NEW != 0 && direction == Direction::In && established_ns != 0 {
-        waited_us(established_ns)
-    } else {
-        0
-    };
-    let record = Record {
-        call: data,
-        flags,
-        ret: i64::from(moved),
-        wait_us,
-        ..Record::of(Kind::Data, conn, id, tgid)
-    };
-    emit_data(ctx, &record, Buffer::Plain(call.buf), cap, state, true);
 }
 
 /// Bytes the call moved: its return value, or for `_ex` (which returns 1 on success) the

@@ -218,6 +218,9 @@ impl Probes {
         // memory (charged to our cgroup) goes where it is used.
         let (sockets, conns) = if hooks == Hooks::Sock { (1, max_sockets) } else { (max_sockets, 1) };
         let pending = if hooks == Hooks::Tracepoints { 16_384 } else { 1 };
+        // The socket hooks report an OpenSSL write at its first socket write; the syscall
+        // hooks need its return.
+        let write_returns = u64::from(hooks != Hooks::Sock);
         let mut loader = aya::EbpfLoader::new();
         loader
             .override_global("PIDNS_DEV", &pidns_dev, true)
@@ -225,6 +228,7 @@ impl Probes {
             .override_global("CHILD_PID_OFFSET", &child_pid_offset, true)
             .override_global("WAKEUP_BYTES", &wakeup_bytes, true)
             .override_global("TICK_NS", &tick_ns, true)
+            .override_global("TLS_WRITE_RETURNS", &write_returns, true)
             .map_max_entries("EVENTS", ring_bytes)
             .map_max_entries("SOCKETS", sockets)
             .map_max_entries("CONNS", conns)
@@ -267,7 +271,7 @@ impl Probes {
         let conns = take_map(&mut ebpf, "CONNS")?;
         let tls_conns = take_map(&mut ebpf, "TLS_CONNS")?;
         let tls_calls = take_map(&mut ebpf, "TLS_CALLS")?;
-        let tls = if tls { Some(TlsAttach::load(&mut ebpf)?) } else { None };
+        let tls = if tls { Some(TlsAttach::load(&mut ebpf, hooks != Hooks::Sock)?) } else { None };
         Ok(Probes {
             ebpf,
             hooks,

@@ -52,12 +52,23 @@ struct Hook {
     returns: bool,
 }
 
+impl Hook {
+    /// A hook of the write pair (directly, or at their internal function).
+    fn writes(&self) -> bool {
+        matches!(self.hooks, "SSL_write" | "SSL_write_ex")
+    }
+}
+
 /// Where OpenSSL's functions are hooked in one file.
 type EntryPoints = Vec<Hook>;
 
 pub struct TlsAttach {
     /// The benchmark floor's do-nothing programs instead of the observer's.
     floor: bool,
+    /// Whether the write calls get the return program: only for the syscall hooks. With the
+    /// socket hooks a write's plaintext is reported at its first socket write (the kernel's
+    /// `tls_write_inside`), which saves a trap per call: measured in docs/benchmarks.md.
+    write_returns: bool,
     /// Entry points per file, resolved once; `None` for a file without OpenSSL.
     files: HashMap<FileId, Option<EntryPoints>>,
     /// Per target process: the files hooked for it, and its uprobe links.
@@ -75,16 +86,16 @@ struct Hooked {
 impl TlsAttach {
     /// Loads the programs now, while the capabilities to load them are held (targets that
     /// appear later are hooked after the daemon dropped them).
-    pub fn load(ebpf: &mut Ebpf) -> Result<Self, ProbeError> {
-        Self::load_programs(ebpf, false)
+    pub fn load(ebpf: &mut Ebpf, write_returns: bool) -> Result<Self, ProbeError> {
+        Self::load_programs(ebpf, false, write_returns)
     }
 
     /// The benchmark floor's uprobes (observer-ebpf/src/floor.rs), on the same entry points.
     pub fn load_floor(ebpf: &mut Ebpf) -> Result<Self, ProbeError> {
-        Self::load_programs(ebpf, true)
+        Self::load_programs(ebpf, true, false)
     }
 
-    fn load_programs(ebpf: &mut Ebpf, floor: bool) -> Result<Self, ProbeError> {
+    fn load_programs(ebpf: &mut Ebpf, floor: bool, write_returns: bool) -> Result<Self, ProbeError> {
         let programs: Vec<&'static str> = match floor {
             true => vec![FLOOR_ENTRY, FLOOR_RETURN],
             false => ENTRIES.iter().map(|(p, _)| *p).chain([RETURN]).collect(),
@@ -93,7 +104,13 @@ impl TlsAttach {
             let fail = |source| ProbeError::Program { program, tracepoint: "uprobe load", source };
             uprobe(ebpf, program).load().map_err(fail).map_err(permission)?;
         }
-        Ok(TlsAttach { floor, files: HashMap::new(), processes: HashMap::new(), libraries: Vec::new() })
+        Ok(TlsAttach {
+            floor,
+            write_returns,
+            files: HashMap::new(),
+            processes: HashMap::new(),
+            libraries: Vec::new(),
+        })
     }
 
     /// Hooks the OpenSSL copies `tgid` maps that are not hooked for it yet. Failures are
@@ -115,6 +132,10 @@ impl TlsAttach {
             };
             let hooked = self.processes.entry(tgid).or_default();
             hooked.files.insert(id);
+            let entries: EntryPoints = entries
+                .into_iter()
+                .map(|hook| Hook { returns: hook.returns && (self.write_returns || !hook.writes()), ..hook })
+                .collect();
             match attach(ebpf, &path, &entries, pid, self.floor, &mut hooked.links) {
                 Ok(()) => {
                     info!(pid = tgid, library = %path.display(), "hooked OpenSSL (uprobes)");
