@@ -20,7 +20,10 @@ use aya_ebpf::{
     bindings::{BPF_NOEXIST, pt_regs},
     helpers::{
         bpf_probe_read_kernel,
-        generated::{bpf_get_current_task_btf, bpf_get_socket_cookie, bpf_jiffies64, bpf_task_pt_regs},
+        generated::{
+            bpf_get_current_task_btf, bpf_get_socket_cookie, bpf_jiffies64, bpf_skc_to_tcp_sock,
+            bpf_task_pt_regs,
+        },
     },
     macros::btf_tracepoint,
     programs::BtfTracePointContext,
@@ -323,20 +326,31 @@ unsafe fn unseen_open(sk: *const u8, read: u64) -> Option<u64> {
 }
 
 /// TCP's accounting of `sk` now, as `tcp_get_info_chrono_stats` computes it for `ss -ti`:
-/// the ongoing interval added to the one it is of. Five reads (~0.1 µs a write).
+/// the ongoing interval added to the one it is of.
 ///
 /// # Safety
 /// `sk` must be a `struct sock *` of a TCP socket (a `struct tcp_sock`).
 #[inline(always)]
 unsafe fn tcp_chrono(sk: *const u8) -> Option<TcpChrono> {
-    // SAFETY: fields of the `tcp_sock` that `sk` is, at offsets from the kernel's BTF.
-    let at = |offset: &'static u64| unsafe { sk.add(patched(offset) as usize) };
-    let kind: u8 = unsafe { bpf_probe_read_kernel(at(&TCP_CHRONO_TYPE)) }.ok()?;
-    let start: u32 = unsafe { bpf_probe_read_kernel(at(&TCP_CHRONO_START) as *const u32) }.ok()?;
-    let mut stat: [u32; 3] =
-        unsafe { bpf_probe_read_kernel(at(&TCP_CHRONO_STAT) as *const [u32; 3]) }.ok()?;
-    let srtt: u32 = unsafe { bpf_probe_read_kernel(at(&TCP_SRTT_US) as *const u32) }.ok()?;
-    let retrans: u32 = unsafe { bpf_probe_read_kernel(at(&TCP_TOTAL_RETRANS) as *const u32) }.ok()?;
+    // SAFETY: the helper takes a socket pointer, which `sk` is; it returns a BTF-typed
+    // `struct tcp_sock *` (null for another kind of socket), whose fields are plain loads.
+    let tp = unsafe { bpf_skc_to_tcp_sock(sk as *mut c_void) } as *const u8;
+    if tp.is_null() {
+        return None;
+    }
+    // SAFETY: fields of the `tcp_sock`, at offsets from the kernel's BTF.
+    let (kind, start, srtt, retrans): (u8, u32, u32, u32) = unsafe {
+        (
+            field(tp, &TCP_CHRONO_TYPE),
+            field(tp, &TCP_CHRONO_START),
+            field(tp, &TCP_SRTT_US),
+            field(tp, &TCP_TOTAL_RETRANS),
+        )
+    };
+    // SAFETY: as above; `chrono_stat` is a `u32[3]`.
+    let mut stat: [u32; 3] = unsafe {
+        [field(tp, &TCP_CHRONO_STAT), field(tp.add(4), &TCP_CHRONO_STAT), field(tp.add(8), &TCP_CHRONO_STAT)]
+    };
     // `enum tcp_chrono`: 0 none, 1 busy, 2 receiver window limited, 3 send buffer limited.
     // SAFETY: a helper without arguments.
     let ongoing = (unsafe { bpf_jiffies64() } as u32).wrapping_sub(start);
