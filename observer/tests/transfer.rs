@@ -319,10 +319,10 @@ fn a_lossy_link_shows_as_in_flight_time_with_the_kernels_retransmits() {
     let kernel = ss(Some(&link.server), port);
     reader.close();
     let retransmitted = link.tcp_counter("RetransSegs") - before;
-    // The close's accounting (the last response's tail) comes after its requests are counted.
-    let scrape = observer.scrape_until("4 requests and the close's retransmits", |s| {
-        s.sum("http_requests_total", &[]) >= 4.0
-            && s.sum("http_response_retransmits_total", &[]) as u64 + 2 >= retransmitted
+    // The close's accounting (the last response's tail) comes after its requests are counted:
+    // wait for the connection to leave the observer's table.
+    let scrape = observer.scrape_until("4 requests and the connection's close", |s| {
+        s.sum("http_requests_total", &[]) >= 4.0 && s.sum("observer_connections", &[]) == 0.0
     });
     let parts = ["application", "receiver_window", "send_buffer", "in_flight"].map(|l| transfer(&scrape, l));
     let total: f64 = parts.iter().sum();
@@ -335,17 +335,18 @@ fn a_lossy_link_shows_as_in_flight_time_with_the_kernels_retransmits() {
     assert!(total > 1.0, "4 MiB at 16 Mbit/s take 2 s: {total}");
     assert!(parts[3] > 0.5 * total, "in flight dominates: {parts:?}");
     assert!(retransmitted > 0, "1 % loss retransmits");
-    // Segments TCP retransmits outside responses: a lost SYN-ACK (counted before the first
-    // response's first write) or FIN (after the close's accounting).
+    // Segments TCP retransmits outside responses: a lost SYN-ACK (in the socket's count from
+    // before the first response's first write; 1 % likely) or FIN (after the close's).
     assert!(
         ours <= retransmitted && retransmitted <= ours + 2,
         "ours {ours}, the namespace's {retransmitted}"
     );
-    assert!(kernel.retrans <= retransmitted);
-    assert_eq!(rtt_count, 4.0, "one RTT per response");
-    // Each response ends with nginx's last write, with up to the link's 50 ms queue ahead of it.
     assert!(
-        rtt_mean >= kernel.min_rtt && rtt_mean <= 0.050 + 4.0 * kernel.rtt.max(0.001),
-        "rtt {rtt_mean}: {kernel:?}"
+        kernel.retrans <= retransmitted && kernel.retrans <= ours + 1,
+        "ss {}, ours {ours}",
+        kernel.retrans
     );
+    assert_eq!(rtt_count, 4.0, "one RTT per response");
+    // Each response ends with nginx's last write, with up to the link's 100 ms queue ahead.
+    assert!(rtt_mean >= kernel.min_rtt && rtt_mean <= 0.1 + 4.0 * kernel.rtt, "rtt {rtt_mean}: {kernel:?}");
 }
