@@ -323,6 +323,10 @@ impl<'m> Connections<'m> {
 /// The connection's retransmit tail after `sink`'s responses: the last one answered with
 /// TCP's accounting starts a new one.
 fn tail_of(sink: &Sink<Tag>, tail: Option<(&'static str, u32)>) -> Option<(&'static str, u32)> {
+    for f in sink.finished.iter().filter(|f| f.tcp.is_some()) {
+        let retrans = f.tcp.map(|s| (s.first.retrans, s.last.retrans));
+        tracing::debug!(status = ?f.status, ?retrans, "response's retransmit count at its first and last write");
+    }
     let last = sink.finished.iter().rev().find_map(|f| match (f.tag.endpoint, f.status, f.tcp) {
         (Some(endpoint), Some(_), Some(span)) => Some((endpoint, span.last.retrans)),
         _ => None,
@@ -335,6 +339,12 @@ fn settle(tail: &mut Option<(&'static str, u32)>, event: &Event<'_>, labels: &mu
     if let Some(tcp) = event.tcp
         && let Some((endpoint, retrans)) = tail.take()
     {
+        tracing::debug!(
+            endpoint,
+            from = retrans,
+            to = tcp.retrans,
+            "retransmits after a response's last write"
+        );
         labels.handles.retransmitted(endpoint, crate::transfer::retransmits(retrans, tcp.retrans));
     }
 }

@@ -1,7 +1,8 @@
 //! The programs, one file per hook family. What several families need lives here, so that no
 //! probe file imports another: the x86-64 syscall numbers and which data call each is (the
 //! socket hooks read them from the task's registers, the syscall hooks hook them), the tie of
-//! an OpenSSL call to the socket it does I/O on (socket and syscall hooks), a connection's
+//! an OpenSSL call to the socket it does I/O on (socket and syscall hooks), an OpenSSL call's
+//! plaintext record (at its return, or a write's at its first socket write), a connection's
 //! wait (socket hooks, OpenSSL), and accepted sockets (both syscall-hook families).
 
 pub mod process;

@@ -9,6 +9,8 @@
 //!   socket is marked `STATE_TLS` and its ciphertext is no longer reported.
 //! - Return: the plaintext the call moved, as a data record of the socket's connection (or,
 //!   for a session never seen on a socket, e.g. node's memory BIOs, of its own `tls_key`).
+//!   With the socket hooks, writes have no return probe: a write's plaintext goes out at its
+//!   first socket write (`probes::tls_write_inside`), or at entry for a memory-BIO session.
 //! - `SSL_free`: the end of a session not tied to a socket (a tied one ends with its socket).
 
 use aya_ebpf::{
