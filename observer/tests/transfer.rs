@@ -256,14 +256,12 @@ impl Link {
         link
     }
 
-    /// `TcpExt`/`Tcp` counter `name` of the server's namespace (`/proc/net/snmp`).
-    fn tcp_counter(&self, name: &str) -> u64 {
-        let out = Command::new("ip")
-            .args(["netns", "exec", &self.server, "cat", "/proc/net/snmp"])
-            .output()
-            .unwrap();
+    /// Counter `name` of the server's namespace: `Tcp:` in `/proc/net/snmp`, or `TcpExt:` in
+    /// `/proc/net/netstat`.
+    fn tcp_counter(&self, file: &str, prefix: &str, name: &str) -> u64 {
+        let out = Command::new("ip").args(["netns", "exec", &self.server, "cat", file]).output().unwrap();
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        let mut tcp = text.lines().filter(|l| l.starts_with("Tcp:"));
+        let mut tcp = text.lines().filter(|l| l.starts_with(prefix));
         let (names, values) = (tcp.next().unwrap(), tcp.next().unwrap());
         let at = names.split_whitespace().position(|n| n == name).unwrap();
         values.split_whitespace().nth(at).unwrap().parse().unwrap()
@@ -313,12 +311,19 @@ fn a_lossy_link_shows_as_in_flight_time_with_the_kernels_retransmits() {
         String::from_utf8_lossy(&out.stdout).contains(&format!(":{port}"))
     });
     let observer = Observer::on(&[nginx.pid()]).log_level("debug").start();
-    let before = link.tcp_counter("RetransSegs");
+    let counters = || {
+        let segments = link.tcp_counter("/proc/net/snmp", "Tcp:", "RetransSegs");
+        (segments, link.tcp_counter("/proc/net/netstat", "TcpExt:", "TCPSynRetrans"))
+    };
+    let before = counters();
     let fetch = Fetch { count: 4, rate: 0, rcvbuf: 0, tls: false };
     let reader = Reader::start(&["ip", "netns", "exec", &link.client], "10.251.0.1", port, fetch);
     let kernel = ss(Some(&link.server), port);
     reader.close();
-    let retransmitted = link.tcp_counter("RetransSegs") - before;
+    let after = counters();
+    // Retransmitted handshake segments (a lost SYN-ACK, sent again on its timer and for the
+    // client's repeated SYN) are in the socket's count but in no response.
+    let (retransmitted, handshake) = (after.0 - before.0, after.1 - before.1);
     // The close's accounting (the last response's tail) comes after its requests are counted:
     // wait for the connection to leave the observer's table.
     let scrape = observer.scrape_until("4 requests and the connection's close", |s| {
@@ -334,21 +339,18 @@ fn a_lossy_link_shows_as_in_flight_time_with_the_kernels_retransmits() {
     );
     assert!(total > 1.0, "4 MiB at 16 Mbit/s take 2 s: {total}");
     assert!(parts[3] > 0.5 * total, "in flight dominates: {parts:?}");
+    // Every segment the namespace's TCP retransmitted is a response's but the handshake's,
+    // and a lost FIN sent again after the close's accounting (1 % likely). `ss`, read before
+    // the close, has no FIN. (Seen before the handshake's were counted apart: ours 37 against
+    // the socket's 39, in a run 1.1 s longer: a SYN-ACK lost and sent twice more.)
+    eprintln!("handshake retransmits {handshake}");
     assert!(retransmitted > 0, "1 % loss retransmits");
-    // Segments TCP retransmits outside responses: a lost SYN-ACK (in the socket's count from
-    // before the first response's first write; 1 % likely) or FIN (after the close's). Seen
-    // once in ~20 runs, not explained yet: ours 23 against the socket's 25 (exact in the 14
-    // runs after; the daemon's debug log, kept in this test's output, shows each response's
-    // counts and each tail for the next occurrence).
+    let outside = retransmitted - ours.min(retransmitted);
     assert!(
-        ours <= retransmitted && retransmitted <= ours + 2,
-        "ours {ours}, the namespace's {retransmitted}"
+        ours <= retransmitted && (handshake..=handshake + 1).contains(&outside),
+        "ours {ours}, the namespace's {retransmitted}, handshake {handshake}"
     );
-    assert!(
-        kernel.retrans <= retransmitted && kernel.retrans <= ours + 2,
-        "ss {}, ours {ours}",
-        kernel.retrans
-    );
+    assert_eq!(kernel.retrans, ours + handshake, "ss's count for the socket, less the handshake's");
     assert_eq!(rtt_count, 4.0, "one RTT per response");
     // TCP's smoothed RTT at each response's last write, against the same estimate `ss` reads
     // once the connection is quiet (the link's queue, up to 100 ms, moves both; no netem in
