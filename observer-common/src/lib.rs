@@ -81,11 +81,26 @@ pub enum Kind {
     Listen = 6,
     /// A target's listener on `port` closed.
     Unlisten = 7,
+    /// An OpenSSL session's handshake completed on served connection `conn` (`--tls keys`):
+    /// the head is the session's memory (`KEYS_DUMP_LEN` bytes from its `SSL *`, while the
+    /// process's layout is being learned) or its secrets (`KEYS_SECRETS_LEN`: TLS 1.3's
+    /// client and server application traffic secrets, 48 bytes each, then TLS 1.2's master
+    /// secret, 48, and the client and server randoms, 32 each; what the session does not
+    /// have, or could not be read, is zeros).
+    Keys = 8,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 7] =
-        [Kind::Data, Kind::Open, Kind::Close, Kind::Fork, Kind::Exec, Kind::Listen, Kind::Unlisten];
+    pub const ALL: [Kind; 8] = [
+        Kind::Data,
+        Kind::Open,
+        Kind::Close,
+        Kind::Fork,
+        Kind::Exec,
+        Kind::Listen,
+        Kind::Unlisten,
+        Kind::Keys,
+    ];
 }
 
 impl TryFrom<u8> for Kind {
@@ -216,6 +231,20 @@ pub const FLAG_FRAMES: u32 = 4;
 /// the close a server makes carry one.
 pub const FLAG_TCP: u32 = 8;
 
+/// A data record of a keyed TLS session's socket (`--tls keys`): its bytes are TLS records,
+/// decrypted by the daemon with the secrets of the connection's `Kind::Keys` record.
+pub const FLAG_CIPHER: u32 = 16;
+
+/// Bytes of a session's memory a `Kind::Keys` record carries while a process's layout is
+/// learned (OpenSSL 3.0.19 keeps the application traffic secrets at 1860 and 1924).
+pub const KEYS_DUMP_LEN: usize = 4096;
+/// `TLS_SECRETS_AT` value of a process whose sessions are followed by per-call uprobes
+/// (`--tls keys` fell back): its handshakes hand over nothing.
+pub const TLS_CALLS_ONLY: [u32; 6] = [u32::MAX; 6];
+
+/// Bytes of a `Kind::Keys` record that carries the secrets.
+pub const KEYS_SECRETS_LEN: usize = 208;
+
 /// The `FLAG_*` bits that travel in records; higher bits of a socket's state are the kernel's own.
 pub const REPORTED_FLAGS: u32 = 0xffff;
 
@@ -234,6 +263,10 @@ pub const STATE_TLS: u32 = 1 << 18;
 /// write call (EAGAIN): the call failed with WANT_WRITE, and the target's next write call on
 /// it is the retry OpenSSL requires, with the same bytes, already reported.
 pub const STATE_TLS_RETRY: u32 = 1 << 24;
+
+/// Socket state (`--tls keys`): the socket's OpenSSL session completed its handshake and its
+/// keys went to the daemon (`Kind::Keys`): its ciphertext is reported (`FLAG_CIPHER`).
+pub const STATE_TLS_KEYS: u32 = 1 << 25;
 
 /// Kernel-side socket or session state: the connection is HTTP/2 (its client preface was
 /// read): its records follow frames, with each direction's [`FrameCursor`] in `FRAME_CURSORS`.

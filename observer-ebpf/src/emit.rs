@@ -57,7 +57,7 @@ impl Record {
     }
 
     #[inline(always)]
-    fn header(&self, head_len: u64, tail_len: u64) -> EventHeader {
+    pub fn header(&self, head_len: u64, tail_len: u64) -> EventHeader {
         EventHeader {
             ts_ns: now(),
             ret: self.ret,

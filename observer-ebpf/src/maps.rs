@@ -78,3 +78,11 @@ pub static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(stat::COUNT, 
 /// its first hooked call. LRU: entries of threads (which never match) age out.
 #[map]
 pub static FORKED: LruHashMap<u32, u32> = LruHashMap::with_max_entries(4096, 0);
+
+/// `--tls keys`: where each target process's OpenSSL keeps a session's secrets, learned by
+/// the daemon (offsets from the `SSL *`: TLS 1.3's client and server application traffic
+/// secrets, the `SSL_SESSION *`, the master key in the session, the client and server
+/// randoms; `u32::MAX` where unknown). Without an entry, a handshake hands over the session's
+/// memory, where the daemon looks for the TLS 1.3 secrets.
+#[map]
+pub static TLS_SECRETS_AT: HashMap<u32, [u32; 6]> = HashMap::with_max_entries(4096, 0);

@@ -33,6 +33,7 @@ fn event(call: Call, fd: i32, ts_ns: u64, bytes: &'static [u8]) -> Event<'static
         new_conn: false,
         wait_ns: None,
         frames: false,
+        cipher: false,
         seq: 0,
         head: bytes,
         tail: &[],

@@ -195,7 +195,7 @@ impl<'m> Connections<'m> {
                 }
             }
             // Handled by the daemon, not a connection.
-            Kind::Fork | Kind::Exec | Kind::Listen | Kind::Unlisten => {}
+            Kind::Fork | Kind::Exec | Kind::Listen | Kind::Unlisten | Kind::Keys => {}
             // HTTP/1's decoder reads requests in what the process reads: the client role (its
             // own outbound connections) is not reported by the kernel yet.
             Kind::Data if event.role == Role::Client && !event.frames => {}
@@ -381,6 +381,7 @@ mod tests {
             new_conn: false,
             wait_ns: None,
             frames: false,
+            cipher: false,
             seq: 0,
             head,
             tail: b"",

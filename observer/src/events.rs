@@ -4,8 +4,8 @@
 use std::mem::offset_of;
 
 use observer_common::{
-    Call, Direction, EventHeader, FLAG_FRAMES, FLAG_LOST_BEFORE, FLAG_NEW, FLAG_TCP, HEAD_LEN, HEADER_LEN,
-    Kind, Role, TAIL_LEN, TCP_CHRONO_LEN, TcpChrono,
+    Call, Direction, EventHeader, FLAG_CIPHER, FLAG_FRAMES, FLAG_LOST_BEFORE, FLAG_NEW, FLAG_TCP, HEAD_LEN,
+    HEADER_LEN, Kind, Role, TAIL_LEN, TCP_CHRONO_LEN, TcpChrono,
 };
 
 /// One record of the kernel programs: bytes a target moved on a connection, or an event about
@@ -41,6 +41,8 @@ pub struct Event<'a> {
     /// direction.
     pub frames: bool,
     pub seq: u32,
+    /// A keyed TLS connection's record (`FLAG_CIPHER`): its bytes are TLS records.
+    pub cipher: bool,
     /// The first bytes moved.
     pub head: &'a [u8],
     /// The last bytes moved, after the head; what lies between was not captured.
@@ -117,6 +119,7 @@ pub fn decode(record: &[u8]) -> Result<Event<'_>, DecodeError> {
             us => Some(u64::from(us) * 1000),
         },
         frames: flags & FLAG_FRAMES != 0,
+        cipher: flags & FLAG_CIPHER != 0,
         seq: u32_at(offset_of!(EventHeader, seq)),
         head: &data[..head_len],
         tail: &data[head_len..head_len + tail_len],
@@ -209,6 +212,7 @@ mod tests {
                 new_conn: false,
                 wait_ns: Some(250_000),
                 frames: false,
+                cipher: false,
                 seq: 4,
                 head: b"GET",
                 tail: b"\r\n",

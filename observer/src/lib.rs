@@ -7,7 +7,8 @@
 
 // `unsafe` only where the kernel's interfaces need it, each module named here: `probes`
 // (mmapped bitmaps, fds registered with tokio, mount(2) for tracefs), `listen` (setns(2) into a
-// target's network namespace), `run` (malloc_trim(3) after loading).
+// target's network namespace), `run` (malloc_trim(3) after loading), `tls::learn` (its helper
+// loads a libssl and calls it).
 #![deny(unsafe_code)]
 
 pub mod conn;
@@ -31,5 +32,6 @@ pub mod route;
 pub mod run;
 pub mod serve;
 pub mod targets;
+pub mod tls;
 pub mod top;
 pub mod transfer;

@@ -6,7 +6,7 @@ use clap::{Parser, Subcommand};
 use observer::{
     demo, demo_server,
     metrics::Metrics,
-    probes::Hooks,
+    probes::{Hooks, TlsMode},
     run,
     top::{self, SortBy},
 };
@@ -96,6 +96,9 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:8080")]
         listen: SocketAddr,
     },
+    /// Where a libssl keeps a session's secrets (`--tls keys` runs this as its helper).
+    #[command(hide = true)]
+    TlsOffsets { library: PathBuf },
 }
 
 #[derive(clap::Args)]
@@ -137,6 +140,12 @@ struct Common {
     /// not seen.
     #[arg(long)]
     no_tls: bool,
+    /// How HTTPS through OpenSSL is seen: `calls` hooks every SSL_read/SSL_write call;
+    /// `keys` hooks only the handshake, learns each TLS 1.3 session's keys there and decrypts
+    /// its records from the socket hooks (far fewer traps; needs `--hooks sock`); `off` is
+    /// `--no-tls`.
+    #[arg(long, value_enum, default_value_t = TlsMode::Calls)]
+    tls: TlsMode,
     /// Record latency histograms with classic buckets only. By default they also get native
     /// (exponential) buckets, which only Prometheus' protobuf format carries (Prometheus with
     /// `--enable-feature=native-histograms`); text scrapes get the classic buckets either way.
@@ -172,7 +181,7 @@ impl Common {
             max_connections: self.max_connections,
             idle_timeout_secs: self.idle_timeout,
             exit_with_targets,
-            tls: !self.no_tls,
+            tls: if self.no_tls { TlsMode::Off } else { self.tls },
             native_histograms: !self.no_native_histograms,
         }
     }
@@ -226,6 +235,9 @@ fn main() -> ExitCode {
             Command::Demo { listen, common } => demo::demo(common.config(Vec::new(), listen, true)).await,
             Command::DemoServer { listen } => demo_server::serve(listen).await,
             Command::Floor { pids, hooks } => run::floor(&pids, hooks).await,
+            Command::TlsOffsets { library } => {
+                observer::tls::learn::helper_main(&library).map_err(|e| anyhow::anyhow!(e))
+            }
         }
     });
     match result {

@@ -162,6 +162,9 @@ pub struct HealthMetrics {
     pub frames_unwalked: Counter,
     pub waits_missing: Counter,
     pub program_misses: Family<ProgramLabels, Counter>,
+    pub tls_keyed_verified: Counter,
+    pub tls_keyed_lost: Family<ReasonLabels, Counter>,
+    pub tls_keyed_fall_backs: Counter,
 }
 
 /// Registers `metric` under `name` and hands it back: the registry keeps a clone sharing its
@@ -327,6 +330,24 @@ impl HealthMetrics {
                 "kernel_program_misses",
                 "Runs of a kernel program the kernel skipped (its per-CPU recursion guard: the program was already running on that CPU), by program",
                 Family::default(),
+            ),
+            tls_keyed_verified: registered(
+                registry,
+                "tls_keyed_verified",
+                "Connections of --tls keys whose first record opened with its tag checked under the keys their handshake handed over",
+                Counter::default(),
+            ),
+            tls_keyed_lost: registered(
+                registry,
+                "tls_keyed_lost",
+                "Connections of --tls keys given up, by reason: no_keys (ciphertext of a session whose keys were not handed over, counted per record), not_found (no secret opened its first record), framing (a record header not copied), wrong_keys (a record whose tag did not match), http2 (ALPN h2: frames inside records are not followed)",
+                Family::default(),
+            ),
+            tls_keyed_fall_backs: registered(
+                registry,
+                "tls_keyed_fall_backs",
+                "Processes whose TLS sessions --tls keys handed back to per-call uprobes (after a connection lost as not_found or http2), each logged with its reason",
+                Counter::default(),
             ),
         }
     }

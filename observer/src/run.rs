@@ -10,6 +10,7 @@ use std::{
 
 use anyhow::{Context, bail};
 use aya::maps::{MapData, RingBuf};
+use observer_common::Kind;
 use rustc_hash::FxHashMap;
 use tokio::signal::unix::{SignalKind, signal};
 use tracing::{info, warn};
@@ -18,12 +19,13 @@ use crate::{
     conn::Connections,
     events,
     listen::ListenQueues,
-    metrics::{MapLabels, Metrics, ProgramLabels},
-    probes::{Hooks, KernelDrops, Probes},
+    metrics::{MapLabels, Metrics, ProgramLabels, ReasonLabels},
+    probes::{Hooks, KernelDrops, Probes, TlsMode},
     procfs::process_exists,
     route::{Router, Rules},
     serve,
     targets::Targets,
+    tls::Keyed,
 };
 
 pub struct RunConfig {
@@ -46,7 +48,7 @@ pub struct RunConfig {
     /// Exit once every target has exited, instead of serving what was counted.
     pub exit_with_targets: bool,
     /// Hook the OpenSSL copies the targets use, for the plaintext of HTTPS servers.
-    pub tls: bool,
+    pub tls: TlsMode,
     /// Latency histograms get native buckets besides the classic ones.
     pub native_histograms: bool,
 }
@@ -84,7 +86,7 @@ pub async fn run_with_metrics(config: RunConfig, metrics: Arc<Metrics>) -> anyho
     let listen = Arc::new(Mutex::new(ListenQueues::new()));
     let mut targets = Targets::new(&config.exes, config.follow_children, &listen);
     targets.attach(&config.pids, &mut probes)?;
-    drop_privileges(config.tls)?;
+    drop_privileges(config.tls != TlsMode::Off)?;
     // Loading parsed the kernel's BTF and the object (~10 MB of allocations, freed by now):
     // give the pages back instead of carrying them as RSS for the daemon's lifetime.
     // SAFETY: malloc_trim only releases free heap memory.
@@ -103,6 +105,7 @@ pub async fn run_with_metrics(config: RunConfig, metrics: Arc<Metrics>) -> anyho
     let router = Router::new(rules, config.max_endpoints, config.path_depth);
     let mut conns = Connections::new(&metrics, router, config.idle_timeout_secs)
         .with_capacity(config.max_connections as usize);
+    let mut keyed = Keyed::default();
     let mut drops_seen = KernelDrops::default();
     let mut misses_seen = FxHashMap::default();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -127,8 +130,9 @@ pub async fn run_with_metrics(config: RunConfig, metrics: Arc<Metrics>) -> anyho
         };
         // Whatever is in the ring first: a target found gone below must have had its last
         // events handled, or they would open connections nobody ends.
-        let drained = drain_ring(ring.get_mut(), &mut conns, &mut targets, &metrics);
+        let drained = drain_ring(ring.get_mut(), &mut conns, &mut keyed, &mut targets, &metrics);
         pace.drained(drained, targets.changing());
+        learned_tls(&mut keyed, &mut probes, &metrics);
         targets.follow(&mut probes);
         match wake {
             Wake::Events => {}
@@ -145,9 +149,12 @@ pub async fn run_with_metrics(config: RunConfig, metrics: Arc<Metrics>) -> anyho
                 // a forking python server taken for abandoned).
                 let gone = targets.exited();
                 if !gone.is_empty() {
-                    drain_ring(ring.get_mut(), &mut conns, &mut targets, &metrics);
+                    drain_ring(ring.get_mut(), &mut conns, &mut keyed, &mut targets, &metrics);
                 }
                 targets.sweep(&mut probes, &mut conns, &gone);
+                for &tgid in &gone {
+                    keyed.forget_process(tgid);
+                }
                 if config.exit_with_targets && targets.all_gone() {
                     info!("every target exited; stopping");
                     break;
@@ -284,6 +291,7 @@ impl Default for DrainPace {
 fn drain_ring(
     ring: &mut RingBuf<MapData>,
     conns: &mut Connections<'_>,
+    keyed: &mut Keyed,
     targets: &mut Targets<'_>,
     metrics: &Metrics,
 ) -> u64 {
@@ -292,12 +300,46 @@ fn drain_ring(
         count += 1;
         match events::decode(&record) {
             Ok(event) if targets.take(&event) => {}
-            Ok(event) => conns.handle(&event),
+            Ok(event) if event.kind == Kind::Keys => {
+                if let Some(plaintext) = keyed.keys(&event) {
+                    conns.handle(&plaintext.event(&event));
+                }
+            }
+            Ok(event) if event.cipher => {
+                if let Some(plaintext) = keyed.data(&event) {
+                    conns.handle(&plaintext.event(&event));
+                }
+            }
+            Ok(event) => {
+                if event.kind == Kind::Close {
+                    keyed.close(event.conn);
+                }
+                conns.handle(&event)
+            }
             Err(e) => warn!("dropping a malformed kernel record: {e}"),
         }
     }
     metrics.health.events.inc_by(count);
     count
+}
+
+/// `--tls keys`: hands the layouts learned to the kernel and counts what was decrypted and
+/// lost.
+fn learned_tls(keyed: &mut Keyed, probes: &mut Probes, metrics: &Metrics) {
+    for (tgid, layout) in keyed.take_learned() {
+        let Some((client, server)) = layout.complete() else { continue };
+        info!(pid = tgid, client, server, tickets = ?layout.tickets, "learned where the process's OpenSSL keeps TLS 1.3 secrets");
+        probes.set_secrets_at(tgid, [client, server, u32::MAX, u32::MAX, u32::MAX, u32::MAX]);
+    }
+    for (tgid, reason) in keyed.take_fall_backs() {
+        probes.tls_fall_back(tgid, reason.name());
+        metrics.health.tls_keyed_fall_backs.inc();
+    }
+    let (verified, lost) = keyed.take_counts();
+    metrics.health.tls_keyed_verified.inc_by(verified);
+    for (reason, count) in lost {
+        metrics.health.tls_keyed_lost.get_or_create(&ReasonLabels { reason: reason.name() }).inc_by(count);
+    }
 }
 
 fn load_rules(path: Option<&Path>) -> anyhow::Result<Rules> {

@@ -83,7 +83,7 @@ impl<'a> Targets<'a> {
                 port: event.port,
                 open: event.kind == Kind::Listen,
             }),
-            Kind::Data | Kind::Open | Kind::Close => return false,
+            Kind::Data | Kind::Open | Kind::Close | Kind::Keys => return false,
         }
         true
     }

@@ -30,32 +30,6 @@ fn start_nginx_conf_tls(dir: &TempDir, port: u16, tls_port: u16, conf: NginxConf
     nginx
 }
 
-/// curl over one connection (`--http1.1`, keep-alive), certificates not checked: the status
-/// and client-measured total time of each response.
-fn curl_timed(extra: &[&str], urls: &[String]) -> Vec<(u16, f64)> {
-    let mut cmd = Command::new("curl");
-    cmd.args(["--silent", "--show-error", "--insecure", "--http1.1", "--max-time", "30"])
-        .args(["--write-out", "%{http_code} %{time_total}\\n"])
-        .args(extra);
-    for url in urls {
-        cmd.args(["--output", "/dev/null", url]);
-    }
-    let out = cmd.output().expect("running curl");
-    assert!(out.status.success(), "curl failed: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .map(|l| {
-            let (code, time) = l.split_once(' ').expect("code and time");
-            (code.parse().unwrap(), time.parse().unwrap())
-        })
-        .collect()
-}
-
-fn statuses(answers: &[(u16, f64)]) -> Vec<u16> {
-    answers.iter().map(|(code, _)| *code).collect()
-}
-
 /// Plaintext and TLS requests to one nginx (master + workers), under `hooks`: each counted
 /// once, by method and status as nginx logged them, none slower than the client saw it.
 fn nginx_https_counted_exactly(hooks: &str) {

@@ -35,6 +35,8 @@ enum Arm {
     FullNoTls,
     /// The default with `--no-native-histograms`: latency histograms with classic buckets only.
     FullClassic,
+    /// The default hooks with `--tls keys`: OpenSSL hooked at the handshake only.
+    FullTlsKeys,
 }
 
 /// The observer's `--hooks`.
@@ -79,11 +81,12 @@ impl Arm {
             Arm::Full(Hooks::Tracepoints) => "full (tracepoints)",
             Arm::FullNoTls => "full --no-tls",
             Arm::FullClassic => "full, classic histograms",
+            Arm::FullTlsKeys => "full --tls keys",
         }
     }
 
     fn is_full(self) -> bool {
-        matches!(self, Arm::Full(_) | Arm::FullNoTls | Arm::FullClassic)
+        matches!(self, Arm::Full(_) | Arm::FullNoTls | Arm::FullClassic | Arm::FullTlsKeys)
     }
 
     /// The floor arm with the same hooks.
@@ -91,7 +94,7 @@ impl Arm {
         match self {
             Arm::Full(Hooks::Btf) | Arm::Floor(Hooks::Btf) => SYS_EXIT_FLOOR,
             Arm::Full(h) | Arm::Floor(h) => Arm::Floor(h),
-            Arm::FullNoTls | Arm::FullClassic => FLOOR,
+            Arm::FullNoTls | Arm::FullClassic | Arm::FullTlsKeys => FLOOR,
             Arm::Unobserved => Arm::Unobserved,
         }
     }
@@ -210,11 +213,12 @@ fn with_arm<T>(
             drop(guard);
             Ok(result)
         }
-        Arm::Full(_) | Arm::FullNoTls | Arm::FullClassic => {
+        Arm::Full(_) | Arm::FullNoTls | Arm::FullClassic | Arm::FullTlsKeys => {
             let addr: SocketAddr = ([127, 0, 0, 1], free_port()).into();
             let (hooks, flag) = match arm {
                 Arm::Full(hooks) => (hooks, None),
                 Arm::FullClassic => (Hooks::Sock, Some("--no-native-histograms")),
+                Arm::FullTlsKeys => (Hooks::Sock, Some("--tls=keys")),
                 _ => (Hooks::Sock, Some("--no-tls")),
             };
             let child = Command::new(&opts.observer)
@@ -445,7 +449,7 @@ fn start_nginx(dir: &Path) -> anyhow::Result<Nginx> {
          proxy_temp_path {root}/proxy;\n fastcgi_temp_path {root}/fastcgi;\n uwsgi_temp_path {root}/uwsgi;\n\
          scgi_temp_path {root}/scgi;\n server {{\n  listen 127.0.0.1:{port} backlog=16384;\n\
          listen 127.0.0.1:{tls_port} ssl backlog=16384;\n  listen 127.0.0.1:{h2c_port} http2 backlog=16384;\n  ssl_certificate {root}/cert.pem;\n\
-         ssl_certificate_key {root}/key.pem;\n  root {root}/www;\n\
+         ssl_certificate_key {root}/key.pem;\n  ssl_protocols TLSv1.2 TLSv1.3;\n  root {root}/www;\n\
          location = /hello {{ return 200 \"hello\\n\"; }}\n }}\n}}\n"
     );
     std::fs::write(dir.join("nginx.conf"), conf)?;

@@ -12,14 +12,14 @@ pub mod tls;
 pub mod tracepoints;
 
 use observer_common::{
-    Call, Direction, FLAG_NEW, FLAG_TCP, Kind, STATE_TLS, STATE_TLS_RETRY, TIE_NONE, TIE_OUTBOUND,
-    TIE_SERVED, TIE_SERVED_NEW, TcpChrono, TlsCall, TlsConn, TlsOp, socket_key, stat, tls_key,
+    Call, Direction, FLAG_NEW, FLAG_TCP, Kind, STATE_TLS, STATE_TLS_KEYS, STATE_TLS_RETRY, TIE_NONE,
+    TIE_OUTBOUND, TIE_SERVED, TIE_SERVED_NEW, TcpChrono, TlsCall, TlsConn, TlsOp, socket_key, stat, tls_key,
 };
 
 use crate::{
     capture::Buffer,
     emit::{Record, advance, bump, emit_control, emit_data},
-    maps::{SOCKETS, TLS_CALLS, TLS_CONNS},
+    maps::{CONNS, SOCKETS, TLS_CALLS, TLS_CONNS},
     scratch::scratch,
     target::{current, now},
 };
@@ -31,6 +31,11 @@ pub const STATE_OUTBOUND: u32 = 1 << 19;
 /// Kernel-side session state: records of it went out under its `tls_key` (it was not tied to
 /// a socket then), so that connection must be ended if it is tied later or freed.
 pub const STATE_KEYED: u32 = 1 << 20;
+
+/// 1 with `--tls keys`: only the handshake is hooked; at its end the session's keys go to the
+/// daemon and its socket's ciphertext is reported (set by the loader).
+#[unsafe(no_mangle)]
+pub static TLS_KEYS: u64 = 0;
 
 /// Syscall hooks: the state word of `fd` of `tgid` if it is a socket we follow.
 #[inline(always)]
@@ -173,6 +178,14 @@ pub unsafe fn emit_plaintext<C: aya_ebpf::EbpfContext>(
     let (mut flags, cap) = unsafe { advance(state, direction) };
     // SAFETY: as above.
     let (tied, established_ns) = unsafe { ((*session).conn, (*session).established_ns) };
+    // A keyed socket's records come decrypted from the daemon (a process moved to per-call
+    // uprobes after it was keyed: `--tls keys` falling back).
+    // SAFETY: a field of a map value.
+    if tied != 0
+        && CONNS.get_ptr_mut(&tied).is_some_and(|conn| unsafe { (*conn).flags } & STATE_TLS_KEYS != 0)
+    {
+        return;
+    }
     let conn = if tied != 0 {
         tied
     } else {

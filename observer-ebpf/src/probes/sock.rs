@@ -29,11 +29,13 @@ use aya_ebpf::{
     programs::BtfTracePointContext,
 };
 use observer_common::{
-    Call, ConnState, Direction, FLAG_NEW, FLAG_TCP, Kind, STATE_CLOSE_SENT, STATE_MIDSTREAM, STATE_TLS,
-    STATE_TLS_RETRY, TcpChrono, TlsOp, stat,
+    Call, ConnState, Direction, FLAG_CIPHER, FLAG_NEW, FLAG_TCP, Kind, READ_HEAD_LEN, STATE_CLOSE_SENT,
+    STATE_MIDSTREAM, STATE_TLS, STATE_TLS_KEYS, STATE_TLS_RETRY, TcpChrono, TlsCall, TlsOp, stat,
 };
 
-use super::{MSG_PEEK, Served, data_call, is_session_socket, socket_io_inside, tls_write_inside, waited_us};
+use super::{
+    MSG_PEEK, Served, TLS_KEYS, data_call, is_session_socket, socket_io_inside, tls_write_inside, waited_us,
+};
 use crate::{
     capture::Buffer,
     emit::{Record, advance, bump, emit_control, emit_control_tcp, emit_data},
@@ -149,36 +151,95 @@ fn socket_io(ctx: &BtfTracePointContext, direction: Direction) {
                 established_ns: (*conn).established_ns,
             }
         });
-        // SAFETY: as above.
-        if unsafe { (*call).op } != TlsOp::Write as u32 {
-            // SAFETY: as above.
-            unsafe { socket_io_inside(call, served) };
+        // A keyed socket (`--tls keys`) reports its ciphertext below, inside a call or not
+        // (its process moved to per-call uprobes after it was keyed).
+        // SAFETY: a field of a map value.
+        let keyed = served.as_ref().is_some_and(|s| unsafe { *s.state } & STATE_TLS_KEYS != 0);
+        // SAFETY: `call` and the state in `served` are map values.
+        if !keyed && unsafe { in_tls_call(ctx, id, tgid, call, served, direction, ret, sk) } {
             return;
         }
-        // A write call (no return probe): its first write on the session's socket reports
-        // its plaintext and ends it; a read there is ciphertext inside it. Bytes of another
-        // socket are that socket's own: the call's end was not seen.
-        if let Some(served) = &served {
-            if direction == Direction::Out {
-                // SAFETY: as above; `sk` is a TCP socket.
-                let tcp = unsafe { tcp_chrono(sk) };
-                // SAFETY: as above.
-                if unsafe { tls_write_inside(ctx, id, call, served, false, tcp) } {
-                    return;
-                }
-            // SAFETY: as above.
-            } else if is_session_socket(unsafe { &*call }, served.conn) {
-                return;
-            }
-        }
-        let _ = TLS_CALLS.remove(&id);
     }
+    socket_data(ctx, sk, direction, ret, read);
+}
+
+/// Socket I/O of a thread inside an OpenSSL call: ties the call to its socket, reports a
+/// write call's plaintext at its first socket write, or (`--tls keys`) a handshake's reads as
+/// ciphertext. False if the bytes are not the call's (another socket's: the call's end was
+/// not seen), which then count as that socket's own.
+///
+/// # Safety
+/// `call` and `served.state` point into map values; `sk` is the tracepoint's `struct sock *`.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+unsafe fn in_tls_call(
+    ctx: &BtfTracePointContext,
+    id: u64,
+    tgid: u32,
+    call: *mut TlsCall,
+    served: Option<Served>,
+    direction: Direction,
+    ret: i32,
+    sk: *const u8,
+) -> bool {
+    // SAFETY: as above.
+    if unsafe { (*call).op } != TlsOp::Write as u32 {
+        // `--tls keys`: what a handshake reads is reported, ciphertext as it is: a server
+        // that reads ahead (nginx) takes the first request with the handshake's last
+        // record.
+        if let Some(served) = &served
+            && direction == Direction::In
+            // SAFETY: as above.
+            && unsafe { (*call).op } == TlsOp::Handshake as u32
+            && patched(&TLS_KEYS) != 0
+        {
+            let (call, fd, buffer) = the_call(direction);
+            let record = Record {
+                call,
+                fd,
+                flags: FLAG_CIPHER,
+                ret: i64::from(ret),
+                ..Record::of(Kind::Data, served.conn, id, tgid)
+            };
+            emit_data(ctx, &record, buffer, READ_HEAD_LEN as u64, served.state, false);
+        }
+        // SAFETY: as above.
+        unsafe { socket_io_inside(call, served) };
+        return true;
+    }
+    // A write call (no return probe): its first write on the session's socket reports
+    // its plaintext and ends it; a read there is ciphertext inside it. Bytes of another
+    // socket are that socket's own: the call's end was not seen.
+    if let Some(served) = &served {
+        if direction == Direction::Out {
+            // SAFETY: as above; `sk` is a TCP socket.
+            let tcp = unsafe { tcp_chrono(sk) };
+            // SAFETY: as above.
+            if unsafe { tls_write_inside(ctx, id, call, served, false, tcp) } {
+                return true;
+            }
+        // SAFETY: as above.
+        } else if is_session_socket(unsafe { &*call }, served.conn) {
+            return true;
+        }
+    }
+    let _ = TLS_CALLS.remove(&id);
+    false
+}
+
+/// Bytes moved on a socket outside an OpenSSL call (or a keyed one's ciphertext): a data
+/// record of its connection, if it is a served one.
+#[inline(always)]
+fn socket_data(ctx: &BtfTracePointContext, sk: *const u8, direction: Direction, ret: i32, read: u64) {
+    let (id, tgid) = current();
     // SAFETY: `sk` is the tracepoint's `struct sock *`.
     let Some(conn) = (unsafe { served_connection(sk, read) }) else {
         return;
     };
     // SAFETY: a field of a map value.
-    if unsafe { (*conn).flags } & STATE_TLS != 0 {
+    let keyed = unsafe { (*conn).flags } & STATE_TLS_KEYS != 0;
+    // SAFETY: a field of a map value.
+    if !keyed && unsafe { (*conn).flags } & STATE_TLS != 0 {
         return; // ciphertext outside the calls (SSL_shutdown's close_notify)
     }
     // SAFETY: a field of a map value.
@@ -202,10 +263,14 @@ fn socket_io(ctx: &BtfTracePointContext, direction: Direction) {
     } else {
         0
     };
+    if keyed {
+        flags |= FLAG_CIPHER;
+    }
     let (call, fd, buffer) = the_call(direction);
     let record =
         Record { call, fd, flags, ret: i64::from(ret), wait_us, ..Record::of(Kind::Data, cookie, id, tgid) };
-    emit_data(ctx, &record, buffer, cap, state, true);
+    // TLS records are not walked as frames: the daemon decrypts them whole.
+    emit_data(ctx, &record, buffer, cap, state, !keyed);
 }
 
 /// `EAGAIN` as the socket tracepoints report it: a non-blocking socket with a full buffer.

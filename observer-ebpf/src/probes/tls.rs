@@ -18,16 +18,20 @@ use aya_ebpf::{
     macros::{uprobe, uretprobe},
     programs::{ProbeContext, RetProbeContext},
 };
+use core::ffi::c_void;
+
+use aya_ebpf::helpers::generated;
 use observer_common::{
-    FLAG_NEW, Kind, STATE_MIDSTREAM, TIE_NONE, TIE_OUTBOUND, TIE_SERVED, TIE_SERVED_NEW, TlsCall, TlsConn,
-    TlsOp, stat, tls_key,
+    FLAG_NEW, HEADER_LEN, KEYS_DUMP_LEN, KEYS_SECRETS_LEN, Kind, STATE_MIDSTREAM, STATE_TLS_KEYS, TIE_NONE,
+    TIE_OUTBOUND, TIE_SERVED, TIE_SERVED_NEW, TLS_CALLS_ONLY, TlsCall, TlsConn, TlsOp, stat, tls_key,
 };
 
-use super::{STATE_KEYED, STATE_OUTBOUND, emit_plaintext};
+use super::{STATE_KEYED, STATE_OUTBOUND, TLS_KEYS, emit_plaintext, waited_us};
 use crate::{
-    emit::{Record, bump, emit_control},
+    emit::{Record, bump, emit_control, output},
     frames,
-    maps::{TLS_CALLS, TLS_CONNS},
+    maps::{CONNS, TLS_CALLS, TLS_CONNS, TLS_SECRETS_AT},
+    scratch::scratch,
     target::{current, is_target, patched},
 };
 
@@ -163,12 +167,108 @@ fn returned(ctx: &RetProbeContext) {
         if call.tie >= TIE_SERVED && (*session).conn != call.conn {
             tie(ctx, session, &call, key, new);
         }
+        if handshake && call.tie >= TIE_SERVED && ctx.ret::<i64>() as i32 == 1 && patched(&TLS_KEYS) != 0 {
+            hand_over_keys(session, &call, id, tgid);
+            return;
+        }
         if moved == 0 || handshake || (*session).flags & STATE_OUTBOUND != 0 {
             return;
         }
     }
     // SAFETY: a map value.
     unsafe { emit_plaintext(ctx, session, &call, key, moved, None) };
+}
+
+/// `--tls keys`: the handshake of `session` on served socket `call.conn` completed. Its keys go
+/// to the daemon (the two secrets where the process keeps them, or while that is not known
+/// the session's memory, where the daemon finds them), and the socket's ciphertext is
+/// reported from now on; a new connection's first record is flagged new again.
+///
+/// # Safety
+/// `session` points into a map value.
+#[inline(always)]
+unsafe fn hand_over_keys(session: *mut TlsConn, call: &TlsCall, id: u64, tgid: u32) {
+    let Some(conn) = CONNS.get_ptr_mut(&call.conn) else {
+        return; // not a socket-hooks connection
+    };
+    let Some(s) = scratch() else {
+        return;
+    };
+    let data = s.data.as_mut_ptr();
+    // SAFETY: a map value, copied.
+    let at = unsafe { TLS_SECRETS_AT.get(&tgid) }.copied();
+    if at == Some(TLS_CALLS_ONLY) {
+        return; // the process's calls are hooked instead
+    }
+    let len = match at {
+        Some(at) => {
+            // SAFETY: `data` is the scratch data area, larger than KEYS_SECRETS_LEN.
+            unsafe { secrets(data, call.ssl, &at) };
+            KEYS_SECRETS_LEN
+        }
+        // SAFETY: as above, larger than KEYS_DUMP_LEN.
+        None if unsafe { read_user(data, KEYS_DUMP_LEN as u32, call.ssl) } => KEYS_DUMP_LEN,
+        None => return,
+    };
+    let mut record = Record::of(Kind::Keys, call.conn, id, tgid);
+    // SAFETY: fields of map values, per the contract.
+    unsafe {
+        (*conn).flags |= STATE_TLS_KEYS;
+        // A new connection's wait ends here: its first request may have been read with the
+        // handshake's last record.
+        if (*session).flags & FLAG_NEW != 0 {
+            (*session).flags &= !FLAG_NEW;
+            record.flags = FLAG_NEW;
+            if (*conn).established_ns != 0 {
+                record.wait_us = waited_us((*conn).established_ns);
+            }
+        }
+    }
+    s.header = record.header(len as u64, 0);
+    output((HEADER_LEN + len) as u64);
+}
+
+/// `len` bytes of the target's memory at `from` into `to`; false on a fault.
+///
+/// # Safety
+/// `to..to + len` must lie in the scratch data area.
+#[inline(always)]
+unsafe fn read_user(to: *mut u8, len: u32, from: u64) -> bool {
+    unsafe { generated::bpf_probe_read_user(to as *mut c_void, len, from as *const c_void) == 0 }
+}
+
+/// The secrets of session `ssl` where `at` says they are (see `TLS_SECRETS_AT`), into `data`:
+/// TLS 1.3's two, TLS 1.2's master key (through the session pointer) and randoms. What is
+/// unknown or unreadable is zeros.
+///
+/// # Safety
+/// `data` must be the scratch data area (at least `KEYS_SECRETS_LEN` bytes).
+#[inline(always)]
+unsafe fn secrets(data: *mut u8, ssl: u64, at: &[u32; 6]) {
+    const UNKNOWN: u32 = u32::MAX;
+    // SAFETY: stores inside the first KEYS_SECRETS_LEN bytes of `data`, per the contract.
+    unsafe {
+        core::ptr::write_bytes(data, 0, KEYS_SECRETS_LEN);
+        let fields: [(usize, u32, u32); 4] =
+            [(0, at[0], 48), (48, at[1], 48), (144, at[4], 32), (176, at[5], 32)];
+        for (to, offset, len) in fields {
+            if offset != UNKNOWN && !read_user(data.add(to), len, ssl + u64::from(offset)) {
+                core::ptr::write_bytes(data.add(to), 0, len as usize); // half-read
+            }
+        }
+        if at[2] == UNKNOWN || at[3] == UNKNOWN {
+            return;
+        }
+        let mut session = 0u64;
+        let ok = generated::bpf_probe_read_user(
+            &mut session as *mut u64 as *mut c_void,
+            8,
+            (ssl + u64::from(at[2])) as *const c_void,
+        ) == 0;
+        if ok && session != 0 && !read_user(data.add(96), 48, session + u64::from(at[3])) {
+            core::ptr::write_bytes(data.add(96), 0, 48);
+        }
+    }
 }
 
 /// The session is (now) carried by `call.conn`: what went out under its key ends, and a

@@ -105,6 +105,8 @@ pub enum ProbeError {
     Btf(Hooks, aya::BtfError),
     #[error("--hooks sock: {0}")]
     Layout(String),
+    #[error("--tls keys needs --hooks sock (the socket hooks report the ciphertext)")]
+    TlsKeys,
     #[error("--hooks {0} reads x86-64 registers; on this architecture use --hooks tracepoints")]
     Arch(Hooks),
     #[error("tracefs is not mounted and mounting it on /sys/kernel/tracing failed: {0}")]
@@ -131,6 +133,18 @@ pub enum ProbeError {
     Register(#[source] io::Error),
 }
 
+/// How HTTPS through OpenSSL is seen.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum TlsMode {
+    /// Not at all (`--no-tls`).
+    Off,
+    /// Uprobes on every SSL_read/SSL_write call (and the handshake).
+    Calls,
+    /// Uprobes on the handshake only: each session's keys are learned there and its records
+    /// decrypted by the daemon (TLS 1.3, socket hooks).
+    Keys,
+}
+
 /// Loaded, attached programs; dropping this detaches them.
 pub struct Probes {
     ebpf: Ebpf,
@@ -146,6 +160,8 @@ pub struct Probes {
     tls_conns: HashMap<MapData, u64, Session>,
     /// OpenSSL calls of the targets in progress (pid_tgid → call).
     tls_calls: HashMap<MapData, u64, Call>,
+    /// `--tls keys`: where each process keeps its sessions' secrets (tgid → offsets).
+    secrets_at: HashMap<MapData, u32, [u32; 6]>,
     /// The OpenSSL copies hooked so far; `None` with `--no-tls`.
     tls: Option<TlsAttach>,
     /// Open sockets of new targets that did not fit in the socket table when learned.
@@ -181,19 +197,24 @@ impl Probes {
     /// `ring_bytes`: ring buffer size (a power of two, at least a page).
     /// `watch_exec`: report every program start (for `--exe`).
     /// `max_sockets`: size of the kernel's table of followed sockets (connections).
-    /// `tls`: hook the OpenSSL copies the targets use (uprobes), as targets are added.
+    /// `tls`: how to see what the OpenSSL copies the targets use move (uprobes), if at all.
     pub fn load_and_attach(
         hooks: Hooks,
         follow_children: bool,
         watch_exec: bool,
         ring_bytes: u32,
         max_sockets: u32,
-        tls: bool,
+        tls_mode: TlsMode,
     ) -> Result<Self, ProbeError> {
         if OBJECT.is_empty() {
             return Err(ProbeError::Stub);
         }
         let hooks = hooks.resolve();
+        let tls = tls_mode != TlsMode::Off;
+        let keys = tls_mode == TlsMode::Keys;
+        if keys && hooks != Hooks::Sock {
+            return Err(ProbeError::TlsKeys);
+        }
         if hooks.reads_x86_registers() && !cfg!(target_arch = "x86_64") {
             return Err(ProbeError::Arch(hooks));
         }
@@ -221,6 +242,7 @@ impl Probes {
         // The socket hooks report an OpenSSL write at its first socket write; the syscall
         // hooks need its return.
         let write_returns = u64::from(hooks != Hooks::Sock);
+        let keys_global = u64::from(keys);
         let mut loader = aya::EbpfLoader::new();
         loader
             .override_global("PIDNS_DEV", &pidns_dev, true)
@@ -229,6 +251,7 @@ impl Probes {
             .override_global("WAKEUP_BYTES", &wakeup_bytes, true)
             .override_global("TICK_NS", &tick_ns, true)
             .override_global("TLS_WRITE_RETURNS", &write_returns, true)
+            .override_global("TLS_KEYS", &keys_global, true)
             .map_max_entries("EVENTS", ring_bytes)
             .map_max_entries("SOCKETS", sockets)
             .map_max_entries("CONNS", conns)
@@ -271,7 +294,8 @@ impl Probes {
         let conns = take_map(&mut ebpf, "CONNS")?;
         let tls_conns = take_map(&mut ebpf, "TLS_CONNS")?;
         let tls_calls = take_map(&mut ebpf, "TLS_CALLS")?;
-        let tls = if tls { Some(TlsAttach::load(&mut ebpf, hooks != Hooks::Sock)?) } else { None };
+        let secrets_at = take_map(&mut ebpf, "TLS_SECRETS_AT")?;
+        let tls = if tls { Some(TlsAttach::load(&mut ebpf, hooks != Hooks::Sock, keys)?) } else { None };
         Ok(Probes {
             ebpf,
             hooks,
@@ -281,6 +305,7 @@ impl Probes {
             conns,
             tls_conns,
             tls_calls,
+            secrets_at,
             tls,
             sockets_refused: 0,
         })
@@ -305,8 +330,26 @@ impl Probes {
     /// Hooks the OpenSSL copies `tgid` maps (for it: uprobes are per process). Failures are
     /// logged; the process is followed all the same.
     pub fn follow_tls(&mut self, tgid: u32) {
-        if let Some(tls) = &mut self.tls {
-            tls.follow(&mut self.ebpf, tgid);
+        let Some(tls) = &mut self.tls else { return };
+        if let Some(offsets) = tls.follow(&mut self.ebpf, tgid) {
+            self.set_secrets_at(tgid, offsets.to_kernel());
+        }
+    }
+
+    /// `--tls keys`: from now on, handshakes of `tgid` hand over the secrets at these offsets
+    /// (see the kernel's `TLS_SECRETS_AT`) instead of the session's memory.
+    pub fn set_secrets_at(&mut self, tgid: u32, offsets: [u32; 6]) {
+        if let Err(e) = self.secrets_at.insert(tgid, offsets, 0) {
+            warn!(pid = tgid, "cannot record where the process keeps TLS secrets: {e}");
+        }
+    }
+
+    /// `--tls keys` gives up on `tgid` (`why`): its OpenSSL calls are hooked from now on and
+    /// its handshakes hand over nothing.
+    pub fn tls_fall_back(&mut self, tgid: u32, why: &str) {
+        let Some(tls) = &mut self.tls else { return };
+        if tls.fall_back(&mut self.ebpf, tgid, why) {
+            self.set_secrets_at(tgid, observer_common::TLS_CALLS_ONLY);
         }
     }
 
@@ -378,6 +421,7 @@ impl Probes {
     /// Stops following `tgid` (it exited) and forgets its sockets.
     pub fn remove_target(&mut self, tgid: u32) {
         self.targets.clear(target_bit(tgid));
+        let _ = self.secrets_at.remove(&tgid);
         if let Some(tls) = &mut self.tls {
             tls.forget(&mut self.ebpf, tgid);
         }

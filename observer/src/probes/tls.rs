@@ -23,6 +23,7 @@ use object::{Object, ObjectSection, ObjectSymbol};
 use tracing::{debug, info, warn};
 
 use super::{ProbeError, permission};
+use crate::tls::learn::Offsets;
 
 /// Entry programs (observer-ebpf/src/probes/tls.rs) by the function they hook.
 const ENTRIES: [(&str, &str); 6] = [
@@ -69,6 +70,10 @@ pub struct TlsAttach {
     /// socket hooks a write's plaintext is reported at its first socket write (the kernel's
     /// `tls_write_inside`), which saves a trap per call: measured in docs/benchmarks.md.
     write_returns: bool,
+    /// `--tls keys`: only the handshake (and `SSL_free`) is hooked.
+    keys: bool,
+    /// `--tls keys`: where each libssl keeps its secrets, learned once per file.
+    offsets: HashMap<FileId, Option<Offsets>>,
     /// Entry points per file, resolved once; `None` for a file without OpenSSL.
     files: HashMap<FileId, Option<EntryPoints>>,
     /// Per target process: the files hooked for it, and its uprobe links.
@@ -81,13 +86,17 @@ pub struct TlsAttach {
 struct Hooked {
     files: HashSet<FileId>,
     links: Vec<(&'static str, UProbeLinkId)>,
+    /// `--tls keys`: the call hooks of its libssl, not attached unless it falls back.
+    deferred: Vec<(PathBuf, EntryPoints)>,
+    /// Its sessions are followed by per-call uprobes (`--tls keys` fell back).
+    calls_only: bool,
 }
 
 impl TlsAttach {
     /// Loads the programs now, while the capabilities to load them are held (targets that
     /// appear later are hooked after the daemon dropped them).
-    pub fn load(ebpf: &mut Ebpf, write_returns: bool) -> Result<Self, ProbeError> {
-        Self::load_programs(ebpf, false, write_returns)
+    pub fn load(ebpf: &mut Ebpf, write_returns: bool, keys: bool) -> Result<Self, ProbeError> {
+        Ok(TlsAttach { keys, ..Self::load_programs(ebpf, false, write_returns)? })
     }
 
     /// The benchmark floor's uprobes (observer-ebpf/src/floor.rs), on the same entry points.
@@ -107,7 +116,9 @@ impl TlsAttach {
         Ok(TlsAttach {
             floor,
             write_returns,
+            keys: false,
             files: HashMap::new(),
+            offsets: HashMap::new(),
             processes: HashMap::new(),
             libraries: Vec::new(),
         })
@@ -115,10 +126,10 @@ impl TlsAttach {
 
     /// Hooks the OpenSSL copies `tgid` maps that are not hooked for it yet. Failures are
     /// logged, not returned: a process whose OpenSSL cannot be hooked is still followed.
-    pub fn follow(&mut self, ebpf: &mut Ebpf, tgid: u32) {
-        let Some(pid) = NonZeroU32::new(tgid) else {
-            return;
-        };
+    /// With `--tls keys`: where the process's libssl keeps its secrets, if learned.
+    pub fn follow(&mut self, ebpf: &mut Ebpf, tgid: u32) -> Option<Offsets> {
+        let pid = NonZeroU32::new(tgid)?;
+        let mut found = None;
         for path in candidates(tgid) {
             let Ok(meta) = fs::metadata(&path) else {
                 continue; // the process exited, or the file is gone
@@ -132,13 +143,23 @@ impl TlsAttach {
             };
             let hooked = self.processes.entry(tgid).or_default();
             hooked.files.insert(id);
-            let entries: EntryPoints = entries
+            // Keys are learned from a shared libssl's sessions on sockets; OpenSSL linked into
+            // an executable (node: memory BIOs, no socket inside the calls) keeps its calls.
+            let keys = self.keys && is_libssl(&path) && !hooked.calls_only;
+            if keys {
+                found = *self.offsets.entry(id).or_insert_with(|| learned_offsets(&path));
+            }
+            let (entries, deferred): (EntryPoints, EntryPoints) = entries
                 .into_iter()
                 .map(|hook| Hook { returns: hook.returns && (self.write_returns || !hook.writes()), ..hook })
-                .collect();
+                .partition(|hook| !keys || matches!(hook.program, "ssl_do_handshake" | "ssl_free"));
+            if !deferred.is_empty() {
+                hooked.deferred.push((path.clone(), deferred));
+            }
             match attach(ebpf, &path, &entries, pid, self.floor, &mut hooked.links) {
                 Ok(()) => {
-                    info!(pid = tgid, library = %path.display(), "hooked OpenSSL (uprobes)");
+                    let calls = if keys { "handshake only (--tls keys)" } else { "every call" };
+                    info!(pid = tgid, library = %path.display(), calls, "hooked OpenSSL (uprobes)");
                     let shown = path.strip_prefix(format!("/proc/{tgid}/root")).unwrap_or(&path);
                     let shown = Path::new("/").join(shown);
                     if !self.libraries.contains(&shown) {
@@ -155,6 +176,29 @@ impl TlsAttach {
                 },
             }
         }
+        found
+    }
+
+    /// `--tls keys` fell back for `tgid` (`why`): its libssl's call hooks are attached now,
+    /// its sessions from now on followed call by call. False if it already had.
+    pub fn fall_back(&mut self, ebpf: &mut Ebpf, tgid: u32, why: &str) -> bool {
+        let (Some(pid), Some(hooked)) = (NonZeroU32::new(tgid), self.processes.get_mut(&tgid)) else {
+            return false;
+        };
+        if std::mem::replace(&mut hooked.calls_only, true) {
+            return false;
+        }
+        for (path, entries) in std::mem::take(&mut hooked.deferred) {
+            match attach(ebpf, &path, &entries, pid, self.floor, &mut hooked.links) {
+                Ok(()) => {
+                    warn!(pid = tgid, library = %path.display(), "TLS sessions fall back to per-call uprobes: {why}")
+                }
+                Err(e) => {
+                    warn!(pid = tgid, library = %path.display(), "cannot fall back to per-call uprobes ({why}): {e}")
+                }
+            }
+        }
+        true
     }
 
     /// Detaches the uprobes of `tgid` (it exited).
@@ -171,6 +215,26 @@ impl TlsAttach {
 /// Files of `tgid` that may hold OpenSSL: every mapped `libssl.so*`, and its executable.
 /// Paths go through /proc/PID/root, so a target in another mount namespace (a container)
 /// has its own files hooked.
+/// Where `library` keeps its sessions' secrets (`tls::learn`'s helper), or `None` (logged:
+/// the first connections of each process are then searched, for TLS 1.3 only).
+fn learned_offsets(library: &Path) -> Option<Offsets> {
+    match crate::tls::learn::learn(library) {
+        Ok(offsets) => {
+            info!(library = %library.display(), ?offsets, "learned where this libssl keeps TLS secrets");
+            Some(offsets)
+        }
+        Err(e) => {
+            warn!(library = %library.display(), "cannot learn where this libssl keeps TLS secrets ({e}): TLS 1.3 secrets will be searched for in each process's first sessions, TLS 1.2 is not seen");
+            None
+        }
+    }
+}
+
+/// A shared libssl (the process maps it), not OpenSSL linked into an executable.
+fn is_libssl(path: &Path) -> bool {
+    path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("libssl.so"))
+}
+
 fn candidates(tgid: u32) -> Vec<PathBuf> {
     let root = PathBuf::from(format!("/proc/{tgid}/root"));
     let maps = fs::read_to_string(format!("/proc/{tgid}/maps")).unwrap_or_default();
@@ -182,7 +246,7 @@ fn candidates(tgid: u32) -> Vec<PathBuf> {
         }
     };
     for file in maps.lines().filter_map(mapped_file) {
-        if Path::new(file).file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("libssl.so")) {
+        if is_libssl(Path::new(file)) {
             add(file);
         }
     }

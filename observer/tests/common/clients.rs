@@ -100,3 +100,29 @@ impl RawClient {
 fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
     haystack.windows(needle.len()).position(|w| w == needle)
 }
+
+/// curl over one connection (`--http1.1`, keep-alive), certificates not checked: the status
+/// and client-measured total time of each response.
+pub fn curl_timed(extra: &[&str], urls: &[String]) -> Vec<(u16, f64)> {
+    let mut cmd = Command::new("curl");
+    cmd.args(["--silent", "--show-error", "--insecure", "--http1.1", "--max-time", "30"])
+        .args(["--write-out", "%{http_code} %{time_total}\\n"])
+        .args(extra);
+    for url in urls {
+        cmd.args(["--output", "/dev/null", url]);
+    }
+    let out = cmd.output().expect("running curl");
+    assert!(out.status.success(), "curl failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let (code, time) = l.split_once(' ').expect("code and time");
+            (code.parse().unwrap(), time.parse().unwrap())
+        })
+        .collect()
+}
+
+pub fn statuses(answers: &[(u16, f64)]) -> Vec<u16> {
+    answers.iter().map(|(code, _)| *code).collect()
+}

@@ -45,6 +45,8 @@ pub struct NginxConf<'a> {
     pub address: Option<&'a str>,
     /// Parameters of both listeners, e.g. ` sndbuf=32k`.
     pub listen_params: &'a str,
+    /// The TLS listener's `ssl_protocols` instead of nginx's default (1.22: TLS 1.2 and older).
+    pub tls_protocols: Option<&'a str>,
 }
 
 /// An nginx configuration in `dir` serving `dir/www` (with `files/small.txt` and
@@ -65,8 +67,10 @@ pub fn write_nginx_conf_with(dir: &TempDir, port: u16, extra: NginxConf<'_>) -> 
     let tls = match extra.tls_port {
         Some(port) => {
             let (cert, key) = self_signed_cert(dir);
+            let protocols =
+                extra.tls_protocols.map(|p| format!("        ssl_protocols {p};\n")).unwrap_or_default();
             format!(
-                "        listen 127.0.0.1:{port} ssl{}{};\n        ssl_certificate {};\n        ssl_certificate_key {};\n",
+                "        listen 127.0.0.1:{port} ssl{}{};\n        ssl_certificate {};\n        ssl_certificate_key {};\n{protocols}",
                 if extra.http2 { " http2" } else { "" },
                 extra.listen_params,
                 cert.display(),

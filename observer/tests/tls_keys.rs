@@ -1,0 +1,286 @@
+//! `--tls keys`: nginx's HTTPS (TLS 1.3 through libssl.so.3) seen with only the handshake
+//! hooked. Each session's keys come from its handshake, its records are decrypted from the
+//! socket hooks' copies, and every request is counted exactly against nginx's own log.
+
+mod common;
+
+use std::{
+    io::{Read, Write},
+    process::{Command, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use common::*;
+
+/// `openssl s_client` (`extra`: its version, sessions), fed `lines` a moment apart (a line `k` or `K` is its
+/// KeyUpdate command; `K` asks the server to update too); what it printed.
+fn s_client(tls_port: u16, extra: &[&str], lines: &[&str]) -> String {
+    s_client_paced(tls_port, extra, lines, Duration::from_millis(300))
+}
+
+/// `s_client`, its lines `gap` apart.
+fn s_client_paced(tls_port: u16, extra: &[&str], lines: &[&str], gap: Duration) -> String {
+    let mut cmd = Command::new("openssl");
+    cmd.args(["s_client", "-connect", &format!("127.0.0.1:{tls_port}")])
+        .args(extra)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped()); // where it says KEYUPDATE
+    let mut client = ChildGuard::spawn("openssl s_client", &mut cmd);
+    let mut stdin = client.child.stdin.take().expect("stdin");
+    for line in lines {
+        thread::sleep(gap);
+        stdin.write_all(line.as_bytes()).expect("writing to s_client");
+    }
+    thread::sleep(Duration::from_millis(500));
+    drop(stdin); // EOF: s_client ends
+    let mut out = String::new();
+    let mut stdout = client.child.stdout.take().expect("stdout");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while client.child.try_wait().expect("s_client").is_none() && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(50));
+    }
+    stdout.read_to_string(&mut out).expect("reading s_client");
+    if let Some(mut stderr) = client.child.stderr.take() {
+        stderr.read_to_string(&mut out).expect("reading s_client");
+    }
+    out
+}
+
+fn get(path: &str, close: bool) -> String {
+    let connection = if close { "Connection: close\r\n" } else { "" };
+    format!("GET {path} HTTP/1.1\r\nHost: test\r\n{connection}\r\n")
+}
+
+/// Every suite curl can pick, a KeyUpdate each way, a resumed session and responses longer
+/// than one record: nginx's count, by method and status, and nothing lost.
+#[test]
+fn nginx_tls13_is_counted_exactly_from_session_keys() {
+    require_root();
+    require_command("nginx");
+    require_command("curl");
+    require_command("openssl");
+    let dir = TempDir::new("tls-keys");
+    let (_nginx, observer, tls_port) = nginx_keyed(&dir, "TLSv1.3", &[]);
+    let suites = ["TLS_AES_256_GCM_SHA384", "TLS_CHACHA20_POLY1305_SHA256", "TLS_AES_128_GCM_SHA256"];
+    let answers = curl_suites(tls_port, &["--tlsv1.3", "--tls13-ciphers"], &suites);
+    let session = dir.path().join("session.pem");
+    let session = session.to_str().unwrap();
+    let out = s_client(
+        tls_port,
+        &["-tls1_3", "-sess_out", session],
+        &[
+            &get("/files/small.txt", false),
+            "k\n",
+            &get("/files/small.txt", false),
+            "K\n",
+            &get("/files/missing/k", true),
+        ],
+    );
+    assert_eq!(out.matches("KEYUPDATE").count(), 2, "{out}");
+    assert_eq!((out.matches("HTTP/1.1 200").count(), out.matches("HTTP/1.1 404").count()), (2, 1), "{out}");
+    let out = s_client(tls_port, &["-tls1_3", "-sess_in", session], &[&get("/files/small.txt", true)]);
+    assert!(out.contains("Reused, TLSv1.3") && out.contains("HTTP/1.1 200"), "{out}");
+
+    let total = 3.0 * 14.0 + 3.0 + 1.0;
+    counted_exactly(&dir, &observer, total, 8.0, &answers);
+    let log = observer.log();
+    assert!(log.contains("handshake only (--tls keys)"), "only the handshake is hooked:\n{log}");
+    assert!(log.contains("learned where this libssl keeps TLS secrets"), "{log}");
+}
+
+/// nginx's log and ours agree by method and status, nothing was lost, `connections` first
+/// records opened, durations within what the clients saw.
+fn counted_exactly(dir: &TempDir, observer: &Observer, total: f64, connections: f64, answers: &[(u16, f64)]) {
+    let scrape = observer.scrape_settled(total);
+    let logged = access_log(dir);
+    assert_eq!(logged.len() as f64, total, "nginx's own count");
+    for (method, status) in [("GET", 200), ("GET", 404), ("HEAD", 200)] {
+        let theirs = logged.iter().filter(|(m, s)| m == method && *s == status).count() as f64;
+        let ours = scrape.sum("http_requests_total", &[("method", method), ("status", &status.to_string())]);
+        assert_eq!(ours, theirs, "{method} {status}:\n{}", scrape.0);
+    }
+    assert_eq!(scrape.sum("http_requests_total", &[]), total, "{}", scrape.0);
+    assert_eq!(scrape.sum("observer_parse_errors_total", &[]), 0.0, "{}", scrape.0);
+    assert_eq!(scrape.sum("observer_tls_keyed_lost_total", &[]), 0.0, "{}", scrape.0);
+    // Every connection's first record opened under the keys its handshake handed over.
+    assert_eq!(scrape.sum("observer_tls_keyed_verified_total", &[]), connections, "{}", scrape.0);
+    assert_eq!(scrape.sum("http_requests_in_flight", &[]), 0.0);
+    let big = 3.0 * BIG as f64;
+    assert!(scrape.sum("http_response_size_bytes_sum", &[]) >= big, "{}", scrape.0);
+    let server_seconds = scrape.sum("http_request_duration_seconds_sum", &[("endpoint", "/files/small.txt")]);
+    let client_seconds: f64 = answers.iter().map(|(_, t)| t).sum();
+    assert!(server_seconds > 0.0 && server_seconds <= client_seconds, "{server_seconds} vs {client_seconds}");
+}
+
+/// nginx with `protocols` and a response of several records, observed with `--tls keys`.
+fn nginx_keyed(dir: &TempDir, protocols: &str, wrapper: &[&str]) -> (ChildGuard, Observer, u16) {
+    let (port, tls_port) = (free_port(), free_port());
+    let conf = write_nginx_conf_with(
+        dir,
+        port,
+        NginxConf {
+            processes: "worker_processes 2;",
+            access_log: true,
+            tls_port: Some(tls_port),
+            tls_protocols: Some(protocols),
+            ..Default::default()
+        },
+    );
+    std::fs::write(dir.path().join("www/files/big.bin"), vec![b'x'; BIG]).unwrap();
+    let nginx = start_nginx_conf(&conf, port);
+    wait_for_port(tls_port);
+    let observer = Observer::on(&[nginx.pid()]).args(&["--tls", "keys"]).wrapped_in(wrapper).start();
+    (nginx, observer, tls_port)
+}
+
+/// Three and a half records of 16 KiB: a response whose records are not copied whole.
+const BIG: usize = 58_000;
+
+/// Per suite, over one connection: 8 small, 2 missing, the big one, a small one, then 2
+/// HEADs over another.
+fn curl_suites(tls_port: u16, version: &[&str], suites: &[&str]) -> Vec<(u16, f64)> {
+    let https = |path: &str| format!("https://127.0.0.1:{tls_port}{path}");
+    let mut urls: Vec<String> = (0..8).map(|_| https("/files/small.txt")).collect();
+    urls.extend((0..2).map(|i| https(&format!("/files/missing/{i}"))));
+    urls.push(https("/files/big.bin"));
+    urls.push(https("/files/small.txt"));
+    let mut answers = Vec::new();
+    for suite in suites {
+        let args: Vec<&str> = version.iter().copied().chain([*suite]).collect();
+        let got = curl_timed(&args, &urls);
+        let mut expected = vec![200; 8];
+        expected.extend([404, 404, 200, 200]);
+        assert_eq!(statuses(&got), expected, "{suite}");
+        answers.extend(got);
+        let head: Vec<&str> = args.iter().copied().chain(["--head"]).collect();
+        let head = curl_timed(&head, &urls[..2]);
+        assert_eq!(statuses(&head), vec![200; 2]);
+        answers.extend(head);
+    }
+    answers
+}
+
+/// TLS 1.2 (nginx 1.22's default protocols): the master secret and the randoms, read where
+/// the helper found them in this libssl; each AEAD suite, a resumed session.
+#[test]
+fn nginx_tls12_is_counted_exactly_from_session_keys() {
+    require_root();
+    require_command("nginx");
+    require_command("curl");
+    require_command("openssl");
+    let dir = TempDir::new("tls-keys-12");
+    let (_nginx, observer, tls_port) = nginx_keyed(&dir, "TLSv1.2", &[]);
+    let suites =
+        ["ECDHE-RSA-AES128-GCM-SHA256", "ECDHE-RSA-AES256-GCM-SHA384", "ECDHE-RSA-CHACHA20-POLY1305"];
+    let mut answers = curl_suites(tls_port, &["--tls-max", "1.2", "--ciphers"], &suites);
+    let session = dir.path().join("session.pem");
+    let session = session.to_str().unwrap();
+    let out = s_client(tls_port, &["-tls1_2", "-sess_out", session], &[&get("/files/small.txt", true)]);
+    assert!(out.contains("HTTP/1.1 200"), "{out}");
+    let out = s_client(tls_port, &["-tls1_2", "-sess_in", session], &[&get("/files/missing/r", true)]);
+    assert!(out.contains("Reused, TLSv1.2") && out.contains("HTTP/1.1 404"), "{out}");
+    answers.push((200, 0.0));
+    counted_exactly(&dir, &observer, 3.0 * 14.0 + 2.0, 8.0, &answers);
+    let log = observer.log();
+    assert!(log.contains("learned where this libssl keeps TLS secrets"), "{log}");
+}
+
+/// Without the helper (`OBSERVER_TLS_HELPER=off`), each process's first TLS 1.3 sessions
+/// teach where its secrets are: still exact. A TLS 1.2 connection cannot be seen then, and
+/// is counted as lost, not guessed at.
+#[test]
+fn without_the_helper_tls13_is_learned_from_the_first_sessions() {
+    require_root();
+    require_command("nginx");
+    require_command("curl");
+    require_command("openssl");
+    let dir = TempDir::new("tls-keys-live");
+    let (_nginx, observer, tls_port) =
+        nginx_keyed(&dir, "TLSv1.2 TLSv1.3", &["env", "OBSERVER_TLS_HELPER=off"]);
+    let suites = ["TLS_AES_256_GCM_SHA384", "TLS_CHACHA20_POLY1305_SHA256", "TLS_AES_128_GCM_SHA256"];
+    let answers = curl_suites(tls_port, &["--tlsv1.3", "--tls13-ciphers"], &suites);
+    counted_exactly(&dir, &observer, 3.0 * 14.0, 6.0, &answers);
+    let tls12 = format!("https://127.0.0.1:{tls_port}/files/small.txt");
+    assert_eq!(statuses(&curl_timed(&["--tls-max", "1.2"], &[tls12])), vec![200]);
+    let scrape = observer.scrape_until("the TLS 1.2 connection counted as lost", |s| {
+        s.sum("observer_tls_keyed_lost_total", &[("reason", "not_found")]) == 1.0
+    });
+    assert_eq!(scrape.sum("http_requests_total", &[]), 3.0 * 14.0, "{}", scrape.0);
+    let log = observer.log();
+    assert!(
+        log.contains("cannot learn where this libssl keeps TLS secrets (OBSERVER_TLS_HELPER=off)"),
+        "{log}"
+    );
+    assert!(log.contains("learned where the process's OpenSSL keeps TLS 1.3 secrets"), "{log}");
+}
+
+/// HTTP/2 over TLS is not followed from keys: the first h2 connection is counted as lost and
+/// the process falls back to per-call uprobes, which count every later one. A keyed HTTP/1
+/// connection that spans the fall back is still counted once per request.
+#[test]
+fn http2_over_tls_falls_back_to_per_call_uprobes_and_stays_exact() {
+    require_root();
+    require_command("nginx");
+    require_command("curl");
+    require_command("openssl");
+    let dir = TempDir::new("tls-keys-h2");
+    let (port, tls_port) = (free_port(), free_port());
+    let conf = write_nginx_conf_with(
+        &dir,
+        port,
+        NginxConf {
+            processes: "worker_processes 1;",
+            access_log: true,
+            tls_port: Some(tls_port),
+            tls_protocols: Some("TLSv1.3"),
+            http2: true,
+            ..Default::default()
+        },
+    );
+    let nginx = start_nginx_conf(&conf, port);
+    wait_for_port(tls_port);
+    let observer = Observer::on(&[nginx.pid()]).args(&["--tls", "keys"]).start();
+    let small = format!("https://127.0.0.1:{tls_port}/files/small.txt");
+    let h2 = |urls: usize| -> Vec<String> {
+        let mut cmd = Command::new("curl");
+        cmd.args(["--silent", "--insecure", "--http2", "--write-out", "%{http_code} %{http_version}\\n"]);
+        for _ in 0..urls {
+            cmd.args(["--output", "/dev/null", &small]);
+        }
+        let out = cmd.output().expect("curl");
+        String::from_utf8_lossy(&out.stdout).lines().map(str::to_owned).collect()
+    };
+    let spanning = thread::spawn(move || {
+        let lines =
+            [get("/files/small.txt", false), get("/files/small.txt", false), get("/files/missing/s", true)];
+        let lines: Vec<&str> = lines.iter().map(String::as_str).collect();
+        s_client_paced(tls_port, &["-tls1_3", "-alpn", "http/1.1"], &lines, Duration::from_millis(1500))
+    });
+    thread::sleep(Duration::from_millis(2000)); // its first request answered, keyed
+    assert_eq!(h2(1), vec!["200 2"], "one h2 request");
+    wait_until("the fall back", Duration::from_secs(10), || {
+        observer.log().contains("fall back to per-call uprobes")
+    });
+    for _ in 0..3 {
+        assert_eq!(h2(5), vec!["200 2"; 5]);
+    }
+    let out = spanning.join().expect("s_client");
+    assert_eq!((out.matches("HTTP/1.1 200").count(), out.matches("HTTP/1.1 404").count()), (2, 1), "{out}");
+
+    let logged = access_log(&dir);
+    assert_eq!(logged.len(), 1 + 15 + 3, "nginx's own count");
+    let scrape = observer.scrape_settled(18.0);
+    assert_eq!(
+        scrape.sum("http_requests_total", &[("status", "200")]),
+        17.0,
+        "all but the first h2 one:\n{}",
+        scrape.0
+    );
+    assert_eq!(scrape.sum("http_requests_total", &[("status", "404")]), 1.0, "{}", scrape.0);
+    assert_eq!(scrape.sum("observer_tls_keyed_lost_total", &[("reason", "http2")]), 1.0, "{}", scrape.0);
+    assert_eq!(scrape.sum("observer_tls_keyed_lost_total", &[]), 1.0, "{}", scrape.0);
+    assert_eq!(scrape.sum("observer_tls_keyed_fall_backs_total", &[]), 1.0, "{}", scrape.0);
+    assert_eq!(scrape.sum("observer_parse_errors_total", &[]), 0.0, "{}", scrape.0);
+}
