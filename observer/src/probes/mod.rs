@@ -105,8 +105,6 @@ pub enum ProbeError {
     Btf(Hooks, aya::BtfError),
     #[error("--hooks sock: {0}")]
     Layout(String),
-    #[error("--tls keys needs --hooks sock (the socket hooks report the ciphertext)")]
-    TlsKeys,
     #[error("--hooks {0} reads x86-64 registers; on this architecture use --hooks tracepoints")]
     Arch(Hooks),
     #[error("tracefs is not mounted and mounting it on /sys/kernel/tracing failed: {0}")]
@@ -211,9 +209,9 @@ impl Probes {
         }
         let hooks = hooks.resolve();
         let tls = tls_mode != TlsMode::Off;
-        let keys = tls_mode == TlsMode::Keys;
-        if keys && hooks != Hooks::Sock {
-            return Err(ProbeError::TlsKeys);
+        let keys = tls_mode == TlsMode::Keys && hooks == Hooks::Sock;
+        if tls_mode == TlsMode::Keys && !keys {
+            warn!(hooks = %hooks, "--tls keys needs the socket hooks (they carry the ciphertext): OpenSSL's calls are hooked instead");
         }
         if hooks.reads_x86_registers() && !cfg!(target_arch = "x86_64") {
             return Err(ProbeError::Arch(hooks));

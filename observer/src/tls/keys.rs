@@ -80,6 +80,35 @@ pub struct TrafficKeys {
     secret: [u8; MAX_SECRET_LEN],
     key: [u8; 32],
     iv: [u8; 12],
+    /// The AES key schedule, made once: decrypting a record's copied parts runs it a block
+    /// at a time (made per call, it was ~5 % of the daemon's time under wrk).
+    block: Option<Block>,
+}
+
+/// An expanded AES key (zeroed on drop: the `aes` crate's `zeroize` feature).
+#[derive(Clone)]
+enum Block {
+    Aes128(aes::Aes128),
+    Aes256(aes::Aes256),
+}
+
+impl Block {
+    fn of(suite: Suite, key: &[u8; 32]) -> Option<Block> {
+        use aes::cipher::KeyInit as _;
+        match suite {
+            Suite::Aes128Gcm => aes::Aes128::new_from_slice(&key[..16]).ok().map(Block::Aes128),
+            Suite::Aes256Gcm => aes::Aes256::new_from_slice(key).ok().map(Block::Aes256),
+            Suite::Chacha20Poly1305 => None,
+        }
+    }
+
+    fn encrypt_all(&self, blocks: &mut [aes::Block]) {
+        use aes::cipher::BlockEncrypt as _;
+        match self {
+            Block::Aes128(cipher) => cipher.encrypt_blocks(blocks),
+            Block::Aes256(cipher) => cipher.encrypt_blocks(blocks),
+        }
+    }
 }
 
 impl Drop for TrafficKeys {
@@ -111,10 +140,12 @@ impl TrafficKeys {
             secret: [0; MAX_SECRET_LEN],
             key: [0; 32],
             iv: [0; 12],
+            block: None,
         };
         keys.secret[..n].copy_from_slice(secret);
         expand_label(suite, secret, b"key", &mut keys.key[..suite.key_len()])?;
         expand_label(suite, secret, b"iv", &mut keys.iv)?;
+        keys.block = Block::of(suite, &keys.key);
         Some(keys)
     }
 
@@ -141,9 +172,11 @@ impl TrafficKeys {
                 secret: [0; MAX_SECRET_LEN],
                 key: [0; 32],
                 iv: [0; 12],
+                block: None,
             };
             keys.key[..key_len].copy_from_slice(key);
             keys.iv[..iv_len].copy_from_slice(iv);
+            keys.block = Block::of(suite, &keys.key);
             keys
         };
         let (client_key, rest) = block.split_at(key_len);
@@ -294,8 +327,11 @@ impl TrafficKeys {
         let offset = offset - self.plaintext_span(usize::MAX).0;
         match self.suite {
             // GCM: counter mode with a 32-bit block counter; the payload starts at block 2.
-            Suite::Aes128Gcm => gcm_stream::<aes::Aes128>(&self.key[..16], &nonce, offset, bytes),
-            Suite::Aes256Gcm => gcm_stream::<aes::Aes256>(&self.key, &nonce, offset, bytes),
+            Suite::Aes128Gcm | Suite::Aes256Gcm => {
+                if let Some(block) = &self.block {
+                    gcm_stream(block, &nonce, offset, bytes);
+                }
+            }
             // RFC 8439 §2.8: block 0 makes the Poly1305 key; the payload starts at block 1.
             Suite::Chacha20Poly1305 => {
                 let mut cipher = chacha20::ChaCha20::new((&self.key).into(), (&nonce).into());
@@ -306,21 +342,33 @@ impl TrafficKeys {
     }
 }
 
-fn gcm_stream<C>(key: &[u8], nonce: &[u8; 12], offset: usize, bytes: &mut [u8])
-where
-    C: aes::cipher::BlockCipher
-        + aes::cipher::BlockEncrypt
-        + aes::cipher::BlockSizeUser<BlockSize = aes::cipher::consts::U16>
-        + aes::cipher::KeyInit,
-{
-    let mut counter = [0u8; 16];
-    counter[..12].copy_from_slice(nonce);
-    counter[15] = 2;
-    let Ok(mut cipher) = ctr::Ctr32BE::<C>::new_from_slices(key, &counter) else {
-        return;
-    };
-    cipher.seek(offset as u64);
-    cipher.apply_keystream(bytes);
+/// GCM's counter mode from `offset` of a record's payload: block `i` of the payload is the
+/// encryption of the nonce and the 32-bit counter `2 + i`. The blocks of up to 256 bytes are
+/// encrypted together (AES-NI pipelines them: one at a time was 12 % of the daemon's time).
+fn gcm_stream(block: &Block, nonce: &[u8; 12], offset: usize, bytes: &mut [u8]) {
+    const BATCH: usize = 16;
+    let mut index = offset / 16;
+    let mut skip = offset % 16;
+    let mut done = 0;
+    let mut stream = [aes::Block::default(); BATCH];
+    while done < bytes.len() {
+        let blocks = (skip + bytes.len() - done).div_ceil(16).min(BATCH);
+        for (i, counter) in stream[..blocks].iter_mut().enumerate() {
+            counter[..12].copy_from_slice(nonce);
+            counter[12..].copy_from_slice(&((index + i) as u32).wrapping_add(2).to_be_bytes());
+        }
+        block.encrypt_all(&mut stream[..blocks]);
+        for keystream in &stream[..blocks] {
+            let n = (16 - skip).min(bytes.len() - done);
+            for (b, k) in bytes[done..done + n].iter_mut().zip(&keystream[skip..skip + n]) {
+                *b ^= k;
+            }
+            done += n;
+            skip = 0;
+        }
+        index += blocks;
+    }
+    stream.iter_mut().for_each(|b| b.zeroize());
 }
 
 /// TLS 1.2's PRF (RFC 5246 §5): P_hash(secret, label + seed) with the suite's hash.
