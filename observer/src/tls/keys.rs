@@ -85,8 +85,10 @@ pub struct TrafficKeys {
     block: Option<Block>,
 }
 
-/// An expanded AES key (zeroed on drop: the `aes` crate's `zeroize` feature).
+/// An expanded AES key (zeroed on drop: the `aes` crate's `zeroize` feature). Two per
+/// connection: inline, not boxed.
 #[derive(Clone)]
+#[allow(clippy::large_enum_variant)]
 enum Block {
     Aes128(aes::Aes128),
     Aes256(aes::Aes256),
