@@ -546,14 +546,17 @@ impl Session {
         }
         let first_seq = |keys: &TrafficKeys, learned: Option<u64>| match &record {
             Some((header, body)) => (0..=MAX_TICKETS).find(|&seq| keys.open(seq, header, body).is_some()),
-            // Not whole (a long first response): numbered as learned, or as found, if its
-            // first bytes then read as a response's (a resumed session may send fewer tickets).
+            // Not whole (a long first response): numbered as learned (TLS 1.2: 1, after its
+            // Finished), or as found, if its first bytes then read as a response's (a resumed
+            // session may send fewer tickets). TLS 1.2 GCM decrypts the same under any number
+            // (its nonce is in the record, OpenSSL's counting from a random start): the next
+            // whole record's tag says if the number was right.
             None => {
                 learned.into_iter().chain(0..=MAX_TICKETS).find(|&seq| starts_a_response(keys, seq, head))
             }
         };
         if let Some(keys) = self.server12.take() {
-            let seq = first_seq(&keys, None).ok_or(LostReason::NotFound)?;
+            let seq = first_seq(&keys, Some(TLS12_FIRST)).ok_or(LostReason::NotFound)?;
             self.streams[1] = Some(Stream::new(keys, seq));
             return Ok(true);
         }
@@ -576,7 +579,8 @@ impl Session {
             }
         }
         if self.suite.is_none()
-            && let Some((client, server, seq)) = self.tls12_by(|_, server| first_seq(server, None))
+            && let Some((client, server, seq)) =
+                self.tls12_by(|_, server| first_seq(server, Some(TLS12_FIRST)))
         {
             self.suite = Some(server.suite());
             self.client12 = Some(client);
@@ -633,6 +637,9 @@ fn framing(lost: Lost) -> LostReason {
         Lost::HeaderNotCaptured | Lost::Malformed => LostReason::Framing,
     }
 }
+
+/// TLS 1.2: the number of each side's first record after the handshake (its Finished is 0).
+const TLS12_FIRST: u64 = 1;
 
 /// Where a `KEYS_SECRETS_LEN` record keeps TLS 1.2's master secret and randoms, after the
 /// two TLS 1.3 secrets.
