@@ -1,0 +1,313 @@
+//! One keyed connection: what the kernel handed over (the session's secrets, or its memory
+//! while the process's layout is learned), and the discovery that makes each direction's
+//! stream: which secret, which suite, which record number open its first records.
+
+use observer_common::{Direction, KEYS_DUMP_LEN, KEYS_SECRETS_LEN};
+use zeroize::Zeroizing;
+
+use super::{
+    Carry, Event, Layout, LostReason,
+    keys::{EXPLICIT_NONCE_LEN, HEADER_LEN, MAX_SECRET_LEN, Suite, TrafficKeys},
+    records::{Lost, Plain, Stream},
+};
+
+/// The server's first record after its handshake is numbered after the session tickets it
+/// sent (OpenSSL: 2 by default, 1 or 0 if configured so); tried in this range.
+const MAX_TICKETS: u64 = 8;
+/// Secrets lie at 4-byte aligned offsets (OpenSSL 3.0.19: 1860 and 1924).
+const ALIGN: usize = 4;
+
+/// Encrypted records before the client's first one under its application keys: its
+/// Finished, and with a client certificate its Certificate and CertificateVerify.
+const MAX_HANDSHAKE_RECORDS: usize = 4;
+
+/// A keyed connection: what the kernel handed over, then a stream per direction once its
+/// keys are known.
+pub(super) struct Session {
+    pub(super) tgid: u32,
+    /// The session's memory, or its two secrets (`KEYS_SECRETS_LEN`): zeroed when dropped.
+    pub(super) memory: Zeroizing<Vec<u8>>,
+    pub(super) suite: Option<Suite>,
+    /// [read, write]: the client's records and the server's (a server's connection).
+    pub(super) streams: [Option<Stream>; 2],
+    /// Bytes of a direction before its keys are known (a header read alone), while whole.
+    pub(super) pending: [Zeroizing<Vec<u8>>; 2],
+    /// What the kernel said of records that had no plaintext, for the next that has.
+    pub(super) carry: Carry,
+    /// Bytes of `pending[0]` read during the handshake.
+    pub(super) early_len: usize,
+    /// TLS 1.2: the server's keys, made with the client's, or the client's, made with the
+    /// server's (a server that writes first), until their stream is made.
+    pub(super) server12: Option<TrafficKeys>,
+    pub(super) client12: Option<TrafficKeys>,
+    /// The server wrote plaintext already.
+    pub(super) wrote: bool,
+    /// The connection is given up (counted once).
+    pub(super) lost: bool,
+}
+
+impl Session {
+    pub(super) fn call(
+        &mut self,
+        layout: &mut Layout,
+        event: &Event<'_>,
+        verified: &mut u64,
+    ) -> Result<Plain, LostReason> {
+        let len = usize::try_from(event.ret).unwrap_or(0);
+        let side = usize::from(event.direction() != Direction::In);
+        if self.streams[side].is_none() {
+            let whole = event.head.len() == len;
+            if whole {
+                self.pending[side].extend_from_slice(event.head);
+            }
+            let found = match side {
+                0 => self.client_stream(layout, verified, whole),
+                _ => self.server_stream(layout, whole, event.head),
+            };
+            if !found? {
+                return Ok(Plain::default()); // a header alone: wait for the body
+            }
+            let pending = std::mem::take(&mut self.pending[side]);
+            let stream = self.streams[side].as_mut().expect("made above");
+            if whole {
+                return stream.call(pending.len(), &pending, &[]).map_err(framing);
+            }
+            stream.call(pending.len(), &pending, &[]).map_err(framing)?;
+        }
+        let stream = self.streams[side].as_mut().expect("made above");
+        stream.call(len, event.head, event.tail).map_err(framing)
+    }
+
+    /// The first record of a direction, if all of it has been seen: (header, body).
+    fn first_record(&self, side: usize) -> Option<([u8; HEADER_LEN], Zeroizing<Vec<u8>>)> {
+        record_at(&self.pending[side], 0)
+    }
+
+    /// Offsets where a secret may lie: both known (the kernel handed the two secrets), the
+    /// process's learned one, or every aligned offset of the session's memory.
+    fn offsets(&self, learned: Option<u32>, side: usize) -> Vec<usize> {
+        if self.memory.len() == KEYS_SECRETS_LEN {
+            return vec![side * MAX_SECRET_LEN];
+        }
+        match learned {
+            Some(offset) => vec![offset as usize],
+            None => (0..self.memory.len()).step_by(ALIGN).collect(),
+        }
+    }
+
+    fn keys_at(&self, offset: usize, suite: Suite) -> Option<TrafficKeys> {
+        let secret = self.memory.get(offset..offset + suite.secret_len())?;
+        if secret.iter().all(|&b| b == 0) {
+            return None;
+        }
+        TrafficKeys::new(suite, secret)
+    }
+
+    /// The client's stream (what a server reads): the offset and suite that open its first
+    /// record under application keys (number 0), once that record is whole; `false` while
+    /// it is not yet. The handshake's records before it (read ahead with them) are skipped:
+    /// plaintext ones by their type, encrypted ones because they do not open.
+    pub(super) fn client_stream(
+        &mut self,
+        layout: &mut Layout,
+        verified: &mut u64,
+        whole: bool,
+    ) -> Result<bool, LostReason> {
+        if !whole {
+            return Err(LostReason::NotFound); // a first record longer than what is copied
+        }
+        let mut at = 0;
+        let mut encrypted = 0;
+        while let Some((header, body)) = record_at(&self.pending[0], at) {
+            let len = HEADER_LEN + body.len();
+            if header[0] != APPLICATION_DATA {
+                at += len;
+                continue;
+            }
+            if let Some((keys, offset, suite)) = self.open_first(layout.client, &header, &body) {
+                if self.memory.len() != KEYS_SECRETS_LEN {
+                    layout.client = Some(offset as u32);
+                }
+                *verified += 1;
+                self.suite = Some(suite);
+                self.pending[0].drain(..at);
+                self.streams[0] = Some(Stream::new(keys, 0));
+                return Ok(true);
+            }
+            if let Some((client, server, seq)) = self.open_first_tls12(&header, &body) {
+                *verified += 1;
+                self.suite = Some(client.suite());
+                self.server12 = server;
+                self.pending[0].drain(..at);
+                self.streams[0] = Some(Stream::new(client, seq));
+                return Ok(true);
+            }
+            // Only what the handshake read may hold its records.
+            encrypted += 1;
+            if encrypted > MAX_HANDSHAKE_RECORDS || at >= self.early_len {
+                return Err(LostReason::NotFound);
+            }
+            at += len;
+        }
+        Ok(false)
+    }
+
+    /// TLS 1.2 (the kernel handed over the master secret and the randoms): the client's and
+    /// the server's keys of the first suite for which `opens` finds a record number, and that
+    /// number.
+    fn tls12_by(
+        &self,
+        opens: impl Fn(&TrafficKeys, &TrafficKeys) -> Option<u64>,
+    ) -> Option<(TrafficKeys, TrafficKeys, u64)> {
+        if self.memory.len() != KEYS_SECRETS_LEN {
+            return None;
+        }
+        let at = |from: usize, len: usize| &self.memory[from..from + len];
+        let (master, client_random, server_random) =
+            (at(TLS12_MASTER, 48), at(TLS12_RANDOMS, 32), at(TLS12_RANDOMS + 32, 32));
+        if master.iter().all(|&b| b == 0) {
+            return None;
+        }
+        Suite::ALL.into_iter().find_map(|suite| {
+            let (client, server) = TrafficKeys::tls12(suite, master, client_random, server_random)?;
+            let seq = opens(&client, &server)?;
+            Some((client, server, seq))
+        })
+    }
+
+    /// TLS 1.2: the client's keys (those found with the server's, if it wrote first) and the
+    /// number of `body` under them (1: each side's Finished is its record 0), and the
+    /// server's keys if not made yet.
+    fn open_first_tls12(
+        &mut self,
+        header: &[u8; HEADER_LEN],
+        body: &[u8],
+    ) -> Option<(TrafficKeys, Option<TrafficKeys>, u64)> {
+        let opens = |client: &TrafficKeys| {
+            [1, 0, 2].into_iter().find(|&seq| client.open(seq, header, body).is_some())
+        };
+        if let Some(client) = self.client12.take() {
+            let seq = opens(&client)?;
+            return Some((client, None, seq));
+        }
+        let (client, server, seq) = self.tls12_by(|client, _| opens(client))?;
+        Some((client, Some(server), seq))
+    }
+
+    /// The keys (and where their secret lies, and their suite) that open `body` as record 0.
+    fn open_first(
+        &self,
+        learned: Option<u32>,
+        header: &[u8; HEADER_LEN],
+        body: &[u8],
+    ) -> Option<(TrafficKeys, usize, Suite)> {
+        for offset in self.offsets(learned, 0) {
+            for suite in Suite::ALL {
+                let Some(keys) = self.keys_at(offset, suite) else { continue };
+                if keys.open(0, header, body).is_some() {
+                    return Some((keys, offset, suite));
+                }
+            }
+        }
+        None
+    }
+
+    /// The server's stream (what a server writes): its first record is numbered after the
+    /// session tickets, found by that record's tag if it is whole, else as learned from
+    /// earlier connections of the process.
+    fn server_stream(&mut self, layout: &mut Layout, whole: bool, head: &[u8]) -> Result<bool, LostReason> {
+        let record = if whole { self.first_record(1) } else { None };
+        if whole && record.is_none() {
+            return Ok(false);
+        }
+        let first_seq = |keys: &TrafficKeys, learned: Option<u64>| match &record {
+            Some((header, body)) => (0..=MAX_TICKETS).find(|&seq| keys.open(seq, header, body).is_some()),
+            // Not whole (a long first response): numbered as learned (TLS 1.2: 1, after its
+            // Finished), or as found, if its first bytes then read as a response's (a resumed
+            // session may send fewer tickets). TLS 1.2 GCM decrypts the same under any number
+            // (its nonce is in the record, OpenSSL's counting from a random start): the next
+            // whole record's tag says if the number was right.
+            None => {
+                learned.into_iter().chain(0..=MAX_TICKETS).find(|&seq| starts_a_response(keys, seq, head))
+            }
+        };
+        if let Some(keys) = self.server12.take() {
+            let seq = first_seq(&keys, Some(TLS12_FIRST)).ok_or(LostReason::NotFound)?;
+            self.streams[1] = Some(Stream::new(keys, seq));
+            return Ok(true);
+        }
+        // A server that speaks first (HTTP/2's SETTINGS) writes before the client's suite is
+        // known: each suite is tried.
+        let suites = self.suite.map_or(Suite::ALL.to_vec(), |suite| vec![suite]);
+        let known = self.memory.len() == KEYS_SECRETS_LEN || layout.server.is_some();
+        for offset in self.offsets(layout.server, 1) {
+            for &suite in &suites {
+                let Some(keys) = self.keys_at(offset, suite) else { continue };
+                let seq = if record.is_some() || known { first_seq(&keys, layout.tickets) } else { None };
+                let Some(seq) = seq else { continue };
+                if self.memory.len() != KEYS_SECRETS_LEN {
+                    layout.server = Some(offset as u32);
+                }
+                layout.tickets = Some(seq);
+                self.suite = Some(suite);
+                self.streams[1] = Some(Stream::new(keys, seq));
+                return Ok(true);
+            }
+        }
+        if self.suite.is_none()
+            && let Some((client, server, seq)) =
+                self.tls12_by(|_, server| first_seq(server, Some(TLS12_FIRST)))
+        {
+            self.suite = Some(server.suite());
+            self.client12 = Some(client);
+            self.streams[1] = Some(Stream::new(server, seq));
+            return Ok(true);
+        }
+        Err(LostReason::NotFound)
+    }
+}
+
+/// Whether record `seq`, whose start `head` holds, decrypts to the start of an HTTP/1
+/// response (no tag to check: the record was not copied whole).
+fn starts_a_response(keys: &TrafficKeys, seq: u64, head: &[u8]) -> bool {
+    const STATUS_LINE: &[u8] = b"HTTP/1.";
+    let start = keys.plaintext_span(usize::MAX).0;
+    let explicit = match head.get(HEADER_LEN..HEADER_LEN + EXPLICIT_NONCE_LEN) {
+        Some(explicit) if start > 0 => explicit.try_into().expect("8 bytes"),
+        _ => seq.to_be_bytes(),
+    };
+    let Some(sealed) = head.get(HEADER_LEN + start..HEADER_LEN + start + STATUS_LINE.len()) else {
+        return false;
+    };
+    let mut plain = sealed.to_vec();
+    keys.decrypt_at(seq, &explicit, start, &mut plain);
+    plain == STATUS_LINE
+}
+
+/// The whole record at `at` in `bytes`, if all of it is there: (header, body).
+fn record_at(bytes: &[u8], at: usize) -> Option<([u8; HEADER_LEN], Zeroizing<Vec<u8>>)> {
+    let header: [u8; HEADER_LEN] = bytes.get(at..at + HEADER_LEN)?.try_into().ok()?;
+    let len = usize::from(u16::from_be_bytes([header[3], header[4]]));
+    Some((header, Zeroizing::new(bytes.get(at + HEADER_LEN..at + HEADER_LEN + len)?.to_vec())))
+}
+
+/// A record's outer content type: every protected TLS 1.3 record says application data.
+const APPLICATION_DATA: u8 = 23;
+
+pub(super) fn framing(lost: Lost) -> LostReason {
+    match lost {
+        Lost::WrongKeys => LostReason::WrongKeys,
+        Lost::HeaderNotCaptured | Lost::Malformed => LostReason::Framing,
+    }
+}
+
+/// TLS 1.2: the number of each side's first record after the handshake (its Finished is 0).
+const TLS12_FIRST: u64 = 1;
+
+/// Where a `KEYS_SECRETS_LEN` record keeps TLS 1.2's master secret and randoms, after the
+/// two TLS 1.3 secrets.
+const TLS12_MASTER: usize = 2 * MAX_SECRET_LEN;
+const TLS12_RANDOMS: usize = TLS12_MASTER + 48;
+
+// What the kernel copies must hold what is searched.
+const _: () = assert!(KEYS_SECRETS_LEN == TLS12_RANDOMS + 64 && KEYS_DUMP_LEN > KEYS_SECRETS_LEN);
