@@ -145,10 +145,14 @@ fn a_listener_opened_after_attach_is_followed() {
     require_root();
     require_command("python3");
     let port = free_port();
-    // python's http.server, started only after a pause: the observer attaches to a process
-    // that does not listen yet.
+    // python's http.server, listening only once the test says so: the observer attaches to a
+    // process that does not listen yet. A gate file, not a fixed pause: CI once took 2.3 s to
+    // start the observer, longer than the 2 s sleep this test had.
+    let dir = TempDir::new("late-listener");
+    let gate = dir.path().join("listen");
     let serve_later = format!(
-        "import time, http.server\ntime.sleep(2)\n\
+        "import os, time, http.server\n\
+         while not os.path.exists({gate:?}): time.sleep(0.05)\n\
          http.server.ThreadingHTTPServer(('127.0.0.1', {port}), http.server.SimpleHTTPRequestHandler).serve_forever()"
     );
     let mut server = ChildGuard::spawn(
@@ -157,6 +161,7 @@ fn a_listener_opened_after_attach_is_followed() {
     );
     let observer = Observer::attach(&[server.pid()]);
     assert!(TcpStream::connect(("127.0.0.1", port)).is_err(), "the server listened before attach");
+    std::fs::write(&gate, b"").expect("opening the gate");
     wait_for_port(port);
     server.assert_running();
     let urls: Vec<String> = (0..5).map(|_| format!("http://127.0.0.1:{port}/")).collect();
