@@ -5,8 +5,6 @@
 //! have been copied (OpenSSL reads a record's header, then its body, and writes whole
 //! records, so headers sit at the start of calls).
 
-use zeroize::Zeroize;
-
 use super::keys::{EXPLICIT_NONCE_LEN, HEADER_LEN, TAG_LEN, TrafficKeys, Version};
 
 /// The longest record body TLS 1.3 allows (2^14 + 256).
@@ -28,18 +26,13 @@ pub enum Lost {
 }
 
 /// The plaintext of one socket call: how many bytes, the first ones and the last ones.
+/// Plaintext is not zeroed (the keys are): per-call uprobes hand over the same bytes, and
+/// zeroing byte by byte was a tenth of the daemon's time under wrk.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Plain {
     pub len: usize,
     pub head: Vec<u8>,
     pub tail: Vec<u8>,
-}
-
-impl Drop for Plain {
-    fn drop(&mut self) {
-        self.head.zeroize();
-        self.tail.zeroize();
-    }
 }
 
 /// A direction's records: the keys, the number of the record in progress, how far it is.
@@ -57,6 +50,10 @@ pub struct Stream {
     /// The body captured so far while every byte of it was (a small record is whole: its
     /// tag is checked and its content type read).
     whole: Vec<u8>,
+    /// TLS 1.3: the record's content type and first byte, once decrypted with the bytes
+    /// around them (each decrypted alone cost an AES call).
+    kind: Option<u8>,
+    first: Option<u8>,
     /// Records whose tag was checked.
     pub checked: u64,
     /// The first checked record was padded: every tag is checked (the content type is not
@@ -86,6 +83,8 @@ impl Stream {
             body_at: 0,
             explicit: [0; EXPLICIT_NONCE_LEN],
             whole: Vec::new(),
+            kind: None,
+            first: None,
             checked: 0,
             padded: false,
         }
@@ -142,8 +141,8 @@ impl Stream {
         }
         self.explicit = self.seq.to_be_bytes();
         self.body_at = 0;
-        self.whole.zeroize();
         self.whole.clear();
+        (self.kind, self.first) = (None, None);
         Ok(())
     }
 
@@ -162,12 +161,26 @@ impl Stream {
             for (i, &b) in bytes.iter().enumerate().take(plain_start.saturating_sub(offset)) {
                 self.explicit[offset + i] = b;
             }
-            let (start, end) = (offset.max(plain_start), (offset + bytes.len()).min(plain_end));
+            // TLS 1.3's content type (the byte after the plaintext) decrypted with it.
+            let inner_end = match self.keys.version() {
+                Version::Tls13 => plain_end + 1,
+                Version::Tls12 => plain_end,
+            };
+            let (start, end) = (offset.max(plain_start), (offset + bytes.len()).min(inner_end));
             if start >= end {
                 continue;
             }
             let mut plain = bytes[start - offset..end - offset].to_vec();
             self.keys.decrypt_at(self.seq, &self.explicit, start, &mut plain);
+            if end > plain_end {
+                self.kind = plain.pop();
+            }
+            if start == 0 {
+                self.first = plain.first().copied().or(self.kind);
+            }
+            if plain.is_empty() {
+                continue;
+            }
             pieces.push((start - from, plain));
         }
         Portion { plain_len, pieces, application: true }
@@ -185,7 +198,7 @@ impl Stream {
             return self.end_unchecked(application);
         }
         if self.whole.len() == self.body_len {
-            let mut inner = self.keys.open(self.seq, &self.header, &self.whole).ok_or(Lost::WrongKeys)?;
+            let inner = self.keys.open(self.seq, &self.header, &self.whole).ok_or(Lost::WrongKeys)?;
             self.checked += 1;
             // The content type is the last non-zero byte (zeros after it are padding).
             let at = inner.iter().rposition(|&b| b != 0);
@@ -200,11 +213,9 @@ impl Stream {
             {
                 self.keys = self.keys.next().ok_or(Lost::WrongKeys)?;
                 self.seq = 0;
-                inner.zeroize();
                 self.have = 0;
                 return Ok(false);
             }
-            inner.zeroize();
         }
         self.seq += 1;
         self.have = 0;
@@ -217,13 +228,9 @@ impl Stream {
     /// no padding) decrypted alone, and a KeyUpdate's first byte.
     fn end_unchecked(&mut self, mut application: bool) -> Result<bool, Lost> {
         if self.keys.version() == Version::Tls13 {
-            let at = self.body_len - TAG_LEN - 1;
-            let mut kind = [self.whole[at]];
-            self.keys.decrypt_at(self.seq, &self.explicit, at, &mut kind);
-            application = kind[0] == APPLICATION_DATA;
-            let mut first = [self.whole[0]];
-            self.keys.decrypt_at(self.seq, &self.explicit, 0, &mut first);
-            if kind[0] == HANDSHAKE && first[0] == KEY_UPDATE {
+            let kind = self.kind.unwrap_or_else(|| self.decrypt_byte(self.body_len - TAG_LEN - 1));
+            application = kind == APPLICATION_DATA;
+            if kind == HANDSHAKE && self.first.unwrap_or_else(|| self.decrypt_byte(0)) == KEY_UPDATE {
                 self.keys = self.keys.next().ok_or(Lost::WrongKeys)?;
                 self.seq = 0;
                 self.have = 0;
@@ -233,6 +240,13 @@ impl Stream {
         self.seq += 1;
         self.have = 0;
         Ok(application)
+    }
+
+    /// Byte `at` of the whole record in progress, decrypted.
+    fn decrypt_byte(&self, at: usize) -> u8 {
+        let mut byte = [self.whole[at]];
+        self.keys.decrypt_at(self.seq, &self.explicit, at, &mut byte);
+        byte[0]
     }
 }
 
@@ -265,9 +279,6 @@ fn assemble(portions: Vec<Portion>) -> Plain {
         let from = bytes.len().saturating_sub(observer_common::TAIL_LEN);
         let start = (at + from).max(head.len());
         tail.extend_from_slice(&bytes[start - at..]);
-    }
-    for (_, mut bytes) in known {
-        bytes.zeroize();
     }
     Plain { len, head, tail }
 }
