@@ -232,7 +232,9 @@ pub const FLAG_FRAMES: u32 = 4;
 pub const FLAG_TCP: u32 = 8;
 
 /// A data record of a keyed TLS session's socket (`--tls keys`): its bytes are TLS records,
-/// decrypted by the daemon with the secrets of the connection's `Kind::Keys` record.
+/// decrypted by the daemon with the secrets of the connection's `Kind::Keys` record. With
+/// `FLAG_FRAMES` (a session whose ALPN is `h2`; on its `Kind::Keys` record too) the records
+/// are the ciphertext whole, numbered like frame records.
 pub const FLAG_CIPHER: u32 = 16;
 
 /// Bytes of a session's memory a `Kind::Keys` record carries while a process's layout is
@@ -240,7 +242,16 @@ pub const FLAG_CIPHER: u32 = 16;
 pub const KEYS_DUMP_LEN: usize = 4096;
 /// `TLS_SECRETS_AT` value of a process whose sessions are followed by per-call uprobes
 /// (`--tls keys` fell back): its handshakes hand over nothing.
-pub const TLS_CALLS_ONLY: [u32; 6] = [u32::MAX; 6];
+pub const TLS_CALLS_ONLY: [u32; SECRETS_AT_LEN] = [u32::MAX; SECRETS_AT_LEN];
+
+/// Offsets in a `TLS_SECRETS_AT` value: TLS 1.3's client and server application traffic
+/// secrets, the `SSL_SESSION *`, the master key in the session, the client and server
+/// randoms, the selected ALPN protocol (a pointer, its length after it).
+pub const SECRETS_AT_LEN: usize = 7;
+
+/// A `FrameCursor`'s `copy` that never runs out: every byte is copied (a keyed TLS socket
+/// speaking HTTP/2, whose frames only the daemon can see, after decrypting).
+pub const COPY_ALL: u32 = u32::MAX;
 
 /// Bytes of a `Kind::Keys` record that carries the secrets.
 pub const KEYS_SECRETS_LEN: usize = 208;

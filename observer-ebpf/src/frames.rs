@@ -11,8 +11,9 @@ use core::ffi::c_void;
 
 use aya_ebpf::helpers::generated::{bpf_loop, bpf_probe_read_user};
 use observer_common::{
-    Direction, EventHeader, FLAG_FRAMES, FLAG_TCP, FrameCursor, FrameCursors, H2_PREFACE, HEAD_LEN,
-    HEADER_LEN, KEPT_PAYLOAD, MAX_IOV, STATE_H2, STATE_UPGRADE, frame_payload_kept, stat,
+    COPY_ALL, Direction, EventHeader, FLAG_CIPHER, FLAG_FRAMES, FLAG_TCP, FrameCursor, FrameCursors,
+    H2_PREFACE, HEAD_LEN, HEADER_LEN, KEPT_PAYLOAD, MAX_IOV, STATE_H2, STATE_UPGRADE, frame_payload_kept,
+    stat,
 };
 
 use crate::{
@@ -191,6 +192,24 @@ pub unsafe fn start(conn: u64, state: *mut u32, joined: bool) -> bool {
     true
 }
 
+/// Makes keyed TLS connection `conn` (ALPN `h2`) one whose calls are copied whole, as numbered
+/// `FLAG_FRAMES` records: its frames lie inside the ciphertext, where only the daemon sees
+/// them. `STATE_H2` set; false (counted) if the table is full.
+///
+/// # Safety
+/// `state` points into a map value.
+#[inline(always)]
+pub unsafe fn start_cipher(conn: u64, state: *mut u32) -> bool {
+    let all = FrameCursor { copy: COPY_ALL, ..FrameCursor::default() };
+    if FRAME_CURSORS.insert(&conn, &FrameCursors { read: all, write: all }, 0).is_err() {
+        bump(stat::FRAMES_FULL);
+        return false;
+    }
+    // SAFETY: per the contract.
+    unsafe { *state |= STATE_H2 };
+    true
+}
+
 /// Forgets the cursors of a connection that ended.
 #[inline(always)]
 pub fn forget(conn: u64) {
@@ -288,8 +307,9 @@ fn flush() {
     s.frames.out = 0;
     s.frames.wire = 0;
     // FLAG_NEW and FLAG_LOST_BEFORE go with the first record only; each record of the call
-    // carries its TCP accounting, as streams may start in any of them.
-    s.header.flags &= FLAG_FRAMES | FLAG_TCP;
+    // carries its TCP accounting, as streams may start in any of them, and is ciphertext
+    // if the first is.
+    s.header.flags &= FLAG_FRAMES | FLAG_TCP | FLAG_CIPHER;
 }
 
 /// One step of a walk: the current iovec's next bytes of the current frame.
@@ -349,7 +369,9 @@ extern "C" fn frame_step(_index: u64, ctx: *mut c_void) -> i64 {
         if !keep(s, src, n) {
             return STOP;
         }
-        s.frames.cursor.copy -= n as u32;
+        if s.frames.cursor.copy != COPY_ALL {
+            s.frames.cursor.copy -= n as u32;
+        }
         n
     } else if w.cursor.skip > 0 {
         let n = if u64::from(w.cursor.skip) < avail { u64::from(w.cursor.skip) } else { avail };

@@ -7,7 +7,7 @@ use aya_ebpf::{
 };
 use observer_common::{
     ConnState, FrameCursors, MAX_CONNECTIONS, MAX_TLS_CALLS, PORT_WORDS, PendingCall, RING_BYTES,
-    TARGET_WORDS, TlsCall, TlsConn, stat,
+    SECRETS_AT_LEN, TARGET_WORDS, TlsCall, TlsConn, stat,
 };
 
 /// Target tgids, one bit each. Every program run on every hooked call of every process starts
@@ -82,7 +82,7 @@ pub static FORKED: LruHashMap<u32, u32> = LruHashMap::with_max_entries(4096, 0);
 /// `--tls keys`: where each target process's OpenSSL keeps a session's secrets, learned by
 /// the daemon (offsets from the `SSL *`: TLS 1.3's client and server application traffic
 /// secrets, the `SSL_SESSION *`, the master key in the session, the client and server
-/// randoms; `u32::MAX` where unknown). Without an entry, a handshake hands over the session's
-/// memory, where the daemon looks for the TLS 1.3 secrets.
+/// randoms, the selected ALPN; `u32::MAX` where unknown). Without an entry, a handshake hands
+/// over the session's memory, where the daemon looks for the TLS 1.3 secrets.
 #[map]
-pub static TLS_SECRETS_AT: HashMap<u32, [u32; 6]> = HashMap::with_max_entries(4096, 0);
+pub static TLS_SECRETS_AT: HashMap<u32, [u32; SECRETS_AT_LEN]> = HashMap::with_max_entries(4096, 0);

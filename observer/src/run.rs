@@ -329,7 +329,9 @@ fn learned_tls(keyed: &mut Keyed, probes: &mut Probes, metrics: &Metrics) {
     for (tgid, layout) in keyed.take_learned() {
         let Some((client, server)) = layout.complete() else { continue };
         info!(pid = tgid, client, server, tickets = ?layout.tickets, "learned where the process's OpenSSL keeps TLS 1.3 secrets");
-        probes.set_secrets_at(tgid, [client, server, u32::MAX, u32::MAX, u32::MAX, u32::MAX]);
+        let mut at = observer_common::TLS_CALLS_ONLY;
+        (at[0], at[1]) = (client, server);
+        probes.set_secrets_at(tgid, at);
     }
     for (tgid, reason) in keyed.take_fall_backs() {
         probes.tls_fall_back(tgid, reason.name());

@@ -29,9 +29,9 @@ fn h2load(args: &[&str], urls: &[String]) -> String {
     text
 }
 
-/// nginx (master and 2 workers) with `conf`, observed; h2load's requests (200s and 404s,
-/// `-c 8 -m 50`) counted per status as nginx logged them.
-fn nginx_h2_counted_exactly(name: &str, tls: bool) {
+/// nginx (master and 2 workers) with `conf`, observed (with `args`); h2load's requests (200s
+/// and 404s, `-c 8 -m 50`) counted per status as nginx logged them.
+fn nginx_h2_counted_exactly(name: &str, tls: bool, args: &[&str]) -> Scrape {
     require_root();
     require_command("nginx");
     require_command("h2load");
@@ -51,7 +51,7 @@ fn nginx_h2_counted_exactly(name: &str, tls: bool) {
     if tls {
         wait_for_port(tls_port);
     }
-    let observer = Observer::attach(&[nginx.pid()]);
+    let observer = Observer::on(&[nginx.pid()]).args(args).start();
     let base = if tls { format!("https://127.0.0.1:{tls_port}") } else { format!("http://127.0.0.1:{port}") };
     let urls: Vec<String> =
         ["/ok", "/files/small.txt", "/ok", "/missing"].iter().map(|p| format!("{base}{p}")).collect();
@@ -72,17 +72,34 @@ fn nginx_h2_counted_exactly(name: &str, tls: bool) {
     assert_eq!(scrape.sum("http_requests_in_flight", &[]), 0.0);
     assert_eq!(scrape.sum("observer_parse_errors_total", &[]), 0.0, "{}", scrape.0);
     assert_eq!(scrape.sum("observer_events_lost_total", &[]), 0.0);
+    scrape
 }
 
 #[test]
 fn nginx_h2c_streams_are_counted_exactly() {
-    nginx_h2_counted_exactly("h2c-nginx", false);
+    nginx_h2_counted_exactly("h2c-nginx", false, &[]);
 }
 
 #[test]
 fn nginx_h2_over_tls_streams_are_counted_exactly() {
     require_command("openssl");
-    nginx_h2_counted_exactly("h2-tls-nginx", true);
+    nginx_h2_counted_exactly("h2-tls-nginx", true, &[]);
+}
+
+/// The same with only the handshake hooked (TLS 1.2, nginx's default here): each session's
+/// ALPN says h2, its ciphertext is copied whole and its frames walked after decrypting.
+#[test]
+fn nginx_h2_over_tls_streams_are_counted_exactly_from_session_keys() {
+    require_command("openssl");
+    let scrape = nginx_h2_counted_exactly("h2-tls-keys-nginx", true, &["--tls", "keys"]);
+    assert_eq!(
+        scrape.sum("observer_tls_keyed_verified_total", &[]),
+        8.0,
+        "h2load's connections:\n{}",
+        scrape.0
+    );
+    assert_eq!(scrape.sum("observer_tls_keyed_lost_total", &[]), 0.0, "{}", scrape.0);
+    assert_eq!(scrape.sum("observer_tls_keyed_fall_backs_total", &[]), 0.0, "{}", scrape.0);
 }
 
 /// Debian's python with Debian's grpcio (`python3` on PATH may be another one).

@@ -62,7 +62,7 @@ fn nginx_tls13_is_counted_exactly_from_session_keys() {
     require_command("curl");
     require_command("openssl");
     let dir = TempDir::new("tls-keys");
-    let (_nginx, observer, tls_port) = nginx_keyed(&dir, "TLSv1.3", &[]);
+    let (_nginx, observer, tls_port) = nginx_keyed(&dir, "TLSv1.3", &[], false);
     let suites = ["TLS_AES_256_GCM_SHA384", "TLS_CHACHA20_POLY1305_SHA256", "TLS_AES_128_GCM_SHA256"];
     let mut answers = curl_suites(tls_port, &["--tlsv1.3", "--tls13-ciphers"], &suites);
     // A first response of several records: numbered after the tickets as learned.
@@ -117,8 +117,9 @@ fn counted_exactly(dir: &TempDir, observer: &Observer, total: f64, connections: 
     assert!(server_seconds > 0.0 && server_seconds <= client_seconds, "{server_seconds} vs {client_seconds}");
 }
 
-/// nginx with `protocols` and a response of several records, observed with `--tls keys`.
-fn nginx_keyed(dir: &TempDir, protocols: &str, wrapper: &[&str]) -> (ChildGuard, Observer, u16) {
+/// nginx with `protocols` (and HTTP/2 if `http2`) and a response of several records,
+/// observed with `--tls keys`.
+fn nginx_keyed(dir: &TempDir, protocols: &str, wrapper: &[&str], http2: bool) -> (ChildGuard, Observer, u16) {
     let (port, tls_port) = (free_port(), free_port());
     let conf = write_nginx_conf_with(
         dir,
@@ -128,6 +129,7 @@ fn nginx_keyed(dir: &TempDir, protocols: &str, wrapper: &[&str]) -> (ChildGuard,
             access_log: true,
             tls_port: Some(tls_port),
             tls_protocols: Some(protocols),
+            http2,
             ..Default::default()
         },
     );
@@ -174,7 +176,7 @@ fn nginx_tls12_is_counted_exactly_from_session_keys() {
     require_command("curl");
     require_command("openssl");
     let dir = TempDir::new("tls-keys-12");
-    let (_nginx, observer, tls_port) = nginx_keyed(&dir, "TLSv1.2", &[]);
+    let (_nginx, observer, tls_port) = nginx_keyed(&dir, "TLSv1.2", &[], false);
     let suites =
         ["ECDHE-RSA-AES128-GCM-SHA256", "ECDHE-RSA-AES256-GCM-SHA384", "ECDHE-RSA-CHACHA20-POLY1305"];
     let mut answers = curl_suites(tls_port, &["--tls-max", "1.2", "--ciphers"], &suites);
@@ -195,6 +197,28 @@ fn nginx_tls12_is_counted_exactly_from_session_keys() {
     assert!(log.contains("learned where this libssl keeps TLS secrets"), "{log}");
 }
 
+/// HTTP/2 over TLS 1.3 (ALPN h2, which the helper found where this libssl keeps): the
+/// sessions' ciphertext copied whole and their frames walked after decrypting, each suite,
+/// several streams per connection, a response of several records. Nothing falls back.
+#[test]
+fn nginx_http2_over_tls13_is_counted_exactly_from_session_keys() {
+    require_root();
+    require_command("nginx");
+    require_command("curl");
+    require_command("openssl");
+    let dir = TempDir::new("tls-keys-h2-13");
+    let (_nginx, observer, tls_port) = nginx_keyed(&dir, "TLSv1.3", &[], true);
+    let suites = ["TLS_AES_256_GCM_SHA384", "TLS_CHACHA20_POLY1305_SHA256", "TLS_AES_128_GCM_SHA256"];
+    let mut answers = curl_suites(tls_port, &["--http2", "--tlsv1.3", "--tls13-ciphers"], &suites);
+    let big = format!("https://127.0.0.1:{tls_port}/files/big.bin");
+    answers.extend(curl_timed(&["--http2", "--tlsv1.3"], &[big.clone(), big]));
+    counted_exactly(&dir, &observer, 3.0 * 14.0 + 2.0, 7.0, &answers);
+    let scrape = observer.scrape();
+    assert_eq!(scrape.sum("observer_tls_keyed_fall_backs_total", &[]), 0.0, "{}", scrape.0);
+    let log = observer.log();
+    assert!(!log.contains("fall back to per-call uprobes"), "{log}");
+}
+
 /// Without the helper (`OBSERVER_TLS_HELPER=off`), each process's first TLS 1.3 sessions
 /// teach where its secrets are: still exact. A TLS 1.2 connection cannot be seen then, and
 /// is counted as lost, not guessed at.
@@ -206,7 +230,7 @@ fn without_the_helper_tls13_is_learned_from_the_first_sessions() {
     require_command("openssl");
     let dir = TempDir::new("tls-keys-live");
     let (_nginx, observer, tls_port) =
-        nginx_keyed(&dir, "TLSv1.2 TLSv1.3", &["env", "OBSERVER_TLS_HELPER=off"]);
+        nginx_keyed(&dir, "TLSv1.2 TLSv1.3", &["env", "OBSERVER_TLS_HELPER=off"], false);
     let suites = ["TLS_AES_256_GCM_SHA384", "TLS_CHACHA20_POLY1305_SHA256", "TLS_AES_128_GCM_SHA256"];
     let answers = curl_suites(tls_port, &["--tlsv1.3", "--tls13-ciphers"], &suites);
     counted_exactly(&dir, &observer, 3.0 * 14.0, 6.0, &answers);
@@ -228,7 +252,7 @@ fn without_the_helper_tls13_is_learned_from_the_first_sessions() {
 /// the process falls back to per-call uprobes, which count every later one. A keyed HTTP/1
 /// connection that spans the fall back is still counted once per request.
 #[test]
-fn http2_over_tls_falls_back_to_per_call_uprobes_and_stays_exact() {
+fn http2_over_tls_without_the_helper_falls_back_to_per_call_uprobes_and_stays_exact() {
     require_root();
     require_command("nginx");
     require_command("curl");
@@ -249,7 +273,12 @@ fn http2_over_tls_falls_back_to_per_call_uprobes_and_stays_exact() {
     );
     let nginx = start_nginx_conf(&conf, port);
     wait_for_port(tls_port);
-    let observer = Observer::on(&[nginx.pid()]).args(&["--tls", "keys"]).start();
+    // Without the helper the selected ALPN's place is not known: an h2 session is found by
+    // its first bytes, too late to copy its records whole.
+    let observer = Observer::on(&[nginx.pid()])
+        .args(&["--tls", "keys"])
+        .wrapped_in(&["env", "OBSERVER_TLS_HELPER=off"])
+        .start();
     let small = format!("https://127.0.0.1:{tls_port}/files/small.txt");
     let h2 = |urls: usize| -> Vec<String> {
         let mut cmd = Command::new("curl");

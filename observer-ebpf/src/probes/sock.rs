@@ -30,7 +30,7 @@ use aya_ebpf::{
 };
 use observer_common::{
     Call, ConnState, Direction, FLAG_CIPHER, FLAG_NEW, FLAG_TCP, Kind, READ_HEAD_LEN, STATE_CLOSE_SENT,
-    STATE_MIDSTREAM, STATE_TLS, STATE_TLS_KEYS, STATE_TLS_RETRY, TcpChrono, TlsCall, TlsOp, stat,
+    STATE_H2, STATE_MIDSTREAM, STATE_TLS, STATE_TLS_KEYS, STATE_TLS_RETRY, TcpChrono, TlsCall, TlsOp, stat,
 };
 
 use super::{
@@ -269,8 +269,11 @@ fn socket_data(ctx: &BtfTracePointContext, sk: *const u8, direction: Direction, 
     let (call, fd, buffer) = the_call(direction);
     let record =
         Record { call, fd, flags, ret: i64::from(ret), wait_us, ..Record::of(Kind::Data, cookie, id, tgid) };
-    // TLS records are not walked as frames: the daemon decrypts them whole.
-    emit_data(ctx, &record, buffer, cap, state, !keyed);
+    // TLS records are not walked as frames: the daemon decrypts them, and walks the frames of
+    // an h2 session (`STATE_H2` since its handshake: every byte copied).
+    // SAFETY: a field of a map value.
+    let h2 = !keyed || unsafe { *state } & STATE_H2 != 0;
+    emit_data(ctx, &record, buffer, cap, state, h2);
 }
 
 /// `EAGAIN` as the socket tracepoints report it: a non-blocking socket with a full buffer.

@@ -22,8 +22,9 @@ use core::ffi::c_void;
 
 use aya_ebpf::helpers::generated;
 use observer_common::{
-    FLAG_NEW, HEADER_LEN, KEYS_DUMP_LEN, KEYS_SECRETS_LEN, Kind, STATE_MIDSTREAM, STATE_TLS_KEYS, TIE_NONE,
-    TIE_OUTBOUND, TIE_SERVED, TIE_SERVED_NEW, TLS_CALLS_ONLY, TlsCall, TlsConn, TlsOp, stat, tls_key,
+    FLAG_CIPHER, FLAG_FRAMES, FLAG_NEW, HEADER_LEN, KEYS_DUMP_LEN, KEYS_SECRETS_LEN, Kind, SECRETS_AT_LEN,
+    STATE_MIDSTREAM, STATE_TLS_KEYS, TIE_NONE, TIE_OUTBOUND, TIE_SERVED, TIE_SERVED_NEW, TLS_CALLS_ONLY,
+    TlsCall, TlsConn, TlsOp, stat, tls_key,
 };
 
 use super::{STATE_KEYED, STATE_OUTBOUND, TLS_KEYS, emit_plaintext, waited_us};
@@ -214,11 +215,19 @@ unsafe fn hand_over_keys(session: *mut TlsConn, call: &TlsCall, id: u64, tgid: u
     // SAFETY: fields of map values, per the contract.
     unsafe {
         (*conn).flags |= STATE_TLS_KEYS;
+        // HTTP/2 (ALPN h2): every byte is copied, for the daemon to walk the frames after
+        // decrypting; the records say so.
+        if let Some(at) = at
+            && alpn_is_h2(call.ssl, at[6])
+            && frames::start_cipher(call.conn, &raw mut (*conn).flags)
+        {
+            record.flags = FLAG_FRAMES | FLAG_CIPHER;
+        }
         // A new connection's wait ends here: its first request may have been read with the
         // handshake's last record.
         if (*session).flags & FLAG_NEW != 0 {
             (*session).flags &= !FLAG_NEW;
-            record.flags = FLAG_NEW;
+            record.flags |= FLAG_NEW;
             if (*conn).established_ns != 0 {
                 record.wait_us = waited_us((*conn).established_ns);
             }
@@ -231,7 +240,7 @@ unsafe fn hand_over_keys(session: *mut TlsConn, call: &TlsCall, id: u64, tgid: u
 /// `len` bytes of the target's memory at `from` into `to`; false on a fault.
 ///
 /// # Safety
-/// `to..to + len` must lie in the scratch data area.
+/// `to..to + len` must be writable (the scratch data area, or a local).
 #[inline(always)]
 unsafe fn read_user(to: *mut u8, len: u32, from: u64) -> bool {
     unsafe { generated::bpf_probe_read_user(to as *mut c_void, len, from as *const c_void) == 0 }
@@ -244,7 +253,7 @@ unsafe fn read_user(to: *mut u8, len: u32, from: u64) -> bool {
 /// # Safety
 /// `data` must be the scratch data area (at least `KEYS_SECRETS_LEN` bytes).
 #[inline(always)]
-unsafe fn secrets(data: *mut u8, ssl: u64, at: &[u32; 6]) {
+unsafe fn secrets(data: *mut u8, ssl: u64, at: &[u32; SECRETS_AT_LEN]) {
     const UNKNOWN: u32 = u32::MAX;
     // SAFETY: stores inside the first KEYS_SECRETS_LEN bytes of `data`, per the contract.
     unsafe {
@@ -268,6 +277,23 @@ unsafe fn secrets(data: *mut u8, ssl: u64, at: &[u32; 6]) {
         if ok && session != 0 && !read_user(data.add(96), 48, session + u64::from(at[3])) {
             core::ptr::write_bytes(data.add(96), 0, 48);
         }
+    }
+}
+
+/// Whether session `ssl` selected ALPN protocol `h2`: its pointer at `at`, the length after.
+#[inline(always)]
+fn alpn_is_h2(ssl: u64, at: u32) -> bool {
+    if at == u32::MAX {
+        return false;
+    }
+    let mut selected = [0u64; 2];
+    let mut name = [0u8; 2];
+    // SAFETY: reads of the target's memory into locals; a fault leaves them zero.
+    unsafe {
+        read_user(selected.as_mut_ptr() as *mut u8, 16, ssl + u64::from(at))
+            && selected[1] == 2
+            && read_user(name.as_mut_ptr(), 2, selected[0])
+            && name == *b"h2"
     }
 }
 

@@ -188,8 +188,9 @@ pub fn encode(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
     bytes
 }
 
-/// A model of the kernel's walk (`observer-ebpf/src/frames.rs`), for tests and the fuzz targets: one
-/// direction's calls in, the records the kernel sends out (kept bytes, wire length).
+/// A model of the kernel's walk (`observer-ebpf/src/frames.rs`): one direction's calls in, the
+/// records the kernel sends out (kept bytes, wire length). It walks the decrypted calls of
+/// keyed h2 sessions (`tls::frames`), and stands for the kernel in tests and fuzz targets.
 #[derive(Debug, Default)]
 pub struct KernelModel {
     copy: usize,

@@ -159,7 +159,7 @@ pub struct Probes {
     /// OpenSSL calls of the targets in progress (pid_tgid → call).
     tls_calls: HashMap<MapData, u64, Call>,
     /// `--tls keys`: where each process keeps its sessions' secrets (tgid → offsets).
-    secrets_at: HashMap<MapData, u32, [u32; 6]>,
+    secrets_at: HashMap<MapData, u32, [u32; observer_common::SECRETS_AT_LEN]>,
     /// The OpenSSL copies hooked so far; `None` with `--no-tls`.
     tls: Option<TlsAttach>,
     /// Open sockets of new targets that did not fit in the socket table when learned.
@@ -336,7 +336,7 @@ impl Probes {
 
     /// `--tls keys`: from now on, handshakes of `tgid` hand over the secrets at these offsets
     /// (see the kernel's `TLS_SECRETS_AT`) instead of the session's memory.
-    pub fn set_secrets_at(&mut self, tgid: u32, offsets: [u32; 6]) {
+    pub fn set_secrets_at(&mut self, tgid: u32, offsets: [u32; observer_common::SECRETS_AT_LEN]) {
         if let Err(e) = self.secrets_at.insert(tgid, offsets, 0) {
             warn!(pid = tgid, "cannot record where the process keeps TLS secrets: {e}");
         }

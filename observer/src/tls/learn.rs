@@ -1,15 +1,16 @@
 //! Where a libssl keeps a session's secrets, learned from that very file rather than from a
 //! table per version (offsets move between releases and builds): a helper process (this
 //! binary, `observer tls-offsets FILE`) loads the library, makes two handshakes with itself
-//! over memory BIOs (TLS 1.3, then TLS 1.2) with OpenSSL's keylog callback on, and finds
-//! what the library reported in the server's `SSL` object and its session. Loading a
+//! over memory BIOs (TLS 1.3 with ALPN `h2`, then TLS 1.2 with `http/1.1`) with OpenSSL's
+//! keylog callback on, and finds what the library reported in the server's `SSL` object and
+//! its session. Loading a
 //! library runs its code: in a helper, a crash or a hang is not the daemon's.
 //!
 //! The certificate is a throwaway made for this (P-256, self-signed): nothing but the two
 //! ends of the helper's own handshakes ever sees it.
 
 use std::{
-    ffi::{CStr, CString, c_char, c_int, c_long, c_void},
+    ffi::{CStr, CString, c_char, c_int, c_long, c_uint, c_void},
     path::Path,
     process::{Command, Stdio},
     sync::Mutex,
@@ -28,11 +29,22 @@ pub struct Offsets {
     pub master: u32,
     pub client_random: u32,
     pub server_random: u32,
+    /// The selected ALPN protocol: a pointer, its length after it (`u32::MAX`: not found,
+    /// and HTTP/2 sessions are then found by their first bytes, and fall back).
+    pub alpn: u32,
 }
 
 impl Offsets {
-    pub fn to_kernel(self) -> [u32; 6] {
-        [self.client13, self.server13, self.session, self.master, self.client_random, self.server_random]
+    pub fn to_kernel(self) -> [u32; observer_common::SECRETS_AT_LEN] {
+        [
+            self.client13,
+            self.server13,
+            self.session,
+            self.master,
+            self.client_random,
+            self.server_random,
+            self.alpn,
+        ]
     }
 
     fn render(self) -> String {
@@ -41,10 +53,10 @@ impl Offsets {
 
     fn parse(line: &str) -> Option<Offsets> {
         let v: Vec<u32> = line.split_whitespace().map(str::parse).collect::<Result<_, _>>().ok()?;
-        let [client13, server13, session, master, client_random, server_random] = v[..] else {
+        let [client13, server13, session, master, client_random, server_random, alpn] = v[..] else {
             return None;
         };
-        Some(Offsets { client13, server13, session, master, client_random, server_random })
+        Some(Offsets { client13, server13, session, master, client_random, server_random, alpn })
     }
 }
 
@@ -142,6 +154,34 @@ struct Ssl {
     client_random: unsafe extern "C" fn(Ptr, *mut u8, usize) -> usize,
     server_random: unsafe extern "C" fn(Ptr, *mut u8, usize) -> usize,
     master_key: unsafe extern "C" fn(Ptr, *mut u8, usize) -> usize,
+    set_alpn_protos: unsafe extern "C" fn(Ptr, *const u8, c_uint) -> c_int,
+    set_alpn_select: unsafe extern "C" fn(Ptr, AlpnSelect, Ptr),
+    alpn_selected: unsafe extern "C" fn(Ptr, *mut *const u8, *mut c_uint),
+}
+
+/// OpenSSL's ALPN selection callback: (ssl, out, outlen, in, inlen, arg).
+type AlpnSelect = extern "C" fn(Ptr, *mut *const u8, *mut u8, *const u8, c_uint, Ptr) -> c_int;
+
+/// The server's choice: the client's first protocol (the helper's client offers one).
+extern "C" fn select_first(
+    _ssl: Ptr,
+    out: *mut *const u8,
+    out_len: *mut u8,
+    offered: *const u8,
+    offered_len: c_uint,
+    _arg: Ptr,
+) -> c_int {
+    const SSL_TLSEXT_ERR_OK: c_int = 0;
+    const SSL_TLSEXT_ERR_NOACK: c_int = 3;
+    if offered_len < 2 {
+        return SSL_TLSEXT_ERR_NOACK;
+    }
+    // SAFETY: OpenSSL passes the client's list (length-prefixed names), `offered_len` bytes.
+    unsafe {
+        *out = offered.add(1);
+        *out_len = *offered;
+    }
+    SSL_TLSEXT_ERR_OK
 }
 
 /// Loads `library` and looks its functions up (libcrypto's come with it).
@@ -185,12 +225,16 @@ fn load(library: &Path) -> Result<Ssl, String> {
             client_random: function(handle, "SSL_get_client_random")?,
             server_random: function(handle, "SSL_get_server_random")?,
             master_key: function(handle, "SSL_SESSION_get_master_key")?,
+            set_alpn_protos: function(handle, "SSL_CTX_set_alpn_protos")?,
+            set_alpn_select: function(handle, "SSL_CTX_set_alpn_select_cb")?,
+            alpn_selected: function(handle, "SSL_get0_alpn_selected")?,
         })
     }
 }
 
-/// A server `SSL *` after a completed handshake with a client of `version`.
-fn handshake(ssl: &Ssl, version: c_long) -> Result<Ptr, String> {
+/// A server `SSL *` after a completed handshake with a client of `version` that offered
+/// `alpn` (one protocol, length-prefixed).
+fn handshake(ssl: &Ssl, version: c_long, alpn: &[u8]) -> Result<Ptr, String> {
     const CERT: &[u8] = include_bytes!("calibration/cert.der");
     const KEY: &[u8] = include_bytes!("calibration/key.der");
     // SAFETY: OpenSSL's API used as documented; the objects live until the helper exits.
@@ -206,6 +250,11 @@ fn handshake(ssl: &Ssl, version: c_long) -> Result<Ptr, String> {
             return Err("the calibration certificate was refused".into());
         }
         (ssl.set_keylog)(server_ctx, keylog);
+        (ssl.set_alpn_select)(server_ctx, select_first, std::ptr::null_mut());
+        // 0 is success here.
+        if (ssl.set_alpn_protos)(client_ctx, alpn.as_ptr(), alpn.len() as c_uint) != 0 {
+            return Err("SSL_CTX_set_alpn_protos failed".into());
+        }
         for ctx in [server_ctx, client_ctx] {
             (ssl.ctx_ctrl)(ctx, SSL_CTRL_SET_MIN_PROTO_VERSION, version, std::ptr::null_mut());
             (ssl.ctx_ctrl)(ctx, SSL_CTRL_SET_MAX_PROTO_VERSION, version, std::ptr::null_mut());
@@ -260,16 +309,22 @@ fn logged(label: &str) -> Result<Vec<u8>, String> {
 
 fn find(library: &Path) -> Result<Offsets, String> {
     let ssl = load(library)?;
-    let server = handshake(&ssl, TLS1_3_VERSION)?;
+    let server = handshake(&ssl, TLS1_3_VERSION, b"\x02h2")?;
     let object = memory(server, SSL_SPAN);
+    let alpn_h2 = alpn_at(&ssl, server, &object, b"h2");
     let missing = |what: &str| format!("{what} not found in the SSL object");
     let client13 =
         offset_of(&object, &logged("CLIENT_TRAFFIC_SECRET_0")?, 4).ok_or_else(|| missing("client secret"))?;
     let server13 =
         offset_of(&object, &logged("SERVER_TRAFFIC_SECRET_0")?, 4).ok_or_else(|| missing("server secret"))?;
 
-    let server = handshake(&ssl, TLS1_2_VERSION)?;
+    let server = handshake(&ssl, TLS1_2_VERSION, b"\x08http/1.1")?;
     let object = memory(server, SSL_SPAN);
+    // The same place in both sessions, or not known.
+    let alpn = match (alpn_h2, alpn_at(&ssl, server, &object, b"http/1.1")) {
+        (Some(a), Some(b)) if a == b => a,
+        _ => u32::MAX,
+    };
     let mut random = [0u8; 32];
     // SAFETY: the functions copy at most 32 bytes into `random`.
     unsafe { (ssl.client_random)(server, random.as_mut_ptr(), random.len()) };
@@ -286,7 +341,22 @@ fn find(library: &Path) -> Result<Offsets, String> {
     let len = unsafe { (ssl.master_key)(session_ptr, master.as_mut_ptr(), master.len()) };
     let master = offset_of(&memory(session_ptr, SESSION_SPAN), &master[..len.min(48)], 4)
         .ok_or_else(|| "the master key not found in the session".to_owned())?;
-    Ok(Offsets { client13, server13, session, master, client_random, server_random })
+    Ok(Offsets { client13, server13, session, master, client_random, server_random, alpn })
+}
+
+/// Where server `server` (its memory `object`) keeps the ALPN protocol it selected, `name`:
+/// the pointer OpenSSL reports, followed by the length.
+fn alpn_at(ssl: &Ssl, server: Ptr, object: &[u8], name: &[u8]) -> Option<u32> {
+    let (mut selected, mut len) = (std::ptr::null(), 0);
+    // SAFETY: a getter that writes the two out-parameters.
+    unsafe { (ssl.alpn_selected)(server, &mut selected, &mut len) };
+    // SAFETY: OpenSSL's selected protocol, `len` bytes.
+    if selected.is_null() || unsafe { std::slice::from_raw_parts(selected, len as usize) } != name {
+        return None;
+    }
+    let mut pair = (selected as u64).to_ne_bytes().to_vec();
+    pair.extend_from_slice(&(len as u64).to_ne_bytes());
+    offset_of(object, &pair, 8)
 }
 
 #[cfg(test)]
@@ -303,6 +373,7 @@ mod tests {
         assert_eq!((offsets.client13, offsets.server13), (1860, 1924), "{offsets:?}");
         assert_eq!(offsets.server13 - offsets.client13, 64, "EVP_MAX_MD_SIZE apart");
         assert!(offsets.session > 0 && offsets.master > 0, "{offsets:?}");
+        assert_ne!(offsets.alpn, u32::MAX, "the ALPN found in both sessions: {offsets:?}");
         assert_eq!(Offsets::parse(&offsets.render()), Some(offsets));
     }
 }

@@ -9,6 +9,7 @@
 //! secret, open the connection's first record with its tag checked (TLS 1.3; the suite too
 //! is found that way). The secrets are only in memory, zeroed when a connection ends.
 
+mod frames;
 pub mod keys;
 #[allow(unsafe_code)]
 pub mod learn;
@@ -25,6 +26,7 @@ use observer_common::{Call, Direction, H2_PREFACE, Kind};
 use zeroize::Zeroizing;
 
 use self::{
+    frames::FrameWalk,
     records::Plain,
     session::{Session, framing},
 };
@@ -124,6 +126,8 @@ impl Plaintext {
             lost_before: self.carry.lost_before,
             cipher: false,
             kind: Kind::Data,
+            frames: self.frames.is_some(),
+            seq: self.frames.unwrap_or(0),
             ..*cipher
         }
     }
@@ -150,6 +154,8 @@ pub struct Plaintext {
     pub plain: Plain,
     pub carry: Carry,
     pub direction: Direction,
+    /// An h2 session's: `plain.head` is a frame record, of this number.
+    pub frames: Option<u32>,
 }
 
 /// The keyed connections and what each process's layout is.
@@ -188,6 +194,7 @@ impl Keyed {
             client12: None,
             wrote: false,
             lost: false,
+            h2: event.frames.then(FrameWalk::default),
         };
         if early.whole {
             session.early_len = early.bytes.len();
@@ -293,6 +300,12 @@ impl Keyed {
         if session.lost {
             return None;
         }
+        if let Some(walk) = &mut session.h2
+            && !(event.frames && walk.next_cipher(event.direction(), event.seq))
+        {
+            self.lose(event.conn, LostReason::Framing); // a record lost: nothing decrypts after
+            return None;
+        }
         let tgid = session.tgid;
         let layout = self.layouts.entry(tgid).or_default();
         let before = *layout;
@@ -317,27 +330,47 @@ impl Keyed {
             self.learned.push((tgid, layout));
         }
         let session = self.sessions.get_mut(&conn)?;
-        let plain = match result {
-            Ok(plain) if starts_http2(&plain, direction, session.wrote) => Err(LostReason::Http2),
-            other => other,
+        let plain = match (result, &mut session.h2) {
+            (Ok(plain), Some(walk)) if plain.len > 0 => {
+                frame_record(walk, plain, direction).map(|(p, n)| (p, Some(n)))
+            }
+            (Ok(plain), None) if starts_http2(&plain, direction, session.wrote) => Err(LostReason::Http2),
+            (other, _) => other.map(|p| (p, None)),
         };
-        if direction == Direction::Out && plain.as_ref().is_ok_and(|p| p.len > 0) {
+        if direction == Direction::Out && plain.as_ref().is_ok_and(|(p, _)| p.len > 0) {
             session.wrote = true;
         }
         match plain {
-            Ok(plain) if plain.len == 0 => {
+            Ok((plain, _)) if plain.len == 0 => {
                 session.carry = session.carry.merge(carry);
                 None
             }
-            Ok(plain) => {
-                Some(Plaintext { plain, carry: std::mem::take(&mut session.carry).merge(carry), direction })
-            }
+            Ok((plain, frames)) => Some(Plaintext {
+                plain,
+                carry: std::mem::take(&mut session.carry).merge(carry),
+                direction,
+                frames,
+            }),
             Err(reason) => {
                 self.lose(conn, reason);
                 None
             }
         }
     }
+}
+
+/// An h2 session's call as the frame record the kernel makes of a clear-text one (its
+/// number too); every byte of it must have been decrypted.
+fn frame_record(
+    walk: &mut FrameWalk,
+    plain: Plain,
+    direction: Direction,
+) -> Result<(Plain, u32), LostReason> {
+    if plain.head.len() != plain.len {
+        return Err(LostReason::Framing);
+    }
+    let (kept, seq) = walk.record(direction, &plain.head);
+    Ok((Plain { len: plain.len, head: kept, tail: Vec::new() }, seq))
 }
 
 /// Whether a call's plaintext starts an HTTP/2 connection: the client's preface, or a

@@ -9,6 +9,8 @@ use super::keys::{EXPLICIT_NONCE_LEN, HEADER_LEN, TAG_LEN, TrafficKeys, Version}
 
 /// The longest record body TLS 1.3 allows (2^14 + 256).
 const MAX_BODY: usize = 16_384 + 256;
+/// Capacity of a direction's record buffer kept between records.
+const KEPT_WHOLE: usize = 2048;
 /// Inner content types (RFC 8446 §5.1).
 const APPLICATION_DATA: u8 = 23;
 const HANDSHAKE: u8 = 22;
@@ -141,6 +143,10 @@ impl Stream {
         }
         self.explicit = self.seq.to_be_bytes();
         self.body_at = 0;
+        // A long record's buffer goes with it: 10k idle connections would keep 16 KiB each.
+        if self.whole.capacity() > KEPT_WHOLE {
+            self.whole = Vec::new();
+        }
         self.whole.clear();
         (self.kind, self.first) = (None, None);
         Ok(())

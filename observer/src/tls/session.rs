@@ -7,6 +7,7 @@ use zeroize::Zeroizing;
 
 use super::{
     Carry, Event, Layout, LostReason,
+    frames::FrameWalk,
     keys::{EXPLICIT_NONCE_LEN, HEADER_LEN, MAX_SECRET_LEN, Suite, TrafficKeys},
     records::{Lost, Plain, Stream},
 };
@@ -44,6 +45,8 @@ pub(super) struct Session {
     pub(super) wrote: bool,
     /// The connection is given up (counted once).
     pub(super) lost: bool,
+    /// ALPN `h2`: its calls come whole, and their plaintext is walked as frames.
+    pub(super) h2: Option<FrameWalk>,
 }
 
 impl Session {
