@@ -140,11 +140,11 @@ struct Common {
     /// not seen.
     #[arg(long)]
     no_tls: bool,
-    /// How HTTPS through OpenSSL is seen: `calls` hooks every SSL_read/SSL_write call;
-    /// `keys` hooks only the handshake, learns each TLS 1.3 session's keys there and decrypts
-    /// its records from the socket hooks (far fewer traps; with other `--hooks`, `calls`); `off` is
-    /// `--no-tls`. Also from the environment (`OBSERVER_TLS`).
-    #[arg(long, value_enum, default_value_t = TlsMode::Calls, env = "OBSERVER_TLS")]
+    /// How HTTPS through OpenSSL is seen: `keys` (the default) hooks only the handshake of a
+    /// shared libssl, takes each session's keys there and decrypts its records from the
+    /// socket hooks (with other `--hooks`, or OpenSSL linked in, `calls`); `calls` hooks every
+    /// SSL_read/SSL_write call; `off` is `--no-tls`. Also from the environment (`OBSERVER_TLS`).
+    #[arg(long, value_enum, default_value_t = TlsMode::Keys, env = "OBSERVER_TLS")]
     tls: TlsMode,
     /// Record latency histograms with classic buckets only. By default they also get native
     /// (exponential) buckets, which only Prometheus' protobuf format carries (Prometheus with

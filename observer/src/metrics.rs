@@ -340,7 +340,7 @@ impl HealthMetrics {
             tls_keyed_lost: registered(
                 registry,
                 "tls_keyed_lost",
-                "Connections of --tls keys given up, by reason: no_keys (ciphertext of a session whose keys were not handed over, counted per record), not_found (no secret opened its first record), framing (a record header not copied), wrong_keys (a record whose tag did not match), http2 (ALPN h2: frames inside records are not followed)",
+                "Connections of --tls keys given up, by reason: no_keys (ciphertext of a session whose keys were not handed over, counted per record), not_found (no secret opened its first record), framing (a record header not copied), wrong_keys (a record whose tag did not match), http2 (HTTP/2 found by its first bytes where the ALPN's place is unknown: its records were not copied whole)",
                 Family::default(),
             ),
             tls_keyed_fall_backs: registered(

@@ -35,8 +35,8 @@ enum Arm {
     FullNoTls,
     /// The default with `--no-native-histograms`: latency histograms with classic buckets only.
     FullClassic,
-    /// The default hooks with `--tls keys`: OpenSSL hooked at the handshake only.
-    FullTlsKeys,
+    /// The default hooks with `--tls calls`: OpenSSL hooked at every read and write call.
+    FullTlsCalls,
 }
 
 /// The observer's `--hooks`.
@@ -81,12 +81,12 @@ impl Arm {
             Arm::Full(Hooks::Tracepoints) => "full (tracepoints)",
             Arm::FullNoTls => "full --no-tls",
             Arm::FullClassic => "full, classic histograms",
-            Arm::FullTlsKeys => "full --tls keys",
+            Arm::FullTlsCalls => "full --tls calls",
         }
     }
 
     fn is_full(self) -> bool {
-        matches!(self, Arm::Full(_) | Arm::FullNoTls | Arm::FullClassic | Arm::FullTlsKeys)
+        matches!(self, Arm::Full(_) | Arm::FullNoTls | Arm::FullClassic | Arm::FullTlsCalls)
     }
 
     /// The floor arm with the same hooks.
@@ -94,7 +94,7 @@ impl Arm {
         match self {
             Arm::Full(Hooks::Btf) | Arm::Floor(Hooks::Btf) => SYS_EXIT_FLOOR,
             Arm::Full(h) | Arm::Floor(h) => Arm::Floor(h),
-            Arm::FullNoTls | Arm::FullClassic | Arm::FullTlsKeys => FLOOR,
+            Arm::FullNoTls | Arm::FullClassic | Arm::FullTlsCalls => FLOOR,
             Arm::Unobserved => Arm::Unobserved,
         }
     }
@@ -213,12 +213,12 @@ fn with_arm<T>(
             drop(guard);
             Ok(result)
         }
-        Arm::Full(_) | Arm::FullNoTls | Arm::FullClassic | Arm::FullTlsKeys => {
+        Arm::Full(_) | Arm::FullNoTls | Arm::FullClassic | Arm::FullTlsCalls => {
             let addr: SocketAddr = ([127, 0, 0, 1], free_port()).into();
             let (hooks, flag) = match arm {
                 Arm::Full(hooks) => (hooks, None),
                 Arm::FullClassic => (Hooks::Sock, Some("--no-native-histograms")),
-                Arm::FullTlsKeys => (Hooks::Sock, Some("--tls=keys")),
+                Arm::FullTlsCalls => (Hooks::Sock, Some("--tls=calls")),
                 _ => (Hooks::Sock, Some("--no-tls")),
             };
             let child = Command::new(&opts.observer)

@@ -300,7 +300,23 @@ fn test(args: &[String]) -> anyhow::Result<()> {
         .env("PATH", path_with_cargo_bin()?)
         .args(["test", "--"])
         .args(args)
-        .arg("--test-threads=1"))
+        .arg("--test-threads=1"))?;
+    // HTTPS is seen from session keys by default; the HTTPS tests pass with per-call uprobes
+    // forced too (the fall back, and `--tls calls`).
+    if args.is_empty() {
+        run(Command::new("cargo").env("PATH", path_with_cargo_bin()?).env("OBSERVER_TLS", "calls").args([
+            "test",
+            "--package",
+            "observer",
+            "--test",
+            "tls",
+            "--test",
+            "http2",
+            "--",
+            "--test-threads=1",
+        ]))?;
+    }
+    Ok(())
 }
 
 /// Runs `f` with PATH extended as for the tests (nginx in /usr/sbin).

@@ -211,7 +211,7 @@ impl Probes {
         let tls = tls_mode != TlsMode::Off;
         let keys = tls_mode == TlsMode::Keys && hooks == Hooks::Sock;
         if tls_mode == TlsMode::Keys && !keys {
-            warn!(hooks = %hooks, "--tls keys needs the socket hooks (they carry the ciphertext): OpenSSL's calls are hooked instead");
+            info!(hooks = %hooks, "OpenSSL's calls are hooked: session keys (--tls keys, the default) need the socket hooks, which carry the ciphertext");
         }
         if hooks.reads_x86_registers() && !cfg!(target_arch = "x86_64") {
             return Err(ProbeError::Arch(hooks));

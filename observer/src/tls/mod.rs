@@ -59,7 +59,8 @@ pub enum LostReason {
     Framing,
     /// A record's tag did not match (a record lost before it, or wrong keys).
     WrongKeys,
-    /// An HTTP/2 connection (ALPN h2): its frames inside the records are not followed.
+    /// An HTTP/2 connection found by its first bytes (the ALPN's place unknown): its records
+    /// were not copied whole, and its frames cannot be followed.
     Http2,
 }
 

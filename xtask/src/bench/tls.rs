@@ -30,15 +30,15 @@ pub(super) struct Https {
     pub kernel: Vec<(Arm, f64)>,
 }
 
-/// wrk negotiates TLS 1.3 (the bench's nginx offers it), which `--tls keys` decrypts.
-const ARMS: [Arm; 5] = [Arm::Unobserved, FLOOR, Arm::FullNoTls, FULL, Arm::FullTlsKeys];
+/// wrk negotiates TLS 1.3 (the bench's nginx offers it), which the default (`--tls keys`) decrypts.
+const ARMS: [Arm; 5] = [Arm::Unobserved, FLOOR, Arm::FullNoTls, FULL, Arm::FullTlsCalls];
 
 pub(super) fn https_workload(opts: &super::Options, nginx_pid: u32, tls_port: u16) -> anyhow::Result<Https> {
     let url = format!("https://127.0.0.1:{tls_port}/hello");
     let summary =
         summarize("nginx https return 200 (saturation)", measure(opts, nginx_pid, &url, &ARMS, 32)?);
     let _stats = BpfStats::enable()?;
-    let observed = [Arm::FullNoTls, FULL, Arm::FullTlsKeys];
+    let observed = [Arm::FullNoTls, FULL, Arm::FullTlsCalls];
     let per_request = interleaved(opts.reps, &observed, |_, arm| {
         with_arm(opts, arm, nginx_pid, |attached| -> anyhow::Result<f64> {
             let pid = attached.expect("observed arms hold programs").pid;
