@@ -346,7 +346,7 @@ impl HealthMetrics {
             tls_keyed_fall_backs: registered(
                 registry,
                 "tls_keyed_fall_backs",
-                "Processes whose TLS sessions --tls keys handed back to per-call uprobes (after a connection lost as not_found or http2), each logged with its reason",
+                "Processes whose TLS sessions --tls keys handed back to per-call uprobes (after a connection lost as not_found or http2, or from the start when its libssl's calibration failed), each logged with its reason",
                 Counter::default(),
             ),
         }

@@ -333,6 +333,7 @@ fn learned_tls(keyed: &mut Keyed, probes: &mut Probes, metrics: &Metrics) {
         (at[0], at[1]) = (client, server);
         probes.set_secrets_at(tgid, at);
     }
+    metrics.health.tls_keyed_fall_backs.inc_by(probes.take_tls_calibration_fall_backs());
     for (tgid, reason) in keyed.take_fall_backs() {
         probes.tls_fall_back(tgid, reason.name());
         metrics.health.tls_keyed_fall_backs.inc();

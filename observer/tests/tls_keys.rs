@@ -321,3 +321,111 @@ fn http2_over_tls_without_the_helper_falls_back_to_per_call_uprobes_and_stays_ex
     assert_eq!(scrape.sum("observer_tls_keyed_fall_backs_total", &[]), 1.0, "{}", scrape.0);
     assert_eq!(scrape.sum("observer_parse_errors_total", &[]), 0.0, "{}", scrape.0);
 }
+
+/// A libssl whose calibration fails (`OBSERVER_TLS_HELPER=fail` stands for a helper that
+/// cannot make sense of it): its process is followed by per-call uprobes from the start,
+/// TLS 1.3 and 1.2 alike, and nothing is lost.
+#[test]
+fn a_failed_calibration_falls_back_to_per_call_uprobes_and_stays_exact() {
+    require_root();
+    require_command("nginx");
+    require_command("curl");
+    require_command("openssl");
+    let dir = TempDir::new("tls-keys-failed");
+    let (_nginx, observer, tls_port) =
+        nginx_keyed(&dir, "TLSv1.2 TLSv1.3", &["env", "OBSERVER_TLS_HELPER=fail"], false);
+    let mut answers = curl_suites(tls_port, &["--tlsv1.3", "--tls13-ciphers"], &["TLS_AES_128_GCM_SHA256"]);
+    answers.extend(curl_suites(
+        tls_port,
+        &["--tls-max", "1.2", "--ciphers"],
+        &["ECDHE-RSA-AES256-GCM-SHA384"],
+    ));
+    let total = 2.0 * 14.0;
+    let scrape = observer.scrape_settled(total);
+    let logged = access_log(&dir);
+    assert_eq!(logged.len() as f64, total, "nginx's own count");
+    for status in [200, 404] {
+        let theirs = logged.iter().filter(|(_, s)| *s == status).count() as f64;
+        let ours = scrape.sum("http_requests_total", &[("status", &status.to_string())]);
+        assert_eq!(ours, theirs, "{status}:\n{}", scrape.0);
+    }
+    assert_eq!(statuses(&answers).len() as f64, total);
+    assert_eq!(scrape.sum("observer_tls_keyed_lost_total", &[]), 0.0, "{}", scrape.0);
+    assert_eq!(
+        scrape.sum("observer_tls_keyed_verified_total", &[]),
+        0.0,
+        "no session was keyed:\n{}",
+        scrape.0
+    );
+    // Each process that maps the library (nginx's master and workers), counted and said.
+    let log = observer.log();
+    let said = log.matches("calibration failed").count() as f64;
+    assert!(said >= 2.0, "said in the log for each worker:\n{log}");
+    assert_eq!(scrape.sum("observer_tls_keyed_fall_backs_total", &[]), said, "{}", scrape.0);
+}
+
+/// The secrets the observer holds never reach its log, even at trace level: every secret
+/// of the client's sessions (curl's SSLKEYLOGFILE, TLS 1.3 and 1.2) is looked for in it, in
+/// hex and as a byte list.
+#[test]
+fn no_secret_reaches_the_log_at_trace_level() {
+    require_root();
+    require_command("nginx");
+    require_command("curl");
+    require_command("openssl");
+    let dir = TempDir::new("tls-keys-trace");
+    let (port, tls_port) = (free_port(), free_port());
+    let conf = write_nginx_conf_with(
+        &dir,
+        port,
+        NginxConf {
+            processes: "worker_processes 1;",
+            access_log: true,
+            tls_port: Some(tls_port),
+            tls_protocols: Some("TLSv1.2 TLSv1.3"),
+            ..Default::default()
+        },
+    );
+    let nginx = start_nginx_conf(&conf, port);
+    wait_for_port(tls_port);
+    let observer = Observer::on(&[nginx.pid()]).args(&["--tls", "keys"]).log_level("trace").start();
+    let keylog = dir.path().join("keys.log");
+    let url = format!("https://127.0.0.1:{tls_port}/files/small.txt");
+    for version in [["--tlsv1.3", "--tls-max", "1.3"], ["--tlsv1.2", "--tls-max", "1.2"]] {
+        let out = Command::new("curl")
+            .env("SSLKEYLOGFILE", &keylog)
+            .args(["--silent", "--insecure", "--http1.1", "--write-out", "%{http_code}"])
+            .args(version)
+            .args(["--output", "/dev/null", &url, "--output", "/dev/null", &url])
+            .output()
+            .expect("curl");
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "200200");
+    }
+    let scrape = observer.scrape_settled(4.0);
+    assert_eq!(
+        scrape.sum("observer_tls_keyed_verified_total", &[]),
+        2.0,
+        "both sessions keyed:\n{}",
+        scrape.0
+    );
+    let secrets: Vec<String> = std::fs::read_to_string(&keylog)
+        .expect("curl's key log")
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(2).map(str::to_owned))
+        .collect();
+    assert!(secrets.len() >= 5, "TLS 1.3's and TLS 1.2's secrets logged by curl: {secrets:?}");
+    let log = observer.log();
+    assert!(log.contains("TRACE") || log.contains("DEBUG"), "the log is at trace level");
+    for secret in &secrets {
+        let bytes: Vec<u8> = (0..secret.len() / 2)
+            .map(|i| u8::from_str_radix(&secret[2 * i..2 * i + 2], 16).unwrap())
+            .collect();
+        let listed = format!("{:?}", &bytes[..6]);
+        let listed = listed.trim_end_matches(']');
+        for needle in
+            [secret.to_lowercase(), secret.to_uppercase(), secret[..16].to_lowercase(), listed.to_owned()]
+        {
+            assert!(!log.contains(&needle), "a secret ({needle}) in the observer's log");
+        }
+    }
+}

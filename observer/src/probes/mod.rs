@@ -329,8 +329,8 @@ impl Probes {
     /// logged; the process is followed all the same.
     pub fn follow_tls(&mut self, tgid: u32) {
         let Some(tls) = &mut self.tls else { return };
-        if let Some(offsets) = tls.follow(&mut self.ebpf, tgid) {
-            self.set_secrets_at(tgid, offsets.to_kernel());
+        if let Some(at) = tls.follow(&mut self.ebpf, tgid) {
+            self.set_secrets_at(tgid, at);
         }
     }
 
@@ -349,6 +349,12 @@ impl Probes {
         if tls.fall_back(&mut self.ebpf, tgid, why) {
             self.set_secrets_at(tgid, observer_common::TLS_CALLS_ONLY);
         }
+    }
+
+    /// Processes put on per-call uprobes from the start (their libssl's calibration failed)
+    /// since the last call.
+    pub fn take_tls_calibration_fall_backs(&mut self) -> u64 {
+        self.tls.as_mut().map_or(0, |tls| tls.take_calibration_fall_backs())
     }
 
     /// The OpenSSL files hooked so far.

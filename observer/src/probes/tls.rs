@@ -24,6 +24,7 @@ use tracing::{debug, info, warn};
 
 use super::{ProbeError, permission};
 use crate::tls::learn::Offsets;
+use observer_common::{SECRETS_AT_LEN, TLS_CALLS_ONLY};
 
 /// Entry programs (observer-ebpf/src/probes/tls.rs) by the function they hook.
 const ENTRIES: [(&str, &str); 6] = [
@@ -73,7 +74,10 @@ pub struct TlsAttach {
     /// `--tls keys`: only the handshake (and `SSL_free`) is hooked.
     keys: bool,
     /// `--tls keys`: where each libssl keeps its secrets, learned once per file.
-    offsets: HashMap<FileId, Option<Offsets>>,
+    offsets: HashMap<FileId, Calibration>,
+    /// Processes put on per-call uprobes from the start since the last asked (their libssl's
+    /// calibration failed).
+    calibration_fall_backs: u64,
     /// Entry points per file, resolved once; `None` for a file without OpenSSL.
     files: HashMap<FileId, Option<EntryPoints>>,
     /// Per target process: the files hooked for it, and its uprobe links.
@@ -119,6 +123,7 @@ impl TlsAttach {
             keys: false,
             files: HashMap::new(),
             offsets: HashMap::new(),
+            calibration_fall_backs: 0,
             processes: HashMap::new(),
             libraries: Vec::new(),
         })
@@ -127,7 +132,8 @@ impl TlsAttach {
     /// Hooks the OpenSSL copies `tgid` maps that are not hooked for it yet. Failures are
     /// logged, not returned: a process whose OpenSSL cannot be hooked is still followed.
     /// With `--tls keys`: where the process's libssl keeps its secrets, if learned.
-    pub fn follow(&mut self, ebpf: &mut Ebpf, tgid: u32) -> Option<Offsets> {
+    /// Returns where the process's sessions keep their secrets (`TLS_SECRETS_AT`), if known.
+    pub fn follow(&mut self, ebpf: &mut Ebpf, tgid: u32) -> Option<[u32; SECRETS_AT_LEN]> {
         let pid = NonZeroU32::new(tgid)?;
         let mut found = None;
         for path in candidates(tgid) {
@@ -145,9 +151,18 @@ impl TlsAttach {
             hooked.files.insert(id);
             // Keys are learned from a shared libssl's sessions on sockets; OpenSSL linked into
             // an executable (node: memory BIOs, no socket inside the calls) keeps its calls.
-            let keys = self.keys && is_libssl(&path) && !hooked.calls_only;
+            let mut keys = self.keys && is_libssl(&path) && !hooked.calls_only;
             if keys {
-                found = *self.offsets.entry(id).or_insert_with(|| learned_offsets(&path));
+                match *self.offsets.entry(id).or_insert_with(|| calibrate(&path)) {
+                    Calibration::Learned(offsets) => found = Some(offsets.to_kernel()),
+                    Calibration::Search => {}
+                    // Exact from the start: every call hooked, no handshake hands keys over.
+                    Calibration::Failed => {
+                        (keys, hooked.calls_only, found) = (false, true, Some(TLS_CALLS_ONLY));
+                        self.calibration_fall_backs += 1;
+                        warn!(pid = tgid, library = %path.display(), "TLS sessions are followed by per-call uprobes: this libssl's calibration failed");
+                    }
+                }
             }
             let (entries, deferred): (EntryPoints, EntryPoints) = entries
                 .into_iter()
@@ -201,6 +216,11 @@ impl TlsAttach {
         true
     }
 
+    /// Processes put on per-call uprobes by a failed calibration since the last call.
+    pub fn take_calibration_fall_backs(&mut self) -> u64 {
+        std::mem::take(&mut self.calibration_fall_backs)
+    }
+
     /// Detaches the uprobes of `tgid` (it exited).
     pub fn forget(&mut self, ebpf: &mut Ebpf, tgid: u32) {
         let Some(hooked) = self.processes.remove(&tgid) else {
@@ -215,17 +235,38 @@ impl TlsAttach {
 /// Files of `tgid` that may hold OpenSSL: every mapped `libssl.so*`, and its executable.
 /// Paths go through /proc/PID/root, so a target in another mount namespace (a container)
 /// has its own files hooked.
-/// Where `library` keeps its sessions' secrets (`tls::learn`'s helper), or `None` (logged:
-/// the first connections of each process are then searched, for TLS 1.3 only).
-fn learned_offsets(library: &Path) -> Option<Offsets> {
+/// What the helper found of a libssl file.
+#[derive(Clone, Copy, Debug)]
+enum Calibration {
+    /// Where its sessions keep their secrets.
+    Learned(Offsets),
+    /// Not asked (`OBSERVER_TLS_HELPER=off`): each process's first TLS 1.3 sessions are
+    /// searched instead.
+    Search,
+    /// The helper failed: the library is not what it expects, and its processes are
+    /// followed by per-call uprobes. `OBSERVER_TLS_HELPER=fail` makes it so (the tests'
+    /// way to a calibration that fails).
+    Failed,
+}
+
+/// Where `library` keeps its sessions' secrets (`tls::learn`'s helper); logged either way.
+fn calibrate(library: &Path) -> Calibration {
+    match std::env::var("OBSERVER_TLS_HELPER").as_deref() {
+        Ok("off") => {
+            warn!(library = %library.display(), "cannot learn where this libssl keeps TLS secrets (OBSERVER_TLS_HELPER=off): TLS 1.3 secrets will be searched for in each process's first sessions, TLS 1.2 is not seen");
+            return Calibration::Search;
+        }
+        Ok("fail") => return Calibration::Failed,
+        _ => {}
+    }
     match crate::tls::learn::learn(library) {
         Ok(offsets) => {
             info!(library = %library.display(), ?offsets, "learned where this libssl keeps TLS secrets");
-            Some(offsets)
+            Calibration::Learned(offsets)
         }
         Err(e) => {
-            warn!(library = %library.display(), "cannot learn where this libssl keeps TLS secrets ({e}): TLS 1.3 secrets will be searched for in each process's first sessions, TLS 1.2 is not seen");
-            None
+            warn!(library = %library.display(), "cannot learn where this libssl keeps TLS secrets: {e}");
+            Calibration::Failed
         }
     }
 }
