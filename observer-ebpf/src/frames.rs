@@ -280,7 +280,10 @@ pub fn emit_frames(header: EventHeader, buffer: Buffer, direction: Direction) {
         // Where the next frame starts is unknown from here: the skipped number tells the
         // daemon, which stops trusting this direction.
         bump(stat::FRAMES_UNWALKED);
-        walk.cursor = FrameCursor { seq: walk.cursor.seq.wrapping_add(1), ..FrameCursor::default() };
+        // A ciphertext cursor stays one: its bytes are still copied whole, for the daemon
+        // to see the gap and give the connection up, not walked as frames they are not.
+        let copy = if start.copy == COPY_ALL { COPY_ALL } else { 0 };
+        walk.cursor = FrameCursor { seq: walk.cursor.seq.wrapping_add(1), copy, ..FrameCursor::default() };
     } else {
         flush();
         walk = s.frames;

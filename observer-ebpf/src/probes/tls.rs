@@ -192,6 +192,10 @@ unsafe fn hand_over_keys(session: *mut TlsConn, call: &TlsCall, id: u64, tgid: u
     let Some(conn) = CONNS.get_ptr_mut(&call.conn) else {
         return; // not a socket-hooks connection
     };
+    // SAFETY: a field of a map value.
+    if unsafe { (*conn).flags } & STATE_TLS_KEYS != 0 {
+        return; // a second handshake on the connection: its records are numbered already
+    }
     let Some(s) = scratch() else {
         return;
     };

@@ -161,6 +161,9 @@ impl TlsAttach {
                         (keys, hooked.calls_only, found) = (false, true, Some(TLS_CALLS_ONLY));
                         self.calibration_fall_backs += 1;
                         warn!(pid = tgid, library = %path.display(), "TLS sessions are followed by per-call uprobes: this libssl's calibration failed");
+                        // Another libssl of the process, calibrated before, waits for its
+                        // call hooks: its sessions are no longer keyed either.
+                        attach_deferred(ebpf, pid, hooked, self.floor, "another libssl's calibration failed");
                     }
                 }
             }
@@ -203,16 +206,7 @@ impl TlsAttach {
         if std::mem::replace(&mut hooked.calls_only, true) {
             return false;
         }
-        for (path, entries) in std::mem::take(&mut hooked.deferred) {
-            match attach(ebpf, &path, &entries, pid, self.floor, &mut hooked.links) {
-                Ok(()) => {
-                    warn!(pid = tgid, library = %path.display(), "TLS sessions fall back to per-call uprobes: {why}")
-                }
-                Err(e) => {
-                    warn!(pid = tgid, library = %path.display(), "cannot fall back to per-call uprobes ({why}): {e}")
-                }
-            }
-        }
+        attach_deferred(ebpf, pid, hooked, self.floor, why);
         true
     }
 
@@ -232,9 +226,20 @@ impl TlsAttach {
     }
 }
 
-/// Files of `tgid` that may hold OpenSSL: every mapped `libssl.so*`, and its executable.
-/// Paths go through /proc/PID/root, so a target in another mount namespace (a container)
-/// has its own files hooked.
+/// Attaches the call hooks `hooked` deferred (`--tls keys` falling back for `why`).
+fn attach_deferred(ebpf: &mut Ebpf, pid: NonZeroU32, hooked: &mut Hooked, floor: bool, why: &str) {
+    for (path, entries) in std::mem::take(&mut hooked.deferred) {
+        match attach(ebpf, &path, &entries, pid, floor, &mut hooked.links) {
+            Ok(()) => {
+                warn!(pid = pid.get(), library = %path.display(), "TLS sessions fall back to per-call uprobes: {why}")
+            }
+            Err(e) => {
+                warn!(pid = pid.get(), library = %path.display(), "cannot fall back to per-call uprobes ({why}): {e}")
+            }
+        }
+    }
+}
+
 /// What the helper found of a libssl file.
 #[derive(Clone, Copy, Debug)]
 enum Calibration {
@@ -276,6 +281,9 @@ fn is_libssl(path: &Path) -> bool {
     path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("libssl.so"))
 }
 
+/// Files of `tgid` that may hold OpenSSL: every mapped `libssl.so*`, and its executable.
+/// Paths go through /proc/PID/root, so a target in another mount namespace (a container)
+/// has its own files hooked.
 fn candidates(tgid: u32) -> Vec<PathBuf> {
     let root = PathBuf::from(format!("/proc/{tgid}/root"));
     let maps = fs::read_to_string(format!("/proc/{tgid}/maps")).unwrap_or_default();

@@ -276,7 +276,9 @@ fn assemble(portions: Vec<Portion>) -> Plain {
         head.extend_from_slice(bytes);
         used += 1;
     }
-    head.truncate(observer_common::HEAD_LEN);
+    // Not cut at the kernel's head length: a call put together from several (the records of
+    // a handshake's reads, a first record copied in parts) is whole, and HTTP/2's frame walk
+    // needs every byte of it.
     // The tail: the known bytes that end the plaintext, after the head.
     let mut tail = Vec::new();
     if let Some((at, bytes)) = known[used.min(known.len())..].last()

@@ -242,3 +242,30 @@ fn http2_is_given_up_and_its_process_handed_back_to_per_call_uprobes() {
     assert_eq!(keyed.take_fall_backs(), vec![(7, LostReason::Http2)]);
     assert_eq!(keyed.take_counts().1, vec![(LostReason::Http2, 1)]);
 }
+
+#[test]
+fn an_http2_first_record_copied_in_parts_is_walked_whole() {
+    let mut keyed = Keyed::default();
+    let mut secrets = vec![0u8; observer_common::KEYS_SECRETS_LEN];
+    secrets[..32].copy_from_slice(&hex(CLIENT_SECRET));
+    secrets[48..80].copy_from_slice(&hex(SERVER_SECRET));
+    assert!(keyed.keys(&Event { frames: true, ..event(Kind::Keys, Call::None, &secrets) }).is_none());
+    // The preface, SETTINGS, then a 12,000-byte DATA frame: one record longer than the
+    // kernel's 8 KiB copies, so it comes in two numbered parts.
+    let mut inner = observer_common::H2_PREFACE.to_vec();
+    inner.extend([0, 0, 0, 4, 0, 0, 0, 0, 0]);
+    inner.extend([0, 0x2e, 0xe0, 0, 1, 0, 0, 0, 1]);
+    inner.extend(vec![b'x'; 12_000]);
+    let plain_len = inner.len();
+    inner.push(23);
+    let record = client_keys().seal(0, &inner);
+    let (first, rest) = record.split_at(observer_common::HEAD_LEN);
+    let part = |head, seq| Event { frames: true, cipher: true, seq, ..event(Kind::Data, Call::Read, head) };
+    assert!(keyed.data(&part(first, 0)).is_none(), "the record is not whole yet");
+    let plain = keyed.data(&part(rest, 1)).expect("the record's plaintext");
+    assert_eq!((plain.plain.len, plain.frames), (plain_len, Some(0)));
+    // The frame walk keeps the preface and frame headers, not the DATA payload.
+    assert!(plain.plain.head.starts_with(observer_common::H2_PREFACE));
+    assert_eq!(plain.plain.head.len(), observer_common::H2_PREFACE.len() + 18);
+    assert!(keyed.take_counts().1.is_empty(), "nothing lost");
+}
