@@ -4,6 +4,12 @@
 //! the layout byte for byte. Enums travel as `u32` and are decoded with `TryFrom`.
 #![no_std]
 
+mod frames;
+mod tls;
+
+pub use frames::*;
+pub use tls::*;
+
 /// Most bytes from the start of a read copied into a data event. Requests are small and
 /// clients pipeline them: 100 pipelined GETs in one read must all be seen to be counted.
 pub const READ_HEAD_LEN: usize = 8192;
@@ -54,11 +60,6 @@ pub const fn port_bit(port: u16) -> (u32, u64) {
 /// The daemon drains the ring on a timer and is woken early only once this fraction of the
 /// ring is pending (1/16: `WAKEUP_BYTES` in the kernel programs).
 pub const WAKEUP_DIVISOR: u32 = 16;
-
-/// OpenSSL calls in progress at once, one per thread inside `SSL_read`/`SSL_write`/
-/// `SSL_do_handshake` (the kernel's `TLS_CALLS` table); a call that does not fit is counted
-/// under `observer_kernel_map_full_total{map="tls"}`.
-pub const MAX_TLS_CALLS: u32 = 4096;
 
 /// Ring buffer size in bytes (power of two, multiple of the page size).
 pub const RING_BYTES: u32 = 8 << 20;
@@ -237,25 +238,6 @@ pub const FLAG_TCP: u32 = 8;
 /// are the ciphertext whole, numbered like frame records.
 pub const FLAG_CIPHER: u32 = 16;
 
-/// Bytes of a session's memory a `Kind::Keys` record carries while a process's layout is
-/// learned (OpenSSL 3.0.19 keeps the application traffic secrets at 1860 and 1924).
-pub const KEYS_DUMP_LEN: usize = 4096;
-/// `TLS_SECRETS_AT` value of a process whose sessions are followed by per-call uprobes
-/// (`--tls keys` fell back): its handshakes hand over nothing.
-pub const TLS_CALLS_ONLY: [u32; SECRETS_AT_LEN] = [u32::MAX; SECRETS_AT_LEN];
-
-/// Offsets in a `TLS_SECRETS_AT` value: TLS 1.3's client and server application traffic
-/// secrets, the `SSL_SESSION *`, the master key in the session, the client and server
-/// randoms, the selected ALPN protocol (a pointer, its length after it).
-pub const SECRETS_AT_LEN: usize = 7;
-
-/// A `FrameCursor`'s `copy` that never runs out: every byte is copied (a keyed TLS socket
-/// speaking HTTP/2, whose frames only the daemon can see, after decrypting).
-pub const COPY_ALL: u32 = u32::MAX;
-
-/// Bytes of a `Kind::Keys` record that carries the secrets.
-pub const KEYS_SECRETS_LEN: usize = 208;
-
 /// The `FLAG_*` bits that travel in records; higher bits of a socket's state are the kernel's own.
 pub const REPORTED_FLAGS: u32 = 0xffff;
 
@@ -294,45 +276,6 @@ pub const STATE_MIDSTREAM: u32 = 1 << 22;
 /// sends its preface right after the 101, and may answer stream 1 before it reads the client's).
 pub const STATE_UPGRADE: u32 = 1 << 23;
 
-/// The client connection preface (RFC 9113 §3.4): the first bytes an HTTP/2 server reads.
-pub const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-
-/// Most payload bytes of one frame copied. SETTINGS_MAX_FRAME_SIZE starts at 16 KiB; a
-/// larger header block fragment (a peer that raised it) is cut, and the daemon stops
-/// trusting that direction's HPACK state.
-pub const KEPT_PAYLOAD: u32 = 16 << 10;
-
-/// Whether a frame kind's payload is copied: what HPACK and stream state need (HEADERS,
-/// RST_STREAM, SETTINGS, PUSH_PROMISE, GOAWAY, CONTINUATION). DATA and the rest go by length.
-pub const fn frame_payload_kept(kind: u8) -> bool {
-    matches!(kind, 0x1 | 0x3 | 0x4 | 0x5 | 0x7 | 0x9)
-}
-
-/// Where one direction of an HTTP/2 connection is inside its frames, kept between calls: Go
-/// reads a frame's header and its payload in separate calls, and frames span reads.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct FrameCursor {
-    /// Bytes of the current frame (or of the preface) still to copy.
-    pub copy: u32,
-    /// Bytes of it still to pass over after those.
-    pub skip: u32,
-    /// The next frame header's first bytes, when a call ended inside it.
-    pub header: [u8; 8],
-    /// How many of them (0 to 8).
-    pub header_len: u32,
-    /// The number the direction's next record gets: a gap is a lost record.
-    pub seq: u32,
-}
-
-/// Value of the kernel's `FRAME_CURSORS` table, keyed like records (`conn`): reads, writes.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default)]
-pub struct FrameCursors {
-    pub read: FrameCursor,
-    pub write: FrameCursor,
-}
-
 /// The side of a connection the observed process is on. Explicit discriminants: wire format.
 /// Only `Server` is reported so far.
 #[repr(u8)]
@@ -354,79 +297,6 @@ impl TryFrom<u8> for Role {
             other => Err(other),
         }
     }
-}
-
-/// Set in the connection key of a TLS session not tied to a socket (see [`tls_key`]);
-/// socket cookies and `socket_key`s never have it (cookies count up from 1, tgids < 2^22).
-pub const TLS_KEY_BIT: u64 = 1 << 63;
-
-/// Connection key of OpenSSL session `ssl` (an `SSL *`) of process `tgid`, for a session whose
-/// socket is not known (a memory BIO, as node uses, or syscall hooks). Forked workers share
-/// heap addresses, so the pointer alone is not unique: it is mixed with the tgid (collisions
-/// of the 63-bit mix are as likely as a random 63-bit clash).
-pub const fn tls_key(tgid: u32, ssl: u64) -> u64 {
-    let mixed = ssl.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (tgid as u64).wrapping_mul(0xC2B2_AE3D_27D4_EB4F);
-    TLS_KEY_BIT | (mixed >> 1)
-}
-
-/// What an OpenSSL call of a target was asked to do, and which socket it was seen moving
-/// bytes on, from its uprobe to its uretprobe: the kernel's `TLS_CALLS` value, keyed by
-/// pid_tgid (one call per thread at a time).
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default)]
-pub struct TlsCall {
-    /// The `SSL *`.
-    pub ssl: u64,
-    /// The plaintext buffer.
-    pub buf: u64,
-    /// `SSL_read_ex`/`SSL_write_ex`: where the call stores the bytes it moved; 0 otherwise
-    /// (the return value is the count).
-    pub moved_ptr: u64,
-    /// The bytes a write call was given (a write's plaintext is reported without its return).
-    pub len: u64,
-    /// The served connection (socket cookie, or `socket_key`) the call moved bytes on.
-    pub conn: u64,
-    /// When that connection's handshake completed (`--hooks sock`), for its wait; 0 if unknown.
-    pub established_ns: u64,
-    /// A [`TlsOp`] discriminant.
-    pub op: u32,
-    /// `TIE_*`: what the call was seen doing on a socket.
-    pub tie: u32,
-}
-
-/// [`TlsCall::tie`]: no socket I/O seen inside the call (a memory BIO, or data buffered).
-pub const TIE_NONE: u32 = 0;
-/// Socket I/O on a socket that is not a served one: the target is a TLS client there.
-pub const TIE_OUTBOUND: u32 = 1;
-/// Socket I/O on a served connection already in progress.
-pub const TIE_SERVED: u32 = 2;
-/// Socket I/O on a served connection the kernel saw open, whose first bytes were these.
-pub const TIE_SERVED_NEW: u32 = 3;
-
-/// Which OpenSSL call a [`TlsCall`] is.
-#[repr(u32)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum TlsOp {
-    Read = 1,
-    Write = 2,
-    /// `SSL_do_handshake`: moves no plaintext, but ties the session to its socket early.
-    Handshake = 3,
-}
-
-/// Value of the kernel's `TLS_CONNS` table: an OpenSSL session of a target, keyed by
-/// [`tls_key`], from its first call to `SSL_free`.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default)]
-pub struct TlsConn {
-    /// The served connection the session was seen on (then its plaintext is reported as that
-    /// connection's); 0 before, or never (memory BIOs).
-    pub conn: u64,
-    /// When that connection's handshake completed, if the kernel saw it; else 0.
-    pub established_ns: u64,
-    /// The process, to forget its sessions when it exits without freeing them.
-    pub tgid: u32,
-    /// `FLAG_*` and `STATE_*` bits, as a socket's.
-    pub flags: u32,
 }
 
 /// Value of the kernel's `CONNS` table (`--hooks sock`), keyed by socket cookie.
