@@ -70,7 +70,12 @@ pub const RING_BYTES: u32 = 8 << 20;
 pub enum Kind {
     /// Bytes a target moved on a connection; `call` says which call, and so which way.
     Data = 1,
-    /// A connection the target accepted (the syscall hooks: accept returned `fd`).
+    /// A connection the target accepted (the syscall hooks: accept returned `fd`), or
+    /// (`Role::Client`, the socket hooks) one it opened whose handshake ended: `ret` 0 if it
+    /// was established, else minus the socket's error (`ECONNREFUSED`, `ETIMEDOUT`,
+    /// `EHOSTUNREACH`, ...; [`CONNECT_ABANDONED`] when the process closed it while it was
+    /// connecting); `wait_us` the time from SYN sent to that end; `port` the peer's port and
+    /// the head its address ([`PEER_ADDR_LEN`] bytes).
     Open = 2,
     /// A connection ended.
     Close = 3,
@@ -238,12 +243,24 @@ pub const FLAG_TCP: u32 = 8;
 /// are the ciphertext whole, numbered like frame records.
 pub const FLAG_CIPHER: u32 = 16;
 
+/// A client `Kind::Open`'s `ret` (minus `ECANCELED`, which TCP never sets) when the process
+/// closed the socket while it was connecting: its own connect timeout, or a race it dropped.
+pub const CONNECT_ABANDONED: i64 = -125;
+
+/// Bytes of a client `Kind::Open` record's head: the peer's IPv6 address (IPv4 mapped).
+pub const PEER_ADDR_LEN: usize = 16;
+
 /// The `FLAG_*` bits that travel in records; higher bits of a socket's state are the kernel's own.
 pub const REPORTED_FLAGS: u32 = 0xffff;
 
-/// Kernel-side socket state: the last data record of the socket was a read, so its next write
-/// starts a response (and gets the larger head capture).
-pub const STATE_LAST_READ: u32 = 1 << 16;
+/// Kernel-side socket state: the last data record of the socket went the requests' way (a
+/// server's read, a client's write), so the next one the other way starts a response (and
+/// gets the larger head capture).
+pub const STATE_LAST_REQUEST: u32 = 1 << 16;
+
+/// Socket state (`--hooks sock`): a target opened the connection (the client role): what it
+/// writes are requests. Set at its connect (SYN_SENT), unless `--no-client`.
+pub const STATE_CLIENT: u32 = 1 << 26;
 
 /// Kernel-side socket state (`--hooks sock`): its close was reported already.
 pub const STATE_CLOSE_SENT: u32 = 1 << 17;
@@ -277,7 +294,6 @@ pub const STATE_MIDSTREAM: u32 = 1 << 22;
 pub const STATE_UPGRADE: u32 = 1 << 23;
 
 /// The side of a connection the observed process is on. Explicit discriminants: wire format.
-/// Only `Server` is reported so far.
 #[repr(u8)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Role {
@@ -309,7 +325,9 @@ pub struct ConnState {
     pub cookie: u64,
     /// `FLAG_*` and `STATE_*` bits.
     pub flags: u32,
-    pub reserved: u32,
+    /// A client connection's process (its records are reported as that process's even when
+    /// made in softirq); 0 for a served one.
+    pub tgid: u32,
 }
 
 /// One record: a call of a target on one of its connections (`Kind::Data`), or an event
@@ -351,7 +369,7 @@ pub struct EventHeader {
     /// A [`Role`] discriminant: which side of the connection the process is on.
     pub role: u8,
     pub reserved: u8,
-    /// `Kind::Listen` / `Kind::Unlisten`: the port.
+    /// `Kind::Listen` / `Kind::Unlisten`: the port; a client `Kind::Open`: the peer's port.
     pub port: u16,
     pub reserved2: u16,
 }

@@ -4,8 +4,8 @@ use aya_ebpf::EbpfContext;
 use aya_log_ebpf::warn;
 use observer_common::{
     Call, Direction, EventHeader, FLAG_LOST_BEFORE, FLAG_NEW, FLAG_TCP, HEADER_LEN, Kind, READ_HEAD_LEN,
-    REPORTED_FLAGS, RESPONSE_HEAD_LEN, RING_BYTES, Role, STATE_CLOSE_SENT, STATE_H2, STATE_LAST_READ,
-    STATE_MIDSTREAM, TCP_CHRONO_LEN, TcpChrono, WAKEUP_DIVISOR, WRITE_HEAD_LEN, stat,
+    REPORTED_FLAGS, RESPONSE_HEAD_LEN, RING_BYTES, Role, STATE_CLIENT, STATE_CLOSE_SENT, STATE_H2,
+    STATE_LAST_REQUEST, STATE_MIDSTREAM, TCP_CHRONO_LEN, TcpChrono, WAKEUP_DIVISOR, WRITE_HEAD_LEN, stat,
 };
 
 use crate::{
@@ -33,8 +33,9 @@ pub struct Record {
     pub wait_us: u32,
     /// `Kind::Fork`: the child's pid.
     pub child: u32,
-    /// `Kind::Listen` / `Unlisten`: the port.
+    /// `Kind::Listen` / `Unlisten`: the port; a client `Kind::Open`: the peer's.
     pub port: u16,
+    pub role: Role,
 }
 
 impl Record {
@@ -53,6 +54,7 @@ impl Record {
             wait_us: 0,
             child: 0,
             port: 0,
+            role: Role::Server,
         }
     }
 
@@ -73,7 +75,7 @@ impl Record {
             child: self.child,
             kind: self.kind as u8,
             call: self.call as u8,
-            role: Role::Server as u8,
+            role: self.role as u8,
             reserved: 0,
             port: self.port,
             reserved2: 0,
@@ -94,10 +96,11 @@ pub fn bump(index: u32) -> u64 {
 }
 
 /// A socket's state word (`FLAG_*` to report, `STATE_*` kept) as a data record of
-/// `direction` passes: takes the flags to report, notes whether this was a read, and says
-/// how much of the call's start to copy. The first write after a read starts a response, so
-/// it gets room for a whole head (`RESPONSE_HEAD_LEN`); later writes are body writes, whose
-/// chunk-size lines sit at their start or end (`WRITE_HEAD_LEN`).
+/// `direction` passes: takes the flags to report, notes whether this record went the
+/// requests' way (a server's read, a client's write: `STATE_CLIENT`), and says how much of
+/// the call's start to copy. The first record the other way after it starts a response, so
+/// it gets room for a whole head (`RESPONSE_HEAD_LEN`); later ones are body, whose chunk-size
+/// lines sit at their start or end (`WRITE_HEAD_LEN`).
 ///
 /// # Safety
 /// `state` points into a map value (the verifier checks it too).
@@ -106,14 +109,14 @@ pub unsafe fn advance(state: *mut u32, direction: Direction) -> (u32, u64) {
     // SAFETY: per the contract; a racing writer can only set FLAG_LOST_BEFORE, which at worst
     // is reported one record late.
     let old = unsafe { *state };
-    let reading = direction == Direction::In;
-    let cap = match direction {
-        Direction::In => READ_HEAD_LEN,
-        _ if old & STATE_LAST_READ != 0 => RESPONSE_HEAD_LEN,
-        _ => WRITE_HEAD_LEN,
+    let requesting = (direction == Direction::In) != (old & STATE_CLIENT != 0);
+    let cap = match requesting {
+        true => READ_HEAD_LEN,
+        false if old & STATE_LAST_REQUEST != 0 => RESPONSE_HEAD_LEN,
+        false => WRITE_HEAD_LEN,
     } as u64;
-    let kept = old & !(REPORTED_FLAGS | STATE_LAST_READ | STATE_CLOSE_SENT);
-    let new = if reading { kept | STATE_LAST_READ } else { kept };
+    let kept = old & !(REPORTED_FLAGS | STATE_LAST_REQUEST | STATE_CLOSE_SENT);
+    let new = if requesting { kept | STATE_LAST_REQUEST } else { kept };
     if new != old {
         unsafe { *state = new };
     }
@@ -146,7 +149,10 @@ pub fn emit_data<C: EbpfContext>(
     // (a connection from before attach) a read of whole frames.
     // SAFETY: as above.
     let midstream = h2 && unsafe { *state } & STATE_MIDSTREAM != 0;
+    // A client (its own connection) writes the preface; a server reads it.
+    let client = record.role == Role::Client;
     let (h2_starts, joined) = match direction {
+        _ if client => (direction == Direction::Out && frames::starts_with_preface(head_len), false),
         Direction::In if frames::starts_with_preface(head_len) => (true, false),
         Direction::In => (midstream && frames::whole_frames(head_len, record.ret as u64), true),
         // SAFETY: as above.
@@ -154,7 +160,7 @@ pub fn emit_data<C: EbpfContext>(
         _ => (record.flags & FLAG_NEW != 0 && frames::starts_with_settings(head_len), false),
     };
     // SAFETY: as above.
-    if h2 && h2_starts && unsafe { frames::start(record.conn, state, joined) } {
+    if h2 && h2_starts && unsafe { frames::start(record.conn, state, joined, client) } {
         frames::emit_frames(record.header(0, 0), buffer, direction);
         return;
     }
@@ -275,7 +281,7 @@ const BPF_RB_NO_WAKEUP: u64 = 1;
 const BPF_RB_FORCE_WAKEUP: u64 = 2;
 
 #[inline(always)]
-fn wakeup_flag() -> u64 {
+pub fn wakeup_flag() -> u64 {
     if EVENTS.query(BPF_RB_AVAIL_DATA) >= patched(&WAKEUP_BYTES) {
         BPF_RB_FORCE_WAKEUP
     } else {

@@ -170,18 +170,19 @@ extern "C" fn sniff_step(_index: u64, _ctx: *mut c_void) -> i64 {
     CONTINUE
 }
 
-/// Makes `conn` an HTTP/2 connection: both cursors at their start (the read one expects the
-/// preface unless the connection `joined` mid-stream), `STATE_H2` set. False (counted) if
-/// the table is full.
+/// Makes `conn` an HTTP/2 connection: both cursors at their start (the requests' one, the
+/// reads of a server or the writes of a `client`, expects the preface unless the connection
+/// `joined` mid-stream), `STATE_H2` set. False (counted) if the table is full.
 ///
 /// # Safety
 /// `state` points into a map value.
 #[inline(always)]
-pub unsafe fn start(conn: u64, state: *mut u32, joined: bool) -> bool {
-    let preface = if joined { 0 } else { H2_PREFACE.len() as u32 };
-    let cursors = FrameCursors {
-        read: FrameCursor { copy: preface, ..FrameCursor::default() },
-        write: FrameCursor::default(),
+pub unsafe fn start(conn: u64, state: *mut u32, joined: bool, client: bool) -> bool {
+    let preface =
+        FrameCursor { copy: if joined { 0 } else { H2_PREFACE.len() as u32 }, ..FrameCursor::default() };
+    let cursors = match client {
+        false => FrameCursors { read: preface, write: FrameCursor::default() },
+        true => FrameCursors { read: FrameCursor::default(), write: preface },
     };
     if FRAME_CURSORS.insert(&conn, &cursors, 0).is_err() {
         bump(stat::FRAMES_FULL);

@@ -18,6 +18,7 @@ mod frames;
 mod maps;
 mod probes;
 mod scratch;
+mod sk;
 mod target;
 
 #[cfg(not(test))]

@@ -6,6 +6,7 @@ use crate::{
     exchange::{Finished, RequestHead},
     grpc::{self, MethodLabels, Methods},
     metrics::{Answered, Handles, Metrics},
+    peer::{ClientHandles, PeerRequestLabels, Peers},
     route::{Endpoint, Router, Rules},
 };
 
@@ -17,6 +18,8 @@ pub struct Tag {
     method: &'static str,
     /// A gRPC call's labels.
     grpc: Option<MethodLabels>,
+    /// A request the target made (the client role), to this peer.
+    pub peer: Option<&'static str>,
 }
 
 /// Methods kept as their own label value; any other token becomes `OTHER`, so a client
@@ -35,11 +38,19 @@ pub struct Labels<'m> {
     router: Router,
     methods: Methods,
     pub handles: Handles<'m>,
+    pub peers: Peers,
+    pub client: ClientHandles<'m>,
 }
 
 impl<'m> Labels<'m> {
     pub fn new(metrics: &'m Metrics, router: Router) -> Self {
-        Labels { router, methods: Methods::default(), handles: Handles::new(metrics) }
+        Labels {
+            router,
+            methods: Methods::default(),
+            handles: Handles::new(metrics),
+            peers: Peers::default(),
+            client: ClientHandles::new(&metrics.client),
+        }
     }
 
     pub fn set_rules(&mut self, rules: Rules) {
@@ -51,9 +62,23 @@ impl<'m> Labels<'m> {
         start_request(&mut self.router, &mut self.methods, &mut self.handles, head)
     }
 
+    /// A request the target wrote to `peer`: its labels, and it is in flight.
+    pub fn start_client(&mut self, peer: &'static str, head: RequestHead<'_>) -> Tag {
+        let method = method_label(head.method);
+        let grpc = head.grpc.then(|| self.methods.labels(head.target.unwrap_or("")));
+        if let Some(labels) = grpc {
+            self.client.grpc_started(labels);
+        }
+        self.client.started(peer);
+        Tag { endpoint: None, method, grpc, peer: Some(peer) }
+    }
+
     /// A request left its connection: answered or abandoned.
     pub fn finish(&mut self, finished: Finished<Tag>) {
-        record(&mut self.handles, finished);
+        match finished.tag.peer {
+            Some(peer) => record_client(&mut self.client, peer, finished),
+            None => record(&mut self.handles, finished),
+        }
     }
 }
 
@@ -76,14 +101,33 @@ fn start_request(
         handles.endpoint_overflowed();
     }
     let Endpoint::Label(endpoint) = endpoint else {
-        return Tag { endpoint: None, method, grpc };
+        return Tag { endpoint: None, method, grpc, peer: None };
     };
     handles.started(endpoint);
-    Tag { endpoint: Some(endpoint), method, grpc }
+    Tag { endpoint: Some(endpoint), method, grpc, peer: None }
+}
+
+fn seconds(from: u64, to: u64) -> f64 {
+    to.saturating_sub(from) as f64 / 1e9
+}
+
+/// A request the target made: from its first byte written to its response's last byte read.
+fn record_client(client: &mut ClientHandles<'_>, peer: &'static str, finished: Finished<Tag>) {
+    let took = seconds(finished.start_ns, finished.end_ns);
+    if let (Some(labels), Some(end)) = (finished.tag.grpc, finished.grpc)
+        && let Some(code) = grpc::code(end, finished.status.is_some())
+    {
+        client.grpc_handled(labels, code, took);
+    }
+    match finished.status {
+        Some(status) => {
+            client.answered(PeerRequestLabels { peer, method: finished.tag.method, status }, took)
+        }
+        None => client.abandoned(peer),
+    }
 }
 
 fn record(handles: &mut Handles<'_>, finished: Finished<Tag>) {
-    let seconds = |from: u64, to: u64| to.saturating_sub(from) as f64 / 1e9;
     if let (Some(labels), Some(end)) = (finished.tag.grpc, finished.grpc)
         && let Some(code) = grpc::code(end, finished.status.is_some())
     {

@@ -2,7 +2,8 @@
 //!
 //! Data flow: probes (kernel programs) → events (decode) → conn (per-connection table)
 //! → {http1 (HTTP/1.x framing), http2 (frames, HPACK, streams)} → exchange (protocol-neutral)
-//! → label (exchanges to labels and metric updates; route: endpoints, grpc: methods) → metrics
+//! → label (exchanges to labels and metric updates; route: endpoints, grpc: methods, peer:
+//! a client connection's upstream) → metrics
 //! → serve.
 
 // `unsafe` only where the kernel's interfaces need it, each module named here: `probes`
@@ -24,6 +25,7 @@ pub mod label;
 #[allow(unsafe_code)]
 pub mod listen;
 pub mod metrics;
+pub mod peer;
 #[allow(unsafe_code)]
 pub mod probes;
 pub mod procfs;

@@ -151,6 +151,17 @@ struct Common {
     /// `--enable-feature=native-histograms`); text scrapes get the classic buckets either way.
     #[arg(long)]
     no_native_histograms: bool,
+    /// Do not follow the connections the targets open themselves (to their upstreams): no
+    /// http_client_*, grpc_client_* or tcp_connect_* metrics.
+    #[arg(long)]
+    no_client: bool,
+    /// A readable name for an upstream, as its peer label (repeatable): ADDR:PORT=NAME.
+    #[arg(long = "peer-name", value_name = "ADDR:PORT=NAME", value_parser = observer::peer::parse_peer_name)]
+    peer_names: Vec<(SocketAddr, String)>,
+    /// Most distinct peer labels (upstreams without a name); later ones are counted as
+    /// peer="other".
+    #[arg(long, default_value_t = observer::peer::DEFAULT_MAX_PEERS)]
+    max_peers: usize,
 }
 
 /// A page: the smallest ring the kernel takes.
@@ -183,6 +194,9 @@ impl Common {
             exit_with_targets,
             tls: if self.no_tls { TlsMode::Off } else { self.tls },
             native_histograms: !self.no_native_histograms,
+            clients: !self.no_client,
+            peer_names: self.peer_names,
+            max_peers: self.max_peers,
         }
     }
 }

@@ -15,6 +15,7 @@ use rustc_hash::FxHashMap;
 use crate::{
     exchange::TcpSpan,
     grpc::{CodeLabels, GrpcMetrics, MethodLabels},
+    peer::ClientMetrics,
     transfer::{TransferHandles, TransferMetrics},
 };
 
@@ -120,11 +121,12 @@ impl MetricConstructor<Histogram> for Buckets {
     }
 }
 
-/// Every family the daemon exports, in three groups, each registered once in `registry`.
+/// Every family the daemon exports, in groups, each registered once in `registry`.
 pub struct Metrics {
     pub registry: Registry,
     pub http: HttpMetrics,
     pub grpc: GrpcMetrics,
+    pub client: ClientMetrics,
     pub transfer: TransferMetrics,
     pub listen: ListenMetrics,
     pub health: HealthMetrics,
@@ -365,10 +367,11 @@ impl Metrics {
         let mut registry = Registry::default();
         let http = HttpMetrics::register(&mut registry, native);
         let grpc = GrpcMetrics::register(&mut registry, native);
+        let client = ClientMetrics::register(&mut registry, native);
         let transfer = TransferMetrics::register(&mut registry, native);
         let listen = ListenMetrics::register(&mut registry);
         let health = HealthMetrics::register(&mut registry);
-        Metrics { registry, http, grpc, transfer, listen, health }
+        Metrics { registry, http, grpc, client, transfer, listen, health }
     }
 
     /// The registry in Prometheus' protobuf format (length-delimited `MetricFamily`

@@ -20,6 +20,7 @@ use crate::{
     events,
     listen::ListenQueues,
     metrics::{MapLabels, Metrics, ProgramLabels, ReasonLabels},
+    peer::Peers,
     probes::{Hooks, KernelDrops, Probes, TlsMode},
     procfs::process_exists,
     route::{Router, Rules},
@@ -51,6 +52,11 @@ pub struct RunConfig {
     pub tls: TlsMode,
     /// Latency histograms get native buckets besides the classic ones.
     pub native_histograms: bool,
+    /// Follow the connections the targets open (the client role).
+    pub clients: bool,
+    /// Names for peers (`--peer-name`), and most peer labels besides them.
+    pub peer_names: Vec<(SocketAddr, String)>,
+    pub max_peers: usize,
 }
 
 pub async fn run(config: RunConfig) -> anyhow::Result<()> {
@@ -81,6 +87,7 @@ pub async fn run_with_metrics(config: RunConfig, metrics: Arc<Metrics>) -> anyho
         config.ring_bytes,
         config.max_connections,
         config.tls,
+        config.clients,
     )?;
     let mut ring = probes.take_events()?;
     let listen = Arc::new(Mutex::new(ListenQueues::new()));
@@ -104,7 +111,8 @@ pub async fn run_with_metrics(config: RunConfig, metrics: Arc<Metrics>) -> anyho
 
     let router = Router::new(rules, config.max_endpoints, config.path_depth);
     let mut conns = Connections::new(&metrics, router, config.idle_timeout_secs)
-        .with_capacity(config.max_connections as usize);
+        .with_capacity(config.max_connections as usize)
+        .with_peers(Peers::new(&config.peer_names, config.max_peers));
     let mut keyed = Keyed::default();
     let mut drops_seen = KernelDrops::default();
     let mut misses_seen = FxHashMap::default();

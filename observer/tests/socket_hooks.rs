@@ -1,5 +1,5 @@
 //! `--hooks sock`, the default: what hooking socket I/O (instead of syscalls) guarantees.
-//! Only the targets' inbound connections are followed, connections are keyed by socket
+//! Only the targets' inbound requests count as served, connections are keyed by socket
 //! cookie (no close hook, no fd table), listeners opened later are followed, a reset ends a
 //! response as incomplete, and no syscall tracepoint is attached at all.
 

@@ -5,13 +5,15 @@
 //!   Linux ≥ 6.3): every read, write, recv*, send*, sendfile and splice chunk on a socket,
 //!   after the bytes moved. Which syscall it was, and its buffer, come from the task's saved
 //!   user registers.
-//! - `inet_sock_set_state`: a passive open completing (the connection is new), the server
-//!   closing (FIN_WAIT1 / LAST_ACK), a target's listener appearing or closing.
+//! - `inet_sock_set_state`: a passive open completing (the connection is new), a target's
+//!   connect starting (SYN_SENT) and ending (ESTABLISHED, or CLOSE with the socket's error),
+//!   the server closing (FIN_WAIT1 / LAST_ACK), a target's listener appearing or closing.
 //! - `tcp_destroy_sock`: the end of every other connection (a reset among them), once the
 //!   server has let go of the socket.
 //!
-//! Connections are keyed by socket cookie; only the server side of a target's TCP
-//! connections is followed (its local port is one a target listens on).
+//! Connections are keyed by socket cookie. A target's TCP connections are followed on the
+//! server side (their local port is one a target listens on) and, unless `--no-client`, on
+//! the client side from their connect (`STATE_CLIENT`: what the target writes are requests).
 
 use core::ffi::c_void;
 
@@ -20,17 +22,15 @@ use aya_ebpf::{
     bindings::{BPF_NOEXIST, pt_regs},
     helpers::{
         bpf_probe_read_kernel,
-        generated::{
-            bpf_get_current_task_btf, bpf_get_socket_cookie, bpf_jiffies64, bpf_skc_to_tcp_sock,
-            bpf_task_pt_regs,
-        },
+        generated::{bpf_get_current_task_btf, bpf_get_socket_cookie, bpf_jiffies64, bpf_task_pt_regs},
     },
     macros::btf_tracepoint,
     programs::BtfTracePointContext,
 };
 use observer_common::{
-    Call, ConnState, Direction, FLAG_CIPHER, FLAG_NEW, FLAG_TCP, Kind, READ_HEAD_LEN, STATE_CLOSE_SENT,
-    STATE_H2, STATE_MIDSTREAM, STATE_TLS, STATE_TLS_KEYS, STATE_TLS_RETRY, TcpChrono, TlsCall, TlsOp, stat,
+    CONNECT_ABANDONED, Call, ConnState, Direction, EventHeader, FLAG_CIPHER, FLAG_NEW, FLAG_TCP, Kind,
+    PEER_ADDR_LEN, READ_HEAD_LEN, Role, STATE_CLIENT, STATE_CLOSE_SENT, STATE_H2, STATE_MIDSTREAM, STATE_TLS,
+    STATE_TLS_KEYS, STATE_TLS_RETRY, TlsCall, TlsOp, stat,
 };
 
 use super::{
@@ -38,76 +38,23 @@ use super::{
 };
 use crate::{
     capture::Buffer,
-    emit::{Record, advance, bump, emit_control, emit_control_tcp, emit_data},
+    emit::{Record, advance, bump, emit_control, emit_control_tcp, emit_data, wakeup_flag},
     frames,
-    maps::{CONNS, TLS_CALLS},
+    maps::{CONNS, EVENTS, TLS_CALLS},
     scratch::scratch,
+    sk::{
+        AF_INET, AF_INET6, IPPROTO_TCP, SK_COOKIE, SK_ERR, SK_FAMILY, SK_NUM, SK_PROTOCOL, SK_SOCKET,
+        SOCKET_FILE, TCP_BYTES_RECEIVED, TCP_BYTES_SENT, TCP_CLOSE, TCP_COPIED_SEQ, TCP_ESTABLISHED,
+        TCP_FIN_WAIT1, TCP_LAST_ACK, TCP_LISTEN, TCP_LSNDTIME, TCP_RCV_NXT, TCP_SYN_RECV, TCP_SYN_SENT,
+        TICK_NS, field, peer, tcp_chrono,
+    },
     target::{add_listened, current, is_listened, is_target, now, patched},
 };
 
-/// Byte offsets in the running kernel's structs, which differ between builds: the loader
-/// sets them from the kernel's BTF (aya does no CO-RE for Rust programs). The defaults are
-/// Linux 6.18's x86-64 layout, for reading only.
+/// The targets' own connections are followed too (the client role), unless `--no-client`:
+/// the loader sets it.
 #[unsafe(no_mangle)]
-static SK_NUM: u64 = 14; // sock.__sk_common.skc_num (u16, host order)
-#[unsafe(no_mangle)]
-static SK_FAMILY: u64 = 16; // sock.__sk_common.skc_family (u16)
-#[unsafe(no_mangle)]
-static SK_STATE: u64 = 18; // sock.__sk_common.skc_state (u8)
-#[unsafe(no_mangle)]
-static SK_COOKIE: u64 = 88; // sock.__sk_common.skc_cookie (atomic64_t)
-#[unsafe(no_mangle)]
-static SK_PROTOCOL: u64 = 532; // sock.sk_protocol (u16)
-#[unsafe(no_mangle)]
-static SK_SOCKET: u64 = 288; // sock.sk_socket (struct socket *)
-#[unsafe(no_mangle)]
-static SOCKET_FILE: u64 = 16; // socket.file (struct file *)
-#[unsafe(no_mangle)]
-static TCP_COPIED_SEQ: u64 = 1464; // tcp_sock.copied_seq (u32): next byte the server reads
-#[unsafe(no_mangle)]
-static TCP_RCV_NXT: u64 = 1664; // tcp_sock.rcv_nxt (u32): next byte expected from the peer
-#[unsafe(no_mangle)]
-static TCP_BYTES_RECEIVED: u64 = 1752; // tcp_sock.bytes_received (u64)
-#[unsafe(no_mangle)]
-static TCP_BYTES_SENT: u64 = 1544; // tcp_sock.bytes_sent (u64)
-#[unsafe(no_mangle)]
-static TCP_LSNDTIME: u64 = 1584; // tcp_sock.lsndtime (u32 jiffies): the child's creation, until it sends data
-#[unsafe(no_mangle)]
-static TCP_CHRONO_TYPE: u64 = 1556; // tcp_sock.chrono_type (u8): what the ongoing interval is
-#[unsafe(no_mangle)]
-static TCP_CHRONO_START: u64 = 1560; // tcp_sock.chrono_start (u32 jiffies)
-#[unsafe(no_mangle)]
-static TCP_CHRONO_STAT: u64 = 1564; // tcp_sock.chrono_stat (u32[3] jiffies: busy, rwnd, sndbuf)
-#[unsafe(no_mangle)]
-static TCP_SRTT_US: u64 = 1680; // tcp_sock.srtt_us (u32, µs << 3)
-#[unsafe(no_mangle)]
-static TCP_TOTAL_RETRANS: u64 = 2200; // tcp_sock.total_retrans (u32)
-/// Nanoseconds in a jiffy (the loader sets it from `CLOCK_MONOTONIC_COARSE`'s resolution).
-#[unsafe(no_mangle)]
-static TICK_NS: u64 = 4_000_000;
-
-const AF_INET: u16 = 2;
-const AF_INET6: u16 = 10;
-const IPPROTO_TCP: u16 = 6;
-
-/// `include/net/tcp_states.h`.
-const TCP_ESTABLISHED: u64 = 1;
-const TCP_SYN_RECV: u64 = 3;
-const TCP_FIN_WAIT1: u64 = 4;
-const TCP_CLOSE: u64 = 7; // the socket reached CLOSE (reset, or done)
-const TCP_LAST_ACK: u64 = 9;
-const TCP_LISTEN: u64 = 10;
-
-/// A field of a BTF-typed kernel pointer at an offset the loader patched: a plain load, which
-/// the verifier checks against the struct's layout (the offset is a known constant to it:
-/// the patched globals live in a frozen read-only map).
-///
-/// # Safety
-/// `base` must be a BTF-typed pointer whose struct has a `T` at `offset`.
-#[inline(always)]
-unsafe fn field<T: Copy>(base: *const u8, offset: &'static u64) -> T {
-    unsafe { core::ptr::read_volatile(base.add(patched(offset) as usize) as *const T) }
-}
+static CLIENTS: u64 = 1;
 
 #[btf_tracepoint(function = "sock_recv_length")]
 pub fn sock_recv_length(ctx: BtfTracePointContext) -> i32 {
@@ -144,7 +91,17 @@ fn socket_io(ctx: &BtfTracePointContext, direction: Direction) {
     // or (a write call) reports the call's plaintext.
     if let Some(call) = TLS_CALLS.get_ptr_mut(&id) {
         // SAFETY: `sk` is the tracepoint's `struct sock *`; the pointers are map values.
-        let served = unsafe { served_connection(sk, read) }.map(|conn| unsafe {
+        let followed = unsafe { followed_connection(sk, read) };
+        // A target's own TLS connection: its ciphertext is not followed (its sessions are
+        // the OpenSSL path's outbound ones).
+        // SAFETY: a field of a map value.
+        if let Some(conn) = followed
+            && unsafe { (*conn).flags } & STATE_CLIENT != 0
+        {
+            unsafe { (*conn).flags |= STATE_TLS };
+            return;
+        }
+        let served = followed.map(|conn| unsafe {
             Served {
                 state: &raw mut (*conn).flags,
                 conn: (*conn).cookie,
@@ -233,7 +190,7 @@ unsafe fn in_tls_call(
 fn socket_data(ctx: &BtfTracePointContext, sk: *const u8, direction: Direction, ret: i32, read: u64) {
     let (id, tgid) = current();
     // SAFETY: `sk` is the tracepoint's `struct sock *`.
-    let Some(conn) = (unsafe { served_connection(sk, read) }) else {
+    let Some(conn) = (unsafe { followed_connection(sk, read) }) else {
         return;
     };
     // SAFETY: a field of a map value.
@@ -267,8 +224,17 @@ fn socket_data(ctx: &BtfTracePointContext, sk: *const u8, direction: Direction, 
         flags |= FLAG_CIPHER;
     }
     let (call, fd, buffer) = the_call(direction);
-    let record =
-        Record { call, fd, flags, ret: i64::from(ret), wait_us, ..Record::of(Kind::Data, cookie, id, tgid) };
+    // SAFETY: a field of a map value.
+    let role = if unsafe { *state } & STATE_CLIENT != 0 { Role::Client } else { Role::Server };
+    let record = Record {
+        call,
+        fd,
+        flags,
+        ret: i64::from(ret),
+        wait_us,
+        role,
+        ..Record::of(Kind::Data, cookie, id, tgid)
+    };
     // TLS records are not walked as frames: the daemon decrypts them, and walks the frames of
     // an h2 session (`STATE_H2` since its handshake: every byte copied).
     // SAFETY: a field of a map value.
@@ -309,24 +275,26 @@ fn refused_write(ctx: &BtfTracePointContext, id: u64, sk: *const u8) {
     }
 }
 
-/// The entry of `sk` if it is the server side of a target's connection: a user-space TCP
-/// socket (owned by a file) on a port a target listens on, or one already followed whose
-/// port is gone (a reset processed inside the server's own send unhashes the socket and
-/// zeroes its port before that send's tracepoint fires: seen ~25 in 12,000 responses when
-/// wrk closed its connections). `read`: the bytes this call read (0 for a write).
+/// The entry of `sk` if it is a followed connection of a target: the server side of one (a
+/// user-space TCP socket, owned by a file, on a port a target listens on), one a target
+/// opened (`connecting`), or one already followed whose port is gone (a reset processed
+/// inside the server's own send unhashes the socket and zeroes its port before that send's
+/// tracepoint fires: seen ~25 in 12,000 responses when wrk closed its connections). `read`:
+/// the bytes this call read (0 for a write).
 ///
 /// # Safety
 /// `sk` must be a BTF-typed `struct sock *`.
 #[inline(always)]
-unsafe fn served_connection(sk: *const u8, read: u64) -> Option<*mut ConnState> {
+unsafe fn followed_connection(sk: *const u8, read: u64) -> Option<*mut ConnState> {
     let family: u16 = unsafe { field(sk, &SK_FAMILY) };
     let protocol: u16 = unsafe { field(sk, &SK_PROTOCOL) };
     if (family != AF_INET && family != AF_INET6) || protocol != IPPROTO_TCP {
         return None;
     }
-    let listened = is_listened(unsafe { field(sk, &SK_NUM) });
-    if !listened && unsafe { field::<u8>(sk, &SK_STATE) } != TCP_CLOSE as u8 {
-        return None; // an outbound connection of the target, or another's
+    if !is_listened(unsafe { field(sk, &SK_NUM) }) {
+        // Only a socket with a cookie can have an entry; none is made for it here.
+        let cookie: u64 = unsafe { field(sk, &SK_COOKIE) };
+        return if cookie == 0 { None } else { CONNS.get_ptr_mut(&cookie) };
     }
     let socket: *const u8 = unsafe { field(sk, &SK_SOCKET) };
     if socket.is_null() || unsafe { field::<*const u8>(socket, &SOCKET_FILE) }.is_null() {
@@ -334,7 +302,7 @@ unsafe fn served_connection(sk: *const u8, read: u64) -> Option<*mut ConnState> 
     }
     // SAFETY: the helper takes a socket pointer, which `sk` is.
     let cookie = unsafe { bpf_get_socket_cookie(sk as *mut c_void) };
-    if listened { unsafe { conn_state(sk, cookie, read) } } else { CONNS.get_ptr_mut(&cookie) }
+    unsafe { conn_state(sk, cookie, read) }
 }
 
 /// The connection's entry, made on its first record if its open was not seen. A connection
@@ -350,7 +318,7 @@ unsafe fn conn_state(sk: *const u8, cookie: u64, read: u64) -> Option<*mut ConnS
         return Some(conn);
     }
     let conn = match unsafe { unseen_open(sk, read) } {
-        Some(established_ns) => ConnState { established_ns, cookie, flags: FLAG_NEW, reserved: 0 },
+        Some(established_ns) => ConnState { established_ns, cookie, flags: FLAG_NEW, tgid: 0 },
         None => ConnState { cookie, flags: STATE_MIDSTREAM, ..ConnState::default() },
     };
     let _ = CONNS.insert(&cookie, &conn, u64::from(BPF_NOEXIST));
@@ -393,52 +361,6 @@ unsafe fn unseen_open(sk: *const u8, read: u64) -> Option<u64> {
     Some(now().saturating_sub(ago).max(1))
 }
 
-/// TCP's accounting of `sk` now, as `tcp_get_info_chrono_stats` computes it for `ss -ti`:
-/// the ongoing interval added to the one it is of.
-///
-/// # Safety
-/// `sk` must be a `struct sock *` of a TCP socket (a `struct tcp_sock`).
-#[inline(always)]
-unsafe fn tcp_chrono(sk: *const u8) -> Option<TcpChrono> {
-    // SAFETY: the helper takes a socket pointer, which `sk` is; it returns a BTF-typed
-    // `struct tcp_sock *` (null for another kind of socket), whose fields are plain loads.
-    let tp = unsafe { bpf_skc_to_tcp_sock(sk as *mut c_void) } as *const u8;
-    if tp.is_null() {
-        return None;
-    }
-    // SAFETY: fields of the `tcp_sock`, at offsets from the kernel's BTF.
-    let (kind, start, srtt, retrans): (u8, u32, u32, u32) = unsafe {
-        (
-            field(tp, &TCP_CHRONO_TYPE),
-            field(tp, &TCP_CHRONO_START),
-            field(tp, &TCP_SRTT_US),
-            field(tp, &TCP_TOTAL_RETRANS),
-        )
-    };
-    // SAFETY: as above; `chrono_stat` is a `u32[3]`.
-    let mut stat: [u32; 3] = unsafe {
-        [field(tp, &TCP_CHRONO_STAT), field(tp.add(4), &TCP_CHRONO_STAT), field(tp.add(8), &TCP_CHRONO_STAT)]
-    };
-    // `enum tcp_chrono`: 0 none, 1 busy, 2 receiver window limited, 3 send buffer limited.
-    // SAFETY: a helper without arguments.
-    let ongoing = (unsafe { bpf_jiffies64() } as u32).wrapping_sub(start);
-    // Constant indices: the verifier refuses variable offsets into the stack.
-    match kind {
-        1 => stat[0] = stat[0].wrapping_add(ongoing),
-        2 => stat[1] = stat[1].wrapping_add(ongoing),
-        3 => stat[2] = stat[2].wrapping_add(ongoing),
-        _ => {}
-    }
-    Some(TcpChrono {
-        in_flight: stat[0],
-        rwnd_limited: stat[1],
-        sndbuf_limited: stat[2],
-        retrans,
-        srtt_us: srtt >> 3,
-        reserved: 0,
-    })
-}
-
 /// Which call moved the bytes, on which fd, from which buffer: read from the syscall's saved
 /// registers. A call we do not know (splice, recvmmsg, io_uring, ...) counts bytes only.
 #[inline(always)]
@@ -465,6 +387,9 @@ pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> i32 {
     let new = ctx.arg::<u64>(2) & 0xffff_ffff;
     match new {
         TCP_ESTABLISHED if old == TCP_SYN_RECV => opened(sk),
+        TCP_SYN_SENT if old == TCP_CLOSE => connecting(sk),
+        TCP_ESTABLISHED if old == TCP_SYN_SENT => connected(sk, true),
+        TCP_CLOSE if old == TCP_SYN_SENT => connected(sk, false),
         TCP_CLOSE if old == TCP_LISTEN => listener(&ctx, sk, Kind::Unlisten),
         // The server closed (or shut down writing), in its own context, after its last
         // write: close-delimited responses end here.
@@ -497,11 +422,85 @@ fn opened(sk: *const u8) {
     }
     // SAFETY: as above.
     let cookie = unsafe { bpf_get_socket_cookie(sk as *mut c_void) };
-    let conn = ConnState { established_ns: now(), cookie, flags: FLAG_NEW, reserved: 0 };
+    let conn = ConnState { established_ns: now(), cookie, flags: FLAG_NEW, tgid: 0 };
     // A full table refuses it. Not counted here but at its first read (`conn_state`), which
     // finds it new, tries again (a slot may have come free) and counts it once if it still
     // does not fit: a connection refused here and one whose open went unseen are one case.
     let _ = CONNS.insert(&cookie, &conn, 0);
+}
+
+/// A target connects (in its own `connect()`): the connection is followed from its SYN, in
+/// the client role, unless `--no-client`. A full table leaves it unfollowed (counted).
+#[inline(always)]
+fn connecting(sk: *const u8) {
+    let (_, tgid) = current();
+    if patched(&CLIENTS) == 0 || !is_target(tgid) {
+        return;
+    }
+    // SAFETY: `sk` is the tracepoint's `struct sock *`.
+    let (family, protocol): (u16, u16) = unsafe { (field(sk, &SK_FAMILY), field(sk, &SK_PROTOCOL)) };
+    if (family != AF_INET && family != AF_INET6) || protocol != IPPROTO_TCP {
+        return;
+    }
+    // SAFETY: the helper takes a socket pointer, which `sk` is.
+    let cookie = unsafe { bpf_get_socket_cookie(sk as *mut c_void) };
+    let conn = ConnState { established_ns: now(), cookie, flags: FLAG_NEW | STATE_CLIENT, tgid };
+    if CONNS.insert(&cookie, &conn, 0).is_err() {
+        bump(stat::SOCKETS_FULL);
+    }
+}
+
+/// A target's connect ended (`established`, or the socket closed from SYN_SENT: refused,
+/// timed out, unreachable, or closed by the process): reported with its time and the peer.
+/// A failed one is forgotten. Runs in softirq as often as not: the record is built on the
+/// stack, and is the opening process's.
+#[inline(always)]
+fn connected(sk: *const u8, established: bool) {
+    // SAFETY: `sk` is the tracepoint's `struct sock *`; the cookie is its atomic64_t counter.
+    let cookie: u64 = unsafe { field(sk, &SK_COOKIE) };
+    if cookie == 0 {
+        return;
+    }
+    let Some(conn) = CONNS.get_ptr_mut(&cookie) else {
+        return;
+    };
+    // SAFETY: fields of a map value.
+    let (started, flags, tgid) = unsafe { ((*conn).established_ns, (*conn).flags, (*conn).tgid) };
+    if flags & STATE_CLIENT == 0 {
+        return;
+    }
+    let ret = match established {
+        true => 0,
+        // SAFETY: as above; `sk_err` is an int.
+        false => match unsafe { field::<i32>(sk, &SK_ERR) } {
+            0 => CONNECT_ABANDONED,
+            err => -i64::from(err),
+        },
+    };
+    // SAFETY: as above.
+    let (addr, port) = unsafe { peer(sk) };
+    let took = now().saturating_sub(started) / 1000;
+    let record = Record {
+        ret,
+        port,
+        role: Role::Client,
+        wait_us: if took > u64::from(u32::MAX) { u32::MAX } else { took as u32 },
+        ..Record::of(Kind::Open, cookie, u64::from(tgid), tgid)
+    };
+    let opened = WithPeer { header: record.header(PEER_ADDR_LEN as u64, 0), addr };
+    if EVENTS.output::<WithPeer>(&opened, wakeup_flag()).is_err() {
+        bump(stat::RING_FULL);
+    }
+    if !established {
+        let _ = CONNS.remove(&cookie);
+    }
+}
+
+/// A client `Kind::Open` record: the header, then the peer's address.
+#[repr(C)]
+struct WithPeer {
+    header: EventHeader,
+    addr: [u8; PEER_ADDR_LEN],
 }
 
 /// The server closed (`last` false: FIN_WAIT1 / LAST_ACK) or the socket is destroyed
@@ -523,8 +522,15 @@ fn ended<C: EbpfContext>(ctx: &C, sk: *const u8, last: bool) {
     if unsafe { *state } & STATE_CLOSE_SENT == 0 {
         // SAFETY: as above.
         unsafe { *state |= STATE_CLOSE_SENT };
-        let (id, tgid) = current();
-        let record = Record::of(Kind::Close, cookie, id, tgid);
+        let (mut id, mut tgid) = current();
+        // SAFETY: a field of a map value.
+        let opener = unsafe { (*conn).tgid };
+        if opener != 0 {
+            (id, tgid) = (u64::from(opener), opener); // a client connection's, from softirq too
+        }
+        // SAFETY: a field of a map value.
+        let role = if unsafe { *state } & STATE_CLIENT != 0 { Role::Client } else { Role::Server };
+        let record = Record { role, ..Record::of(Kind::Close, cookie, id, tgid) };
         // SAFETY: `sk` is the tracepoint's `struct sock *`, of a followed TCP socket.
         match unsafe { tcp_chrono(sk) } {
             // What the last response's bytes cost after its last write (its retransmits).

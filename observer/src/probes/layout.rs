@@ -8,11 +8,15 @@ use super::ProbeError;
 
 /// (global in the eBPF object, struct, path of members). Anonymous struct and union members
 /// on the way are searched too (`skc_num` sits in an anonymous struct in a union).
-const FIELDS: [(&str, &str, &[&str]); 17] = [
+const FIELDS: [(&str, &str, &[&str]); 20] = [
     ("SK_NUM", "sock", &["__sk_common", "skc_num"]),
-    ("SK_STATE", "sock", &["__sk_common", "skc_state"]),
     ("SK_FAMILY", "sock", &["__sk_common", "skc_family"]),
     ("SK_COOKIE", "sock", &["__sk_common", "skc_cookie"]),
+    // A target's own connection: its peer, and why its connect failed.
+    ("SK_DADDR", "sock", &["__sk_common", "skc_daddr"]),
+    ("SK_DPORT", "sock", &["__sk_common", "skc_dport"]),
+    ("SK_V6_DADDR", "sock", &["__sk_common", "skc_v6_daddr"]),
+    ("SK_ERR", "sock", &["sk_err"]),
     ("SK_PROTOCOL", "sock", &["sk_protocol"]),
     ("SK_SOCKET", "sock", &["sk_socket"]),
     ("SOCKET_FILE", "socket", &["file"]),
@@ -108,6 +112,8 @@ mod tests {
         let get = |name| offsets.iter().find(|(n, _)| *n == name).unwrap().1;
         assert_eq!(get("SK_NUM"), 14, "skc_num follows skc_dport in the port pair");
         assert_eq!(get("SK_FAMILY"), 16);
+        assert_eq!((get("SK_DADDR"), get("SK_DPORT"), get("SK_V6_DADDR")), (0, 12, 56));
+        assert_eq!(get("SK_ERR"), 284);
         assert!(get("SK_SOCKET") > get("SK_COOKIE"));
         assert_eq!(get("SOCKET_FILE"), 16);
         assert_eq!(get("TCP_COPIED_SEQ"), 1464, "inside struct tcp_sock, past struct sock");

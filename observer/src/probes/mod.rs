@@ -196,6 +196,7 @@ impl Probes {
     /// `watch_exec`: report every program start (for `--exe`).
     /// `max_sockets`: size of the kernel's table of followed sockets (connections).
     /// `tls`: how to see what the OpenSSL copies the targets use move (uprobes), if at all.
+    /// `clients`: follow the connections the targets open (the socket hooks only).
     pub fn load_and_attach(
         hooks: Hooks,
         follow_children: bool,
@@ -203,6 +204,7 @@ impl Probes {
         ring_bytes: u32,
         max_sockets: u32,
         tls_mode: TlsMode,
+        clients: bool,
     ) -> Result<Self, ProbeError> {
         if OBJECT.is_empty() {
             return Err(ProbeError::Stub);
@@ -241,6 +243,8 @@ impl Probes {
         // hooks need its return.
         let write_returns = u64::from(hooks != Hooks::Sock);
         let keys_global = u64::from(keys);
+        // The targets' own connections are followed from their connect: the socket hooks only.
+        let clients_global = u64::from(clients && hooks == Hooks::Sock);
         let mut loader = aya::EbpfLoader::new();
         loader
             .override_global("PIDNS_DEV", &pidns_dev, true)
@@ -250,6 +254,7 @@ impl Probes {
             .override_global("TICK_NS", &tick_ns, true)
             .override_global("TLS_WRITE_RETURNS", &write_returns, true)
             .override_global("TLS_KEYS", &keys_global, true)
+            .override_global("CLIENTS", &clients_global, true)
             .map_max_entries("EVENTS", ring_bytes)
             .map_max_entries("SOCKETS", sockets)
             .map_max_entries("CONNS", conns)
