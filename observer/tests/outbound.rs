@@ -188,3 +188,65 @@ fn a_connect_the_kernel_gives_up_on_is_a_timeout() {
     assert_eq!(scrape.sum("tcp_connect_duration_seconds_count", &[]), 0.0);
     assert_eq!(scrape.sum("http_client_requests_total", &[]), 0.0);
 }
+
+/// A gRPC client (python's grpcio, HTTP/2 in clear text) as the target, calling a local
+/// server: its calls counted per code against the server's log, and as HTTP/2 requests of
+/// that peer.
+#[test]
+fn a_grpc_client_s_calls_are_counted_by_code() {
+    require_root();
+    let python = "/usr/bin/python3";
+    assert!(
+        Command::new(python).args(["-c", "import grpc"]).status().is_ok_and(|s| s.success()),
+        "{python} cannot import grpc: run `cargo xtask setup` (python3-grpcio)"
+    );
+    let scripts = format!("{}/tests/servers", env!("CARGO_MANIFEST_DIR"));
+    let dir = TempDir::new("outbound-grpc");
+    let port = free_port();
+    let log = dir.path().join("calls.log");
+    let _server = ChildGuard::spawn(
+        "grpc server",
+        Command::new(python).arg(format!("{scripts}/grpc-server.py")).arg(port.to_string()).arg(&log),
+    );
+    wait_for_port(port);
+    // The client waits for the observer before it connects, then stays until killed.
+    let gate = dir.path().join("go");
+    let wrapper = format!(
+        "import os, runpy, sys, time\n\
+         while not os.path.exists({gate:?}): time.sleep(0.05)\n\
+         sys.argv = ['grpc-client.py', '{port}', 'unary', '40', '15', '5']\n\
+         runpy.run_path('{scripts}/grpc-client.py', run_name='__main__')\n\
+         sys.stdout.flush()\n\
+         time.sleep(60)\n",
+        gate = gate.display().to_string()
+    );
+    let out = dir.path().join("client.out");
+    let client = ChildGuard::spawn(
+        "grpc client",
+        Command::new(python).args(["-c", &wrapper]).stdout(std::fs::File::create(&out).unwrap()),
+    );
+    let observer = Observer::attach(&[client.pid()]);
+    std::fs::write(&gate, "").unwrap();
+    wait_until("the client's calls", Duration::from_secs(20), || {
+        !std::fs::read_to_string(&out).unwrap_or_default().is_empty()
+    });
+    assert_eq!(std::fs::read_to_string(&out).unwrap().trim(), "INTERNAL=5 NOT_FOUND=15 OK=40");
+
+    let scrape = observer.scrape_until("60 calls", |s| s.sum("grpc_client_handled_total", &[]) >= 60.0);
+    let logged = std::fs::read_to_string(&log).unwrap();
+    let server_count = |line: &str| logged.lines().filter(|l| *l == line).count() as f64;
+    for (code, ours) in [("OK", "OK"), ("NotFound", "NotFound"), ("Internal", "Internal")] {
+        let handled = scrape.sum(
+            "grpc_client_handled_total",
+            &[("grpc_service", "observer.test.Boot"), ("grpc_method", "Get"), ("grpc_code", ours)],
+        );
+        assert_eq!(handled, server_count(&format!("Get {code}")), "{code}:\n{}", scrape.0);
+    }
+    assert_eq!(scrape.sum("grpc_client_handled_total", &[]), 60.0);
+    let peer = format!("127.0.0.1:{port}");
+    let requests = [("peer", peer.as_str()), ("method", "POST"), ("status", "200")];
+    assert_eq!(scrape.sum("http_client_requests_total", &requests), 60.0, "{}", scrape.0);
+    assert_eq!(scrape.sum("tcp_connect_duration_seconds_count", &[("peer", &peer)]), 1.0, "one channel");
+    assert_eq!(scrape.sum("grpc_server_handled_total", &[]), 0.0, "nothing served");
+    assert_eq!(scrape.sum("observer_parse_errors_total", &[]), 0.0, "{}", scrape.0);
+}
