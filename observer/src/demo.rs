@@ -48,8 +48,9 @@ async fn wait_until_accepting(addr: SocketAddr) -> anyhow::Result<()> {
 
 /// A few keep-alive requests every half second, across the demo's endpoints.
 async fn drive_traffic(addr: SocketAddr) {
-    const PATHS: [&str; 6] = [
+    const PATHS: [&str; 7] = [
         "/boot/52:54:00:12:34:56",
+        "/nodes/52:54:00:12:34:56",
         "/boot/52:54:00:ab:cd:ef",
         "/images/vmlinuz",
         "/api/status",

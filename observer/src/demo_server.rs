@@ -1,5 +1,6 @@
 //! The demo target (`observer demo-server`): a small axum server shaped like a provisioning
-//! server. It also keeps seed-style in-process request stats (the middleware the observer
+//! server, which asks its own inventory API over loopback for `/nodes/{mac}` (a client
+//! request, new connection each). It also keeps seed-style in-process request stats (the middleware the observer
 //! replaces), served at `/internal/stats`, so tests can compare the observer to ground truth.
 
 use std::{
@@ -31,8 +32,16 @@ type Shared = Arc<Mutex<Stats>>;
 
 pub async fn serve(listen: SocketAddr) -> anyhow::Result<()> {
     let stats: Shared = Arc::default();
+    let listener = TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
+    // Its own inventory API, asked over loopback like an upstream: the demo's client role.
+    let mut inventory = listener.local_addr()?;
+    if inventory.ip().is_unspecified() {
+        inventory.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
     let app = Router::new()
         .route("/boot/{mac}", get(|Path(mac): Path<String>| async move { boot_script(&mac) }))
+        .route("/nodes/{mac}", get(move |Path(mac): Path<String>| node(inventory, mac)))
+        .route("/inventory/{mac}", get(|| async { r#"{"rack":"a1","role":"worker"}"# }))
         .route("/images/{name}", get(|| async { vec![0u8; 64 * 1024] }))
         .route("/api/status", get(|| async { r#"{"status":"ok"}"# }))
         .route("/slow/{ms}", get(slow))
@@ -43,7 +52,6 @@ pub async fn serve(listen: SocketAddr) -> anyhow::Result<()> {
         .route("/internal/stats", get(report))
         .layer(middleware::from_fn_with_state(stats.clone(), record))
         .with_state(stats);
-    let listener = TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
     axum::serve(listener, app).await?;
     Ok(())
 }
@@ -51,6 +59,19 @@ pub async fn serve(listen: SocketAddr) -> anyhow::Result<()> {
 fn boot_script(mac: &str) -> String {
     let mac: String = mac.chars().filter(|c| c.is_ascii_hexdigit() || *c == ':').collect();
     format!("#!ipxe\nkernel /images/vmlinuz console=ttyS0 BOOTIF={mac}\ninitrd /images/initrd.img\nboot\n")
+}
+
+/// A node's record, from the inventory upstream (a new connection per call, as a client
+/// without a pool makes): its answer, or 502 if it failed.
+async fn node(inventory: SocketAddr, mac: String) -> Result<String, axum::http::StatusCode> {
+    let mac: String = mac.chars().filter(|c| c.is_ascii_hexdigit() || *c == ':').collect();
+    let url = format!("http://{inventory}/inventory/{mac}");
+    let asked =
+        tokio::task::spawn_blocking(move || ureq::get(&url).call()?.body_mut().read_to_string()).await;
+    match asked {
+        Ok(Ok(record)) => Ok(record),
+        _ => Err(axum::http::StatusCode::BAD_GATEWAY),
+    }
 }
 
 async fn slow(Path(ms): Path<u64>) -> &'static str {

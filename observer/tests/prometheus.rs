@@ -172,6 +172,8 @@ fn prometheus_scrapes_the_observer_and_the_dashboard_queries_return_data() {
     let stop = Arc::new(AtomicBool::new(false));
     let fast = traffic(addr, &["/boot/52:54:00:12:34:56", "/api/status", "/fail/503"], stop.clone());
     let slow = traffic(addr, &["/slow/150"], stop.clone());
+    // Each /nodes request asks the demo's inventory over loopback: a client request too.
+    let asking = paced_traffic(addr, &["/nodes/52:54:00:12:34:56"], stop.clone(), Duration::from_millis(20));
     // Bytes that are not HTTP (a SOCKS5 greeting), for the parse-error panel. (TLS records
     // are set aside as encrypted, not counted as errors.)
     TcpStream::connect(addr).unwrap().write_all(&[0x05, 0x01, 0x00, 0x00, 0x01, 0x7f, 0x00, 0x01]).unwrap();
@@ -209,6 +211,12 @@ fn prometheus_scrapes_the_observer_and_the_dashboard_queries_return_data() {
     // (Summed per endpoint: a long answer comes chunked, which the test's client does not read.)
     let transfer = "sum by (endpoint) (endpoint_limited_by:http_response_transfer_seconds:rate1m)";
     prometheus.query_until(transfer, |r| at(r, "/api/status").is_some());
+    let inventory = format!("127.0.0.1:{}", addr.port());
+    let upstream = prometheus.query_until("peer:http_client_requests:rate1m", |r| !r.is_empty());
+    assert_eq!(upstream[0].0["peer"], inventory.as_str(), "{upstream:?}");
+    prometheus.query_until("peer:tcp_connect_duration_seconds:p99_1m", |r| !r.is_empty());
+    let errors = prometheus.query_until("peer:http_client_requests_5xx:ratio_rate1m", |r| !r.is_empty());
+    assert_eq!(errors[0].1, 0.0, "{errors:?}");
 
     // Every query of the Grafana dashboard, with its variables set as Grafana would.
     let dashboard: Value =
@@ -231,9 +239,17 @@ fn prometheus_scrapes_the_observer_and_the_dashboard_queries_return_data() {
     assert!(endpoints.as_array().unwrap().iter().any(|e| e == "/boot/{id}"), "{endpoints}");
 
     stop.store(true, Ordering::Relaxed);
-    let sent = fast.join().unwrap() + slow.join().unwrap();
+    let asked = asking.join().unwrap();
+    // Each /nodes request is served, and makes one inventory request, served and asked.
+    let sent = fast.join().unwrap() + slow.join().unwrap() + 2 * asked;
     let scrape = observer.scrape_settled(sent as f64);
     assert_eq!(scrape.sum("http_requests_total", &[]), sent as f64);
+    assert_eq!(
+        scrape.sum("http_client_requests_total", &[("peer", &inventory)]),
+        asked as f64,
+        "{}",
+        scrape.0
+    );
     assert!(scrape.sum("observer_parse_errors_total", &[]) >= 1.0, "{}", scrape.0);
 }
 

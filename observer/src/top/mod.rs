@@ -4,6 +4,7 @@
 mod exposition;
 mod native;
 mod table;
+mod upstream;
 
 use std::{
     sync::Arc,
@@ -84,6 +85,7 @@ struct View {
     reverse: bool,
     rows: Vec<table::Row>,
     listeners: Vec<table::ListenerRow>,
+    upstreams: Vec<upstream::UpstreamRow>,
     /// The last refresh's failure, shown until one succeeds.
     problem: Option<String>,
 }
@@ -110,6 +112,7 @@ pub async fn show(source: Source, interval: Duration, sort: SortBy) -> anyhow::R
         reverse: false,
         rows: Vec::new(),
         listeners: Vec::new(),
+        upstreams: Vec::new(),
         problem: None,
     };
     let mut next_refresh = Instant::now() + interval;
@@ -143,6 +146,7 @@ pub async fn show(source: Source, interval: Duration, sort: SortBy) -> anyhow::R
                 Ok(now) => {
                     view.rows = table::rows(&before, &now);
                     view.listeners = table::listener_rows(&before, &now);
+                    view.upstreams = table::upstream_rows(&before, &now);
                     view.problem = None;
                     before = now;
                 }
@@ -180,7 +184,7 @@ const COLUMNS: [(&str, u16); 9] = [
 ];
 
 fn render(frame: &mut Frame, view: &View) {
-    let listener_lines = view.listeners.len() as u16;
+    let listener_lines = (view.listeners.len() + view.upstreams.len()) as u16;
     let [top, listeners, body, bottom] = Layout::vertical([
         Constraint::Length(1),
         Constraint::Length(listener_lines),
@@ -197,20 +201,17 @@ fn render(frame: &mut Frame, view: &View) {
         view.interval.as_secs_f64()
     );
     frame.render_widget(Paragraph::new(summary).style(Style::new().add_modifier(Modifier::BOLD)), top);
-    let lines: Vec<ratatui::text::Line> = view
-        .listeners
-        .iter()
-        .map(|l| {
-            format!(
-                "listener :{:<6} queue {:>5} / {:<5} drops {}/s",
-                l.port,
-                l.queued,
-                l.limit,
-                rate(l.drops_rate)
-            )
-            .into()
-        })
-        .collect();
+    let listeners_lines = view.listeners.iter().map(|l| {
+        format!(
+            "listener :{:<6} queue {:>5} / {:<5} drops {}/s",
+            l.port,
+            l.queued,
+            l.limit,
+            rate(l.drops_rate)
+        )
+    });
+    let lines: Vec<ratatui::text::Line> =
+        listeners_lines.chain(view.upstreams.iter().map(upstream_line)).map(Into::into).collect();
     frame.render_widget(Paragraph::new(lines), listeners);
 
     let header = Row::new(COLUMNS.iter().zip(SortBy::ALL).map(|(&(title, _), column)| {
@@ -247,6 +248,22 @@ fn render(frame: &mut Frame, view: &View) {
         None => "s/→ sort column · 1-9 pick · r reverse · q quit".into(),
     };
     frame.render_widget(Paragraph::new(keys), bottom);
+}
+
+/// An upstream (a peer the targets call): its requests, their p99 and 5xx share, its
+/// connects' p99 and failures.
+fn upstream_line(u: &upstream::UpstreamRow) -> String {
+    let q = |q: Option<Quantile>| q.map_or("-".into(), quantile);
+    let errors = u.error_ratio.map_or("-".into(), |r| format!("{:.1}%", 100.0 * r));
+    format!(
+        "upstream {:<21} {:>6} req/s p99 {:>7} err {:>6} connect p99 {:>7} fail {}/s",
+        u.peer,
+        rate(u.rate),
+        q(u.p99),
+        errors,
+        q(u.connect_p99),
+        rate(u.failures_rate)
+    )
 }
 
 fn rate(per_second: f64) -> String {

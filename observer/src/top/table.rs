@@ -9,6 +9,7 @@ use std::{collections::BTreeMap, time::Instant};
 use super::{
     exposition::Sample,
     native::{Native, Quantile},
+    upstream::{self, PeerTotals, UpstreamRow},
 };
 use crate::transfer::LIMITS;
 
@@ -47,13 +48,19 @@ pub struct Snapshot {
     at: Instant,
     endpoints: BTreeMap<String, Totals>,
     listeners: BTreeMap<String, ListenTotals>,
+    peers: BTreeMap<String, PeerTotals>,
 }
 
 impl Snapshot {
     pub fn new(samples: &[Sample], at: Instant) -> Self {
         let mut endpoints: BTreeMap<String, Totals> = BTreeMap::new();
         let mut listeners: BTreeMap<String, ListenTotals> = BTreeMap::new();
+        let mut peers: BTreeMap<String, PeerTotals> = BTreeMap::new();
         for sample in samples {
+            if let Some(peer) = sample.label("peer") {
+                upstream::add(&mut peers, peer, sample);
+                continue;
+            }
             if let Some(port) = sample.label("port") {
                 let totals = listeners.entry(port.to_owned()).or_default();
                 match sample.name.as_str() {
@@ -65,6 +72,7 @@ impl Snapshot {
                 continue;
             }
             if let (Some(service), Some(method)) = (sample.label("grpc_service"), sample.label("grpc_method"))
+                && sample.name.starts_with("grpc_server_")
             {
                 grpc(endpoints.entry(format!("gRPC {service}/{method}")).or_default(), sample);
                 continue;
@@ -105,7 +113,8 @@ impl Snapshot {
             totals.buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
             totals.wait_buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
         }
-        Snapshot { at, endpoints, listeners }
+        upstream::finish(&mut peers);
+        Snapshot { at, endpoints, listeners, peers }
     }
 }
 
@@ -172,6 +181,12 @@ pub fn listener_rows(before: &Snapshot, now: &Snapshot) -> Vec<ListenerRow> {
         .collect()
 }
 
+/// Upstream rows for the interval from `before` to `now`, by peer.
+pub fn upstream_rows(before: &Snapshot, now: &Snapshot) -> Vec<UpstreamRow> {
+    let seconds = now.at.duration_since(before.at).as_secs_f64().max(1e-3);
+    upstream::rows(&before.peers, &now.peers, seconds)
+}
+
 /// Per-bucket increases of cumulative buckets between two snapshots.
 fn bucket_increase(old: &[(f64, f64)], now: &[(f64, f64)]) -> Vec<(f64, f64)> {
     now.iter()
@@ -221,19 +236,19 @@ fn dominant(old: &[f64; 4], now: &[f64; 4]) -> Option<(usize, f64)> {
 }
 
 /// A counter's increase; after a reset (a restarted daemon) the new value is all increase.
-fn increase(before: f64, now: f64) -> f64 {
+pub(super) fn increase(before: f64, now: f64) -> f64 {
     if now >= before { now - before } else { now }
 }
 
 /// A latency histogram's increase over an interval: native buckets where both ends have
 /// comparable ones, else classic buckets.
-enum Latency {
+pub(super) enum Latency {
     Native(Native),
     Classic(Vec<(f64, f64)>),
 }
 
 impl Latency {
-    fn over(
+    pub(super) fn over(
         old: &[(f64, f64)],
         now: &[(f64, f64)],
         old_native: Option<&Native>,
@@ -245,7 +260,7 @@ impl Latency {
         }
     }
 
-    fn quantile(&self, q: f64) -> Option<Quantile> {
+    pub(super) fn quantile(&self, q: f64) -> Option<Quantile> {
         match self {
             Latency::Native(native) => native.quantile(q),
             Latency::Classic(buckets) => quantile(q, buckets),
