@@ -1,7 +1,8 @@
 //! The demo target (`observer demo-server`): a small axum server shaped like a provisioning
 //! server, which asks its own inventory API over loopback for `/nodes/{mac}` (a client
-//! request, new connection each). It also keeps seed-style in-process request stats (the middleware the observer
-//! replaces), served at `/internal/stats`, so tests can compare the observer to ground truth.
+//! request, a new connection each). It also keeps seed-style in-process request stats (the
+//! middleware the observer replaces), served at `/internal/stats`, so tests can compare the
+//! observer to ground truth.
 
 use std::{
     collections::HashMap,
