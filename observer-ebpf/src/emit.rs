@@ -149,10 +149,14 @@ pub fn emit_data<C: EbpfContext>(
     // (a connection from before attach) a read of whole frames.
     // SAFETY: as above.
     let midstream = h2 && unsafe { *state } & STATE_MIDSTREAM != 0;
-    // A client (its own connection) writes the preface; a server reads it.
+    // A client (its own connection) writes the preface; a server reads it. Either may see
+    // the server's SETTINGS first (a server speaks first; grpc's does).
     let client = record.role == Role::Client;
     let (h2_starts, joined) = match direction {
-        _ if client => (direction == Direction::Out && frames::starts_with_preface(head_len), false),
+        Direction::Out if client => (frames::starts_with_preface(head_len), false),
+        Direction::In if client => {
+            (record.flags & FLAG_NEW != 0 && frames::starts_with_settings(head_len), false)
+        }
         Direction::In if frames::starts_with_preface(head_len) => (true, false),
         Direction::In => (midstream && frames::whole_frames(head_len, record.ret as u64), true),
         // SAFETY: as above.

@@ -250,3 +250,208 @@ fn a_grpc_client_s_calls_are_counted_by_code() {
     assert_eq!(scrape.sum("grpc_server_handled_total", &[]), 0.0, "nothing served");
     assert_eq!(scrape.sum("observer_parse_errors_total", &[]), 0.0, "{}", scrape.0);
 }
+
+/// Waits for `gate` to exist, then runs `body` (python, indented one level), then stays.
+fn gated_python(gate: &Path, body: &str) -> String {
+    format!(
+        "import os, socket, sys, time\nwhile not os.path.exists({:?}): time.sleep(0.05)\nif True:\n{body}\nprint('done', flush=True)\ntime.sleep(60)\n",
+        gate.display().to_string()
+    )
+}
+
+/// A target that connects to 10,000 distinct peers (127.x.y.1:9, nothing listening: each
+/// refused at once): at most the cap of peer series plus `other`, every failure counted.
+#[test]
+fn ten_thousand_peers_stay_within_the_label_cap() {
+    require_root();
+    require_command("python3");
+    let dir = TempDir::new("outbound-peers");
+    let gate = dir.path().join("go");
+    let body = "    for i in range(10000):\n\
+                \x20       s = socket.socket()\n\
+                \x20       s.connect_ex(('127.%d.%d.1' % (1 + i // 200, 1 + i % 200), 9))\n\
+                \x20       s.close()";
+    let out = dir.path().join("client.out");
+    let client = ChildGuard::spawn(
+        "python client",
+        Command::new("python3")
+            .args(["-c", &gated_python(&gate, body)])
+            .stdout(std::fs::File::create(&out).unwrap()),
+    );
+    let observer = Observer::on(&[client.pid()]).args(&["--max-peers", "50"]).start();
+    std::fs::write(&gate, "").unwrap();
+    wait_until("10,000 connects", Duration::from_secs(60), || {
+        std::fs::read_to_string(&out).unwrap_or_default().contains("done")
+    });
+    let scrape =
+        observer.scrape_until("every failure", |s| s.sum("tcp_connect_failures_total", &[]) >= 10_000.0);
+    assert_eq!(scrape.sum("tcp_connect_failures_total", &[("reason", "refused")]), 10_000.0, "{}", scrape.0);
+    let series = scrape.samples("tcp_connect_failures_total").count();
+    assert_eq!(series, 51, "50 peers and other");
+    assert_eq!(scrape.sum("tcp_connect_failures_total", &[("peer", "other")]), 9_950.0);
+    assert_eq!(scrape.sum("observer_peers_overflowed_total", &[]), 9_950.0);
+    assert_eq!(scrape.sum("observer_events_lost_total", &[]), 0.0);
+    let status = std::fs::read_to_string(format!("/proc/{}/status", observer.guard.pid())).unwrap();
+    let rss_kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS");
+    eprintln!("observer RSS after 10,000 peers: {} MiB", rss_kb / 1024);
+    assert!(rss_kb < 96 * 1024, "{rss_kb} kB");
+}
+
+/// node's `http2` client as the target, calling node's h2c server: its requests counted per
+/// status against the server's own counts.
+#[test]
+fn a_node_http2_client_s_requests_are_counted_per_status() {
+    require_root();
+    require_command("node");
+    let dir = TempDir::new("outbound-node");
+    let (cert, key) = self_signed_cert(&dir);
+    let (h2c_port, tls_port, count_port) = (free_port(), free_port(), free_port());
+    let servers = format!("{}/tests/servers", env!("CARGO_MANIFEST_DIR"));
+    let _server = ChildGuard::spawn(
+        "node http2 server",
+        Command::new("node")
+            .arg(format!("{servers}/node-http2-server.js"))
+            .args([h2c_port.to_string(), tls_port.to_string(), count_port.to_string()])
+            .args([&cert, &key]),
+    );
+    for port in [h2c_port, tls_port, count_port] {
+        wait_for_port(port);
+    }
+    let gate = dir.path().join("go");
+    let script = format!(
+        r#"const fs = require('fs'); const http2 = require('http2');
+const wait = () => fs.existsSync({gate:?}) ? run() : setTimeout(wait, 50);
+function request(session, method, path) {{
+  return new Promise((done) => {{
+    const req = session.request({{ ':method': method, ':path': path }});
+    req.on('response', (h) => {{ req.on('data', () => {{}}); req.on('end', () => done(h[':status'])); }});
+    if (method === 'POST') req.end('mac=aa'); else req.end();
+  }});
+}}
+async function run() {{
+  const session = http2.connect('http://127.0.0.1:{h2c_port}');
+  const paths = [];
+  for (let i = 0; i < 20; i++) paths.push(['GET', '/boot/' + i]);
+  for (let i = 0; i < 10; i++) paths.push(['GET', '/missing/' + i]);
+  for (let i = 0; i < 5; i++) paths.push(['POST', '/boot/p' + i]);
+  const statuses = await Promise.all(paths.map(([m, p]) => request(session, m, p)));
+  console.log(statuses.join(' '));
+  session.close();
+  setTimeout(() => {{}}, 60000);
+}}
+wait();
+"#,
+        gate = gate.display().to_string()
+    );
+    let out = dir.path().join("client.out");
+    let client = ChildGuard::spawn(
+        "node http2 client",
+        Command::new("node").args(["-e", &script]).stdout(std::fs::File::create(&out).unwrap()),
+    );
+    let observer = Observer::attach(&[client.pid()]);
+    std::fs::write(&gate, "").unwrap();
+    wait_until("the client's requests", Duration::from_secs(20), || {
+        !std::fs::read_to_string(&out).unwrap_or_default().is_empty()
+    });
+    let counts = http_get_text(format!("127.0.0.1:{count_port}").parse().unwrap(), "/");
+    assert_eq!(counts, r#"{"200":20,"201":5,"404":10}"#, "the server's own counts");
+    let peer = format!("127.0.0.1:{h2c_port}");
+    let scrape = observer.scrape_until("35 requests", |s| s.sum("http_client_requests_total", &[]) >= 35.0);
+    let count = |method, status| {
+        scrape.sum("http_client_requests_total", &[("peer", &peer), ("method", method), ("status", status)])
+    };
+    assert_eq!(
+        (count("GET", "200"), count("GET", "404"), count("POST", "201")),
+        (20.0, 10.0, 5.0),
+        "{}",
+        scrape.0
+    );
+    assert_eq!(scrape.sum("http_client_requests_total", &[]), 35.0);
+    assert_eq!(scrape.sum("http_client_requests_in_flight", &[]), 0.0);
+    assert_eq!(scrape.sum("observer_parse_errors_total", &[]), 0.0, "{}", scrape.0);
+}
+
+/// An nginx serving HTTPS on `tls_port` (TLS `protocols`), logging to its access log, for a
+/// target to proxy to.
+fn start_tls_upstream(dir: &TempDir, protocols: &str) -> (ChildGuard, u16) {
+    std::fs::create_dir_all(dir.path().join("www/files")).unwrap();
+    let (port, tls_port) = (free_port(), free_port());
+    let conf = write_nginx_conf_with(
+        dir,
+        port,
+        NginxConf {
+            processes: "master_process off;",
+            access_log: true,
+            tls_port: Some(tls_port),
+            tls_protocols: Some(protocols),
+            ..Default::default()
+        },
+    );
+    let nginx = start_nginx_conf(&conf, port);
+    wait_for_port(tls_port);
+    (nginx, tls_port)
+}
+
+/// nginx `proxy_pass https://` to two upstreams, TLS 1.3 and TLS 1.2 (sessions resumed after
+/// the first): its upstream requests counted per peer and status against each upstream's own
+/// log, from session keys (the default) and from per-call uprobes (`--tls calls`).
+#[test]
+fn nginx_https_upstream_requests_are_counted_from_keys_and_from_calls() {
+    require_root();
+    require_command("nginx");
+    let (up13_dir, up12_dir) = (TempDir::new("outbound-up13"), TempDir::new("outbound-up12"));
+    let (_up13, tls13) = start_tls_upstream(&up13_dir, "TLSv1.3");
+    let (_up12, tls12) = start_tls_upstream(&up12_dir, "TLSv1.2");
+    let dir = TempDir::new("outbound-https");
+    let port = free_port();
+    let locations = format!(
+        "        location /up13/ {{ proxy_pass https://127.0.0.1:{tls13}/; proxy_ssl_protocols TLSv1.3; }}\n\
+         location /up12/ {{ proxy_pass https://127.0.0.1:{tls12}/; proxy_ssl_protocols TLSv1.2; }}"
+    );
+    let conf = write_nginx_conf_with(
+        &dir,
+        port,
+        NginxConf {
+            processes: "master_process off;",
+            access_log: true,
+            locations: &locations,
+            ..Default::default()
+        },
+    );
+    let nginx = start_nginx_conf(&conf, port);
+    let urls = |path: &str, n: usize| {
+        (0..n).map(|i| format!("http://127.0.0.1:{port}{path}?n={i}")).collect::<Vec<_>>()
+    };
+    let logged =
+        |dir: &TempDir, status: u16| access_log(dir).iter().filter(|(_, s)| *s == status).count() as f64;
+    for mode in ["keys", "calls"] {
+        let before =
+            [logged(&up13_dir, 200), logged(&up13_dir, 404), logged(&up12_dir, 200), logged(&up12_dir, 404)];
+        let observer = Observer::on(&[nginx.pid()]).args(&["--tls", mode]).start();
+        assert_eq!(curl(&[], &urls("/up13/files/small.txt", 20)), vec![200; 20]);
+        assert_eq!(curl(&[], &urls("/up13/files/none", 5)), vec![404; 5]);
+        assert_eq!(curl(&[], &urls("/up12/files/small.txt", 15)), vec![200; 15]);
+        assert_eq!(curl(&[], &urls("/up12/files/none", 4)), vec![404; 4]);
+        let scrape = observer
+            .scrape_until("44 upstream requests", |s| s.sum("http_client_requests_total", &[]) >= 44.0);
+        let text = &scrape.0;
+        let (peer13, peer12) = (format!("127.0.0.1:{tls13}"), format!("127.0.0.1:{tls12}"));
+        let count = |peer: &str, status| {
+            scrape.sum("http_client_requests_total", &[("peer", peer), ("status", status)])
+        };
+        assert_eq!(count(&peer13, "200"), logged(&up13_dir, 200) - before[0], "{mode}: {text}");
+        assert_eq!(count(&peer13, "404"), logged(&up13_dir, 404) - before[1], "{mode}: {text}");
+        assert_eq!(count(&peer12, "200"), logged(&up12_dir, 200) - before[2], "{mode}: {text}");
+        assert_eq!(count(&peer12, "404"), logged(&up12_dir, 404) - before[3], "{mode}: {text}");
+        assert_eq!((count(&peer13, "200"), count(&peer12, "404")), (20.0, 4.0), "{mode}");
+        assert_eq!(scrape.sum("http_client_requests_total", &[]), 44.0, "{mode}: {text}");
+        assert_eq!(scrape.sum("http_requests_total", &[]), 44.0, "{mode}: the served side");
+        assert_eq!(scrape.sum("observer_parse_errors_total", &[]), 0.0, "{mode}: {text}");
+        assert_eq!(scrape.sum("observer_tls_keyed_lost_total", &[]), 0.0, "{mode}: {text}");
+        assert_eq!(scrape.sum("observer_tls_keyed_fall_backs_total", &[]), 0.0, "{mode}: {text}");
+    }
+}

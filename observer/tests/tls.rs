@@ -249,6 +249,11 @@ fn inbound_only_with_an_https_upstream(hooks: &str) {
     assert_eq!(scrape.sum("http_requests_total", &[("endpoint", "/up/*")]), 20.0, "{}", scrape.0);
     assert_eq!(scrape.sum("observer_parse_errors_total", &[]), 0.0, "{}", scrape.0);
     assert_eq!(scrape.sum("http_requests_in_flight", &[]), 0.0);
+    // Its upstream requests are its client role's, which only the socket hooks follow.
+    let upstream = if hooks == "sock" { 20.0 } else { 0.0 };
+    let scrape = observer
+        .scrape_until("the upstream requests", |s| s.sum("http_client_requests_total", &[]) >= upstream);
+    assert_eq!(scrape.sum("http_client_requests_total", &[("status", "200")]), upstream, "{}", scrape.0);
 }
 
 #[test]

@@ -12,8 +12,9 @@ pub mod tls;
 pub mod tracepoints;
 
 use observer_common::{
-    Call, Direction, FLAG_NEW, FLAG_TCP, Kind, STATE_TLS, STATE_TLS_KEYS, STATE_TLS_RETRY, TIE_NONE,
-    TIE_OUTBOUND, TIE_SERVED, TIE_SERVED_NEW, TcpChrono, TlsCall, TlsConn, TlsOp, socket_key, stat, tls_key,
+    Call, Direction, FLAG_NEW, FLAG_TCP, Kind, Role, STATE_CLIENT, STATE_TLS, STATE_TLS_KEYS,
+    STATE_TLS_RETRY, TIE_NONE, TIE_OUTBOUND, TIE_SERVED, TIE_SERVED_NEW, TcpChrono, TlsCall, TlsConn, TlsOp,
+    socket_key, stat, tls_key,
 };
 
 use crate::{
@@ -175,17 +176,25 @@ pub unsafe fn emit_plaintext<C: aya_ebpf::EbpfContext>(
     // SAFETY: fields of a map value, per the contract.
     let state = unsafe { &raw mut (*session).flags };
     // SAFETY: as above.
-    let (mut flags, cap) = unsafe { advance(state, direction) };
-    // SAFETY: as above.
     let (tied, established_ns) = unsafe { ((*session).conn, (*session).established_ns) };
+    // SAFETY: a field of a map value.
+    let socket =
+        if tied == 0 { 0 } else { CONNS.get_ptr_mut(&tied).map_or(0, |conn| unsafe { (*conn).flags }) };
     // A keyed socket's records come decrypted from the daemon (a process moved to per-call
     // uprobes after it was keyed: `--tls keys` falling back).
-    // SAFETY: a field of a map value.
-    if tied != 0
-        && CONNS.get_ptr_mut(&tied).is_some_and(|conn| unsafe { (*conn).flags } & STATE_TLS_KEYS != 0)
-    {
+    if socket & STATE_TLS_KEYS != 0 {
         return;
     }
+    // A session on a connection the target opened is a client's: it writes the requests.
+    let role = if socket & STATE_CLIENT != 0 {
+        // SAFETY: as above.
+        unsafe { *state |= STATE_CLIENT };
+        Role::Client
+    } else {
+        Role::Server
+    };
+    // SAFETY: as above.
+    let (mut flags, cap) = unsafe { advance(state, direction) };
     let conn = if tied != 0 {
         tied
     } else {
@@ -209,6 +218,7 @@ pub unsafe fn emit_plaintext<C: aya_ebpf::EbpfContext>(
         flags,
         ret: i64::from(moved),
         wait_us,
+        role,
         ..Record::of(Kind::Data, conn, id, tgid)
     };
     emit_data(ctx, &record, Buffer::Plain(call.buf), cap, state, true);

@@ -91,17 +91,9 @@ fn socket_io(ctx: &BtfTracePointContext, direction: Direction) {
     // or (a write call) reports the call's plaintext.
     if let Some(call) = TLS_CALLS.get_ptr_mut(&id) {
         // SAFETY: `sk` is the tracepoint's `struct sock *`; the pointers are map values.
-        let followed = unsafe { followed_connection(sk, read) };
-        // A target's own TLS connection: its ciphertext is not followed (its sessions are
-        // the OpenSSL path's outbound ones).
-        // SAFETY: a field of a map value.
-        if let Some(conn) = followed
-            && unsafe { (*conn).flags } & STATE_CLIENT != 0
-        {
-            unsafe { (*conn).flags |= STATE_TLS };
-            return;
-        }
-        let served = followed.map(|conn| unsafe {
+        // A target's own connection (the client role) is tied to its session like a served
+        // one: its plaintext, or its keys, are that connection's.
+        let served = unsafe { followed_connection(sk, read) }.map(|conn| unsafe {
             Served {
                 state: &raw mut (*conn).flags,
                 conn: (*conn).cookie,
@@ -149,6 +141,8 @@ unsafe fn in_tls_call(
             // SAFETY: as above.
             && unsafe { (*call).op } == TlsOp::Handshake as u32
             && patched(&TLS_KEYS) != 0
+            // (A client's handshake reads are the server's records: nothing of its requests.)
+            && unsafe { *served.state } & STATE_CLIENT == 0
         {
             let (call, fd, buffer) = the_call(direction);
             let record = Record {

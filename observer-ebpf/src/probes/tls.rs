@@ -22,9 +22,9 @@ use core::ffi::c_void;
 
 use aya_ebpf::helpers::generated;
 use observer_common::{
-    FLAG_CIPHER, FLAG_FRAMES, FLAG_NEW, HEADER_LEN, KEYS_DUMP_LEN, KEYS_SECRETS_LEN, Kind, SECRETS_AT_LEN,
-    STATE_MIDSTREAM, STATE_TLS_KEYS, TIE_NONE, TIE_OUTBOUND, TIE_SERVED, TIE_SERVED_NEW, TLS_CALLS_ONLY,
-    TlsCall, TlsConn, TlsOp, stat, tls_key,
+    FLAG_CIPHER, FLAG_FRAMES, FLAG_NEW, HEADER_LEN, KEYS_DUMP_LEN, KEYS_SECRETS_LEN, Kind, Role,
+    SECRETS_AT_LEN, STATE_CLIENT, STATE_MIDSTREAM, STATE_TLS_KEYS, TIE_NONE, TIE_OUTBOUND, TIE_SERVED,
+    TIE_SERVED_NEW, TLS_CALLS_ONLY, TlsCall, TlsConn, TlsOp, stat, tls_key,
 };
 
 use super::{STATE_KEYED, STATE_OUTBOUND, TLS_KEYS, emit_plaintext, waited_us};
@@ -205,6 +205,8 @@ unsafe fn hand_over_keys(session: *mut TlsConn, call: &TlsCall, id: u64, tgid: u
     if at == Some(TLS_CALLS_ONLY) {
         return; // the process's calls are hooked instead
     }
+    // SAFETY: a field of a map value.
+    let client = unsafe { (*conn).flags } & STATE_CLIENT != 0;
     let len = match at {
         Some(at) => {
             // SAFETY: `data` is the scratch data area, larger than KEYS_SECRETS_LEN.
@@ -212,10 +214,14 @@ unsafe fn hand_over_keys(session: *mut TlsConn, call: &TlsCall, id: u64, tgid: u
             KEYS_SECRETS_LEN
         }
         // SAFETY: as above, larger than KEYS_DUMP_LEN.
+        // A client's session is keyed only where the secrets' place is known (its records
+        // would not teach it: the daemon learns it from served sessions).
+        None if client => return,
         None if unsafe { read_user(data, KEYS_DUMP_LEN as u32, call.ssl) } => KEYS_DUMP_LEN,
         None => return,
     };
-    let mut record = Record::of(Kind::Keys, call.conn, id, tgid);
+    let role = if client { Role::Client } else { Role::Server };
+    let mut record = Record { role, ..Record::of(Kind::Keys, call.conn, id, tgid) };
     // SAFETY: fields of map values, per the contract.
     unsafe {
         (*conn).flags |= STATE_TLS_KEYS;

@@ -16,17 +16,16 @@ pub(super) struct FrameWalk {
     frames_seq: [u32; 2],
 }
 
-impl Default for FrameWalk {
-    fn default() -> Self {
-        FrameWalk {
-            walks: [KernelModel::client(), KernelModel::server()],
-            cipher_seq: [0; 2],
-            frames_seq: [0; 2],
-        }
-    }
-}
-
 impl FrameWalk {
+    /// A server's session reads the client's frames (the preface first) and writes its own;
+    /// a `client`'s the other way round.
+    pub(super) fn new(client: bool) -> Self {
+        let (clients, servers) = (KernelModel::client(), KernelModel::server());
+        // By `side`: what the process reads, then what it writes.
+        let walks = if client { [servers, clients] } else { [clients, servers] };
+        FrameWalk { walks, cipher_seq: [0; 2], frames_seq: [0; 2] }
+    }
+
     /// Whether ciphertext record `seq` of `direction` is the next one (and counts it).
     pub(super) fn next_cipher(&mut self, direction: Direction, seq: u32) -> bool {
         let side = side(direction);

@@ -22,7 +22,7 @@ use std::collections::HashMap;
 
 use rustc_hash::FxHashMap;
 
-use observer_common::{Call, Direction, H2_PREFACE, Kind};
+use observer_common::{Call, Direction, H2_PREFACE, Kind, Role};
 use zeroize::Zeroizing;
 
 use self::{
@@ -195,9 +195,10 @@ impl Keyed {
             client12: None,
             wrote: false,
             lost: false,
-            h2: event.frames.then(FrameWalk::default),
+            h2: event.frames.then(|| FrameWalk::new(event.role == Role::Client)),
+            client: event.role == Role::Client,
         };
-        if early.whole {
+        if early.whole && !session.client {
             session.early_len = early.bytes.len();
             session.pending[0] = early.bytes;
         }
@@ -265,7 +266,11 @@ impl Keyed {
         session.lost = true;
         session.streams = [None, None];
         *self.lost.entry(reason).or_default() += 1;
-        if reason.falls_back() && !self.fall_backs.iter().any(|(tgid, _)| *tgid == session.tgid) {
+        // Per-call uprobes would not see a client's session better than its keys do.
+        if reason.falls_back()
+            && !session.client
+            && !self.fall_backs.iter().any(|(tgid, _)| *tgid == session.tgid)
+        {
             self.fall_backs.push((session.tgid, reason));
         }
     }
@@ -308,7 +313,10 @@ impl Keyed {
             return None;
         }
         let tgid = session.tgid;
-        let layout = self.layouts.entry(tgid).or_default();
+        // A client's session comes with its secrets: it neither needs the process's layout
+        // nor teaches it (its first records are not a server's).
+        let mut own = Layout::default();
+        let layout = if session.client { &mut own } else { self.layouts.entry(tgid).or_default() };
         let before = *layout;
         let result = session.call(layout, event, &mut self.verified);
         self.finish(event.conn, tgid, before, result, Carry::of(event), event.direction())
@@ -335,7 +343,9 @@ impl Keyed {
             (Ok(plain), Some(walk)) if plain.len > 0 => {
                 frame_record(walk, plain, direction).map(|(p, n)| (p, Some(n)))
             }
-            (Ok(plain), None) if starts_http2(&plain, direction, session.wrote) => Err(LostReason::Http2),
+            (Ok(plain), None) if !session.client && starts_http2(&plain, direction, session.wrote) => {
+                Err(LostReason::Http2)
+            }
             (other, _) => other.map(|p| (p, None)),
         };
         if direction == Direction::Out && plain.as_ref().is_ok_and(|(p, _)| p.len > 0) {

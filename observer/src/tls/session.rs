@@ -47,6 +47,8 @@ pub(super) struct Session {
     pub(super) lost: bool,
     /// ALPN `h2`: its calls come whole, and their plaintext is walked as frames.
     pub(super) h2: Option<FrameWalk>,
+    /// The target opened the connection: the client's records are what it writes.
+    pub(super) client: bool,
 }
 
 impl Session {
@@ -57,7 +59,7 @@ impl Session {
         verified: &mut u64,
     ) -> Result<Plain, LostReason> {
         let len = usize::try_from(event.ret).unwrap_or(0);
-        let side = usize::from(event.direction() != Direction::In);
+        let side = self.side(event.direction());
         if self.streams[side].is_none() {
             let whole = event.head.len() == len;
             if whole {
@@ -79,6 +81,12 @@ impl Session {
         }
         let stream = self.streams[side].as_mut().expect("made above");
         stream.call(len, event.head, event.tail).map_err(framing)
+    }
+
+    /// Which stream a direction's records are: 0 the client's (what a server reads, what a
+    /// client writes), 1 the server's.
+    pub(super) fn side(&self, direction: Direction) -> usize {
+        usize::from((direction == Direction::In) == self.client)
     }
 
     /// The first record of a direction, if all of it has been seen: (header, body).

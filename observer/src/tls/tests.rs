@@ -1,7 +1,7 @@
 //! RFC 8448 §3 (a TLS 1.3 handshake's published trace, TLS_AES_128_GCM_SHA256) and records
 //! sealed here for the other suites and for KeyUpdate.
 
-use observer_common::{Call, KEYS_DUMP_LEN, Kind, Role};
+use observer_common::{Call, Direction, KEYS_DUMP_LEN, Kind, Role};
 
 use super::{
     Keyed, Layout, LostReason,
@@ -268,4 +268,27 @@ fn an_http2_first_record_copied_in_parts_is_walked_whole() {
     assert!(plain.plain.head.starts_with(observer_common::H2_PREFACE));
     assert_eq!(plain.plain.head.len(), observer_common::H2_PREFACE.len() + 18);
     assert!(keyed.take_counts().1.is_empty(), "nothing lost");
+}
+
+#[test]
+fn a_client_s_session_opens_what_it_writes_and_what_it_reads() {
+    let mut keyed = Keyed::default();
+    let mut secrets = vec![0u8; observer_common::KEYS_SECRETS_LEN];
+    secrets[..32].copy_from_slice(&hex(CLIENT_SECRET));
+    secrets[48..80].copy_from_slice(&hex(SERVER_SECRET));
+    fn client(e: Event<'_>) -> Event<'_> {
+        Event { role: Role::Client, ..e }
+    }
+    assert!(keyed.keys(&client(event(Kind::Keys, Call::None, &secrets))).is_none());
+    // It writes the client's records; it reads the server's, tickets first.
+    let request = hex(CLIENT_DATA);
+    let plain = keyed.data(&client(event(Kind::Data, Call::Write, &request))).expect("its request");
+    assert_eq!((plain.plain.head.as_slice(), plain.direction), (&fifty()[..], Direction::Out));
+    let mut response = hex(TICKET);
+    response.extend(hex(SERVER_DATA));
+    let plain = keyed.data(&client(event(Kind::Data, Call::Read, &response))).expect("its response");
+    assert_eq!((plain.plain.head.as_slice(), plain.direction), (&fifty()[..], Direction::In));
+    // A client's first records teach nothing of the process's layout (a server's).
+    assert_eq!(keyed.layout(7), Layout::default());
+    assert!(keyed.take_learned().is_empty());
 }
