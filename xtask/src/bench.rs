@@ -37,6 +37,8 @@ enum Arm {
     FullClassic,
     /// The default hooks with `--tls calls`: OpenSSL hooked at every read and write call.
     FullTlsCalls,
+    /// The default with `--no-client`: the targets' own connections not followed.
+    FullNoClient,
 }
 
 /// The observer's `--hooks`.
@@ -82,11 +84,15 @@ impl Arm {
             Arm::FullNoTls => "full --no-tls",
             Arm::FullClassic => "full, classic histograms",
             Arm::FullTlsCalls => "full --tls calls",
+            Arm::FullNoClient => "full --no-client",
         }
     }
 
     fn is_full(self) -> bool {
-        matches!(self, Arm::Full(_) | Arm::FullNoTls | Arm::FullClassic | Arm::FullTlsCalls)
+        matches!(
+            self,
+            Arm::Full(_) | Arm::FullNoTls | Arm::FullClassic | Arm::FullTlsCalls | Arm::FullNoClient
+        )
     }
 
     /// The floor arm with the same hooks.
@@ -94,7 +100,7 @@ impl Arm {
         match self {
             Arm::Full(Hooks::Btf) | Arm::Floor(Hooks::Btf) => SYS_EXIT_FLOOR,
             Arm::Full(h) | Arm::Floor(h) => Arm::Floor(h),
-            Arm::FullNoTls | Arm::FullClassic | Arm::FullTlsCalls => FLOOR,
+            Arm::FullNoTls | Arm::FullClassic | Arm::FullTlsCalls | Arm::FullNoClient => FLOOR,
             Arm::Unobserved => Arm::Unobserved,
         }
     }
@@ -213,12 +219,13 @@ fn with_arm<T>(
             drop(guard);
             Ok(result)
         }
-        Arm::Full(_) | Arm::FullNoTls | Arm::FullClassic | Arm::FullTlsCalls => {
+        Arm::Full(_) | Arm::FullNoTls | Arm::FullClassic | Arm::FullTlsCalls | Arm::FullNoClient => {
             let addr: SocketAddr = ([127, 0, 0, 1], free_port()).into();
             let (hooks, flag) = match arm {
                 Arm::Full(hooks) => (hooks, None),
                 Arm::FullClassic => (Hooks::Sock, Some("--no-native-histograms")),
                 Arm::FullTlsCalls => (Hooks::Sock, Some("--tls=calls")),
+                Arm::FullNoClient => (Hooks::Sock, Some("--no-client")),
                 _ => (Hooks::Sock, Some("--no-tls")),
             };
             let child = Command::new(&opts.observer)
@@ -425,7 +432,9 @@ impl Summary {
 }
 
 /// nginx, one process, `return 200` on /hello and a sparse 1 GiB file on /big, in clear text
-/// on `port` and over TLS on `tls_port`.
+/// on `port` and over TLS on `tls_port`; /proxied is /hello through `proxy_pass` to itself
+/// (a new upstream connection per request: a client's connections from before an arm
+/// attached would not be followed).
 struct Nginx {
     guard: Guard,
     port: u16,
@@ -450,7 +459,8 @@ fn start_nginx(dir: &Path) -> anyhow::Result<Nginx> {
          scgi_temp_path {root}/scgi;\n server {{\n  listen 127.0.0.1:{port} backlog=16384;\n\
          listen 127.0.0.1:{tls_port} ssl backlog=16384;\n  listen 127.0.0.1:{h2c_port} http2 backlog=16384;\n  ssl_certificate {root}/cert.pem;\n\
          ssl_certificate_key {root}/key.pem;\n  ssl_protocols TLSv1.2 TLSv1.3;\n  root {root}/www;\n\
-         location = /hello {{ return 200 \"hello\\n\"; }}\n }}\n}}\n"
+         location = /hello {{ return 200 \"hello\\n\"; }}\n\
+         location = /proxied {{ proxy_pass http://127.0.0.1:{port}/hello; }}\n }}\n}}\n"
     );
     std::fs::write(dir.join("nginx.conf"), conf)?;
     let mut nginx = Command::new("nginx");
@@ -546,6 +556,12 @@ pub fn bench(opts: &Options) -> anyhow::Result<()> {
         "axum ~100 µs handler (realistic)",
         measure(opts, axum_pid, &url, &[Arm::Unobserved, FULL], 32)?,
     ));
+
+    eprintln!("nginx proxy_pass to itself (/proxied → /hello), wrk -t1 -c32:");
+    let url = format!("http://127.0.0.1:{}/proxied", nginx.port);
+    let proxy_arms = [Arm::Unobserved, FLOOR, FULL, Arm::FullNoClient];
+    summaries
+        .push(summarize("nginx proxy_pass (saturation)", measure(opts, nginx_pid, &url, &proxy_arms, 32)?));
 
     eprintln!("nginx https `return 200`, wrk -t1 -c32 (keep-alive):");
     let https = tls::https_workload(opts, nginx_pid, nginx.tls_port)?;

@@ -224,15 +224,19 @@ unsafe fn hand_over_keys(session: *mut TlsConn, call: &TlsCall, id: u64, tgid: u
     let mut record = Record { role, ..Record::of(Kind::Keys, call.conn, id, tgid) };
     // SAFETY: fields of map values, per the contract.
     unsafe {
-        (*conn).flags |= STATE_TLS_KEYS;
         // HTTP/2 (ALPN h2): every byte is copied, for the daemon to walk the frames after
-        // decrypting; the records say so.
+        // decrypting; the records say so. Without room for its cursors (counted) the
+        // connection is not keyed: losing it beats taking its HTTP/2 for a layout failure,
+        // which would put the whole process on per-call uprobes.
         if let Some(at) = at
             && alpn_is_h2(call.ssl, at[6])
-            && frames::start_cipher(call.conn, &raw mut (*conn).flags)
         {
+            if !frames::start_cipher(call.conn, &raw mut (*conn).flags) {
+                return;
+            }
             record.flags = FLAG_FRAMES | FLAG_CIPHER;
         }
+        (*conn).flags |= STATE_TLS_KEYS;
         // A new connection's wait ends here: its first request may have been read with the
         // handshake's last record.
         if (*session).flags & FLAG_NEW != 0 {

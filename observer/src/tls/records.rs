@@ -61,6 +61,9 @@ pub struct Stream {
     /// The first checked record was padded: every tag is checked (the content type is not
     /// then at a known place).
     padded: bool,
+    /// TLS 1.3: the plaintext length of the record just opened, when padding made it
+    /// shorter than its body says.
+    unpadded: Option<usize>,
 }
 
 /// Part of a call: bytes of one record's body.
@@ -89,6 +92,7 @@ impl Stream {
             first: None,
             checked: 0,
             padded: false,
+            unpadded: None,
         }
     }
 
@@ -115,13 +119,19 @@ impl Stream {
                 continue;
             }
             let n = (self.body_len - self.body_at).min(len - pos);
+            let whole_record = self.body_at == 0 && n == self.body_len;
             portions.push(self.portion(&captured, pos, n));
             self.body_at += n;
             pos += n;
             if self.body_at == self.body_len {
                 let application = self.end_record()?;
+                let unpadded = self.unpadded.take();
                 if let Some(last) = portions.last_mut() {
                     last.application = application;
+                    // A padded record within this call: its plaintext ends at its type.
+                    if let (Some(real), true) = (unpadded, whole_record) {
+                        last.trim(real);
+                    }
                 }
             }
         }
@@ -211,6 +221,7 @@ impl Stream {
             let kind = at.map(|at| inner[at]);
             if self.keys.version() == Version::Tls13 && at.is_some_and(|at| at + 1 != inner.len()) {
                 self.padded = true;
+                self.unpadded = at;
             }
             application = kind == Some(APPLICATION_DATA);
             if self.keys.version() == Version::Tls13
@@ -235,6 +246,12 @@ impl Stream {
     fn end_unchecked(&mut self, mut application: bool) -> Result<bool, Lost> {
         if self.keys.version() == Version::Tls13 {
             let kind = self.kind.unwrap_or_else(|| self.decrypt_byte(self.body_len - TAG_LEN - 1));
+            // Zero is no content type but padding: the type lies further back, where the
+            // tag check finds it (every tag is checked from here on).
+            if kind == 0 {
+                self.padded = true;
+                return self.end_record();
+            }
             application = kind == APPLICATION_DATA;
             if kind == HANDSHAKE && self.first.unwrap_or_else(|| self.decrypt_byte(0)) == KEY_UPDATE {
                 self.keys = self.keys.next().ok_or(Lost::WrongKeys)?;
@@ -253,6 +270,18 @@ impl Stream {
         let mut byte = [self.whole[at]];
         self.keys.decrypt_at(self.seq, &self.explicit, at, &mut byte);
         byte[0]
+    }
+}
+
+impl Portion {
+    /// Only the first `len` plaintext bytes are the record's (the rest was its content type
+    /// and padding).
+    fn trim(&mut self, len: usize) {
+        self.plain_len = self.plain_len.min(len);
+        self.pieces.retain_mut(|(at, bytes)| {
+            bytes.truncate(len.saturating_sub(*at));
+            !bytes.is_empty()
+        });
     }
 }
 

@@ -292,3 +292,19 @@ fn a_client_s_session_opens_what_it_writes_and_what_it_reads() {
     assert_eq!(keyed.layout(7), Layout::default());
     assert!(keyed.take_learned().is_empty());
 }
+
+#[test]
+fn a_padded_record_after_unpadded_ones_is_still_application_data() {
+    for suite in Suite::ALL {
+        let keys = TrafficKeys::new(suite, &vec![5u8; suite.secret_len()]).expect("keys");
+        let mut wire = keys.seal(0, b"GET / HTTP/1.1\r\n\r\n\x17");
+        // Application data, then its content type, then 16 bytes of padding (RFC 8446 §5.4).
+        let mut padded = b"GET /p HTTP/1.1\r\n\r\n\x17".to_vec();
+        padded.extend([0; 16]);
+        wire.extend(keys.seal(1, &padded));
+        let mut stream = Stream::new(keys, 0);
+        let plain = stream.call(wire.len(), &wire, &[]).expect("records");
+        assert_eq!(plain.head, b"GET / HTTP/1.1\r\n\r\nGET /p HTTP/1.1\r\n\r\n", "{suite:?}");
+        assert_eq!(stream.checked, 2, "the padded record's tag checked");
+    }
+}
