@@ -375,27 +375,6 @@ wait();
     assert_eq!(scrape.sum("observer_parse_errors_total", &[]), 0.0, "{}", scrape.0);
 }
 
-/// An nginx serving HTTPS on `tls_port` (TLS `protocols`), logging to its access log, for a
-/// target to proxy to.
-fn start_tls_upstream(dir: &TempDir, protocols: &str) -> (ChildGuard, u16) {
-    std::fs::create_dir_all(dir.path().join("www/files")).unwrap();
-    let (port, tls_port) = (free_port(), free_port());
-    let conf = write_nginx_conf_with(
-        dir,
-        port,
-        NginxConf {
-            processes: "master_process off;",
-            access_log: true,
-            tls_port: Some(tls_port),
-            tls_protocols: Some(protocols),
-            ..Default::default()
-        },
-    );
-    let nginx = start_nginx_conf(&conf, port);
-    wait_for_port(tls_port);
-    (nginx, tls_port)
-}
-
 /// nginx `proxy_pass https://` to two upstreams, TLS 1.3 and TLS 1.2 (sessions resumed after
 /// the first): its upstream requests counted per peer and status against each upstream's own
 /// log, from session keys (the default) and from per-call uprobes (`--tls calls`).
@@ -404,8 +383,8 @@ fn nginx_https_upstream_requests_are_counted_from_keys_and_from_calls() {
     require_root();
     require_command("nginx");
     let (up13_dir, up12_dir) = (TempDir::new("outbound-up13"), TempDir::new("outbound-up12"));
-    let (_up13, tls13) = start_tls_upstream(&up13_dir, "TLSv1.3");
-    let (_up12, tls12) = start_tls_upstream(&up12_dir, "TLSv1.2");
+    let (_up13, tls13) = start_nginx_tls(&up13_dir, "master_process off;", "TLSv1.3", false);
+    let (_up12, tls12) = start_nginx_tls(&up12_dir, "master_process off;", "TLSv1.2", false);
     let dir = TempDir::new("outbound-https");
     let port = free_port();
     let locations = format!(

@@ -120,22 +120,9 @@ fn counted_exactly(dir: &TempDir, observer: &Observer, total: f64, connections: 
 /// nginx with `protocols` (and HTTP/2 if `http2`) and a response of several records,
 /// observed with `--tls keys`.
 fn nginx_keyed(dir: &TempDir, protocols: &str, wrapper: &[&str], http2: bool) -> (ChildGuard, Observer, u16) {
-    let (port, tls_port) = (free_port(), free_port());
-    let conf = write_nginx_conf_with(
-        dir,
-        port,
-        NginxConf {
-            processes: "worker_processes 2;",
-            access_log: true,
-            tls_port: Some(tls_port),
-            tls_protocols: Some(protocols),
-            http2,
-            ..Default::default()
-        },
-    );
+    std::fs::create_dir_all(dir.path().join("www/files")).unwrap();
     std::fs::write(dir.path().join("www/files/big.bin"), vec![b'x'; BIG]).unwrap();
-    let nginx = start_nginx_conf(&conf, port);
-    wait_for_port(tls_port);
+    let (nginx, tls_port) = start_nginx_tls(dir, "worker_processes 2;", protocols, http2);
     let observer = Observer::on(&[nginx.pid()]).args(&["--tls", "keys"]).wrapped_in(wrapper).start();
     (nginx, observer, tls_port)
 }
@@ -258,21 +245,7 @@ fn http2_over_tls_without_the_helper_falls_back_to_per_call_uprobes_and_stays_ex
     require_command("curl");
     require_command("openssl");
     let dir = TempDir::new("tls-keys-h2");
-    let (port, tls_port) = (free_port(), free_port());
-    let conf = write_nginx_conf_with(
-        &dir,
-        port,
-        NginxConf {
-            processes: "worker_processes 1;",
-            access_log: true,
-            tls_port: Some(tls_port),
-            tls_protocols: Some("TLSv1.3"),
-            http2: true,
-            ..Default::default()
-        },
-    );
-    let nginx = start_nginx_conf(&conf, port);
-    wait_for_port(tls_port);
+    let (nginx, tls_port) = start_nginx_tls(&dir, "worker_processes 1;", "TLSv1.3", true);
     // Without the helper the selected ALPN's place is not known: an h2 session is found by
     // its first bytes, too late to copy its records whole.
     let observer = Observer::on(&[nginx.pid()])
@@ -374,20 +347,7 @@ fn no_secret_reaches_the_log_at_trace_level() {
     require_command("curl");
     require_command("openssl");
     let dir = TempDir::new("tls-keys-trace");
-    let (port, tls_port) = (free_port(), free_port());
-    let conf = write_nginx_conf_with(
-        &dir,
-        port,
-        NginxConf {
-            processes: "worker_processes 1;",
-            access_log: true,
-            tls_port: Some(tls_port),
-            tls_protocols: Some("TLSv1.2 TLSv1.3"),
-            ..Default::default()
-        },
-    );
-    let nginx = start_nginx_conf(&conf, port);
-    wait_for_port(tls_port);
+    let (nginx, tls_port) = start_nginx_tls(&dir, "worker_processes 1;", "TLSv1.2 TLSv1.3", false);
     let observer = Observer::on(&[nginx.pid()]).args(&["--tls", "keys"]).log_level("trace").start();
     let keylog = dir.path().join("keys.log");
     let url = format!("https://127.0.0.1:{tls_port}/files/small.txt");

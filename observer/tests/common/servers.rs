@@ -144,6 +144,27 @@ pub fn start_nginx_conf(conf: &Path, port: u16) -> ChildGuard {
     nginx
 }
 
+/// nginx (`processes`, access log on) serving HTTPS with `protocols` (and HTTP/2 by ALPN if
+/// `http2`) on a loopback port besides its plain one, once both accept: (nginx, TLS port).
+pub fn start_nginx_tls(dir: &TempDir, processes: &str, protocols: &str, http2: bool) -> (ChildGuard, u16) {
+    let (port, tls_port) = (free_port(), free_port());
+    let conf = write_nginx_conf_with(
+        dir,
+        port,
+        NginxConf {
+            processes,
+            access_log: true,
+            tls_port: Some(tls_port),
+            tls_protocols: Some(protocols),
+            http2,
+            ..Default::default()
+        },
+    );
+    let nginx = start_nginx_conf(&conf, port);
+    wait_for_port(tls_port);
+    (nginx, tls_port)
+}
+
 /// The children of `pid` (its main thread's), e.g. an nginx master's workers.
 pub fn children_of(pid: u32) -> Vec<u32> {
     let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
