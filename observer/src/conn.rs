@@ -153,6 +153,11 @@ impl<'m> Connections<'m> {
         self
     }
 
+    /// The routes file's names for peers.
+    pub fn name_peers(&mut self, names: &[(std::net::SocketAddr, String)]) {
+        self.labels.peers.set_file_names(names);
+    }
+
     pub fn with_capacity(mut self, capacity: usize) -> Self {
         self.capacity = capacity;
         self

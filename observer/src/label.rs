@@ -53,7 +53,8 @@ impl<'m> Labels<'m> {
         }
     }
 
-    pub fn set_rules(&mut self, rules: Rules) {
+    pub fn set_rules(&mut self, mut rules: Rules) {
+        self.peers.set_file_names(&rules.take_peers());
         self.router.set_rules(rules);
     }
 

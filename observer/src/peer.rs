@@ -70,27 +70,42 @@ pub fn parse_peer_name(value: &str) -> Result<(SocketAddr, String), String> {
     Ok((addr, name.to_owned()))
 }
 
-/// Peer labels, each made once and kept (bounded by the cap; named peers do not count
-/// against it).
+/// Peer labels, each made once and kept (bounded by the cap); named peers (`--peer-name`,
+/// the routes file's `[[peer]]`) do not count against it.
 pub struct Peers {
+    /// Names by address: the command line's, then the routes file's (reloaded on SIGHUP).
+    names: FxHashMap<SocketAddr, &'static str>,
+    cli: Vec<(SocketAddr, String)>,
     known: FxHashMap<SocketAddr, &'static str>,
-    named: usize,
     max: usize,
 }
 
 impl Peers {
     pub fn new(names: &[(SocketAddr, String)], max: usize) -> Peers {
-        let known: FxHashMap<SocketAddr, &'static str> =
-            names.iter().map(|(addr, name)| (*addr, &*Box::leak(name.clone().into_boxed_str()))).collect();
-        Peers { named: known.len(), known, max }
+        let mut peers =
+            Peers { names: FxHashMap::default(), cli: names.to_vec(), known: FxHashMap::default(), max };
+        peers.set_file_names(&[]);
+        peers
+    }
+
+    /// The routes file's names (a reload): the command line's win where both name an address.
+    pub fn set_file_names(&mut self, file: &[(SocketAddr, String)]) {
+        self.names = file
+            .iter()
+            .chain(&self.cli)
+            .map(|(addr, name)| (*addr, &*Box::leak(name.clone().into_boxed_str())))
+            .collect();
     }
 
     /// The label of `peer`, and whether it was one past the cap.
     pub fn label(&mut self, peer: SocketAddr) -> (&'static str, bool) {
+        if let Some(name) = self.names.get(&peer) {
+            return (name, false);
+        }
         if let Some(label) = self.known.get(&peer) {
             return (label, false);
         }
-        if self.known.len() - self.named >= self.max {
+        if self.known.len() >= self.max {
             return (OTHER, true);
         }
         let label: &'static str = Box::leak(peer.to_string().into_boxed_str());
@@ -312,6 +327,10 @@ mod tests {
         assert_eq!(peers.label(addr(2)), ("127.0.0.1:2", false));
         assert_eq!(peers.label(addr(3)), ("other", true));
         assert_eq!(peers.label(addr(1)), ("127.0.0.1:1", false), "known ones keep theirs");
+        // The routes file names one more (a reload); the command line's name stays.
+        peers.set_file_names(&[(addr(3), "mirror-b".into()), (named, "ignored".into())]);
+        assert_eq!(peers.label(addr(3)), ("mirror-b", false));
+        assert_eq!(peers.label(named), ("mirror", false));
     }
 
     #[test]

@@ -29,6 +29,8 @@ pub enum Endpoint {
 #[derive(Debug, Default)]
 pub struct Rules {
     rules: Vec<Rule>,
+    /// `[[peer]]` entries: readable names for upstreams (`--peer-name` from the file).
+    peers: Vec<(std::net::SocketAddr, String)>,
 }
 
 #[derive(Debug)]
@@ -62,6 +64,15 @@ pub struct RulesError {
 struct FileFormat {
     #[serde(default)]
     route: Vec<toml::Spanned<RuleFormat>>,
+    #[serde(default)]
+    peer: Vec<toml::Spanned<PeerFormat>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PeerFormat {
+    address: String,
+    name: String,
 }
 
 #[derive(Deserialize)]
@@ -115,7 +126,19 @@ impl Rules {
             let methods = raw.methods.iter().map(|m| m.to_ascii_uppercase()).collect();
             rules.push(Rule { pattern, methods, endpoint });
         }
-        Ok(Rules { rules })
+        let mut peers = Vec::with_capacity(parsed.peer.len());
+        for spanned in parsed.peer {
+            let at = spanned.span().start;
+            let raw = spanned.into_inner();
+            let named = crate::peer::parse_peer_name(&format!("{}={}", raw.address, raw.name));
+            peers.push(named.map_err(|m| err(at, m))?);
+        }
+        Ok(Rules { rules, peers })
+    }
+
+    /// The `[[peer]]` names, taken out (they go to the peer labels, not the router).
+    pub fn take_peers(&mut self) -> Vec<(std::net::SocketAddr, String)> {
+        std::mem::take(&mut self.peers)
     }
 
     /// How many rules were loaded.

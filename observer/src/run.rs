@@ -71,7 +71,8 @@ pub async fn run_with_metrics(config: RunConfig, metrics: Arc<Metrics>) -> anyho
             bail!("no such process: {pid}");
         }
     }
-    let rules = load_rules(config.routes.as_deref())?;
+    let mut rules = load_rules(config.routes.as_deref())?;
+    let file_peers = rules.take_peers();
     check_privileges()?;
     let listener = tokio::net::TcpListener::bind(config.listen).await.map_err(|e| match e.kind() {
         std::io::ErrorKind::AddrInUse => {
@@ -113,6 +114,7 @@ pub async fn run_with_metrics(config: RunConfig, metrics: Arc<Metrics>) -> anyho
     let mut conns = Connections::new(&metrics, router, config.idle_timeout_secs)
         .with_capacity(config.max_connections as usize)
         .with_peers(Peers::new(&config.peer_names, config.max_peers));
+    conns.name_peers(&file_peers);
     let mut keyed = Keyed::default();
     let mut drops_seen = KernelDrops::default();
     let mut misses_seen = FxHashMap::default();

@@ -88,8 +88,13 @@ fn nginx_upstream_requests_and_connects_are_counted_per_peer() {
     let (_stuck, _filler) = start_stuck_listener(stuck);
     let port = free_port();
     let nginx = start_nginx(&dir, port, upstream_port, closed, stuck);
+    // One upstream named on the command line, one in the routes file.
     let named = format!("127.0.0.1:{upstream_port}=boot-files");
-    let observer = Observer::on(&[nginx.pid()]).args(&["--peer-name", &named]).start();
+    let routes = dir.path().join("routes.toml");
+    std::fs::write(&routes, format!("[[peer]]\naddress = \"127.0.0.1:{closed}\"\nname = \"down\"\n"))
+        .unwrap();
+    let routes = routes.display().to_string();
+    let observer = Observer::on(&[nginx.pid()]).args(&["--peer-name", &named, "--routes", &routes]).start();
 
     let found: Vec<String> =
         (0..30).map(|i| format!("http://127.0.0.1:{port}/up/script.ipxe?n={i}")).collect();
@@ -121,11 +126,11 @@ fn nginx_upstream_requests_and_connects_are_counted_per_peer() {
     assert_eq!(scrape.sum("http_client_requests_in_flight", &[]), 0.0);
     assert_eq!(scrape.sum("tcp_connect_duration_seconds_count", &[peer]), 40.0, "a connection per request");
     // Failed connects, by peer and reason; nothing else failed.
-    let down = format!("127.0.0.1:{closed}");
+    let down = "down";
     let stuck_peer = format!("127.0.0.1:{stuck}");
     let failures =
         |peer: &str, reason| scrape.sum("tcp_connect_failures_total", &[("peer", peer), ("reason", reason)]);
-    assert_eq!(failures(&down, "refused"), 5.0, "{text}");
+    assert_eq!(failures(down, "refused"), 5.0, "{text}");
     assert_eq!(failures(&stuck_peer, "abandoned"), 2.0, "nginx's own connect timeout: {text}");
     assert_eq!(scrape.sum("tcp_connect_failures_total", &[]), 7.0);
     // The server side is what nginx logged, unchanged.

@@ -182,3 +182,14 @@ fn colliding_and_long_targets_are_classified_each_time() {
         assert_eq!(label(&mut r, "GET", &long), "/long/{other}");
     }
 }
+
+#[test]
+fn peer_names_come_from_the_file_and_bad_ones_say_where() {
+    let text = "[[peer]]\naddress = \"10.0.0.5:9000\"\nname = \"inventory\"\n";
+    let mut rules = Rules::parse("r.toml", text).unwrap();
+    assert_eq!(rules.take_peers(), vec![("10.0.0.5:9000".parse().unwrap(), "inventory".to_owned())]);
+    let bad =
+        "[[route]]\npattern = \"/a\"\nendpoint = \"a\"\n\n[[peer]]\naddress = \"10.0.0.5\"\nname = \"x\"\n";
+    let e = Rules::parse("r.toml", bad).unwrap_err().to_string();
+    assert!(e.starts_with("r.toml:5:"), "{e}");
+}
