@@ -129,6 +129,10 @@ struct Run {
     observer_cpu_s: f64,
     observer_hwm_kib: f64,
     events_lost: f64,
+    /// Requests the observer counted (`http_requests_total`, every label) after the run
+    /// drained: at least the client's count, at most that plus the requests in flight when
+    /// it stopped.
+    counted: f64,
 }
 
 /// Kills the child on drop.
@@ -289,17 +293,30 @@ fn measure(
     arms: &[Arm],
     connections: u32,
 ) -> anyhow::Result<Vec<(Arm, Vec<Run>)>> {
+    measure_with(opts, pid, url, arms, connections, &[])
+}
+
+/// [`measure`] with extra request headers for wrk.
+fn measure_with(
+    opts: &Options,
+    pid: u32,
+    url: &str,
+    arms: &[Arm],
+    connections: u32,
+    headers: &[&str],
+) -> anyhow::Result<Vec<(Arm, Vec<Run>)>> {
     let runs = interleaved(opts.reps, arms, |rep, arm| {
         let run = with_arm(opts, arm, pid, |attached| -> anyhow::Result<Run> {
             let observer = attached.and_then(Attached::observer);
             let cpu_before = observer.map(|(p, _)| cpu_seconds(p)).unwrap_or(0.0);
-            let mut run = wrk(url, connections, opts.seconds)?;
+            let mut run = wrk::wrk_with(url, connections, opts.seconds, headers)?;
             if let Some((p, addr)) = observer {
                 run.observer_cpu_s = cpu_seconds(p) - cpu_before;
                 run.observer_hwm_kib = status_kib(p, "VmHWM:");
                 thread::sleep(Duration::from_millis(300)); // let the last events drain
-                run.events_lost =
-                    http_get(addr, "/metrics").map_or(0.0, |m| metric(&m, "observer_events_lost_total"));
+                let metrics = http_get(addr, "/metrics").unwrap_or_default();
+                run.events_lost = metric(&metrics, "observer_events_lost_total");
+                run.counted = metric(&metrics, "http_requests_total{");
             }
             Ok(run)
         })??;
@@ -359,6 +376,7 @@ fn summarize(name: &str, runs: Vec<(Arm, Vec<Run>)>) -> Summary {
                     observer_cpu_s: m(|r| r.observer_cpu_s),
                     observer_hwm_kib: rs.iter().map(|r| r.observer_hwm_kib).fold(0.0, f64::max),
                     events_lost: rs.iter().map(|r| r.events_lost).sum(),
+                    counted: m(|r| r.counted),
                 },
             )
         })
@@ -458,7 +476,23 @@ fn idle_connections_rss(opts: &Options, nginx: &Nginx, n: usize) -> anyhow::Resu
     })?
 }
 
-pub fn bench(opts: &Options) -> anyhow::Result<()> {
+/// Only the HTTPS workloads, for iterating on TLS.
+pub fn bench_https(opts: &Options) -> anyhow::Result<()> {
+    check_tools()?;
+    std::fs::create_dir_all(&opts.out)?;
+    let work = opts.out.join("nginx");
+    let _ = std::fs::remove_dir_all(&work);
+    let nginx = start_nginx(&work)?;
+    let https = tls::https_workload(opts, nginx.guard.0.id(), nginx.tls_port)?;
+    let mut text = report::render_table(&https.summaries, opts);
+    text.push_str(&tls::render(&https.kernel));
+    text.push_str(&tls::render_counts(&https.summaries[..2]));
+    println!("{text}");
+    std::fs::write(opts.out.join("https.md"), &text)?;
+    Ok(())
+}
+
+fn check_tools() -> anyhow::Result<()> {
     for tool in ["wrk", "h2load", "nginx", "dd", "redis-server", "redis-benchmark", "openssl"] {
         if Command::new("sh")
             .arg("-c")
@@ -469,6 +503,11 @@ pub fn bench(opts: &Options) -> anyhow::Result<()> {
             bail!("{tool} is not installed: run `cargo xtask setup`");
         }
     }
+    Ok(())
+}
+
+pub fn bench(opts: &Options) -> anyhow::Result<()> {
+    check_tools()?;
     std::fs::create_dir_all(&opts.out)?;
     let work = opts.out.join("nginx");
     let _ = std::fs::remove_dir_all(&work);
@@ -515,7 +554,8 @@ pub fn bench(opts: &Options) -> anyhow::Result<()> {
 
     eprintln!("nginx https `return 200`, wrk -t1 -c32 (keep-alive):");
     let https = tls::https_workload(opts, nginx_pid, nginx.tls_port)?;
-    summaries.push(https.summary);
+    let counts = tls::render_counts(&https.summaries[..2]);
+    summaries.extend(https.summaries);
 
     eprintln!("nginx 1 GiB sendfile download, wrk -t1 -c2:");
     let url = format!("http://127.0.0.1:{}/big/image.raw", nginx.port);
@@ -549,6 +589,7 @@ pub fn bench(opts: &Options) -> anyhow::Result<()> {
     };
     let mut text = report::render(&results, opts);
     text.push_str(&tls::render(&https.kernel));
+    text.push_str(&counts);
     text.push_str(&render_neighbours(&neighbour, &middleware));
     text.push_str(&format!(
         "\nDaemon memory with 10,000 idle HTTP/2 connections (h2c, one request answered on each): \

@@ -84,6 +84,10 @@ enum Task {
         /// Seconds of load per run.
         #[arg(long, default_value_t = 5)]
         seconds: u64,
+        /// Only the HTTPS workloads (keep-alive, a handshake per request, the neighbour), into
+        /// target/bench/https.md: for iterating on TLS; the full run is the record.
+        #[arg(long)]
+        https_only: bool,
     },
     /// Set up, build release, and run the observer for N minutes on churning real servers
     /// (nginx restarted every minute, HTTPS, resets, a forking python server): a row a
@@ -128,7 +132,7 @@ fn main() -> anyhow::Result<()> {
             let root = workspace_root();
             with_path(|| soak::soak(&root.join("target/release/observer"), minutes, &soak::out_dir(&root)))?
         }
-        Task::Bench { reps, seconds } => {
+        Task::Bench { reps, seconds, https_only } => {
             release_as_root("the benchmark", &["observer", "boot-server"])?;
             let root = workspace_root();
             let opts = bench::Options {
@@ -138,6 +142,9 @@ fn main() -> anyhow::Result<()> {
                 boot_server: root.join("target/release/boot-server"),
                 out: root.join("target/bench"),
             };
+            if https_only {
+                return with_path(|| bench::bench_https(&opts))?;
+            }
             with_path(|| bench::bench(&opts))?
         }
     }

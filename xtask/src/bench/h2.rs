@@ -76,6 +76,7 @@ pub(super) fn saturation(opts: &Options, pid: u32, port: u16) -> anyhow::Result<
                 thread::sleep(Duration::from_millis(300));
                 let metrics = http_get(addr, "/metrics").unwrap_or_default();
                 run.events_lost = metric(&metrics, "observer_events_lost_total");
+                run.counted = metric(&metrics, "http_requests_total{");
                 let errors = metric(&metrics, "observer_parse_errors_total");
                 ensure!(errors == 0.0, "HTTP/2 parse errors under h2load: {errors}");
             }

@@ -27,6 +27,42 @@ pub(super) struct Results<'a> {
 
 pub(super) fn render(results: &Results<'_>, opts: &Options) -> String {
     let Results { summaries, syscalls, kernel, memory, .. } = *results;
+    let mut s = render_table(summaries, opts);
+    let ns = |a: Arm| syscalls.iter().find(|(x, _)| *x == a).map_or(0.0, |(_, n)| *n);
+    let _ = writeln!(
+        s,
+        "\nUnobserved process (dd bs=1), ns per syscall: none {:.1}, floor {:.1}, full {:.1} (+{:.1} over none), \
+         full on the btf sys_exit hook {:.1} (+{:.1}).",
+        ns(Arm::Unobserved),
+        ns(FLOOR),
+        ns(FULL),
+        ns(FULL) - ns(Arm::Unobserved),
+        ns(SYS_EXIT_FULL),
+        ns(SYS_EXIT_FULL) - ns(Arm::Unobserved)
+    );
+    let _ = writeln!(
+        s,
+        "\nKernel programs, by the kernel's own accounting (kernel.bpf_stats_enabled, medians of {} rounds):\n\n\
+         | arm | ns per syscall of an unobserved process (dd) | ns per nginx request at saturation |\n|---|---|---|",
+        opts.reps
+    );
+    for (arm, syscall, request) in &kernel.arms {
+        let _ = writeln!(s, "| {} | {syscall:.1} | {request:.0} |", arm.name());
+    }
+    let _ = writeln!(
+        s,
+        "\nDaemon with 10,000 idle keep-alive connections: RSS {:.1} MB (peak {:.1} MB), {} connections in its table.",
+        memory.0 / 1024.0,
+        memory.1 / 1024.0,
+        memory.2
+    );
+    let peak = summaries.iter().flat_map(|x| x.arm(FULL)).map(|r| r.observer_hwm_kib).fold(0.0, f64::max);
+    let _ = writeln!(s, "Daemon peak RSS across the load runs: {:.1} MB.", peak / 1024.0);
+    s
+}
+
+/// The throughput table: every arm of every workload, ratios within rounds.
+pub(super) fn render_table(summaries: &[Summary], opts: &Options) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
@@ -66,36 +102,6 @@ pub(super) fn render(results: &Results<'_>, opts: &Options) -> String {
             );
         }
     }
-    let ns = |a: Arm| syscalls.iter().find(|(x, _)| *x == a).map_or(0.0, |(_, n)| *n);
-    let _ = writeln!(
-        s,
-        "\nUnobserved process (dd bs=1), ns per syscall: none {:.1}, floor {:.1}, full {:.1} (+{:.1} over none), \
-         full on the btf sys_exit hook {:.1} (+{:.1}).",
-        ns(Arm::Unobserved),
-        ns(FLOOR),
-        ns(FULL),
-        ns(FULL) - ns(Arm::Unobserved),
-        ns(SYS_EXIT_FULL),
-        ns(SYS_EXIT_FULL) - ns(Arm::Unobserved)
-    );
-    let _ = writeln!(
-        s,
-        "\nKernel programs, by the kernel's own accounting (kernel.bpf_stats_enabled, medians of {} rounds):\n\n\
-         | arm | ns per syscall of an unobserved process (dd) | ns per nginx request at saturation |\n|---|---|---|",
-        opts.reps
-    );
-    for (arm, syscall, request) in &kernel.arms {
-        let _ = writeln!(s, "| {} | {syscall:.1} | {request:.0} |", arm.name());
-    }
-    let _ = writeln!(
-        s,
-        "\nDaemon with 10,000 idle keep-alive connections: RSS {:.1} MB (peak {:.1} MB), {} connections in its table.",
-        memory.0 / 1024.0,
-        memory.1 / 1024.0,
-        memory.2
-    );
-    let peak = summaries.iter().flat_map(|x| x.arm(FULL)).map(|r| r.observer_hwm_kib).fold(0.0, f64::max);
-    let _ = writeln!(s, "Daemon peak RSS across the load runs: {:.1} MB.", peak / 1024.0);
     s
 }
 
@@ -109,6 +115,7 @@ fn run_json(r: &Run) -> Value {
         "observer_cpu_s": r.observer_cpu_s,
         "observer_peak_rss_kib": r.observer_hwm_kib,
         "events_lost": r.events_lost,
+        "counted": r.counted,
     })
 }
 

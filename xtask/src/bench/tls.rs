@@ -1,13 +1,16 @@
-//! The HTTPS workload: nginx `return 200` over TLS (libssl.so.3), unobserved, with the floor,
-//! observed without the OpenSSL uprobes (`--no-tls`: the ciphertext is only set aside) and
-//! observed with them; and what the kernel programs cost per request in both observed arms.
+//! The HTTPS workloads: nginx `return 200` over TLS (libssl.so.3), unobserved, with the floor,
+//! observed without the OpenSSL uprobes (`--no-tls`: the ciphertext is only set aside), from
+//! session keys (the default) and with per-call uprobes; the same with a handshake per request;
+//! what the kernel programs cost per request; and what a second nginx https nobody observes,
+//! on the same libssl, pays while the observer watches the first.
 
 use std::{fmt::Write as _, path::Path, process::Command};
 
 use anyhow::ensure;
 
 use super::{
-    Arm, BpfStats, FLOOR, FULL, ProgramTime, Summary, interleaved, measure, median, summarize, with_arm, wrk,
+    Arm, BpfStats, FLOOR, FULL, ProgramTime, Summary, interleaved, measure, measure_with, median,
+    start_nginx, summarize, with_arm, wrk,
 };
 
 /// A self-signed certificate and key (`cert.pem`, `key.pem`) in `dir`.
@@ -25,7 +28,8 @@ pub(crate) fn self_signed_cert(dir: &Path) -> anyhow::Result<()> {
 }
 
 pub(super) struct Https {
-    pub summary: Summary,
+    /// Keep-alive, then `Connection: close`, then the unobserved neighbour.
+    pub summaries: [Summary; 3],
     /// (arm, kernel program ns per request), medians over rounds.
     pub kernel: Vec<(Arm, f64)>,
 }
@@ -37,6 +41,13 @@ pub(super) fn https_workload(opts: &super::Options, nginx_pid: u32, tls_port: u1
     let url = format!("https://127.0.0.1:{tls_port}/hello");
     let summary =
         summarize("nginx https return 200 (saturation)", measure(opts, nginx_pid, &url, &ARMS, 32)?);
+    eprintln!("nginx https, wrk -t1 -c16 -H 'Connection: close' (a handshake per request):");
+    let handshakes = summarize(
+        "nginx https, a handshake per request",
+        measure_with(opts, nginx_pid, &url, &HANDSHAKE_ARMS, 16, &["Connection: close"])?,
+    );
+    eprintln!("a second nginx https nobody observes (same libssl) while the first is watched, wrk -t1 -c32:");
+    let neighbour = neighbour_https(opts, nginx_pid)?;
     let _stats = BpfStats::enable()?;
     let observed = [Arm::FullNoTls, FULL, Arm::FullTlsCalls];
     let per_request = interleaved(opts.reps, &observed, |_, arm| {
@@ -50,7 +61,46 @@ pub(super) fn https_workload(opts: &super::Options, nginx_pid: u32, tls_port: u1
         })?
     })?;
     let kernel = observed.iter().zip(per_request).map(|(arm, ns)| (*arm, median(ns))).collect();
-    Ok(Https { summary, kernel })
+    Ok(Https { summaries: [summary, handshakes, neighbour], kernel })
+}
+
+/// Handshakes are where the observer works even with session keys (the handshake's uprobes,
+/// the keys read, the first record checked): RSA-2048 signatures dominate nginx's time here.
+const HANDSHAKE_ARMS: [Arm; 3] = [Arm::Unobserved, FULL, Arm::FullTlsCalls];
+
+/// Uprobes are planted per file but filtered by process: a neighbour on the same libssl should
+/// pay only the socket tracepoints' tgid test. The arms watch `target` (idle); wrk loads the
+/// neighbour. The observer must count none of the neighbour's requests.
+fn neighbour_https(opts: &super::Options, target: u32) -> anyhow::Result<Summary> {
+    let dir = opts.out.join("neighbour-nginx");
+    let _ = std::fs::remove_dir_all(&dir);
+    let neighbour = start_nginx(&dir)?;
+    let url = format!("https://127.0.0.1:{}/hello", neighbour.tls_port);
+    wrk(&url, 32, 1)?; // warm-up
+    let arms = [Arm::Unobserved, FLOOR, FULL, Arm::FullTlsCalls];
+    let runs = measure(opts, target, &url, &arms, 32)?;
+    for (arm, rounds) in &runs {
+        let counted: f64 = rounds.iter().map(|r| r.counted).sum();
+        ensure!(counted == 0.0, "{}: the observer counted {counted} of the neighbour's requests", arm.name());
+    }
+    Ok(summarize("neighbour nginx https (unobserved; the arm watches another nginx)", runs))
+}
+
+/// For each observed arm of `summaries`, the observer's count minus wrk's in each round:
+/// never negative when nothing is lost, at most wrk's connections (requests in flight when wrk
+/// stopped are answered, and counted, after).
+pub(super) fn render_counts(summaries: &[Summary]) -> String {
+    let mut s = String::from(
+        "\nRequests the observer counted minus wrk's count, each round (requests in flight when wrk stops are answered and counted after it):\n\n\
+         | workload | arm | per round |\n|---|---|---|\n",
+    );
+    for summary in summaries {
+        for (arm, rounds) in summary.rounds.iter().filter(|(arm, _)| arm.is_full()) {
+            let diffs: Vec<String> = rounds.iter().map(|r| format!("{:+}", r.counted - r.requests)).collect();
+            let _ = writeln!(s, "| {} | {} | {} |", summary.name, arm.name(), diffs.join(", "));
+        }
+    }
+    s
 }
 
 pub(super) fn render(kernel: &[(Arm, f64)]) -> String {

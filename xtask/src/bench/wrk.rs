@@ -7,7 +7,13 @@ use anyhow::{Context, ensure};
 use super::Run;
 
 pub(super) fn wrk(url: &str, connections: u32, seconds: u64) -> anyhow::Result<Run> {
+    wrk_with(url, connections, seconds, &[])
+}
+
+/// [`wrk`] sending `headers` ("Name: value") with every request.
+pub(super) fn wrk_with(url: &str, connections: u32, seconds: u64, headers: &[&str]) -> anyhow::Result<Run> {
     let out = Command::new("wrk")
+        .args(headers.iter().flat_map(|h| ["--header", h]))
         .args(["--threads", "1", "--connections", &connections.to_string()])
         .args(["--duration", &format!("{seconds}s"), "--latency", "--timeout", "10s", url])
         .output()
