@@ -197,6 +197,7 @@ impl Keyed {
             lost: false,
             h2: event.frames.then(|| FrameWalk::new(event.role == Role::Client)),
             client: event.role == Role::Client,
+            derived: Default::default(),
         };
         if early.whole && !session.client {
             session.early_len = early.bytes.len();

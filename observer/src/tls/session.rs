@@ -49,6 +49,20 @@ pub(super) struct Session {
     pub(super) h2: Option<FrameWalk>,
     /// The target opened the connection: the client's records are what it writes.
     pub(super) client: bool,
+    pub(super) derived: Derived,
+}
+
+/// Keys derived from the handed-over secrets while the streams are searched, made once per
+/// session: each record that opens under none of them (the client's Finished, under
+/// handshake keys) is tried against every candidate. Derived again per record, HKDF and the
+/// TLS 1.2 PRF were ~40 % of the daemon's CPU under a handshake per request (perf, wrk
+/// `Connection: close`; 42.7 µs of daemon CPU per request).
+#[derive(Default)]
+pub(super) struct Derived {
+    /// TLS 1.3: (offset, suite) → keys, `None` where the bytes there are zero.
+    tls13: Vec<(usize, Suite, Option<TrafficKeys>)>,
+    /// TLS 1.2: suite → (client, server) keys from the master secret and randoms.
+    tls12: Vec<(Suite, Option<(TrafficKeys, TrafficKeys)>)>,
 }
 
 impl Session {
@@ -71,6 +85,9 @@ impl Session {
             };
             if !found? {
                 return Ok(Plain::default()); // a header alone: wait for the body
+            }
+            if self.streams.iter().all(Option::is_some) {
+                self.derived = Derived::default(); // the candidates are not needed any more
             }
             let pending = std::mem::take(&mut self.pending[side]);
             let stream = self.streams[side].as_mut().expect("made above");
@@ -106,18 +123,29 @@ impl Session {
         }
     }
 
-    fn keys_at(&self, offset: usize, suite: Suite) -> Option<TrafficKeys> {
-        let secret = self.memory.get(offset..offset + suite.secret_len())?;
-        if secret.iter().all(|&b| b == 0) {
-            return None;
+    /// The keys of the secret at `offset` for `suite`: kept where the kernel handed the two
+    /// secrets over (tried on every record until one opens); made each time in a session's
+    /// memory (learning a process's layout: each offset is tried once per record).
+    fn keys_at(&mut self, offset: usize, suite: Suite) -> Option<TrafficKeys> {
+        if self.memory.len() != KEYS_SECRETS_LEN {
+            return derive13(&self.memory, offset, suite);
         }
-        TrafficKeys::new(suite, secret)
+        if let Some((.., keys)) = self.derived.tls13.iter().find(|(at, s, _)| *at == offset && *s == suite) {
+            return keys.clone();
+        }
+        let keys = derive13(&self.memory, offset, suite);
+        self.derived.tls13.push((offset, suite, keys.clone()));
+        keys
     }
 
     /// The client's stream (what a server reads): the offset and suite that open its first
     /// record under application keys (number 0), once that record is whole; `false` while
-    /// it is not yet. The handshake's records before it (read ahead with them) are skipped:
-    /// plaintext ones by their type, encrypted ones because they do not open.
+    /// it is not yet. The handshake's records before it (read with them) open under none of
+    /// the candidates, so each costs every suite's keys of both versions: in TLS 1.3 the
+    /// first encrypted record the handshake read is its own (the client's Finished, or its
+    /// Certificate), tried last, so a handshake derives one key per direction (43 µs of
+    /// daemon CPU per request under a handshake per request before, 15 after). TLS 1.2's
+    /// Finished has a handshake record's outer type: skipped by its type.
     pub(super) fn client_stream(
         &mut self,
         layout: &mut Layout,
@@ -127,63 +155,93 @@ impl Session {
         if !whole {
             return Err(LostReason::NotFound); // a first record longer than what is copied
         }
-        let mut at = 0;
-        let mut encrypted = 0;
-        while let Some((header, body)) = record_at(&self.pending[0], at) {
-            let len = HEADER_LEN + body.len();
-            if header[0] != APPLICATION_DATA {
-                at += len;
-                continue;
+        let mut records = encrypted_records(&self.pending[0]);
+        let handshake_first =
+            self.tls13_secrets() && records.first().is_some_and(|(at, ..)| *at < self.early_len);
+        if handshake_first {
+            if records.len() == 1 {
+                return Ok(false); // the Finished alone: wait for what follows it
             }
-            if let Some((keys, offset, suite)) = self.open_first(layout.client, &header, &body) {
-                if self.memory.len() != KEYS_SECRETS_LEN {
-                    layout.client = Some(offset as u32);
-                }
-                *verified += 1;
-                self.suite = Some(suite);
-                self.pending[0].drain(..at);
-                self.streams[0] = Some(Stream::new(keys, 0));
-                return Ok(true);
-            }
-            if let Some((client, server, seq)) = self.open_first_tls12(&header, &body) {
-                *verified += 1;
-                self.suite = Some(client.suite());
-                self.server12 = server;
-                self.pending[0].drain(..at);
-                self.streams[0] = Some(Stream::new(client, seq));
-                return Ok(true);
-            }
-            // Only what the handshake read may hold its records.
-            encrypted += 1;
-            if encrypted > MAX_HANDSHAKE_RECORDS || at >= self.early_len {
-                return Err(LostReason::NotFound);
-            }
-            at += len;
+            records.rotate_left(1);
         }
-        Ok(false)
+        records.truncate(MAX_HANDSHAKE_RECORDS + 1);
+        for (at, header, body) in &records {
+            if self.open_client_first(layout, header, body) {
+                *verified += 1;
+                self.pending[0].drain(..*at);
+                return Ok(true);
+            }
+        }
+        // Only what the handshake read may hold its records: wait for one read after it.
+        if records.len() <= MAX_HANDSHAKE_RECORDS && records.iter().all(|(at, ..)| *at < self.early_len) {
+            return Ok(false);
+        }
+        Err(LostReason::NotFound)
+    }
+
+    /// The kernel handed over TLS 1.3 secrets (TLS 1.2 leaves them zero).
+    fn tls13_secrets(&self) -> bool {
+        self.memory.len() == KEYS_SECRETS_LEN && self.memory[..2 * MAX_SECRET_LEN].iter().any(|&b| b != 0)
+    }
+
+    /// Makes the client's stream if `body` is its record 0 under TLS 1.3 application keys,
+    /// or its first after the Finished under TLS 1.2's.
+    fn open_client_first(&mut self, layout: &mut Layout, header: &[u8; HEADER_LEN], body: &[u8]) -> bool {
+        if let Some((keys, offset, suite)) = self.open_first(layout.client, header, body) {
+            if self.memory.len() != KEYS_SECRETS_LEN {
+                layout.client = Some(offset as u32);
+            }
+            self.suite = Some(suite);
+            self.streams[0] = Some(Stream::new(keys, 0));
+            return true;
+        }
+        if let Some((client, server, seq)) = self.open_first_tls12(header, body) {
+            self.suite = Some(client.suite());
+            self.server12 = server;
+            self.streams[0] = Some(Stream::new(client, seq));
+            return true;
+        }
+        false
+    }
+
+    /// Suites for the secret at `offset`, likeliest first: OpenSSL zeroes its secret buffers
+    /// past the hash's length, so a secret whose bytes 32..48 are zero is SHA-256's
+    /// (AES-128-GCM, ChaCha20-Poly1305), else SHA-384's (AES-256-GCM). An order, not a
+    /// filter: a reused `SSL` object may keep an older, longer secret's tail.
+    fn suites_for(&self, offset: usize) -> [Suite; 3] {
+        let tail = self.memory.get(offset + 32..offset + MAX_SECRET_LEN);
+        if tail.is_some_and(|t| t.iter().all(|&b| b == 0)) {
+            [Suite::Aes128Gcm, Suite::Chacha20Poly1305, Suite::Aes256Gcm]
+        } else {
+            [Suite::Aes256Gcm, Suite::Aes128Gcm, Suite::Chacha20Poly1305]
+        }
     }
 
     /// TLS 1.2 (the kernel handed over the master secret and the randoms): the client's and
     /// the server's keys of the first suite for which `opens` finds a record number, and that
     /// number.
     fn tls12_by(
-        &self,
+        &mut self,
         opens: impl Fn(&TrafficKeys, &TrafficKeys) -> Option<u64>,
     ) -> Option<(TrafficKeys, TrafficKeys, u64)> {
         if self.memory.len() != KEYS_SECRETS_LEN {
             return None;
         }
-        let at = |from: usize, len: usize| &self.memory[from..from + len];
-        let (master, client_random, server_random) =
-            (at(TLS12_MASTER, 48), at(TLS12_RANDOMS, 32), at(TLS12_RANDOMS + 32, 32));
-        if master.iter().all(|&b| b == 0) {
-            return None;
+        for suite in Suite::ALL {
+            let pair = match self.derived.tls12.iter().find(|(s, _)| *s == suite) {
+                Some((_, pair)) => pair.clone(),
+                None => {
+                    let pair = derive12(&self.memory, suite);
+                    self.derived.tls12.push((suite, pair.clone()));
+                    pair
+                }
+            };
+            let Some((client, server)) = pair else { continue };
+            if let Some(seq) = opens(&client, &server) {
+                return Some((client, server, seq));
+            }
         }
-        Suite::ALL.into_iter().find_map(|suite| {
-            let (client, server) = TrafficKeys::tls12(suite, master, client_random, server_random)?;
-            let seq = opens(&client, &server)?;
-            Some((client, server, seq))
-        })
+        None
     }
 
     /// TLS 1.2: the client's keys (those found with the server's, if it wrote first) and the
@@ -207,13 +265,13 @@ impl Session {
 
     /// The keys (and where their secret lies, and their suite) that open `body` as record 0.
     fn open_first(
-        &self,
+        &mut self,
         learned: Option<u32>,
         header: &[u8; HEADER_LEN],
         body: &[u8],
     ) -> Option<(TrafficKeys, usize, Suite)> {
         for offset in self.offsets(learned, 0) {
-            for suite in Suite::ALL {
+            for suite in self.suites_for(offset) {
                 let Some(keys) = self.keys_at(offset, suite) else { continue };
                 if keys.open(0, header, body).is_some() {
                     return Some((keys, offset, suite));
@@ -232,7 +290,9 @@ impl Session {
             return Ok(false);
         }
         let first_seq = |keys: &TrafficKeys, learned: Option<u64>| match &record {
-            Some((header, body)) => (0..=MAX_TICKETS).find(|&seq| keys.open(seq, header, body).is_some()),
+            Some((header, body)) => {
+                learned.into_iter().chain(0..=MAX_TICKETS).find(|&seq| keys.open(seq, header, body).is_some())
+            }
             // Not whole (a long first response): numbered as learned (TLS 1.2: 1, after its
             // Finished), or as found, if its first bytes then read as a response's (a resumed
             // session may send fewer tickets). TLS 1.2 GCM decrypts the same under any number
@@ -249,9 +309,9 @@ impl Session {
         }
         // A server that speaks first (HTTP/2's SETTINGS) writes before the client's suite is
         // known: each suite is tried.
-        let suites = self.suite.map_or(Suite::ALL.to_vec(), |suite| vec![suite]);
         let known = self.memory.len() == KEYS_SECRETS_LEN || layout.server.is_some();
         for offset in self.offsets(layout.server, 1) {
+            let suites = self.suite.map_or(self.suites_for(offset).to_vec(), |suite| vec![suite]);
             for &suite in &suites {
                 let Some(keys) = self.keys_at(offset, suite) else { continue };
                 let seq = if record.is_some() || known { first_seq(&keys, layout.tickets) } else { None };
@@ -276,6 +336,50 @@ impl Session {
         }
         Err(LostReason::NotFound)
     }
+}
+
+impl Derived {
+    /// Keys derived so far: (TLS 1.3, TLS 1.2 suites).
+    #[cfg(test)]
+    pub(super) fn counts(&self) -> (usize, usize) {
+        (self.tls13.len(), self.tls12.len())
+    }
+}
+
+/// TLS 1.3 keys of the secret at `offset` of `memory` for `suite`; none where it is zero.
+fn derive13(memory: &[u8], offset: usize, suite: Suite) -> Option<TrafficKeys> {
+    let secret = memory.get(offset..offset + suite.secret_len())?;
+    if secret.iter().all(|&b| b == 0) {
+        return None;
+    }
+    TrafficKeys::new(suite, secret)
+}
+
+/// TLS 1.2 (client, server) keys of `suite` from a `KEYS_SECRETS_LEN` record's master
+/// secret and randoms; none where the master secret is zero.
+fn derive12(memory: &[u8], suite: Suite) -> Option<(TrafficKeys, TrafficKeys)> {
+    let at = |from: usize, len: usize| memory.get(from..from + len);
+    let (master, client_random, server_random) =
+        (at(TLS12_MASTER, 48)?, at(TLS12_RANDOMS, 32)?, at(TLS12_RANDOMS + 32, 32)?);
+    if master.iter().all(|&b| b == 0) {
+        return None;
+    }
+    TrafficKeys::tls12(suite, master, client_random, server_random)
+}
+
+/// The whole records of `bytes` with an encrypted record's outer type, up to the first
+/// that is not whole: (where it starts, header, body).
+fn encrypted_records(bytes: &[u8]) -> Vec<(usize, [u8; HEADER_LEN], Zeroizing<Vec<u8>>)> {
+    let mut records = Vec::new();
+    let mut at = 0;
+    while let Some((header, body)) = record_at(bytes, at) {
+        let len = HEADER_LEN + body.len();
+        if header[0] == APPLICATION_DATA {
+            records.push((at, header, body));
+        }
+        at += len;
+    }
+    records
 }
 
 /// Whether record `seq`, whose start `head` holds, decrypts to the start of an HTTP/1

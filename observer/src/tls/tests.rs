@@ -215,6 +215,31 @@ fn a_request_read_with_the_handshakes_last_record_comes_with_the_keys() {
 }
 
 #[test]
+fn a_handshake_s_finished_costs_no_key_derivations() {
+    // The kernel handed over TLS 1.3 secrets; the handshake read the client's Finished (under
+    // handshake keys), then the request came: one suite's keys are derived, TLS 1.2's never.
+    let mut keyed = Keyed::default();
+    let handshake_keys = TrafficKeys::new(Suite::Aes128Gcm, &[9; 32]).expect("keys");
+    let mut early = vec![20, 3, 3, 0, 1, 1];
+    early.extend(handshake_keys.seal(0, b"finished\x16"));
+    assert!(keyed.data(&event(Kind::Data, Call::Read, &early)).is_none());
+    let mut secrets = vec![0u8; observer_common::KEYS_SECRETS_LEN];
+    secrets[..32].copy_from_slice(&hex(CLIENT_SECRET));
+    secrets[48..80].copy_from_slice(&hex(SERVER_SECRET));
+    secrets[96..].fill(3); // a resumption secret and randoms: TLS 1.2 keys could be made
+    assert!(keyed.keys(&event(Kind::Keys, Call::None, &secrets)).is_none());
+    let request = hex(CLIENT_DATA);
+    assert!(keyed.data(&event(Kind::Data, Call::Read, &request[..5])).is_none(), "a header alone");
+    assert_eq!(keyed.sessions[&42].derived.counts(), (0, 0), "the Finished alone is not tried");
+    let plain = keyed.data(&event(Kind::Data, Call::Read, &request[5..])).expect("the request");
+    assert_eq!(plain.plain.head, fifty());
+    assert_eq!(keyed.sessions[&42].derived.counts(), (1, 0));
+    let plain = keyed.data(&event(Kind::Data, Call::Write, &hex(SERVER_DATA))).expect("response");
+    assert_eq!(plain.plain.len, 50);
+    assert_eq!(keyed.sessions[&42].derived.counts(), (0, 0), "dropped once both streams are made");
+}
+
+#[test]
 fn a_session_whose_secrets_are_not_found_is_lost_once() {
     let mut keyed = Keyed::default();
     assert!(keyed.keys(&event(Kind::Keys, Call::None, &memory(&[1; 32], &[2; 32]))).is_none());
