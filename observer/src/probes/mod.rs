@@ -2,10 +2,12 @@
 
 mod attach;
 mod bitmap;
+mod error;
+mod hooks;
 pub mod layout;
 mod tls;
 
-use std::{fs, io, path::Path};
+use std::fs;
 
 use aya::{
     Btf, Ebpf,
@@ -28,108 +30,14 @@ use self::{
 };
 use crate::procfs;
 
-pub use self::attach::Floor;
+use self::error::{permission, permission_or};
+pub use self::{attach::Floor, error::ProbeError, hooks::Hooks};
 
 /// The object built by build.rs from observer-ebpf.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/observer"));
 
 /// The benchmark floor (observer-ebpf/src/floor.rs): same tracepoints, tgid filter only.
 static FLOOR_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/floor"));
-
-/// Where the kernel's BTF is.
-const KERNEL_BTF: &str = "/sys/kernel/btf/vmlinux";
-
-impl Hooks {
-    /// What `auto` means on this machine.
-    pub fn resolve(self) -> Hooks {
-        match self {
-            Hooks::Auto if has_socket_tracepoints() => Hooks::Sock,
-            Hooks::Auto if Path::new(KERNEL_BTF).exists() => Hooks::Btf,
-            Hooks::Auto => Hooks::Raw,
-            hooks => hooks,
-        }
-    }
-
-    /// Whether these hooks read x86-64 registers.
-    fn reads_x86_registers(self) -> bool {
-        matches!(self, Hooks::Sock | Hooks::Btf | Hooks::Raw)
-    }
-}
-
-impl std::fmt::Display for Hooks {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        use clap::ValueEnum;
-        let value = self.to_possible_value().expect("no hooks value is skipped");
-        f.write_str(value.get_name())
-    }
-}
-
-/// Whether the kernel's BTF has the socket I/O tracepoints (Linux ≥ 6.3).
-fn has_socket_tracepoints() -> bool {
-    let Ok(btf) = btf_rs::Btf::from_file_with_backend(KERNEL_BTF, btf_rs::Backend::Mmap) else {
-        return false;
-    };
-    ["btf_trace_sock_recv_length", "btf_trace_sock_send_length"]
-        .iter()
-        .all(|name| btf.resolve_ids_by_name(name).is_ok_and(|ids| !ids.is_empty()))
-}
-
-/// How the kernel programs hook the targets' socket I/O.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Hooks {
-    /// `sock` when the kernel's BTF has the socket tracepoints, else `btf` when the kernel
-    /// has BTF, else `raw`.
-    Auto,
-    /// BTF tracepoints on socket I/O (`sock_recv_length`, `sock_send_length`) and TCP state
-    /// changes: only socket I/O runs a program, no syscall tracepoint is enabled, the rest of
-    /// the host pays nothing. Linux ≥ 6.3 with BTF; x86-64.
-    Sock,
-    /// `syscalls:sys_enter_*`/`sys_exit_*` tracepoints on the hooked syscalls only (needs
-    /// tracefs); an entry and an exit program per call.
-    Tracepoints,
-    /// One raw tracepoint at `sys_exit`, for every syscall; arguments from the saved registers
-    /// (x86-64). close is still taken at `sys_enter_close` (see the eBPF crate for why).
-    Raw,
-    /// As `raw`, as a BTF-typed tracepoint (tp_btf): registers read with plain loads instead
-    /// of helper calls. Needs kernel BTF (/sys/kernel/btf/vmlinux).
-    Btf,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum ProbeError {
-    #[error(
-        "not permitted to load eBPF programs ({0}): run as root, or with CAP_BPF, CAP_PERFMON and CAP_SYS_ADMIN (for tracefs)"
-    )]
-    NotPermitted(String),
-    #[error("--hooks {0} needs the kernel's BTF (/sys/kernel/btf/vmlinux): {1}")]
-    Btf(Hooks, aya::BtfError),
-    #[error("--hooks sock: {0}")]
-    Layout(String),
-    #[error("--hooks {0} reads x86-64 registers; on this architecture use --hooks tracepoints")]
-    Arch(Hooks),
-    #[error("tracefs is not mounted and mounting it on /sys/kernel/tracing failed: {0}")]
-    Tracefs(io::Error),
-    #[error("loading the eBPF object: {0}")]
-    Load(#[from] aya::EbpfError),
-    #[error(
-        "tracepoint {category}:{tracepoint} does not exist on this kernel (no {category}/{tracepoint} under tracefs' events/; syscall tracepoints need CONFIG_FTRACE_SYSCALLS)"
-    )]
-    MissingTracepoint { category: String, tracepoint: &'static str },
-    #[error("program {program} on {tracepoint}: {source}")]
-    Program { program: &'static str, tracepoint: &'static str, source: aya::programs::ProgramError },
-    #[error("map {0}: {1}")]
-    Map(&'static str, aya::maps::MapError),
-    #[error("this binary was built without its eBPF programs (OBSERVER_STUB_EBPF=1)")]
-    Stub,
-    #[error("map {0} missing from the object")]
-    MissingMap(&'static str),
-    #[error("mapping the {0} bitmap into memory: {1}")]
-    MapBitmap(&'static str, io::Error),
-    #[error("pid {0} is beyond the kernel's pid limit")]
-    PidOutOfRange(u32),
-    #[error("registering the ring buffer with tokio: {0}")]
-    Register(#[source] io::Error),
-}
 
 /// How HTTPS through OpenSSL is seen.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -579,27 +487,4 @@ fn start_kernel_logger(ebpf: &mut Ebpf) {
         }
     });
     debug!("kernel-side logging started");
-}
-
-/// Whether the kernel refused for want of privilege: EPERM or EACCES anywhere in the chain
-/// of sources (aya keeps the syscall's io::Error as one).
-fn is_permission(e: &(dyn std::error::Error + 'static)) -> bool {
-    let mut cause = Some(e);
-    while let Some(err) = cause {
-        if let Some(io) = err.downcast_ref::<io::Error>()
-            && matches!(io.raw_os_error(), Some(libc::EPERM | libc::EACCES))
-        {
-            return true;
-        }
-        cause = err.source();
-    }
-    false
-}
-
-fn permission(e: ProbeError) -> ProbeError {
-    if is_permission(&e) { ProbeError::NotPermitted(e.to_string()) } else { e }
-}
-
-fn permission_or(e: aya::EbpfError, wrap: fn(aya::EbpfError) -> ProbeError) -> ProbeError {
-    permission(wrap(e))
 }
