@@ -4,12 +4,7 @@
 
 mod common;
 
-use std::{
-    net::TcpStream,
-    path::Path,
-    process::{Command, Stdio},
-    time::Duration,
-};
+use std::{net::TcpStream, path::Path, process::Command, time::Duration};
 
 use common::*;
 
@@ -33,21 +28,6 @@ fn start_nginx(dir: &TempDir, port: u16, upstream: u16, closed: u16, stuck: u16)
         },
     );
     start_nginx_conf(&conf, port)
-}
-
-/// python's http.server on `port`, serving `dir`, its log (a line per request, with the
-/// status) in `log`.
-fn start_python_upstream(dir: &Path, port: u16, log: &Path) -> ChildGuard {
-    let upstream = ChildGuard::spawn(
-        "python upstream",
-        Command::new("python3")
-            .args(["-m", "http.server", &port.to_string(), "--bind", "127.0.0.1", "--directory"])
-            .arg(dir)
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(log).unwrap()),
-    );
-    wait_for_port(port);
-    upstream
 }
 
 /// How many requests python's log shows answered with `status`.
@@ -84,7 +64,7 @@ fn nginx_upstream_requests_and_connects_are_counted_per_peer() {
     std::fs::write(upstream_dir.join("script.ipxe"), "#!ipxe\nboot\n").unwrap();
     let upstream_log = dir.path().join("upstream.log");
     let (upstream_port, closed, stuck) = (free_port(), free_port(), free_port());
-    let _upstream = start_python_upstream(&upstream_dir, upstream_port, &upstream_log);
+    let _upstream = start_python_upstream(&upstream_dir, upstream_port, Some(&upstream_log));
     let (_stuck, _filler) = start_stuck_listener(stuck);
     let port = free_port();
     let nginx = start_nginx(&dir, port, upstream_port, closed, stuck);
@@ -157,7 +137,7 @@ fn a_connect_the_kernel_gives_up_on_is_a_timeout() {
     let dir = TempDir::new("outbound-timeout");
     let stuck = free_port();
     let (_stuck, _filler) = start_stuck_listener(stuck);
-    let gate = dir.path().join("go");
+    let gate = GatedClient::gate(&dir);
     // One SYN retry (TCP_SYNCNT=1): the kernel gives up after ~3 s with ETIMEDOUT.
     let script = format!(
         "import os, socket, time\n\
@@ -171,17 +151,10 @@ fn a_connect_the_kernel_gives_up_on_is_a_timeout() {
          time.sleep(60)\n",
         gate = gate.display().to_string()
     );
-    let out = dir.path().join("client.out");
-    let client = ChildGuard::spawn(
-        "python client",
-        Command::new("python3").args(["-c", &script]).stdout(std::fs::File::create(&out).unwrap()),
-    );
-    let observer = Observer::attach(&[client.pid()]);
-    std::fs::write(&gate, "").unwrap();
-    wait_until("both connects to fail", Duration::from_secs(20), || {
-        std::fs::read_to_string(&out).unwrap_or_default().lines().count() == 2
-    });
-    assert_eq!(std::fs::read_to_string(&out).unwrap(), "110\n110\n", "ETIMEDOUT, as the client saw it");
+    let run = GatedClient::start("python client", &dir, Command::new("python3").args(["-c", &script]), &[]);
+    let out = run.output_when("both connects to fail", Duration::from_secs(20), |o| o.lines().count() == 2);
+    assert_eq!(out, "110\n110\n", "ETIMEDOUT, as the client saw it");
+    let observer = &run.observer;
     let peer = format!("127.0.0.1:{stuck}");
     let scrape = observer.scrape_until("two timeouts", |s| s.sum("tcp_connect_failures_total", &[]) >= 2.0);
     assert_eq!(
@@ -215,7 +188,7 @@ fn a_grpc_client_s_calls_are_counted_by_code() {
     );
     wait_for_port(port);
     // The client waits for the observer before it connects, then stays until killed.
-    let gate = dir.path().join("go");
+    let gate = GatedClient::gate(&dir);
     let wrapper = format!(
         "import os, runpy, sys, time\n\
          while not os.path.exists({gate:?}): time.sleep(0.05)\n\
@@ -225,17 +198,10 @@ fn a_grpc_client_s_calls_are_counted_by_code() {
          time.sleep(60)\n",
         gate = gate.display().to_string()
     );
-    let out = dir.path().join("client.out");
-    let client = ChildGuard::spawn(
-        "grpc client",
-        Command::new(python).args(["-c", &wrapper]).stdout(std::fs::File::create(&out).unwrap()),
-    );
-    let observer = Observer::attach(&[client.pid()]);
-    std::fs::write(&gate, "").unwrap();
-    wait_until("the client's calls", Duration::from_secs(20), || {
-        !std::fs::read_to_string(&out).unwrap_or_default().is_empty()
-    });
-    assert_eq!(std::fs::read_to_string(&out).unwrap().trim(), "INTERNAL=5 NOT_FOUND=15 OK=40");
+    let run = GatedClient::start("grpc client", &dir, Command::new(python).args(["-c", &wrapper]), &[]);
+    let out = run.output_when("the client's calls", Duration::from_secs(20), |o| !o.is_empty());
+    assert_eq!(out.trim(), "INTERNAL=5 NOT_FOUND=15 OK=40");
+    let observer = &run.observer;
 
     let scrape = observer.scrape_until("60 calls", |s| s.sum("grpc_client_handled_total", &[]) >= 60.0);
     let logged = std::fs::read_to_string(&log).unwrap();
@@ -271,23 +237,16 @@ fn ten_thousand_peers_stay_within_the_label_cap() {
     require_root();
     require_command("python3");
     let dir = TempDir::new("outbound-peers");
-    let gate = dir.path().join("go");
+    let gate = GatedClient::gate(&dir);
     let body = "    for i in range(10000):\n\
                 \x20       s = socket.socket()\n\
                 \x20       s.connect_ex(('127.%d.%d.1' % (1 + i // 200, 1 + i % 200), 9))\n\
                 \x20       s.close()";
-    let out = dir.path().join("client.out");
-    let client = ChildGuard::spawn(
-        "python client",
-        Command::new("python3")
-            .args(["-c", &gated_python(&gate, body)])
-            .stdout(std::fs::File::create(&out).unwrap()),
-    );
-    let observer = Observer::on(&[client.pid()]).args(&["--max-peers", "50"]).start();
-    std::fs::write(&gate, "").unwrap();
-    wait_until("10,000 connects", Duration::from_secs(60), || {
-        std::fs::read_to_string(&out).unwrap_or_default().contains("done")
-    });
+    let mut python = Command::new("python3");
+    python.args(["-c", &gated_python(&gate, body)]);
+    let run = GatedClient::start("python client", &dir, &mut python, &["--max-peers", "50"]);
+    run.output_when("10,000 connects", Duration::from_secs(60), |o| o.contains("done"));
+    let observer = &run.observer;
     let scrape =
         observer.scrape_until("every failure", |s| s.sum("tcp_connect_failures_total", &[]) >= 10_000.0);
     assert_eq!(scrape.sum("tcp_connect_failures_total", &[("reason", "refused")]), 10_000.0, "{}", scrape.0);
@@ -326,7 +285,7 @@ fn a_node_http2_client_s_requests_are_counted_per_status() {
     for port in [h2c_port, tls_port, count_port] {
         wait_for_port(port);
     }
-    let gate = dir.path().join("go");
+    let gate = GatedClient::gate(&dir);
     let script = format!(
         r#"const fs = require('fs'); const http2 = require('http2');
 const wait = () => fs.existsSync({gate:?}) ? run() : setTimeout(wait, 50);
@@ -352,16 +311,10 @@ wait();
 "#,
         gate = gate.display().to_string()
     );
-    let out = dir.path().join("client.out");
-    let client = ChildGuard::spawn(
-        "node http2 client",
-        Command::new("node").args(["-e", &script]).stdout(std::fs::File::create(&out).unwrap()),
-    );
-    let observer = Observer::attach(&[client.pid()]);
-    std::fs::write(&gate, "").unwrap();
-    wait_until("the client's requests", Duration::from_secs(20), || {
-        !std::fs::read_to_string(&out).unwrap_or_default().is_empty()
-    });
+    let run = GatedClient::start("node http2 client", &dir, Command::new("node").args(["-e", &script]), &[]);
+    let out = run.output_when("the client's requests", Duration::from_secs(20), |o| !o.is_empty());
+    assert_eq!(out.split_whitespace().count(), 35, "the client's statuses: {out}");
+    let observer = &run.observer;
     let counts = http_get_text(format!("127.0.0.1:{count_port}").parse().unwrap(), "/");
     assert_eq!(counts, r#"{"200":20,"201":5,"404":10}"#, "the server's own counts");
     let peer = format!("127.0.0.1:{h2c_port}");

@@ -40,20 +40,6 @@ fn access_log_lines(dir: &TempDir) -> usize {
     std::fs::read_to_string(dir.path().join("access.log")).unwrap_or_default().lines().count()
 }
 
-/// python's http.server on `port`, serving `dir`, logging each request to stderr.
-fn start_python_upstream(dir: &std::path::Path, port: u16) -> ChildGuard {
-    let upstream = ChildGuard::spawn(
-        "python upstream",
-        Command::new("python3")
-            .args(["-m", "http.server", &port.to_string(), "--bind", "127.0.0.1", "--directory"])
-            .arg(dir)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null()),
-    );
-    wait_for_port(port);
-    upstream
-}
-
 #[test]
 fn only_inbound_requests_are_counted_when_the_target_calls_upstreams() {
     require_root();
@@ -64,7 +50,7 @@ fn only_inbound_requests_are_counted_when_the_target_calls_upstreams() {
     std::fs::create_dir_all(&upstream_dir).unwrap();
     std::fs::write(upstream_dir.join("script.ipxe"), "#!ipxe\nboot\n").unwrap();
     let upstream_port = free_port();
-    let _upstream = start_python_upstream(&upstream_dir, upstream_port);
+    let _upstream = start_python_upstream(&upstream_dir, upstream_port, None);
     let port = free_port();
     let nginx = start_nginx(&dir, port, upstream_port);
     let observer = Observer::attach(&[nginx.pid()]);

@@ -9,7 +9,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use super::{ChildGuard, Scrape, free_port, http_get_text, try_http_get};
+use super::{ChildGuard, Scrape, TempDir, free_port, http_get_text, try_http_get, wait_until};
 
 pub fn observer_bin() -> &'static str {
     env!("CARGO_BIN_EXE_observer")
@@ -136,5 +136,37 @@ impl Observer {
             assert!(Instant::now() < deadline, "timed out waiting for {what}; last scrape:\n{last}");
             thread::sleep(Duration::from_millis(100));
         }
+    }
+}
+
+/// A client that waits for a gate file before it connects, so that the observer attached to
+/// it sees its connections from their start; what it prints is kept in a file.
+pub struct GatedClient {
+    pub client: ChildGuard,
+    pub observer: Observer,
+    out: std::path::PathBuf,
+}
+
+impl GatedClient {
+    /// The gate file the script of a client started in `dir` waits for.
+    pub fn gate(dir: &TempDir) -> std::path::PathBuf {
+        dir.path().join("go")
+    }
+
+    /// Starts `command` (its script waiting for [`GatedClient::gate`]), attaches an observer
+    /// (with `observer_args`) to it, then opens the gate.
+    pub fn start(what: &str, dir: &TempDir, command: &mut Command, observer_args: &[&str]) -> Self {
+        let out = dir.path().join("client.out");
+        let client = ChildGuard::spawn(what, command.stdout(std::fs::File::create(&out).unwrap()));
+        let observer = Observer::on(&[client.pid()]).args(observer_args).start();
+        std::fs::write(Self::gate(dir), "").unwrap();
+        GatedClient { client, observer, out }
+    }
+
+    /// What the client printed, once `done` says it is all there (`timeout` at most).
+    pub fn output_when(&self, what: &str, timeout: Duration, done: impl Fn(&str) -> bool) -> String {
+        let read = || std::fs::read_to_string(&self.out).unwrap_or_default();
+        wait_until(what, timeout, || done(&read()));
+        read()
     }
 }

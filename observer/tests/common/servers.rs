@@ -256,3 +256,19 @@ pub fn demo_server_stats(addr: SocketAddr) -> std::collections::BTreeMap<(String
         })
         .collect()
 }
+
+/// python's http.server on `port`, serving `dir`; its log (a line per request, with the
+/// status) in `log` if given.
+pub fn start_python_upstream(dir: &Path, port: u16, log: Option<&Path>) -> ChildGuard {
+    let stderr = log.map_or_else(Stdio::null, |log| Stdio::from(std::fs::File::create(log).unwrap()));
+    let upstream = ChildGuard::spawn(
+        "python upstream",
+        Command::new("python3")
+            .args(["-m", "http.server", &port.to_string(), "--bind", "127.0.0.1", "--directory"])
+            .arg(dir)
+            .stdout(Stdio::null())
+            .stderr(stderr),
+    );
+    wait_for_port(port);
+    upstream
+}
