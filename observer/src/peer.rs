@@ -49,11 +49,15 @@ pub fn failure_reason(ret: i64) -> &'static str {
     const ECONNREFUSED: i64 = 111;
     const EHOSTDOWN: i64 = 112;
     const EHOSTUNREACH: i64 = 113;
-    match ret {
-        CONNECT_ABANDONED => "abandoned",
-        r if r == -ECONNREFUSED => "refused",
-        r if r == -ETIMEDOUT => "timeout",
-        r if [ENETDOWN, ENETUNREACH, EHOSTDOWN, EHOSTUNREACH].contains(&-r) => "unreachable",
+    if ret == CONNECT_ABANDONED {
+        return "abandoned";
+    }
+    // A record's `ret` is whatever the kernel wrote: i64::MIN has no negation (found by
+    // fuzzing the record decode).
+    match ret.checked_neg().unwrap_or(0) {
+        ECONNREFUSED => "refused",
+        ETIMEDOUT => "timeout",
+        ENETDOWN | ENETUNREACH | EHOSTDOWN | EHOSTUNREACH => "unreachable",
         _ => "other",
     }
 }
@@ -340,6 +344,7 @@ mod tests {
         assert_eq!(failure_reason(-113), "unreachable");
         assert_eq!(failure_reason(CONNECT_ABANDONED), "abandoned");
         assert_eq!(failure_reason(-1), "other");
+        assert_eq!(failure_reason(i64::MIN), "other");
     }
 
     #[test]

@@ -19,7 +19,8 @@ const TOOLCHAIN: &str = "1.95.0";
 const BPF_LINKER_VERSION: &str = "0.13.0";
 /// cargo-fuzz, for the fuzz targets in fuzz/ (built with the nightly toolchain).
 const CARGO_FUZZ_VERSION: &str = "0.13.2";
-const FUZZ_TARGETS: [&str; 6] = ["http_conn", "route", "hpack", "h2_frames", "h2_conn", "tls_records"];
+const FUZZ_TARGETS: [&str; 7] =
+    ["http_conn", "route", "hpack", "h2_frames", "h2_conn", "tls_records", "events"];
 /// Seconds per fuzz target in `cargo xtask test` (a smoke run; `cargo xtask fuzz` goes longer).
 const FUZZ_SMOKE_SECONDS: u64 = 15;
 
