@@ -485,7 +485,7 @@ pub fn bench_https(opts: &Options) -> anyhow::Result<()> {
     let nginx = start_nginx(&work)?;
     let https = tls::https_workload(opts, nginx.guard.0.id(), nginx.tls_port)?;
     let mut text = report::render_table(&https.summaries, opts);
-    text.push_str(&tls::render(&https.kernel));
+    text.push_str(&tls::render(&https.kernel, &https.neighbour_ns));
     text.push_str(&tls::render_counts(&https.summaries[..2]));
     println!("{text}");
     std::fs::write(opts.out.join("https.md"), &text)?;
@@ -588,7 +588,7 @@ pub fn bench(opts: &Options) -> anyhow::Result<()> {
         middleware: &middleware,
     };
     let mut text = report::render(&results, opts);
-    text.push_str(&tls::render(&https.kernel));
+    text.push_str(&tls::render(&https.kernel, &https.neighbour_ns));
     text.push_str(&counts);
     text.push_str(&render_neighbours(&neighbour, &middleware));
     text.push_str(&format!(
