@@ -389,3 +389,41 @@ fn no_secret_reaches_the_log_at_trace_level() {
         }
     }
 }
+
+/// The helper that learns where a libssl keeps its secrets loads the target's own file, and
+/// loading a library runs its code: that code must run as nobody, without capabilities and
+/// without a way back. A library whose constructor writes down its credentials shows it (it
+/// has no OpenSSL in it: the helper then fails, naming the file).
+#[test]
+fn the_libssl_helper_runs_a_target_s_library_as_nobody() {
+    use std::os::unix::fs::PermissionsExt as _;
+    require_root();
+    require_command("cc");
+    let dir = TempDir::new("helper-privileges");
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let library = dir.path().join("libspy.so");
+    let source = format!("{}/tests/clients/spy.c", env!("CARGO_MANIFEST_DIR"));
+    let built =
+        Command::new("cc").args(["-shared", "-fPIC", "-o"]).arg(&library).arg(&source).status().unwrap();
+    assert!(built.success(), "cc could not build the spy library");
+    std::fs::set_permissions(&library, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let out = dir.path().join("credentials");
+    let helper =
+        Command::new(observer_bin()).arg("tls-offsets").arg(&library).env("SPY_OUT", &out).output().unwrap();
+    let stderr = String::from_utf8_lossy(&helper.stderr);
+    assert!(!helper.status.success() && stderr.contains("libspy.so"), "{stderr}");
+    let seen = std::fs::read_to_string(&out).unwrap_or_else(|e| {
+        panic!("the library's constructor wrote nothing ({e}); the helper said: {stderr}")
+    });
+    let field = |name: &str| {
+        seen.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(str::trim)
+            .unwrap_or_else(|| panic!("{name}: {seen}"))
+    };
+    assert_eq!(field("uid "), "65534 65534 gid 65534 65534 groups 0", "{seen}");
+    for set in ["CapInh:", "CapPrm:", "CapEff:", "CapAmb:"] {
+        assert_eq!(field(set), "0000000000000000", "{set}\n{seen}");
+    }
+    assert_eq!(field("NoNewPrivs:"), "1", "{seen}");
+}

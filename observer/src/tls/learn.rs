@@ -98,10 +98,66 @@ pub fn learn(library: &Path) -> Result<Offsets, String> {
     Offsets::parse(&stdout).ok_or_else(|| format!("the helper said {stdout:?}"))
 }
 
-/// In the helper: finds the offsets and prints them (one line), or fails with why.
+/// In the helper: finds the offsets and prints them (one line), or fails with why. The
+/// library (a target's file, maybe from its container) is opened first, then loaded only once
+/// this process can do nothing the daemon could: its constructors and functions run as
+/// `nobody`.
 pub fn helper_main(library: &Path) -> Result<(), String> {
-    let offsets = find(library)?;
+    use std::os::fd::AsRawFd as _;
+    let copy = copied(library).map_err(|e| format!("cannot read {}: {e}", library.display()))?;
+    drop_privileges()?;
+    let opened = format!("/proc/self/fd/{}", copy.as_raw_fd());
+    let offsets = find(Path::new(&opened)).map_err(|e| format!("{}: {e}", library.display()))?;
     println!("{}", offsets.render());
+    Ok(())
+}
+
+/// `library` copied into an anonymous memory file, read while this process may still read it
+/// (a target's file may be readable by root only, or reachable only through /proc/PID/root):
+/// reopening the file itself through /proc/self/fd checks its permissions again.
+fn copied(library: &Path) -> std::io::Result<std::fs::File> {
+    use std::os::fd::FromRawFd as _;
+    // SAFETY: memfd_create takes a NUL-terminated name and returns a new fd or -1.
+    let fd = unsafe { libc::memfd_create(c"observer-libssl".as_ptr(), libc::MFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `fd` was just made and is owned by nothing else.
+    let mut copy = unsafe { std::fs::File::from_raw_fd(fd) };
+    std::io::copy(&mut std::fs::File::open(library)?, &mut copy)?;
+    Ok(copy)
+}
+
+/// uid and gid of `nobody`.
+const NOBODY: libc::uid_t = 65534;
+
+/// Becomes `nobody`: no supplementary groups, uid and gid 65534, no capabilities in any set,
+/// and no way back (`no_new_privs`: no setuid file regains them).
+fn drop_privileges() -> Result<(), String> {
+    let failed = |what: &str| format!("cannot drop privileges ({what}): {}", std::io::Error::last_os_error());
+    // SAFETY: syscalls on this process's own credentials (glibc applies them to every thread).
+    unsafe {
+        if libc::geteuid() == 0 || libc::getuid() == 0 {
+            if libc::setgroups(0, std::ptr::null()) != 0 {
+                return Err(failed("setgroups"));
+            }
+            if libc::setresgid(NOBODY, NOBODY, NOBODY) != 0 {
+                return Err(failed("setresgid"));
+            }
+            if libc::setresuid(NOBODY, NOBODY, NOBODY) != 0 {
+                return Err(failed("setresuid"));
+            }
+        }
+    }
+    for set in
+        [caps::CapSet::Ambient, caps::CapSet::Inheritable, caps::CapSet::Effective, caps::CapSet::Permitted]
+    {
+        caps::clear(None, set).map_err(|e| format!("cannot drop privileges (capabilities): {e}"))?;
+    }
+    // SAFETY: a prctl that only restricts this process.
+    if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
+        return Err(failed("no_new_privs"));
+    }
     Ok(())
 }
 
