@@ -185,8 +185,10 @@ pub unsafe fn emit_plaintext<C: aya_ebpf::EbpfContext>(
     if socket & STATE_TLS_KEYS != 0 {
         return;
     }
-    // A session on a connection the target opened is a client's: it writes the requests.
-    let role = if socket & STATE_CLIENT != 0 {
+    // A session on a connection the target opened is a client's: it writes the requests; so
+    // is one on memory BIOs that wrote first (`keyed_write`).
+    // SAFETY: as above.
+    let role = if socket & STATE_CLIENT != 0 || (tied == 0 && unsafe { *state } & STATE_CLIENT != 0) {
         // SAFETY: as above.
         unsafe { *state |= STATE_CLIENT };
         Role::Client

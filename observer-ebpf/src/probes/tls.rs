@@ -126,14 +126,36 @@ fn keyed_write(ctx: &ProbeContext, call: &TlsCall, tgid: u32) -> bool {
     };
     // SAFETY: fields of a map value.
     unsafe {
-        if (*session).conn != 0 || (*session).flags & STATE_KEYED == 0 {
+        if (*session).conn != 0 {
             return false;
+        }
+        // A session whose handshake moved no socket bytes is on memory BIOs; if its first
+        // plaintext is a write, it is a client's (its socket is not known: peer unknown).
+        if (*session).flags & STATE_KEYED == 0 {
+            if !writes_as_client(call) {
+                return false;
+            }
+            (*session).flags |= STATE_CLIENT;
         }
         if call.len > 0 {
             emit_plaintext(ctx, session, call, key, call.len.min(i32::MAX as u64) as i32, None);
         }
     }
     true
+}
+
+/// Whether a session's first plaintext, this write, is a client's: an HTTP/1 server reads
+/// first, and an HTTP/2 server's first write is its SETTINGS frame (stream 0), never the
+/// client preface.
+#[inline(always)]
+fn writes_as_client(call: &TlsCall) -> bool {
+    let mut head = [0u8; 9];
+    // SAFETY: a read of the target's buffer into a local; a fault leaves it unread.
+    if call.len < 9 || unsafe { !read_user(head.as_mut_ptr(), 9, call.buf) } {
+        return false;
+    }
+    let settings = head[0] == 0 && head[3] == 4 && head[5..9] == [0, 0, 0, 0];
+    !settings
 }
 
 #[inline(always)]
