@@ -38,6 +38,11 @@ pub const STATE_KEYED: u32 = 1 << 20;
 #[unsafe(no_mangle)]
 pub static TLS_KEYS: u64 = 0;
 
+/// The targets' own connections are followed too (the client role), unless `--no-client`:
+/// the loader sets it.
+#[unsafe(no_mangle)]
+pub static CLIENTS: u64 = 1;
+
 /// Syscall hooks: the state word of `fd` of `tgid` if it is a socket we follow.
 #[inline(always)]
 fn followed_socket(tgid: u32, fd: i32) -> Option<*mut u32> {

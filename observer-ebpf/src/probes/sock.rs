@@ -34,7 +34,8 @@ use observer_common::{
 };
 
 use super::{
-    MSG_PEEK, Served, TLS_KEYS, data_call, is_session_socket, socket_io_inside, tls_write_inside, waited_us,
+    CLIENTS, MSG_PEEK, Served, TLS_KEYS, data_call, is_session_socket, socket_io_inside, tls_write_inside,
+    waited_us,
 };
 use crate::{
     capture::Buffer,
@@ -50,11 +51,6 @@ use crate::{
     },
     target::{add_listened, current, is_listened, is_target, now, patched},
 };
-
-/// The targets' own connections are followed too (the client role), unless `--no-client`:
-/// the loader sets it.
-#[unsafe(no_mangle)]
-static CLIENTS: u64 = 1;
 
 #[btf_tracepoint(function = "sock_recv_length")]
 pub fn sock_recv_length(ctx: BtfTracePointContext) -> i32 {

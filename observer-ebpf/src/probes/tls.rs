@@ -22,12 +22,12 @@ use core::ffi::c_void;
 
 use aya_ebpf::helpers::generated;
 use observer_common::{
-    FLAG_CIPHER, FLAG_FRAMES, FLAG_NEW, HEADER_LEN, KEYS_DUMP_LEN, KEYS_SECRETS_LEN, Kind, Role,
+    FLAG_CIPHER, FLAG_FRAMES, FLAG_NEW, H2_PREFACE, HEADER_LEN, KEYS_DUMP_LEN, KEYS_SECRETS_LEN, Kind, Role,
     SECRETS_AT_LEN, STATE_CLIENT, STATE_MIDSTREAM, STATE_TLS_KEYS, TIE_NONE, TIE_OUTBOUND, TIE_SERVED,
     TIE_SERVED_NEW, TLS_CALLS_ONLY, TlsCall, TlsConn, TlsOp, stat, tls_key,
 };
 
-use super::{STATE_KEYED, STATE_OUTBOUND, TLS_KEYS, emit_plaintext, waited_us};
+use super::{CLIENTS, STATE_KEYED, STATE_OUTBOUND, TLS_KEYS, emit_plaintext, waited_us};
 use crate::{
     emit::{Record, bump, emit_control, output},
     frames,
@@ -129,10 +129,12 @@ fn keyed_write(ctx: &ProbeContext, call: &TlsCall, tgid: u32) -> bool {
         if (*session).conn != 0 {
             return false;
         }
-        // A session whose handshake moved no socket bytes is on memory BIOs; if its first
-        // plaintext is a write, it is a client's (its socket is not known: peer unknown).
+        // A session that moved no socket bytes inside its calls is on memory BIOs (one on a
+        // socket nobody follows is flagged outbound); if its first plaintext writes the
+        // HTTP/2 client preface, it is a client's (its socket is not known: peer unknown).
         if (*session).flags & STATE_KEYED == 0 {
-            if !writes_as_client(call) {
+            let unknown = (*session).flags & (STATE_OUTBOUND | STATE_MIDSTREAM) != 0;
+            if unknown || patched(&CLIENTS) == 0 || !writes_preface(call) {
                 return false;
             }
             (*session).flags |= STATE_CLIENT;
@@ -144,18 +146,14 @@ fn keyed_write(ctx: &ProbeContext, call: &TlsCall, tgid: u32) -> bool {
     true
 }
 
-/// Whether a session's first plaintext, this write, is a client's: an HTTP/1 server reads
-/// first, and an HTTP/2 server's first write is its SETTINGS frame (stream 0), never the
-/// client preface.
+/// Whether this write starts with the HTTP/2 client preface, which only a client writes. (An
+/// HTTP/1 request line would say so too, but node retries a write refused during the
+/// handshake with the same bytes: both would count.)
 #[inline(always)]
-fn writes_as_client(call: &TlsCall) -> bool {
-    let mut head = [0u8; 9];
+fn writes_preface(call: &TlsCall) -> bool {
+    let mut head = [0u8; 24];
     // SAFETY: a read of the target's buffer into a local; a fault leaves it unread.
-    if call.len < 9 || unsafe { !read_user(head.as_mut_ptr(), 9, call.buf) } {
-        return false;
-    }
-    let settings = head[0] == 0 && head[3] == 4 && head[5..9] == [0, 0, 0, 0];
-    !settings
+    call.len >= 24 && unsafe { read_user(head.as_mut_ptr(), 24, call.buf) } && head == *H2_PREFACE
 }
 
 #[inline(always)]
@@ -348,7 +346,7 @@ unsafe fn tie(ctx: &RetProbeContext, session: *mut TlsConn, call: &TlsCall, key:
         if (*session).conn != 0 {
             (*session).flags = if new { FLAG_NEW } else { STATE_MIDSTREAM };
         } else {
-            (*session).flags &= !(STATE_KEYED | STATE_MIDSTREAM);
+            (*session).flags &= !(STATE_KEYED | STATE_MIDSTREAM | STATE_CLIENT);
             (*session).flags |= if new { FLAG_NEW } else { STATE_MIDSTREAM };
         }
         (*session).conn = call.conn;
