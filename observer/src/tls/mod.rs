@@ -266,6 +266,7 @@ impl Keyed {
         );
         session.lost = true;
         session.streams = [None, None];
+        session.derived = Default::default();
         *self.lost.entry(reason).or_default() += 1;
         // Per-call uprobes would not see a client's session better than its keys do.
         if reason.falls_back()

@@ -134,6 +134,11 @@ impl Session {
             return keys.clone();
         }
         let keys = derive13(&self.memory, offset, suite);
+        // Room for every candidate at once: a vector that grew would free a copy of the keys
+        // unzeroed.
+        if self.derived.tls13.capacity() == 0 {
+            self.derived.tls13.reserve_exact(2 * Suite::ALL.len()); // both secrets, every suite
+        }
         self.derived.tls13.push((offset, suite, keys.clone()));
         keys
     }
@@ -159,8 +164,11 @@ impl Session {
         let handshake_first =
             self.tls13_secrets() && records.first().is_some_and(|(at, ..)| *at < self.early_len);
         if handshake_first {
-            if records.len() == 1 {
-                return Ok(false); // the Finished alone: wait for what follows it
+            // The Finished alone: wait for what follows it. Only a record of a Finished's
+            // size waits (a TLS 1.2 session on a reused `SSL` may show stale TLS 1.3
+            // secrets: its lone record is then its request, tried at once).
+            if records.len() == 1 && FINISHED_BODIES.contains(&records[0].2.len()) {
+                return Ok(false);
             }
             records.rotate_left(1);
         }
@@ -232,6 +240,9 @@ impl Session {
                 Some((_, pair)) => pair.clone(),
                 None => {
                     let pair = derive12(&self.memory, suite);
+                    if self.derived.tls12.capacity() == 0 {
+                        self.derived.tls12.reserve_exact(Suite::ALL.len()); // as for tls13
+                    }
                     self.derived.tls12.push((suite, pair.clone()));
                     pair
                 }
@@ -345,6 +356,10 @@ impl Derived {
         (self.tls13.len(), self.tls12.len())
     }
 }
+
+/// The body of a TLS 1.3 client Finished record: its handshake header (4), the hash
+/// (SHA-256 or SHA-384), the inner content type (1) and the tag (16).
+const FINISHED_BODIES: [usize; 2] = [4 + 32 + 1 + 16, 4 + 48 + 1 + 16];
 
 /// TLS 1.3 keys of the secret at `offset` of `memory` for `suite`; none where it is zero.
 fn derive13(memory: &[u8], offset: usize, suite: Suite) -> Option<TrafficKeys> {

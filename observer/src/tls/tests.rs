@@ -221,7 +221,9 @@ fn a_handshake_s_finished_costs_no_key_derivations() {
     let mut keyed = Keyed::default();
     let handshake_keys = TrafficKeys::new(Suite::Aes128Gcm, &[9; 32]).expect("keys");
     let mut early = vec![20, 3, 3, 0, 1, 1];
-    early.extend(handshake_keys.seal(0, b"finished\x16"));
+    // A Finished: handshake type 20, 32 bytes of verify data, inner content type 22.
+    let finished: Vec<u8> = [20, 0, 0, 32].into_iter().chain([7; 32]).chain([22]).collect();
+    early.extend(handshake_keys.seal(0, &finished));
     assert!(keyed.data(&event(Kind::Data, Call::Read, &early)).is_none());
     let mut secrets = vec![0u8; observer_common::KEYS_SECRETS_LEN];
     secrets[..32].copy_from_slice(&hex(CLIENT_SECRET));
