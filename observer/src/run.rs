@@ -395,12 +395,15 @@ fn serve_on_own_thread(
 /// `tls`, CAP_SYS_ADMIN is kept if held: the OpenSSL uprobes are attached per process, so
 /// each new worker or restarted server needs its own, and the kernel wants CAP_SYS_ADMIN
 /// for a uprobe perf event (EACCES with CAP_PERFMON alone, Linux 6.18). CAP_PERFMON goes
-/// with it for the same reason.
+/// with it for the same reason, and CAP_SETUID/CAP_SETGID (if held) for the libssl helper.
 fn drop_privileges(tls: bool) -> anyhow::Result<()> {
     use caps::{CapSet, Capability, CapsHashSet};
     let mut keep: CapsHashSet = KEPT_CAPABILITIES.into_iter().collect();
     if tls && caps::has_cap(None, CapSet::Effective, Capability::CAP_SYS_ADMIN).unwrap_or(false) {
         keep.extend([Capability::CAP_SYS_ADMIN, Capability::CAP_PERFMON]);
+        // The libssl helper becomes nobody before it loads a target's library; a child gets
+        // no more than this process holds (`no_new_privs`, or no root to regain them).
+        keep.extend([Capability::CAP_SETUID, Capability::CAP_SETGID]);
     }
     for set in [CapSet::Effective, CapSet::Permitted, CapSet::Inheritable] {
         let now = caps::read(None, set).context("reading capabilities")?;

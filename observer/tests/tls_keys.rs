@@ -426,4 +426,20 @@ fn the_libssl_helper_runs_a_target_s_library_as_nobody() {
         assert_eq!(field(set), "0000000000000000", "{set}\n{seen}");
     }
     assert_eq!(field("NoNewPrivs:"), "1", "{seen}");
+
+    // Root without CAP_SETUID/CAP_SETGID (a daemon whose bounding set lacks them) cannot
+    // become nobody: the helper refuses to load the library at all.
+    require_command("setpriv");
+    std::fs::remove_file(&out).unwrap();
+    let helper = Command::new("setpriv")
+        .args(["--bounding-set=-setuid,-setgid", "--"])
+        .arg(observer_bin())
+        .arg("tls-offsets")
+        .arg(&library)
+        .env("SPY_OUT", &out)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&helper.stderr);
+    assert!(!helper.status.success() && stderr.contains("cannot drop privileges"), "{stderr}");
+    assert!(!out.exists(), "the library was loaded: {}", std::fs::read_to_string(&out).unwrap_or_default());
 }

@@ -116,7 +116,7 @@ pub fn helper_main(library: &Path) -> Result<(), String> {
 /// (a target's file may be readable by root only, or reachable only through /proc/PID/root):
 /// reopening the file itself through /proc/self/fd checks its permissions again.
 fn copied(library: &Path) -> std::io::Result<std::fs::File> {
-    use std::os::fd::FromRawFd as _;
+    use std::{io::Read as _, os::fd::FromRawFd as _};
     // SAFETY: memfd_create takes a NUL-terminated name and returns a new fd or -1.
     let fd = unsafe { libc::memfd_create(c"observer-libssl".as_ptr(), libc::MFD_CLOEXEC) };
     if fd < 0 {
@@ -124,9 +124,17 @@ fn copied(library: &Path) -> std::io::Result<std::fs::File> {
     }
     // SAFETY: `fd` was just made and is owned by nothing else.
     let mut copy = unsafe { std::fs::File::from_raw_fd(fd) };
-    std::io::copy(&mut std::fs::File::open(library)?, &mut copy)?;
+    let file = std::fs::File::open(library)?;
+    let meta = file.metadata()?;
+    if !meta.is_file() || meta.len() > MAX_LIBRARY_BYTES {
+        return Err(std::io::Error::other("not a regular file of a library's size"));
+    }
+    std::io::copy(&mut file.take(MAX_LIBRARY_BYTES), &mut copy)?;
     Ok(copy)
 }
+
+/// Larger is no libssl (Debian's is 0.7 MB; node's binary, with OpenSSL inside, 100 MB).
+const MAX_LIBRARY_BYTES: u64 = 512 << 20;
 
 /// uid and gid of `nobody`.
 const NOBODY: libc::uid_t = 65534;
@@ -135,9 +143,16 @@ const NOBODY: libc::uid_t = 65534;
 /// and no way back (`no_new_privs`: no setuid file regains them).
 fn drop_privileges() -> Result<(), String> {
     let failed = |what: &str| format!("cannot drop privileges ({what}): {}", std::io::Error::last_os_error());
+    let held = |cap| caps::has_cap(None, caps::CapSet::Effective, cap).unwrap_or(false);
+    let can_switch = held(caps::Capability::CAP_SETUID) && held(caps::Capability::CAP_SETGID);
     // SAFETY: syscalls on this process's own credentials (glibc applies them to every thread).
     unsafe {
-        if libc::geteuid() == 0 || libc::getuid() == 0 {
+        // Root's uid owns root's files even without capabilities: no load as root. A daemon
+        // that is not root lends the library only its own uid, without capabilities.
+        if !can_switch && (libc::geteuid() == 0 || libc::getuid() == 0) {
+            return Err("cannot drop privileges: root without CAP_SETUID and CAP_SETGID".into());
+        }
+        if can_switch {
             if libc::setgroups(0, std::ptr::null()) != 0 {
                 return Err(failed("setgroups"));
             }
