@@ -20,7 +20,7 @@ mod report;
 mod tls;
 mod wrk;
 
-pub(crate) use tls::self_signed_cert;
+pub(crate) use tls::{bench_https, self_signed_cert};
 
 use kernel::{BpfStats, NEIGHBOUR_ARMS, ProgramTime, kernel_cost, unobserved_syscall_cost};
 use neighbours::{middleware_arm, neighbour_redis, render_neighbours};
@@ -476,22 +476,6 @@ fn idle_connections_rss(opts: &Options, nginx: &Nginx, n: usize) -> anyhow::Resu
     })?
 }
 
-/// Only the HTTPS workloads, for iterating on TLS.
-pub fn bench_https(opts: &Options) -> anyhow::Result<()> {
-    check_tools()?;
-    std::fs::create_dir_all(&opts.out)?;
-    let work = opts.out.join("nginx");
-    let _ = std::fs::remove_dir_all(&work);
-    let nginx = start_nginx(&work)?;
-    let https = tls::https_workload(opts, nginx.guard.0.id(), nginx.tls_port)?;
-    let mut text = report::render_table(&https.summaries, opts);
-    text.push_str(&tls::render(&https.kernel, &https.neighbour_ns));
-    text.push_str(&tls::render_counts(&https.summaries[..2]));
-    println!("{text}");
-    std::fs::write(opts.out.join("https.md"), &text)?;
-    Ok(())
-}
-
 fn check_tools() -> anyhow::Result<()> {
     for tool in ["wrk", "h2load", "nginx", "dd", "redis-server", "redis-benchmark", "openssl"] {
         if Command::new("sh")
@@ -506,12 +490,17 @@ fn check_tools() -> anyhow::Result<()> {
     Ok(())
 }
 
-pub fn bench(opts: &Options) -> anyhow::Result<()> {
+/// The tools checked, the output folder made, and the bench's nginx started afresh.
+fn prepare(opts: &Options) -> anyhow::Result<Nginx> {
     check_tools()?;
     std::fs::create_dir_all(&opts.out)?;
     let work = opts.out.join("nginx");
     let _ = std::fs::remove_dir_all(&work);
-    let nginx = start_nginx(&work)?;
+    start_nginx(&work)
+}
+
+pub fn bench(opts: &Options) -> anyhow::Result<()> {
+    let nginx = prepare(opts)?;
     let (axum, axum_port) = start_axum(&opts.observer)?;
     let nginx_pid = nginx.guard.0.id();
     let axum_pid = axum.0.id();

@@ -27,6 +27,18 @@ pub(crate) fn self_signed_cert(dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Only the HTTPS workloads (`cargo xtask bench --https-only`), into `https.md`.
+pub fn bench_https(opts: &super::Options) -> anyhow::Result<()> {
+    let nginx = super::prepare(opts)?;
+    let https = https_workload(opts, nginx.guard.0.id(), nginx.tls_port)?;
+    let mut text = super::report::render_table(&https.summaries, opts);
+    text.push_str(&render(&https.kernel, &https.neighbour_ns));
+    text.push_str(&render_counts(&https.summaries[..2]));
+    println!("{text}");
+    std::fs::write(opts.out.join("https.md"), &text)?;
+    Ok(())
+}
+
 pub(super) struct Https {
     /// Keep-alive, then `Connection: close`, then the unobserved neighbour.
     pub summaries: [Summary; 3],
