@@ -1,7 +1,9 @@
-//! Ring-buffer records from arbitrary bytes, and the connection table they feed: `decode`
-//! never panics and keeps a record's captured bytes inside it; the table (HTTP/1, HTTP/2,
-//! opens, closes, either role, in any order, on reused keys) never panics on what decodes,
-//! and ends with no connection once every one is swept away. One table serves every input,
+//! Ring-buffer records from arbitrary bytes, dispatched as the daemon does (`run.rs`): keys
+//! and ciphertext to the keyed-TLS follower (session discovery: which record, suite and
+//! number open a stream), its plaintext and everything else to the connection table.
+//! `decode` never panics and keeps a record's captured bytes inside it; the follower and the
+//! table (HTTP/1, HTTP/2, opens, closes, either role, in any order, on reused keys) never
+//! panic, and the table ends with no connection once every one is swept away. One table serves every input,
 //! as in the daemon: its router interns each label for good, bounded by its cap.
 #![no_main]
 
@@ -13,7 +15,9 @@ use observer::{
     events::decode,
     metrics::Metrics,
     route::{Router, Rules},
+    tls::Keyed,
 };
+use observer_common::Kind;
 
 thread_local! {
     static CONNS: RefCell<Connections<'static>> = RefCell::new({
@@ -23,6 +27,7 @@ thread_local! {
 }
 
 fuzz_target!(|data: &[u8]| CONNS.with_borrow_mut(|conns| {
+    let mut keyed = Keyed::default();
     // Records one after the other, each after its length (u16, little-endian).
     let mut rest = data;
     while rest.len() >= 2 {
@@ -31,7 +36,20 @@ fuzz_target!(|data: &[u8]| CONNS.with_borrow_mut(|conns| {
         rest = after;
         let Ok(event) = decode(record) else { continue };
         assert!(event.head.len() + event.tail.len() <= record.len(), "captured bytes outside the record");
-        conns.handle(&event);
+        if event.kind == Kind::Keys {
+            if let Some(plaintext) = keyed.keys(&event) {
+                conns.handle(&plaintext.event(&event));
+            }
+        } else if event.cipher {
+            if let Some(plaintext) = keyed.data(&event) {
+                conns.handle(&plaintext.event(&event));
+            }
+        } else {
+            if event.kind == Kind::Close {
+                keyed.close(event.conn);
+            }
+            conns.handle(&event);
+        }
         assert!(conns.count() <= 16, "the table's capacity holds");
     }
     conns.sweep(|_, _, _| false);
